@@ -1,0 +1,119 @@
+"""Agent providers as data: how each agent CLI is told about its system-prompt file."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from bottle.errors import InvalidInputError, UnknownProviderError
+
+__all__ = [
+    "PROVIDERS",
+    "AgentProvider",
+    "PromptMode",
+    "get_provider",
+    "prompt_args",
+]
+
+
+class PromptMode(str, enum.Enum):
+    """How the prompt file reaches the agent."""
+
+    #: `<flag> <path>` placed before the user's arguments.
+    APPEND_FILE = "append_file"
+    #: The user's arguments first, then an argument asking the agent to read the file.
+    READ_PROMPT_FILE = "read_prompt_file"
+    #: No prompt arguments at all.
+    NONE = "none"
+
+    @classmethod
+    def parse(cls, value: PromptMode | str) -> PromptMode:
+        """Turn a mode name into a `PromptMode`; unknown names list the valid ones."""
+        if isinstance(value, PromptMode):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(m.value for m in cls)
+            raise InvalidInputError(
+                f"unknown prompt mode {value!r}; valid modes: {valid}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class AgentProvider:
+    """What bottle knows about one agent CLI."""
+
+    name: str
+    #: The program to run in the guest.
+    command: str
+    #: The mode used unless the caller picks another.
+    prompt_mode: PromptMode
+    #: Flag taking the prompt file's path, for `append_file`; None if the CLI has none.
+    append_flag: str | None = None
+    #: Argument(s) for `read_prompt_file`; `{path}` is replaced by the prompt file's path.
+    read_prompt: tuple[str, ...] = (
+        "Before anything else, read the instructions in the file {path} and follow them.",
+    )
+
+
+PROVIDERS: Mapping[str, AgentProvider] = MappingProxyType(
+    {
+        "claude": AgentProvider(
+            name="claude",
+            command="claude",
+            prompt_mode=PromptMode.APPEND_FILE,
+            append_flag="--append-system-prompt-file",
+        ),
+        # codex takes an initial prompt as its positional argument and has no flag that
+        # appends a file to the system prompt, so it is asked to read the file.
+        "codex": AgentProvider(
+            name="codex",
+            command="codex",
+            prompt_mode=PromptMode.READ_PROMPT_FILE,
+        ),
+    }
+)
+
+
+def get_provider(name: str | AgentProvider) -> AgentProvider:
+    """Look a provider up by name."""
+    if isinstance(name, AgentProvider):
+        return name
+    try:
+        return PROVIDERS[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(PROVIDERS))
+        raise UnknownProviderError(
+            f"unknown agent provider {name!r}; known providers: {known}"
+        ) from None
+
+
+def prompt_args(
+    mode: PromptMode | str,
+    prompt_path: str | None,
+    argv: Sequence[str],
+    *,
+    provider: str | AgentProvider = "claude",
+) -> list[str]:
+    """The agent's arguments: the user's `argv` combined with the prompt arguments.
+
+    `append_file` puts the provider's flag and the path before `argv`; `read_prompt_file` puts
+    `argv` first and the provider's read-the-file argument(s) after; `none`, or no
+    `prompt_path`, gives `argv` unchanged.
+    """
+    mode = PromptMode.parse(mode)
+    spec = get_provider(provider)
+    user = list(argv)
+    if mode is PromptMode.NONE or not prompt_path:
+        return user
+    if mode is PromptMode.APPEND_FILE:
+        if spec.append_flag is None:
+            raise InvalidInputError(
+                f"agent provider {spec.name!r} has no flag for prompt mode "
+                f"{PromptMode.APPEND_FILE.value!r}; use {PromptMode.READ_PROMPT_FILE.value!r}"
+            )
+        return [spec.append_flag, prompt_path, *user]
+    return [*user, *(arg.replace("{path}", prompt_path) for arg in spec.read_prompt)]

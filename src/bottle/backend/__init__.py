@@ -1,0 +1,202 @@
+"""The backend contract a host CLI codes against.
+
+`ExecResult`, `Bottle` and `BottleBackend` are the drop-in names; `LaunchSpec` describes a
+machine to launch; `get_backend(name)` finds a backend (`smolmachines` is built in, others
+register under the `bottle.backends` entry-point group).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING
+
+from bottle.backend import _validate as check
+from bottle.errors import BottleClosedError, GuestCommandError, UnknownBackendError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Bottle",
+    "BottleBackend",
+    "ExecResult",
+    "LaunchSpec",
+    "available_backends",
+    "get_backend",
+]
+
+ENTRY_POINT_GROUP = "bottle.backends"
+BUILTIN_BACKEND = "smolmachines"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """The outcome of a captured guest command."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited with status 0."""
+        return self.returncode == 0
+
+    def check(self, what: str = "guest command") -> ExecResult:
+        """Return self if the command succeeded, else raise `GuestCommandError`."""
+        if self.returncode != 0:
+            detail = self.stderr.strip().splitlines()[-1:] or self.stdout.strip().splitlines()[-1:]
+            tail = f": {detail[0][:300]}" if detail else ""
+            raise GuestCommandError(f"{what} exited with status {self.returncode}{tail}", self)
+        return self
+
+
+class Bottle(abc.ABC):
+    """A running machine that agents and scripts run in. Close it (or use `with`) when done."""
+
+    _closed: bool = False
+
+    @abc.abstractmethod
+    def exec_agent(self, argv: Sequence[str], *, tty: bool = True) -> int:
+        """Run the agent with `argv`, interactively when `tty`; return its exit status."""
+
+    @abc.abstractmethod
+    def exec(self, script: str, *, user: str = "node") -> ExecResult:
+        """Run a POSIX shell script in the guest as `user` and capture its output."""
+
+    @abc.abstractmethod
+    def cp_in(self, host_path: str | os.PathLike[str], guest_path: str) -> None:
+        """Copy a host file into the guest."""
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` has run."""
+        return self._closed
+
+    def close(self) -> None:
+        """Release the bottle. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._on_close()
+
+    def _on_close(self) -> None:  # noqa: B027 - optional hook, deliberately a no-op here
+        """Hook for subclasses: runs once, on the first `close()`."""
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise BottleClosedError(f"{self!r} is closed")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _frozen_env(env: Mapping[str, str] | None, what: str) -> Mapping[str, str]:
+    return MappingProxyType(check.env_mapping(env, what))
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What to launch. Checked on construction: bad input raises `ValueError` at once.
+
+    `prompt_file` is a *host* path to the system-prompt file; `launch` copies it into the
+    guest at `prompt_guest_path` (default `~agent_user/.bottle/prompt.md`), owned by
+    `agent_user`. `workdir` defaults to the agent user's home. `secret_env`
+    values are never shown by `repr` and never placed on a command line.
+    """
+
+    machine_name: str
+    image: str | None = None
+    cpus: int | None = None
+    memory_mib: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, str] = field(default_factory=dict)
+    prompt_file: str | None = None
+    prompt_guest_path: str | None = None
+    agent_provider: str = "claude"
+    agent_command: str | None = None
+    workdir: str | None = None
+    network: bool = False
+    agent_user: str = "node"
+    terminal_title: str = ""
+    terminal_color: str = ""
+
+    def __post_init__(self) -> None:
+        check.machine_name(self.machine_name)
+        object.__setattr__(self, "env", _frozen_env(self.env, "env"))
+        object.__setattr__(self, "secret_env", _frozen_env(self.secret_env, "secret_env"))
+        if self.prompt_file is not None:
+            object.__setattr__(self, "prompt_file", os.fspath(self.prompt_file))
+            check.no_nul(self.prompt_file, "prompt file")
+        if self.prompt_guest_path is not None:
+            check.guest_path(self.prompt_guest_path, "prompt guest path")
+        if self.workdir is not None:
+            check.guest_path(self.workdir, "workdir")
+        check.user_name(self.agent_user)
+        if self.agent_command is not None:
+            check.no_nul(self.agent_command, "agent command")
+        # Provider, image, cpus, memory, title and colour are checked by the backend that
+        # interprets them (before it starts anything).
+
+    def __repr__(self) -> str:
+        shown = []
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if name == "secret_env":
+                value = {key: "<hidden>" for key in value}
+            elif name == "env":
+                value = dict(value)
+            shown.append(f"{name}={value!r}")
+        return f"LaunchSpec({', '.join(shown)})"
+
+
+class BottleBackend(abc.ABC):
+    """A way to run bottles. `launch(spec)` creates, starts, provisions and tears down."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def launch(self, spec: LaunchSpec) -> AbstractContextManager[Bottle]:
+        """Context manager: bring a machine up per `spec`, yield its bottle, tear it down."""
+
+
+def available_backends() -> list[str]:
+    """Names of all backends: the built-in one and those registered as entry points."""
+    names = {BUILTIN_BACKEND}
+    names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def get_backend(name: str) -> BottleBackend:
+    """Instantiate the backend registered under `name`."""
+    if name == BUILTIN_BACKEND:
+        from bottle.backend.smolmachines import SmolmachinesBottleBackend
+
+        return SmolmachinesBottleBackend()
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            factory = ep.load()
+            backend = factory()
+            if not isinstance(backend, BottleBackend):
+                raise UnknownBackendError(
+                    f"entry point {ep.value!r} for backend {name!r} did not produce a "
+                    "BottleBackend"
+                )
+            return backend
+    raise UnknownBackendError(
+        f"unknown backend {name!r}; known backends: {', '.join(available_backends())}"
+    )

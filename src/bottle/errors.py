@@ -1,0 +1,136 @@
+"""Exceptions raised by bottle.
+
+Every error bottle raises on purpose derives from `BottleError`, so a host CLI can catch one
+class and print one line. Bad input detected before anything runs is an `InvalidInputError`,
+which is also a `ValueError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bottle.backend import ExecResult
+
+__all__ = [
+    "BottleClosedError",
+    "BottleError",
+    "ConnectionLostError",
+    "GuestCommandError",
+    "InvalidInputError",
+    "MachineExistsError",
+    "MachineNotFoundError",
+    "MachineNotRunningError",
+    "RetryExhaustedError",
+    "SmolvmCommandError",
+    "SmolvmError",
+    "SmolvmNotExecutableError",
+    "SmolvmNotFoundError",
+    "SmolvmTooOldError",
+    "SmolvmUsageError",
+    "SmolvmVersionError",
+    "UnknownBackendError",
+    "UnknownProviderError",
+]
+
+
+class BottleError(Exception):
+    """Base class of every error bottle raises on purpose."""
+
+
+class InvalidInputError(BottleError, ValueError):
+    """Bad input, detected before any process was started."""
+
+
+class UnknownBackendError(InvalidInputError):
+    """No backend is registered under the requested name."""
+
+
+class UnknownProviderError(InvalidInputError):
+    """No agent provider is known under the requested name."""
+
+
+class BottleClosedError(BottleError):
+    """The bottle was used after `close()`."""
+
+
+class SmolvmNotFoundError(BottleError):
+    """The smolvm executable could not be found."""
+
+
+class SmolvmNotExecutableError(SmolvmNotFoundError):
+    """A smolvm file was found but cannot be executed."""
+
+
+class SmolvmVersionError(BottleError):
+    """`smolvm --version` could not be run or read."""
+
+
+class SmolvmTooOldError(SmolvmVersionError):
+    """The installed smolvm is older than the minimum bottle supports."""
+
+    def __init__(self, message: str, *, found: tuple[int, ...], minimum: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.found = found
+        self.minimum = minimum
+
+
+class SmolvmCommandError(BottleError):
+    """A smolvm invocation failed (base of usage errors and smolvm-level errors)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: Sequence[str] = (),
+        returncode: int | None = None,
+        stderr: str = "",
+        machine: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        # argv never holds secret values: secrets travel by name only (`-e KEY`).
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        self.machine = machine
+
+
+class SmolvmUsageError(SmolvmCommandError):
+    """smolvm rejected its command line (clap usage error, exit status 2)."""
+
+
+class SmolvmError(SmolvmCommandError):
+    """smolvm itself failed: exit status 1 with an `Error: ` line on stderr."""
+
+
+class MachineNotFoundError(SmolvmError):
+    """smolvm knows no machine of that name."""
+
+
+class MachineNotRunningError(SmolvmError):
+    """The machine exists but is not running."""
+
+
+class ConnectionLostError(SmolvmError):
+    """The connection to the VM was lost (the VM died or its agent hung up)."""
+
+
+class MachineExistsError(SmolvmError):
+    """`create` refused: a machine of that name already exists."""
+
+
+class GuestCommandError(BottleError):
+    """A command in the guest exited with a non-zero status."""
+
+    def __init__(self, message: str, result: ExecResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class RetryExhaustedError(GuestCommandError):
+    """Every attempt of a retried guest command ended with a retryable status."""
+
+    def __init__(self, message: str, results: Sequence[ExecResult]) -> None:
+        super().__init__(message, results[-1])
+        self.results = tuple(results)
