@@ -1,0 +1,301 @@
+"""The `bottle` command line: launch, agent, exec, cp (plus relay and bench, delegated)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from bottle import __version__
+from bottle.errors import BottleError, GuestCommandError, InvalidInputError
+
+if TYPE_CHECKING:
+    from bottle.backend.smolmachines import SmolmachinesBottle
+
+__all__ = ["main"]
+
+PROG = "bottle"
+_DELEGATED = {
+    "relay": ("bottle.relay.__main__", "run an interactive command through the PTY relay"),
+    "bench": ("bottle.bench", "measure the relay side by side with its peers"),
+}
+
+_EPILOG = """\
+Secrets: --secret-env NAME takes a variable NAME from bottle's own environment and hands it to
+the guest by name only; the value never appears on any command line.
+"""
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--name", required=True, help="machine name")
+
+
+def _add_env(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        type=_env_pair,
+        default=[],
+        metavar="KEY=VALUE",
+        help="guest environment variable (repeatable; visible on command lines)",
+    )
+    p.add_argument(
+        "--secret-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass variable NAME from this environment to the guest as a secret (repeatable)",
+    )
+
+
+def _add_agent(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--provider", default="claude", help="agent provider (default: claude)")
+    p.add_argument("--agent-command", help="program to run (default: the provider's)")
+    p.add_argument("--workdir", help="guest directory the agent starts in (default: user's home)")
+    p.add_argument("--user", default="node", help="guest user running the agent (default: node)")
+    p.add_argument("--title", default="", help="terminal title for the session")
+    p.add_argument("--color", default="", help="terminal background colour (#rgb, #rrggbb, name)")
+    p.add_argument("--no-tty", action="store_true", help="run without a terminal (no relay)")
+    _add_env(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (agent arguments go after `--` and are split off before it)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run AI agent CLIs inside smolvm microVMs.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each smolvm call")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "launch",
+        help="create and start a machine, run the agent in it, then tear it down",
+        description="Create and start a machine, provision it, run the agent interactively, "
+        "then stop and delete the machine. Agent arguments go after `--`.",
+        usage="%(prog)s -n NAME [options] [-- AGENT_ARG...]",
+        epilog=_EPILOG,
+    )
+    _add_name(p)
+    p.add_argument("--backend", default="smolmachines", help="backend (default: smolmachines)")
+    p.add_argument("--image", help="OCI image for the machine")
+    p.add_argument("--cpus", type=_positive_int, help="virtual CPUs")
+    p.add_argument("--memory", type=_positive_int, metavar="MIB", help="memory in MiB")
+    p.add_argument("--net", action="store_true", help="enable networking (off by default)")
+    p.add_argument("--prompt-file", help="host file copied into the guest as the system prompt")
+    _add_agent(p)
+
+    p = sub.add_parser(
+        "agent",
+        help="run the agent in an existing, running machine",
+        description="Run the agent in an existing, running machine. Agent arguments go "
+        "after `--`.",
+        usage="%(prog)s -n NAME [options] [-- AGENT_ARG...]",
+        epilog=_EPILOG,
+    )
+    _add_name(p)
+    p.add_argument("--prompt-path", help="guest path of a prompt file already in the machine")
+    p.add_argument(
+        "--prompt-mode", help="append_file, read_prompt_file or none (default: the provider's)"
+    )
+    _add_agent(p)
+
+    p = sub.add_parser(
+        "exec",
+        help="run a shell script in a machine, print its output, exit with its status",
+        description="Run SCRIPT with /bin/sh -c in the machine as USER; print its output and "
+        "exit with its status. SCRIPT '-' reads the script from standard input.",
+        epilog=_EPILOG,
+    )
+    _add_name(p)
+    p.add_argument("-u", "--user", default="node", help="guest user (default: node)")
+    _add_env(p)
+    p.add_argument("script", metavar="SCRIPT", help="POSIX shell script, or '-' for stdin")
+
+    p = sub.add_parser(
+        "cp",
+        help="copy a host file into a machine",
+        description="Copy a regular host file into a running machine (directories are refused).",
+    )
+    _add_name(p)
+    p.add_argument("--owner", help="guest user to own the copy (default: root, smolvm's)")
+    p.add_argument("host_path", metavar="HOST_PATH")
+    p.add_argument("guest_path", metavar="GUEST_PATH", help="absolute guest path")
+
+    for name, (_module, text) in _DELEGATED.items():
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+def _secrets(names: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        value = os.environ.get(name)
+        if value is None:
+            raise InvalidInputError(f"--secret-env {name}: {name} is not set in the environment")
+        out[name] = value
+    return out
+
+
+def _agent_bottle(ns: argparse.Namespace) -> SmolmachinesBottle:
+    from bottle.agent_provider import get_provider
+    from bottle.backend.smolmachines import SmolmachinesBottle, home_for
+
+    provider = get_provider(ns.provider)
+    return SmolmachinesBottle(
+        ns.name,
+        prompt_path=ns.prompt_path,
+        guest_env=dict(ns.env),
+        secret_env=_secrets(ns.secret_env),
+        agent_command=ns.agent_command or provider.command,
+        agent_prompt_mode=ns.prompt_mode or provider.prompt_mode,
+        agent_provider_template=provider.name,
+        terminal_title=ns.title,
+        terminal_color=ns.color,
+        agent_workdir=ns.workdir or home_for(ns.user),
+        agent_user=ns.user,
+    )
+
+
+@contextmanager
+def _teardown_on_signals() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into SystemExit so `launch` tears the machine down."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _cmd_launch(ns: argparse.Namespace, agent_args: list[str]) -> int:
+    from bottle.backend import LaunchSpec, get_backend
+
+    spec = LaunchSpec(
+        machine_name=ns.name,
+        image=ns.image,
+        cpus=ns.cpus,
+        memory_mib=ns.memory,
+        env=dict(ns.env),
+        secret_env=_secrets(ns.secret_env),
+        prompt_file=ns.prompt_file,
+        agent_provider=ns.provider,
+        agent_command=ns.agent_command,
+        workdir=ns.workdir,
+        network=ns.net,
+        agent_user=ns.user,
+        terminal_title=ns.title,
+        terminal_color=ns.color,
+    )
+    backend = get_backend(ns.backend)
+    with _teardown_on_signals(), backend.launch(spec) as bottle:
+        return bottle.exec_agent(agent_args, tty=not ns.no_tty)
+
+
+def _cmd_agent(ns: argparse.Namespace, agent_args: list[str]) -> int:
+    with _agent_bottle(ns) as bottle:
+        return bottle.exec_agent(agent_args, tty=not ns.no_tty)
+
+
+def _cmd_exec(ns: argparse.Namespace) -> int:
+    from bottle.backend.smolmachines import SmolmachinesBottle
+
+    script = sys.stdin.read() if ns.script == "-" else ns.script
+    bottle = SmolmachinesBottle(ns.name, guest_env=dict(ns.env), secret_env=_secrets(ns.secret_env))
+    with bottle:
+        result = bottle.exec(script, user=ns.user)
+    sys.stdout.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.write(result.stderr)
+    sys.stderr.flush()
+    return result.returncode
+
+
+def _cmd_cp(ns: argparse.Namespace) -> int:
+    from bottle.backend.smolmachines import SmolmachinesBottle
+
+    with SmolmachinesBottle(ns.name) as bottle:
+        bottle.cp_in(ns.host_path, ns.guest_path, owner=ns.owner)
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `bottle` and `python -m bottle`; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in _DELEGATED:
+        module = importlib.import_module(_DELEGATED[args[0]][0])
+        status = module.main(args[1:])
+        return int(status or 0)
+
+    agent_args: list[str] = []
+    if "--" in args:
+        cut = args.index("--")
+        args, agent_args = args[:cut], args[cut + 1 :]
+    parser = build_parser()
+    ns = parser.parse_args(args)
+    if agent_args and ns.command not in ("launch", "agent"):
+        parser.error(f"{ns.command} takes no arguments after '--'")
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.WARNING,
+        format=f"{PROG}: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if ns.command == "launch":
+            return _cmd_launch(ns, agent_args)
+        if ns.command == "agent":
+            return _cmd_agent(ns, agent_args)
+        if ns.command == "exec":
+            return _cmd_exec(ns)
+        if ns.command == "cp":
+            return _cmd_cp(ns)
+        parser.error(f"unknown command {ns.command!r}")
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except GuestCommandError as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.result.returncode or 1
+    except (BottleError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    return 0
