@@ -37,6 +37,7 @@ __all__ = [
     "MIN_VERSION",
     "Smolvm",
     "classify_failure",
+    "clear_version_cache",
     "cp_args",
     "create_args",
     "delete_args",
@@ -202,6 +203,11 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
 
 _VERSION = re.compile(r"\bsmolvm\s+v?(\d+)\.(\d+)\.(\d+)")
 _version_cache: dict[tuple[str, int, int, int], tuple[int, int, int]] = {}
+
+
+def clear_version_cache() -> None:
+    """Forget every cached `smolvm --version` answer (for tests that swap versions)."""
+    _version_cache.clear()
 
 
 def parse_version(text: str) -> tuple[int, int, int]:

@@ -1,0 +1,269 @@
+"""bottle.smolvm: argv builders (exact lists), executable lookup, version check, error mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bottle import smolvm as sv
+from bottle.errors import (
+    ConnectionLostError,
+    InvalidInputError,
+    MachineExistsError,
+    MachineNotFoundError,
+    MachineNotRunningError,
+    SmolvmError,
+    SmolvmNotExecutableError,
+    SmolvmNotFoundError,
+    SmolvmTooOldError,
+    SmolvmUsageError,
+    SmolvmVersionError,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_version_cache() -> None:
+    sv.clear_version_cache()
+
+
+# --- argv builders ---------------------------------------------------------------------
+
+
+def test_create_args_minimal_and_full() -> None:
+    assert sv.create_args("m1") == ["machine", "create", "-n", "m1"]
+    assert sv.create_args("m1", image="alpine:3", cpus=2, memory_mib=1024, network=True) == [
+        "machine", "create", "-n", "m1", "-I", "alpine:3", "--cpus", "2", "--mem", "1024", "--net",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"cpus": 0}, "cpus"),
+        ({"cpus": True}, "cpus"),
+        ({"memory_mib": -1}, "memory"),
+        ({"image": "-x"}, "image"),
+        ({"image": "a\0b"}, "NUL"),
+    ],
+)
+def test_create_args_rejects_bad_values(kwargs: dict[str, object], needle: str) -> None:
+    with pytest.raises(InvalidInputError, match=needle):
+        sv.create_args("m1", **kwargs)  # type: ignore[arg-type]
+
+
+def test_lifecycle_args_exact() -> None:
+    assert sv.start_args("a") == ["machine", "start", "-n", "a"]
+    assert sv.stop_args("a") == ["machine", "stop", "-n", "a"]
+    assert sv.delete_args("a") == ["machine", "delete", "-n", "a", "-f"]
+    assert sv.status_args("a") == ["machine", "status", "-n", "a", "--json"]
+    assert sv.ls_args() == ["machine", "ls", "--json"]
+    assert sv.cp_args("/h/f", "a", "/g/f") == ["machine", "cp", "/h/f", "a:/g/f"]
+
+
+def test_exec_args_long_name_options_before_dashdash() -> None:
+    assert sv.exec_args("a", ["true"]) == ["machine", "exec", "--name", "a", "--", "true"]
+    assert sv.exec_args("a", ["-x", "--name", "b"], tty=True, env_names=["K", "L"]) == [
+        "machine", "exec", "--name", "a", "-i", "-t", "-e", "K", "-e", "L",
+        "--", "-x", "--name", "b",
+    ]  # fmt: skip
+
+
+def test_exec_args_refuses_empty_command_nul_and_bad_env_name() -> None:
+    with pytest.raises(InvalidInputError, match="empty"):
+        sv.exec_args("a", [])
+    with pytest.raises(InvalidInputError, match="NUL"):
+        sv.exec_args("a", ["echo", "x\0y"])
+    with pytest.raises(InvalidInputError, match="variable name"):
+        sv.exec_args("a", ["true"], env_names=["A=B"])
+
+
+def test_cp_args_refuses_colon_in_host_path_and_relative_guest_path() -> None:
+    with pytest.raises(InvalidInputError, match="':'"):
+        sv.cp_args("/h/a:b", "m", "/g")
+    with pytest.raises(InvalidInputError, match="absolute"):
+        sv.cp_args("/h/a", "m", "g/x")
+    with pytest.raises(InvalidInputError, match=r"'\.\.'"):
+        sv.cp_args("/h/a", "m", "/g/../etc/passwd")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "-a", "_a", "a--b", "a-", "a b", "a/b", "a:b", "é", "a\0", "x" * 129],
+)
+def test_machine_names_outside_smolvm_rules_are_refused(name: str) -> None:
+    with pytest.raises(InvalidInputError, match="machine name"):
+        sv.start_args(name)
+
+
+@pytest.mark.parametrize("name", ["a", "A9", "9a", "a-b_c", "a_", "x" * 128])
+def test_machine_names_inside_smolvm_rules_are_accepted(name: str) -> None:
+    assert sv.start_args(name)[-1] == name
+
+
+# --- executable lookup -------------------------------------------------------------------
+
+
+def _exe(path: Path, body: str = "#!/bin/sh\necho 'smolvm 1.9.2'\n", mode: int = 0o755) -> Path:
+    path.write_text(body)
+    path.chmod(mode)
+    return path
+
+
+def test_find_executable_prefers_override(tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    _exe(a / "smolvm")
+    other = _exe(b / "my-smolvm")
+    env = {"PATH": str(a), sv.ENV_OVERRIDE: str(other)}
+    assert sv.find_executable(env) == str(other)
+    assert sv.find_executable({"PATH": str(a)}) == str(a / "smolvm")
+
+
+def test_missing_smolvm_names_path_and_override(tmp_path: Path) -> None:
+    with pytest.raises(SmolvmNotFoundError) as info:
+        sv.find_executable({"PATH": f"{tmp_path}:/nonexistent"})
+    msg = str(info.value)
+    assert f"{tmp_path}:/nonexistent" in msg
+    assert "BOTTLE_SMOLVM" in msg
+    assert not isinstance(info.value, FileNotFoundError)
+
+
+def test_override_to_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SmolvmNotFoundError, match="no such file"):
+        sv.find_executable({sv.ENV_OVERRIDE: str(tmp_path / "nope")})
+
+
+def test_override_not_executable(tmp_path: Path) -> None:
+    f = _exe(tmp_path / "smolvm", mode=0o644)
+    with pytest.raises(SmolvmNotExecutableError, match="not an executable"):
+        sv.find_executable({sv.ENV_OVERRIDE: str(f)})
+    with pytest.raises(SmolvmNotExecutableError, match="not an executable"):
+        sv.find_executable({sv.ENV_OVERRIDE: str(tmp_path)})
+
+
+def test_non_executable_smolvm_on_path_is_named(tmp_path: Path) -> None:
+    _exe(tmp_path / "smolvm", mode=0o644)
+    with pytest.raises(SmolvmNotExecutableError, match="not executable"):
+        sv.find_executable({"PATH": str(tmp_path)})
+
+
+# --- version -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("smolvm 1.9.2\n", (1, 9, 2)),
+        ("smolvm 1.0.2-3-gabcdef\n", (1, 0, 2)),
+        ("smolvm v10.20.30", (10, 20, 30)),
+    ],
+)
+def test_parse_version(text: str, version: tuple[int, int, int]) -> None:
+    assert sv.parse_version(text) == version
+
+
+def test_parse_version_garbage() -> None:
+    with pytest.raises(SmolvmVersionError, match=r"smolvm X\.Y\.Z"):
+        sv.parse_version("hello")
+
+
+def test_version_is_read_once(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    script = f"#!/bin/sh\necho x >> {counter}\necho 'smolvm 1.2.3'\n"
+    exe = _exe(tmp_path / "smolvm", script)
+    assert sv.read_version(str(exe)) == (1, 2, 3)
+    assert sv.read_version(str(exe)) == (1, 2, 3)
+    s = sv.Smolvm(str(exe))
+    assert s.version == (1, 2, 3)
+    assert counter.read_text().count("x") == 1
+
+
+@pytest.mark.parametrize("old", ["0.9.9", "1.0.1", "0.2.0"])
+def test_too_old_smolvm_is_refused_naming_the_minimum(tmp_path: Path, old: str) -> None:
+    exe = _exe(tmp_path / "smolvm", f"#!/bin/sh\necho 'smolvm {old}'\n")
+    with pytest.raises(SmolvmTooOldError) as info:
+        sv.Smolvm(str(exe)).path  # noqa: B018
+    assert "1.0.2" in str(info.value)
+    assert old in str(info.value)
+    assert info.value.minimum == (1, 0, 2)
+
+
+def test_minimum_version_is_accepted(tmp_path: Path) -> None:
+    exe = _exe(tmp_path / "smolvm", "#!/bin/sh\necho 'smolvm 1.0.2'\n")
+    assert sv.Smolvm(str(exe)).path == str(exe)
+
+
+def test_failing_version_command(tmp_path: Path) -> None:
+    exe = _exe(tmp_path / "smolvm", "#!/bin/sh\necho broken >&2\nexit 3\n")
+    with pytest.raises(SmolvmVersionError, match="broken"):
+        sv.read_version(str(exe))
+
+
+# --- failure classification --------------------------------------------------------------
+
+ARGV = ["/x/smolvm", "machine", "exec", "--name", "m", "--", "true"]
+
+
+@pytest.mark.parametrize(
+    ("stderr", "cls"),
+    [
+        ("Error: vm not found: m\n", MachineNotFoundError),
+        (
+            "Error: config operation failed: machine status: machine 'm' not found\n",
+            MachineNotFoundError,
+        ),
+        (
+            "Error: agent operation failed: connect: machine 'm' is not running. "
+            "Use 'smolvm machine start --name m' first.\n",
+            MachineNotRunningError,
+        ),
+        (
+            "Error: agent operation failed: vm exec interactive: connection to VM lost\n",
+            ConnectionLostError,
+        ),
+        (
+            "Error: config operation failed: create machine: machine 'm' already exists or "
+            "is being created\n",
+            MachineExistsError,
+        ),
+        ("Error: agent operation failed: vm exec: failed to spawn command: x\n", SmolvmError),
+    ],
+)
+def test_exit_1_with_smolvm_error_line(stderr: str, cls: type[SmolvmError]) -> None:
+    err = sv.classify_failure(ARGV, 1, stderr, machine="m", guest=True)
+    assert type(err) is cls
+    assert err is not None
+    assert err.returncode == 1
+    assert stderr.strip()[len("Error: ") :] in str(err)
+
+
+def test_guest_exit_1_is_not_smolvm_error() -> None:
+    assert sv.classify_failure(ARGV, 1, "", guest=True) is None
+    # A guest program's own "Error:" line is not smolvm's shape.
+    assert sv.classify_failure(ARGV, 1, "Error: file missing\n", guest=True) is None
+    # A guest exit 2 without clap's usage text is the guest's status.
+    assert sv.classify_failure(ARGV, 2, "grep: bad\n", guest=True) is None
+
+
+def test_usage_error_exit_2() -> None:
+    stderr = "error: unexpected argument '-n' found\n\nUsage: smolvm machine exec [OPTIONS]\n"
+    err = sv.classify_failure(ARGV, 2, stderr, guest=True)
+    assert isinstance(err, SmolvmUsageError)
+    assert "unexpected argument" in str(err)
+    # Outside exec, exit 2 is always a usage error.
+    assert isinstance(sv.classify_failure(["s", "machine", "start"], 2, ""), SmolvmUsageError)
+
+
+def test_lifecycle_failure_without_error_line() -> None:
+    err = sv.classify_failure(["s", "machine", "stop", "-n", "m"], 1, "boom\n", machine="m")
+    assert type(err) is SmolvmError
+    assert "boom" in str(err)
+    assert "machine stop" in str(err)
+
+
+def test_success_is_not_classified() -> None:
+    assert sv.classify_failure(ARGV, 0, "Error: vm not found: m") is None
+
