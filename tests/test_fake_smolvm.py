@@ -1,0 +1,845 @@
+"""The fake smolvm behaves as shared/smolvm-cli.md documents smolvm 1.9.2.
+
+Each test names the documented behaviour it checks. PTY tests play the terminal through
+os.openpty(): the fake's stdin (and controlling tty) is the slave, the test holds the master.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FAKE_SMOLVM, FakeSmolvm
+
+NOT_RUNNING = (
+    "Error: agent operation failed: connect: machine 'm' is not running. "
+    "Use 'smolvm machine start --name m' first.\n"
+)
+CORE_KEYS = {"name", "state", "cpus", "memory_mib", "pid", "image", "mounts", "ports",
+             "created_at", "network", "labels"}
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    """Poll `predicate` until true; fail (no hang) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def gone(pid: int) -> bool:
+    """True when `pid` no longer exists or is a zombie (reparented orphans may linger as Z)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat_line.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def running(fake: FakeSmolvm, name: str = "m") -> None:
+    fake.create(name, running=True)
+
+
+# --------------------------------------------------------------------------- global conventions
+
+
+def test_version_default_and_override(fake_smolvm: FakeSmolvm) -> None:
+    r = fake_smolvm.run("--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "smolvm 1.9.2\n", "")
+    fake_smolvm.set_fault(VERSION="0.9.0")
+    assert fake_smolvm.run("-V").stdout == "smolvm 0.9.0\n"
+
+
+def test_fixture_puts_fake_first_on_path(fake_smolvm: FakeSmolvm) -> None:
+    r = subprocess.run(["smolvm", "--version"], capture_output=True, text=True, check=False)
+    assert r.stdout == "smolvm 1.9.2\n"
+    assert "BOTTLE_SMOLVM" not in os.environ
+    assert os.environ["FAKE_SMOLVM_STATE"] == str(fake_smolvm.state_dir)
+
+
+def test_state_dir_required(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_SMOLVM_")}
+    r = subprocess.run([str(FAKE_SMOLVM), "machine", "ls"], capture_output=True, text=True,
+                       env=env, check=False)
+    assert r.returncode == 1
+    assert "FAKE_SMOLVM_STATE" in r.stderr and r.stderr.startswith("Error: ")
+
+
+def test_vm_alias_and_list_alias(fake_smolvm: FakeSmolvm) -> None:
+    assert fake_smolvm.run("vm", "create", "--name", "m").returncode == 0
+    r = fake_smolvm.run("vm", "list", "--json")
+    assert [m["name"] for m in json.loads(r.stdout)] == ["m"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["machine", "exec", "-n", "m", "--", "true"], "unexpected argument '-n' found"),
+        (["machine", "start", "--bogus"], "unexpected argument '--bogus' found"),
+        (["machine", "start", "--name"], "a value is required for '--name <NAME>'"),
+        (["machine", "exec", "--name", "m"], "required arguments were not provided"),
+        (["machine", "delete", "-f"], "required arguments were not provided"),
+        (["machine", "start", "-n", "a", "-n", "b"], "cannot be used multiple times"),
+        (["machine", "exec", "--name", "m", "-d", "-t", "true"], "cannot be used with"),
+        (["machine", "exec", "--name", "m", "--timeout", "0s", "true"], "greater than zero"),
+        (["machine", "exec", "--name", "m", "--timeout", "5", "true"], "time unit needed"),
+        (["machine", "create", "--name", "m", "sleep"], "unexpected argument 'sleep' found"),
+        (["machine", "create", "--cpus", "four"], "invalid value 'four'"),
+        (["machine", "frobnicate"], "unrecognized subcommand 'frobnicate'"),
+        (["machine", "cp", "a"], "required arguments were not provided"),
+    ],
+)
+def test_usage_errors_exit_2_on_stderr(
+    fake_smolvm: FakeSmolvm, args: list[str], message: str
+) -> None:
+    running(fake_smolvm)
+    r = fake_smolvm.run(*args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.startswith("error: ") and message in r.stderr
+    assert "Usage: smolvm" in r.stderr
+
+
+def test_exec_short_n_runs_nothing(fake_smolvm: FakeSmolvm, tmp_path: Path) -> None:
+    running(fake_smolvm)
+    marker = tmp_path / "ran"
+    r = fake_smolvm.run("machine", "exec", "-n", "m", "--", "touch", str(marker))
+    assert r.returncode == 2 and not marker.exists()
+
+
+def test_help_exits_0_on_stdout(fake_smolvm: FakeSmolvm) -> None:
+    r = fake_smolvm.run("machine", "exec", "--help")
+    assert r.returncode == 0 and "Usage: smolvm machine exec" in r.stdout and r.stderr == ""
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_create_output_and_record(fake_smolvm: FakeSmolvm) -> None:
+    r = fake_smolvm.run("machine", "create", "--name", "m", "-I", "alpine", "--cpus", "2",
+                        "--mem", "1024", "--net", "-e", "A=1", "--", "sleep", "1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["Created machine: m", "  CPUs: 2, Memory: 1024 MiB"]
+    rec = fake_smolvm.machine("m")
+    assert rec is not None
+    assert (rec["state"], rec["cpus"], rec["memory_mib"], rec["image"], rec["network"]) == (
+        "created", 2, 1024, "alpine", True)
+    assert rec["cmd"] == ["sleep", "1"]
+
+
+def test_create_defaults_network_off(fake_smolvm: FakeSmolvm) -> None:
+    assert fake_smolvm.run("machine", "create", "-n", "m").returncode == 0
+    rec = fake_smolvm.machine("m")
+    assert rec is not None
+    assert (rec["cpus"], rec["memory_mib"], rec["network"]) == (4, 8192, False)
+
+
+def test_create_without_name_generates_one(fake_smolvm: FakeSmolvm) -> None:
+    r = fake_smolvm.run("machine", "create")
+    assert r.returncode == 0
+    name = r.stdout.splitlines()[0].removeprefix("Created machine: ")
+    assert fake_smolvm.machine(name) is not None
+
+
+def test_create_duplicate(fake_smolvm: FakeSmolvm) -> None:
+    fake_smolvm.create("m", running=True)
+    r = fake_smolvm.run("machine", "create", "--name", "m", "--cpus", "1")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == (
+        "Error: config operation failed: create machine: machine 'm' already exists "
+        "or is being created\n"
+    )
+    rec = fake_smolvm.machine("m")
+    assert rec is not None and rec["state"] == "running" and rec["cpus"] == 4
+
+
+@pytest.mark.parametrize("name", ["-a", "_a", "a--b", "a-", "a b", "a.b", "a/b", "x" * 129, "é"])
+def test_create_rejects_bad_names(fake_smolvm: FakeSmolvm, name: str) -> None:
+    r = fake_smolvm.run("machine", "create", f"--name={name}")
+    assert r.returncode == 1
+    assert r.stderr.startswith("Error: invalid machine name")
+    assert not (fake_smolvm.state_dir / "machines").exists() or not list(
+        (fake_smolvm.state_dir / "machines").iterdir())
+
+
+@pytest.mark.parametrize("name", ["a", "A_b-1", "9", "a_", "x" * 128])
+def test_create_accepts_good_names(fake_smolvm: FakeSmolvm, name: str) -> None:
+    assert fake_smolvm.run("machine", "create", "--name", name).returncode == 0
+    assert fake_smolvm.machine(name) is not None
+
+
+def test_start_outputs_and_already_running(fake_smolvm: FakeSmolvm) -> None:
+    fake_smolvm.create("m", running=False)
+    r = fake_smolvm.run("machine", "start", "--name", "m")
+    assert r.returncode == 0
+    assert r.stderr == "Starting machine 'm'...\n"
+    rec = fake_smolvm.machine("m")
+    assert rec is not None and rec["state"] == "running"
+    assert r.stdout == f"Machine 'm' running (PID: {rec['pid']})\n"
+    r = fake_smolvm.run("machine", "start", "-n", "m")
+    assert (r.returncode, r.stdout) == (0, f"Machine 'm' already running (PID: {rec['pid']})\n")
+
+
+def test_start_unknown_explicit_name(fake_smolvm: FakeSmolvm) -> None:
+    r = fake_smolvm.run("machine", "start", "--name", "nope")
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "Error: vm not found: nope\n")
+
+
+def test_start_without_name_boots_default(fake_smolvm: FakeSmolvm) -> None:
+    r = fake_smolvm.run("machine", "start")
+    assert r.returncode == 0 and "Machine 'default' running" in r.stdout
+    rec = fake_smolvm.machine("default")
+    assert rec is not None and rec["state"] == "running"
+
+
+def test_stop_running_then_stopped_exit_0(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    r = fake_smolvm.run("machine", "stop", "--name", "m")
+    assert (r.returncode, r.stdout) == (0, "Stopping machine 'm'...\nStopped machine: m\n")
+    r = fake_smolvm.run("machine", "stop", "--name", "m")
+    assert (r.returncode, r.stdout) == (0, "Machine 'm' is not running (state: stopped)\n")
+    r = fake_smolvm.run("machine", "stop", "--name", "nope")
+    assert (r.returncode, r.stderr) == (1, "Error: vm not found: nope\n")
+
+
+def test_delete_without_force_cancels_on_eof_leaving_machine_stopped(
+    fake_smolvm: FakeSmolvm,
+) -> None:
+    running(fake_smolvm)
+    r = fake_smolvm.run("machine", "delete", "--name", "m")  # stdin is /dev/null: EOF
+    assert r.returncode == 0
+    assert "Delete machine 'm'? [y/N] " in r.stderr
+    assert "Cancelled" in r.stdout and "Deleted" not in r.stdout
+    rec = fake_smolvm.machine("m")
+    assert rec is not None and rec["state"] == "stopped"
+
+
+@pytest.mark.parametrize(("answer", "deleted"), [("y\n", True), ("yes\n", True), ("n\n", False),
+                                                 ("\n", False), ("sure\n", False)])
+def test_delete_prompt_answers(fake_smolvm: FakeSmolvm, answer: str, deleted: bool) -> None:
+    fake_smolvm.create("m", running=False)
+    r = fake_smolvm.run("machine", "delete", "-n", "m", stdin=None, input=answer)
+    assert r.returncode == 0
+    assert (fake_smolvm.machine("m") is None) == deleted
+
+
+def test_delete_force_and_rm_alias(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm, "a")
+    fake_smolvm.create("b", running=False)
+    r = fake_smolvm.run("machine", "delete", "--name", "a", "-f")
+    assert r.returncode == 0
+    assert r.stdout == ("Stopping machine 'a'...\nCleaning up data directory for vm: a\n"
+                        "Deleted machine: a\n")
+    assert fake_smolvm.run("machine", "rm", "-f", "-n", "b").returncode == 0
+    assert fake_smolvm.machine("a") is None and fake_smolvm.machine("b") is None
+    r = fake_smolvm.run("machine", "delete", "-f", "--name", "a")
+    assert (r.returncode, r.stderr) == (1, "Error: vm not found: a\n")
+
+
+@pytest.mark.parametrize("state", ["created", "running", "stopped", "failed", "unreachable",
+                                   "frozen"])
+def test_status_exit_0_for_every_state(fake_smolvm: FakeSmolvm, state: str) -> None:
+    fake_smolvm.create("m", state=state, pid=77)
+    r = fake_smolvm.run("machine", "status", "--name", "m")
+    assert r.returncode == 0
+    expected = "running (PID: 77)" if state == "running" else state
+    assert r.stdout == f"Machine 'm': {expected}\n"
+    r = fake_smolvm.run("machine", "status", "--name", "m", "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and doc.keys() >= CORE_KEYS
+    assert (doc["name"], doc["state"]) == ("m", state)
+    assert doc["pid"] == (77 if state == "running" else None)
+
+
+def test_status_unknown(fake_smolvm: FakeSmolvm) -> None:
+    r = fake_smolvm.run("machine", "status", "-n", "x")
+    assert (r.returncode, r.stderr) == (1, "Error: vm not found: x\n")
+    r = fake_smolvm.run("machine", "status", "-n", "x", "--json")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == ("Error: config operation failed: machine status: machine 'x' "
+                        "not found\n")
+
+
+def test_ls_empty_and_json(fake_smolvm: FakeSmolvm) -> None:
+    r = fake_smolvm.run("machine", "ls")
+    assert (r.returncode, r.stdout) == (0, "No machines found\n")
+    assert json.loads(fake_smolvm.run("machine", "ls", "--json").stdout) == []
+    running(fake_smolvm, "a")
+    fake_smolvm.create("b", running=False)
+    docs = json.loads(fake_smolvm.run("machine", "ls", "--json").stdout)
+    assert {d["name"]: d["state"] for d in docs} == {"a": "running", "b": "created"}
+    assert all(d.keys() >= CORE_KEYS for d in docs)
+    table = fake_smolvm.run("machine", "ls").stdout
+    assert "a" in table and "running" in table and "created" in table
+
+
+def test_injected_subcommand_failure(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    fake_smolvm.set_fault(FAIL_STOP="stop exploded")
+    r = fake_smolvm.run("machine", "stop", "-n", "m")
+    assert (r.returncode, r.stderr) == (1, "Error: stop exploded\n")
+    rec = fake_smolvm.machine("m")
+    assert rec is not None and rec["state"] == "running"
+    fake_smolvm.set_fault(FAIL_DELETE="nope")
+    assert fake_smolvm.run("machine", "rm", "-f", "-n", "m").stderr == "Error: nope\n"
+
+
+# --------------------------------------------------------------------------- exec (no tty)
+
+
+def test_exec_not_running_unknown_and_no_default(fake_smolvm: FakeSmolvm) -> None:
+    fake_smolvm.create("m", running=False)
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "--", "true")
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", NOT_RUNNING)
+    r = fake_smolvm.run("machine", "exec", "--name", "x", "--", "true")
+    assert (r.returncode, r.stderr) == (1, "Error: vm not found: x\n")
+    r = fake_smolvm.run("machine", "exec", "--", "true")
+    assert r.stderr == "Error: agent operation failed: connect: machine 'default' not found\n"
+
+
+def test_exec_buffers_stdout_then_stderr(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    script = "echo e1 >&2; echo o1; echo e2 >&2; echo o2; exit 3"
+    r = subprocess.run([str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "--", "sh", "-c",
+                        script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       stdin=subprocess.DEVNULL, check=False)
+    # One pipe for both streams: only buffering puts every stdout line before stderr.
+    assert (r.returncode, r.stdout) == (3, b"o1\no2\ne1\ne2\n")
+
+
+def test_exec_separates_streams(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "--", "sh", "-c", "echo o; echo e >&2")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "o\n", "e\n")
+
+
+def test_exec_stdin_is_dev_null(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "--", "sh", "-c",
+                        "cat; readlink /proc/self/fd/0", stdin=None, input="host data\n")
+    assert r.stdout == "/dev/null\n"
+
+
+@pytest.mark.parametrize(("script", "status"), [
+    ("exit 0", 0), ("exit 7", 7), ("exit 255", 255),
+    ("kill -TERM $$", 143), ("kill -KILL $$", 137), ("kill -INT $$", 130),
+])
+def test_exec_exit_status(fake_smolvm: FakeSmolvm, script: str, status: int) -> None:
+    running(fake_smolvm)
+    assert fake_smolvm.run("machine", "exec", "--name", "m", "--", "sh", "-c",
+                           script).returncode == status
+
+
+def test_exec_trailing_var_arg(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    # Once the command starts, later options belong to it, `--name` included.
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "echo", "--name", "x", "-e", "A=1")
+    assert (r.returncode, r.stdout) == (0, "--name x -e A=1\n")
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "--", "echo", "--", "-n")
+    assert r.stdout == "-- -n\n"
+
+
+def test_exec_spawn_failures_are_errors_not_127(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "--", "no-such-command-xyz")
+    assert r.returncode == 1
+    assert r.stderr == ("Error: agent operation failed: vm exec: failed to spawn command: "
+                        "No such file or directory (os error 2)\n")
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "-w", "/no/such/dir", "--", "true")
+    assert r.returncode == 1 and "failed to spawn command" in r.stderr
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "-i", "--", "no-such-command-xyz")
+    assert r.stderr == ("Error: agent operation failed: vm exec interactive: "
+                        "No such file or directory (os error 2)\n")
+
+
+def test_exec_env(fake_smolvm: FakeSmolvm, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_smolvm.create("m", env=["REC=rec", "OVER=rec"])
+    monkeypatch.setenv("HOST_SECRET", "s3cr3t")
+    monkeypatch.setenv("HOST_ONLY", "leak")
+    monkeypatch.delenv("UNSET_VAR", raising=False)
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "-e", "A=1", "-e", "B=x=y", "-e",
+                        "HOST_SECRET", "-e", "UNSET_VAR", "-e", "=dropped", "-e", "OVER=cli",
+                        "--", "env")
+    env = dict(line.split("=", 1) for line in r.stdout.splitlines())
+    assert env["A"] == "1" and env["B"] == "x=y"
+    assert env["HOST_SECRET"] == "s3cr3t"  # bare -e copies the host value
+    assert "UNSET_VAR" not in env  # bare -e of an unset variable is dropped
+    assert "HOST_ONLY" not in env  # the host env does not reach the guest
+    assert "FAKE_SMOLVM_STATE" not in env
+    assert env["REC"] == "rec" and env["OVER"] == "cli"  # record env < -e
+    assert "TERM" not in env
+    assert "dropped" not in r.stdout
+    assert "s3cr3t" not in json.dumps(fake_smolvm.calls())
+
+
+def test_exec_workdir(fake_smolvm: FakeSmolvm, tmp_path: Path) -> None:
+    fake_smolvm.create("m", workdir=str(tmp_path))
+    assert fake_smolvm.run("machine", "exec", "--name", "m", "pwd").stdout == f"{tmp_path}\n"
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "-w", "/tmp", "pwd")
+    assert r.stdout == "/tmp\n"
+
+
+def test_exec_runuser_node_really_runs(fake_smolvm: FakeSmolvm, require_node_user: Any) -> None:
+    running(fake_smolvm)
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "--", "runuser", "-u", "node", "--",
+                        "env", "HOME=/home/node", "USER=node", "sh", "-c", 'id -un; echo "$HOME"')
+    assert (r.returncode, r.stdout) == (0, "node\n/home/node\n"), r.stderr
+
+
+def test_exec_timeout_kills_process_group(fake_smolvm: FakeSmolvm, tmp_path: Path) -> None:
+    running(fake_smolvm)
+    pidfile = tmp_path / "bg.pid"
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "--timeout", "300ms", "--", "sh", "-c",
+                        f"sleep 60 & echo $! > {pidfile}; echo before; wait")
+    assert r.returncode == 124
+    assert r.stdout == "before\n"
+    wait_for(lambda: gone(int(pidfile.read_text())), "the background guest process to die")
+
+
+def test_exec_interactive_forwards_stdin_live(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    p = subprocess.Popen(
+        [str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "-i", "--", "sh", "-c",
+         'readlink /proc/self/fd/0 | cut -c1-5; while read l; do echo "got $l"; '
+         'echo "err $l" >&2; done; echo eof'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert p.stdin and p.stdout and p.stderr
+    assert p.stdout.readline() == b"pipe:\n"  # guest stdin is a pipe
+    p.stdin.write(b"one\n")
+    p.stdin.flush()
+    # Live: the answer arrives while the session is still open.
+    assert p.stdout.readline() == b"got one\n"
+    assert p.stderr.readline() == b"err one\n"
+    p.stdin.close()  # host EOF closes the guest's stdin
+    assert p.stdout.read() == b"eof\n"
+    assert p.wait() == 0
+
+
+def test_exec_stream_never_feeds_stdin(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "--stream", "--timeout", "500ms", "--",
+                        "sh", "-c", "echo live; cat; echo after-cat", stdin=None, input="data\n")
+    assert r.returncode == 124  # cat never saw EOF: its stdin pipe is held open, never written
+    assert r.stdout == "live\n"
+
+
+def test_exec_kill_execs_fault(fake_smolvm: FakeSmolvm, tmp_path: Path) -> None:
+    running(fake_smolvm)
+    fake_smolvm.set_fault(KILL_EXECS=2)
+    marker = tmp_path / "ran"
+    results = [fake_smolvm.run("machine", "exec", "--name", "m", "--", "sh", "-c",
+                               f"echo hi; echo x >> {marker}") for _ in range(3)]
+    assert [(r.returncode, r.stdout) for r in results] == [(137, ""), (137, ""), (0, "hi\n")]
+    assert marker.read_text() == "x\n"  # the killed execs never ran their command
+
+
+def test_exec_kill_execs_counter_is_shared_by_concurrent_calls(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    fake_smolvm.set_fault(KILL_EXECS=3)
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: fake_smolvm.run("machine", "exec", "--name", "m",
+                                                        "true").returncode, range(8)))
+    assert sorted(codes) == [0] * 5 + [137] * 3
+
+
+def test_exec_dies_mid_session_non_tty(fake_smolvm: FakeSmolvm, tmp_path: Path) -> None:
+    running(fake_smolvm)
+    fake_smolvm.set_fault(DIE_AFTER=0.3)
+    pidfile = tmp_path / "guest.pid"
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "--", "sh", "-c",
+                        f"echo $$ > {pidfile}; exec sleep 60")
+    assert r.returncode == 1
+    assert r.stderr == "Error: agent operation failed: vm exec: connection to VM lost\n"
+    rec = fake_smolvm.machine("m")
+    assert rec is not None and rec["state"] == "stopped"
+    wait_for(lambda: gone(int(pidfile.read_text())), "the guest to be killed")
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "true")
+    assert (r.returncode, r.stderr) == (1, NOT_RUNNING)
+
+
+def test_concurrent_creates_one_winner(fake_smolvm: FakeSmolvm) -> None:
+    def create(name: str) -> int:
+        return fake_smolvm.run("machine", "create", "--name", name).returncode
+
+    with ThreadPoolExecutor(8) as pool:
+        same = list(pool.map(create, ["dup"] * 6))
+        distinct = list(pool.map(create, [f"m{i}" for i in range(6)]))
+    assert sorted(same) == [0, 1, 1, 1, 1, 1]
+    assert distinct == [0] * 6
+    names = {d["name"] for d in json.loads(fake_smolvm.run("machine", "ls", "--json").stdout)}
+    assert names == {"dup", *(f"m{i}" for i in range(6))}
+
+
+def test_create_collide_fault(fake_smolvm: FakeSmolvm) -> None:
+    fake_smolvm.set_fault(CREATE_COLLIDE=1)
+    r = fake_smolvm.run("machine", "create", "--name", "fresh")
+    assert r.returncode == 1 and "machine 'fresh' already exists or is being created" in r.stderr
+    assert fake_smolvm.machine("fresh") is None
+
+
+def test_start_fail_fault(fake_smolvm: FakeSmolvm) -> None:
+    fake_smolvm.create("m", running=False)
+    fake_smolvm.set_fault(START_FAIL="agent operation failed: start: boom")
+    r = fake_smolvm.run("machine", "start", "--name", "m")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr.endswith("Error: agent operation failed: start: boom\n")
+    assert fake_smolvm.run("machine", "status", "-n", "m").stdout == "Machine 'm': failed\n"
+
+
+def test_start_delay_fault_machine_not_running_until_start_returns(
+    fake_smolvm: FakeSmolvm,
+) -> None:
+    fake_smolvm.create("m", running=False)
+    fake_smolvm.set_fault(START_DELAY=2)
+    p = subprocess.Popen([str(FAKE_SMOLVM), "machine", "start", "-n", "m"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    assert p.stderr.readline() == "Starting machine 'm'...\n"
+    # While start is still booting, the machine is not usable and the state lock is free.
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "true")
+    assert (r.returncode, r.stderr) == (1, NOT_RUNNING)
+    out, _ = p.communicate()
+    assert p.returncode == 0 and out.startswith("Machine 'm' running")
+    assert fake_smolvm.run("machine", "exec", "--name", "m", "true").returncode == 0
+
+
+def test_call_log(fake_smolvm: FakeSmolvm) -> None:
+    fake_smolvm.run("--version")
+    fake_smolvm.run("machine", "create", "--name", "m")
+    fake_smolvm.run("machine", "exec", "-n", "m", "true")  # usage errors are logged too
+    assert fake_smolvm.calls() == [["--version"], ["machine", "create", "--name", "m"],
+                                   ["machine", "exec", "-n", "m", "true"]]
+    assert fake_smolvm.subcommands() == ["--version", "create", "exec"]
+
+
+# --------------------------------------------------------------------------- cp
+
+
+def test_cp_upload(fake_smolvm: FakeSmolvm, tmp_path: Path) -> None:
+    running(fake_smolvm)
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"payload\x00\xff")
+    dest = tmp_path / "guest" / "deep" / "file.txt"
+    r = fake_smolvm.run("machine", "cp", str(src), f"m:{dest}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and "Uploading" in r.stderr
+    assert dest.read_bytes() == b"payload\x00\xff"
+    st = dest.stat()
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (0, 0)
+    assert [p.name for p in dest.parent.iterdir()] == ["file.txt"]  # no staging file left
+
+
+def test_cp_upload_mode_uid_gid_and_atomic_overwrite(fake_smolvm: FakeSmolvm,
+                                                      tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test checks ownership changes and must run as root")
+    running(fake_smolvm)
+    src = tmp_path / "src"
+    src.write_text("new")
+    dest = tmp_path / "dest"
+    dest.write_text("old")
+    old_inode = dest.stat().st_ino
+    r = fake_smolvm.run("machine", "cp", "--mode", "600", "--uid", "1001", "--gid", "1002",
+                        str(src), f"m:{dest}")
+    assert r.returncode == 0, r.stderr
+    st = dest.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 1001, 1002)
+    assert dest.read_text() == "new" and st.st_ino != old_inode  # renamed into place
+
+
+def test_cp_relative_guest_path_gets_leading_slash(fake_smolvm: FakeSmolvm,
+                                                   tmp_path: Path) -> None:
+    running(fake_smolvm)
+    src = tmp_path / "s"
+    src.write_text("x")
+    dest = tmp_path / "rel"
+    assert fake_smolvm.run("machine", "cp", str(src), f"m:{str(dest).lstrip('/')}").returncode == 0
+    assert dest.read_text() == "x"
+
+
+@pytest.mark.parametrize("guest", ["/tmp/../etc/x", "/tmp/./x", "a/../../b"])
+def test_cp_rejects_dot_segments(fake_smolvm: FakeSmolvm, tmp_path: Path, guest: str) -> None:
+    running(fake_smolvm)
+    src = tmp_path / "s"
+    src.write_text("x")
+    r = fake_smolvm.run("machine", "cp", str(src), f"m:{guest}")
+    assert r.returncode == 1 and r.stderr.startswith("Error: ")
+
+
+def test_cp_errors(fake_smolvm: FakeSmolvm, tmp_path: Path) -> None:
+    running(fake_smolvm)
+    fake_smolvm.create("off", running=False)
+    src = tmp_path / "s"
+    src.write_text("x")
+    r = fake_smolvm.run("machine", "cp", str(src), str(tmp_path / "d"))
+    assert r.returncode == 1 and "must use machine:path syntax" in r.stderr
+    r = fake_smolvm.run("machine", "cp", str(tmp_path), f"m:{tmp_path}/dir-copy")
+    assert r.returncode == 1 and "Is a directory" in r.stderr  # regular files only
+    r = fake_smolvm.run("machine", "cp", str(src), f"off:{tmp_path}/x")
+    assert r.returncode == 1 and "machine 'off' is not running" in r.stderr
+    r = fake_smolvm.run("machine", "cp", str(src), f"nope:{tmp_path}/x")
+    assert (r.returncode, r.stderr) == (1, "Error: vm not found: nope\n")
+    # The first colon decides: a local path with a colon is taken for a machine name.
+    odd = tmp_path / "a:b"
+    odd.write_text("x")
+    r = fake_smolvm.run("machine", "cp", str(odd), f"m:{tmp_path}/y")
+    assert r.returncode == 1 and f"vm not found: {tmp_path}/a" in r.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_cp_download(fake_smolvm: FakeSmolvm, tmp_path: Path) -> None:
+    running(fake_smolvm)
+    guest = tmp_path / "guest.bin"
+    guest.write_bytes(b"\x01\x02")
+    local = tmp_path / "local.bin"
+    r = fake_smolvm.run("machine", "cp", f"m:{guest}", str(local))
+    assert (r.returncode, r.stdout) == (0, "")
+    assert local.read_bytes() == b"\x01\x02"
+    r = fake_smolvm.run("machine", "cp", "--mode", "644", f"m:{guest}", str(local))
+    assert r.returncode == 1 and "only apply to uploads" in r.stderr
+    r = fake_smolvm.run("machine", "cp", f"m:{tmp_path}", str(local))
+    assert r.returncode == 1 and "not a regular file" in r.stderr
+
+
+# --------------------------------------------------------------------------- exec -t on a pty
+
+# A guest that reports its pty size at start and on every SIGWINCH (os.write: async-safe), echoes
+# lines, and exits with status 5 on "quit".
+SIZE_GUEST = r"""
+import fcntl, os, signal, struct, sys, termios
+def size():
+    r, c, _, _ = struct.unpack("HHHH", fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
+    return f"{r}x{c}"
+signal.signal(signal.SIGWINCH, lambda *a: os.write(1, f"size {size()}\n".encode()))
+os.write(1, f"ready {size()} TERM={os.environ.get('TERM')}\n".encode())
+for line in sys.stdin:
+    os.write(1, f"line {line.strip()}\n".encode())
+    if line.strip() == "quit":
+        sys.exit(5)
+"""
+
+
+class Terminal:
+    """The test's side of a pty: the fake gets the slave as stdin/stdout and controlling tty."""
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self.master, self.slave = os.openpty()
+        self.resize(rows, cols)
+        self.initial = termios.tcgetattr(self.slave)
+        self.output = b""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def resize(self, rows: int, cols: int) -> None:
+        # On the master: the kernel sends SIGWINCH to the tty's foreground process group.
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def spawn(self, args: list[str], stdout: int | None = None) -> subprocess.Popen[bytes]:
+        slave = self.slave
+
+        def make_controlling() -> None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(
+            [str(FAKE_SMOLVM), *args], stdin=slave, stdout=slave if stdout is None else stdout,
+            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=make_controlling,
+        )
+        return self.proc
+
+    def lflag(self) -> int:
+        return int(termios.tcgetattr(self.slave)[3])
+
+    def is_raw(self) -> bool:
+        return not self.lflag() & termios.ICANON
+
+    def read_until(self, token: bytes, timeout: float = 20.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while token not in self.output:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"timed out waiting for {token!r}; got {self.output!r}")
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    self.output += os.read(self.master, 65536)
+                except OSError:
+                    pytest.fail(f"pty closed before {token!r}; got {self.output!r}")
+        return self.output
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.fixture
+def terminal() -> Iterator[Any]:
+    made: list[Terminal] = []
+
+    def make(rows: int = 33, cols: int = 101) -> Terminal:
+        made.append(Terminal(rows, cols))
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.close()
+
+
+def test_tty_size_from_stdin_raw_mode_resize_and_restore(
+    fake_smolvm: FakeSmolvm, terminal: Any
+) -> None:
+    running(fake_smolvm)
+    term = terminal(33, 101)
+    # stdout is another pty of a different size: the size must come from stdin (fd 0).
+    other = terminal(50, 160)
+    proc = term.spawn(["machine", "exec", "--name", "m", "-it", "--", sys.executable, "-c",
+                       SIZE_GUEST], stdout=other.slave)
+    other.read_until(b"33x101")  # from the "ready" line or the guest's first SIGWINCH
+    assert b"TERM=xterm-256color" in other.output
+    attrs = termios.tcgetattr(term.slave)
+    iflag, oflag, _, lflag, _, _, cc = attrs
+    assert not lflag & (termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    assert not oflag & termios.OPOST
+    assert not iflag & (termios.ICRNL | termios.IXON)
+    assert cc[termios.VMIN] == 1
+    term.resize(40, 120)
+    other.read_until(b"size 40x120")
+    other.resize(10, 10)  # stdout's size changes are not stdin's: nothing forwarded
+    term.resize(41, 121)
+    other.read_until(b"size 41x121")
+    assert b"10x10" not in other.output
+    os.write(term.master, b"quit\r")  # raw host stdin; the guest pty's ICRNL makes it a line
+    other.read_until(b"line quit")
+    assert proc.wait(timeout=20) == 5
+    assert termios.tcgetattr(term.slave) == term.initial  # restored on normal return
+
+
+def test_tty_raw_mode_only_after_delay_and_type_ahead_discarded(
+    fake_smolvm: FakeSmolvm, terminal: Any
+) -> None:
+    running(fake_smolvm)
+    fake_smolvm.set_fault(TTY_DELAY=3)
+    term = terminal()
+    term.spawn(["machine", "exec", "--name", "m", "-t", "--", sys.executable, "-c",
+                "import sys; print('ready', flush=True); print('got', sys.stdin.readline())"])
+    wait_for(lambda: len(fake_smolvm.calls()) == 1, "the fake to start")
+    # The fake is running but still "connecting": the terminal is untouched.
+    assert not term.is_raw()
+    os.write(term.master, b"early\r")
+    wait_for(term.is_raw, "raw mode")
+    term.read_until(b"ready")
+    os.write(term.master, b"late\r")
+    out = term.read_until(b"got late")
+    assert b"got early" not in out  # TCSAFLUSH dropped the type-ahead
+
+
+def test_tty_non_tty_stdin_no_raw_no_resize_merged_stderr(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    r = subprocess.run(
+        [str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "-t", "--", "sh", "-c",
+         "stty size; tty >/dev/null && echo is-tty; echo to-stderr >&2; exit 4"],
+        stdin=subprocess.DEVNULL, capture_output=True, check=False,
+    )
+    assert r.returncode == 4
+    assert r.stdout.split(b"\r\n")[:3] == [b"24 80", b"is-tty", b"to-stderr"]
+    assert r.stderr == b""
+
+
+def test_tty_stdin_eof_sends_veof_twice(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    # "abc" without a newline: the first VEOF pushes the partial line, the second is EOF.
+    r = subprocess.run(
+        [str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "-i", "-t", "--", "sh", "-c",
+         "stty -echo; cat; echo; echo done"],
+        input=b"abc", capture_output=True, check=False, timeout=60,
+    )
+    assert r.returncode == 0
+    assert r.stdout.endswith(b"abc\r\ndone\r\n")
+
+
+def test_tty_term_override(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    r = subprocess.run(
+        [str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "-t", "-e", "TERM=dumb", "--",
+         "sh", "-c", 'echo "$TERM"'], stdin=subprocess.DEVNULL, capture_output=True, check=False,
+    )
+    assert r.stdout == b"dumb\r\n"
+
+
+def test_tty_machine_dies_mid_session(
+    fake_smolvm: FakeSmolvm, terminal: Any, tmp_path: Path
+) -> None:
+    running(fake_smolvm)
+    fake_smolvm.set_fault(DIE_AFTER=1, TTY_DELAY=0)
+    term = terminal()
+    pidfile = tmp_path / "guest.pid"
+    proc = term.spawn(["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
+                       f"echo $$ > {pidfile}; echo started; exec sleep 60"])
+    term.read_until(b"started")
+    assert proc.wait(timeout=30) == 1
+    assert proc.stderr is not None
+    assert proc.stderr.read() == (
+        b"Error: agent operation failed: vm exec interactive: connection to VM lost\n")
+    assert termios.tcgetattr(term.slave) == term.initial  # error return restores the terminal
+    rec = fake_smolvm.machine("m")
+    assert rec is not None and rec["state"] == "stopped"
+    wait_for(lambda: gone(int(pidfile.read_text())), "the guest to be killed")
+
+
+def test_tty_fake_killed_leaves_terminal_raw_and_guest_killed(
+    fake_smolvm: FakeSmolvm, terminal: Any, tmp_path: Path
+) -> None:
+    running(fake_smolvm)
+    fake_smolvm.set_fault(TTY_DELAY=0)
+    term = terminal()
+    pidfile = tmp_path / "guest.pid"
+    proc = term.spawn(["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
+                       f"echo $$ > {pidfile}; echo started; exec sleep 60"])
+    term.read_until(b"started")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == -signal.SIGTERM
+    # smolvm has no SIGTERM handler in the exec path: the terminal stays raw.
+    assert term.is_raw()
+    wait_for(lambda: gone(int(pidfile.read_text())), "the agent-side kill of the guest")
+
+
+def test_tty_timeout(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    fake_smolvm.set_fault(TTY_DELAY=0)
+    r = subprocess.run(
+        [str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "-t", "--timeout", "300ms", "--",
+         "sleep", "60"], stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=60,
+    )
+    assert r.returncode == 124
+
+
+def test_shell_is_exec_it_bin_sh(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    fake_smolvm.set_fault(TTY_DELAY=0)
+    r = subprocess.run([str(FAKE_SMOLVM), "machine", "shell", "-n", "m"], input=b"exit 9\n",
+                       capture_output=True, check=False, timeout=60)
+    assert r.returncode == 9
+    fake_smolvm.create("off", running=False)
+    r = subprocess.run([str(FAKE_SMOLVM), "machine", "sh", "-n", "off"], input=b"",
+                       capture_output=True, check=False, timeout=60)
+    assert r.returncode == 1 and b"is not running" in r.stderr  # shell does not start it
+
