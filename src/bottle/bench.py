@@ -36,7 +36,7 @@ import termios
 import time
 import tty
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -354,20 +354,26 @@ class Session:
         return self.exit
 
     def close(self) -> None:
-        """Hang up, make sure the relay and everything it started are gone."""
+        """End the child, then the relay; make sure nothing the session started is left."""
         if self._closed:
             return
         self._closed = True
-        if self.master >= 0:
-            os.close(self.master)
-            self.master = -1
         if self.exit is None:
+            # End the child so that every relay takes its ordinary way out. A hang-up would not
+            # do: util-linux script keeps running, with its child, after its terminal is gone.
+            for pid in tagged_pids(self.tag):
+                if pid != self.pid or not self.relay.is_relay:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             try:
                 self.wait_exit(timeout=5.0)
             except BenchError:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
                 self.wait_exit(timeout=5.0)
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
         deadline = time.monotonic() + 0.5
         left = tagged_pids(self.tag)
         while left and time.monotonic() < deadline:
@@ -857,18 +863,31 @@ class StartupResult:
     samples_ms: list[float] = field(repr=False, default_factory=list)
 
 
+def spawn_first_byte(relay: Relay) -> tuple[Session, float]:
+    """Spawn ``printf R`` through ``relay``; return the session and ms until the "R" arrived."""
+    s = Session(relay, ["printf", "R"])
+    try:
+        buf = bytearray(16)
+        n = s.read_some(buf, 30.0)
+        t1 = time.perf_counter_ns()
+        if buf[:n] != b"R":
+            raise BenchError(f"{relay.name}: first output {bytes(buf[:n])!r}{s.stderr()}")
+    except BaseException:
+        s.close()
+        raise
+    return s, (t1 - s.spawned_ns) / 1e6
+
+
 def measure_startup(relay: Relay, spawns: int) -> StartupResult:
-    """Time spawn → first byte of ``printf R``; note the relay's whole-life CPU."""
+    """Time spawn -> first byte of ``printf R``; note the relay's whole-life CPU."""
     samples, cpus = [], []
     for _ in range(spawns):
-        with Session(relay, ["printf", "R"]) as s:
-            buf = bytearray(16)
-            n = s.read_some(buf, 30.0)
-            t1 = time.perf_counter_ns()
-            if buf[:n] != b"R":
-                raise BenchError(f"{relay.name}: first output {bytes(buf[:n])!r}{s.stderr()}")
-            samples.append((t1 - s.spawned_ns) / 1e6)
+        s, ms = spawn_first_byte(relay)
+        with s:
+            samples.append(ms)
             info = s.wait_exit()
+            if info.status != 0:
+                raise BenchError(f"{relay.name}: exit status {info.status}{s.stderr()}")
             cpus.append(info.own_cpu_ns / 1e6)
     return StartupResult(
         relay.name,
@@ -1259,23 +1278,25 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"bottle bench: {msg}", file=sys.stderr, flush=True)
 
-    report = run_bench(settings, args.relay or RELAY_NAMES, log)
-    print(format_report(report))
+    out = None
     if args.json:
-        try:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
+        try:  # before measuring, so a bad path costs no minutes
+            out = open(args.json, "w")  # noqa: SIM115 - closed below, after the run
         except OSError as e:
             print(f"bottle bench: cannot write {args.json}: {e.strerror}", file=sys.stderr)
-            return 1
+            return 2
+    try:
+        report = run_bench(settings, args.relay or RELAY_NAMES, log)
+        print(format_report(report))
+        if out is not None:
+            json.dump(report, out, indent=2)
+            out.write("\n")
+            log(f"results written to {args.json}")
+    finally:
+        if out is not None:
+            out.close()
     has_error = any(k.endswith("_error") for r in report["results"].values() for k in r)
     return 1 if has_error else 0
-
-
-def iter_relays() -> Iterator[Relay]:
-    """Yield the relays in report order."""
-    for name in RELAY_NAMES:
-        yield RELAYS[name]
 
 
 if __name__ == "__main__":

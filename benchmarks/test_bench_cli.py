@@ -1,0 +1,107 @@
+"""`bottle bench`: the report, the JSON, the targets, skipped peers, bad arguments."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bottle import bench
+
+
+def test_quick_run_prints_ratios_and_writes_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A (shrunken) quick run prints the table, both ratio tables and targets; JSON matches."""
+    monkeypatch.setattr(bench, "QUICK", bench.SMOKE)
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--quick", "--relay", "script", "--relay", "none", "--json", str(out)])
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert rc == 0, text
+    assert report["machine"]["nproc"] >= 1
+    assert "none" in report["results"]
+    assert "ratio to no relay" in text
+    if shutil.which("script"):
+        assert "ratio to script" in text
+        got = report["results"]["script"]
+        assert got["throughput_mib_s"] > 0
+        assert got["resize_burst_ok"] is True
+        assert got["throughput_cpu_s_per_gib"] > 0
+    else:
+        assert "skipped script: script(1) is not installed" in text
+    assert "targets (native relay)" in text
+
+
+def test_missing_peer_is_skipped_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that is not installed is left out and the report says why."""
+    monkeypatch.setattr(bench.shutil, "which", lambda _name: None)
+    report = bench.run_bench(bench.SMOKE, ["script", "none"])
+    assert list(report["results"]) == ["none"]
+    assert "not installed" in report["skipped"]["script"]
+    assert "skipped script: script(1) is not installed" in bench.format_report(report)
+
+
+def test_targets_compare_native_with_script_and_no_relay() -> None:
+    """Ratios and verdicts follow the issue's targets; a missing figure is n/a, not a pass."""
+    results = {
+        "native": {
+            "throughput_cpu_s_per_gib": 1.0,
+            "throughput_mib_s": 90.0,
+            "echo_p50_us": 50.0,
+            "echo_p99_us": 120.0,
+            "idle_wakeups_s": 0.0,
+        },
+        "script": {
+            "throughput_cpu_s_per_gib": 4.0,
+            "echo_p50_us": 50.0,
+            "echo_p99_us": 100.0,
+            "resize_p99_us": 100.0,
+        },
+        "none": {"throughput_mib_s": 100.0},
+    }
+    verdicts = {t["target"]: t for t in bench.evaluate_targets(results)}
+    cpu = verdicts["native relay CPU/GiB <= 0.5x script"]
+    assert (cpu["ratio"], cpu["met"]) == (0.25, True)
+    assert verdicts["native throughput >= 1.0x no relay"]["met"] is False
+    assert verdicts["native echo p50 <= 0.9x script"]["met"] is False
+    assert verdicts["native echo p99 <= 1.0x script"]["met"] is False
+    assert verdicts["native resize p99 <= 1.0x script"]["met"] is None
+    assert verdicts["native idle: 0 wake-ups/s"]["met"] is True
+    text = bench.format_report(
+        {"machine": bench.machine_info(), "settings": {"runs": 1}, "skipped": {},
+         "results": results, "targets": list(verdicts.values())}
+    )
+    assert "MISS  native throughput >= 1.0x no relay: 90 vs 100 = 0.90x" in text
+    assert "n/a   native resize p99 <= 1.0x script" in text
+
+
+def test_runs_combine_as_medians() -> None:
+    """Numbers take the median, flags must hold in every run, an error is kept."""
+    runs: list[dict[str, float | bool | str | None]] = [
+        {"a": 1.0, "ok": True},
+        {"a": 5.0, "ok": False, "echo_error": "hung"},
+        {"a": 2.0, "ok": True},
+    ]
+    assert bench.median_metrics(runs) == {"a": 2.0, "ok": False, "echo_error": "hung"}
+
+
+def test_percentile_is_nearest_rank() -> None:
+    """p50 and p99 of 1..100 are 50 and 99."""
+    values = [float(v) for v in range(100, 0, -1)]
+    assert (bench.percentile(values, 0.5), bench.percentile(values, 0.99)) == (50.0, 99.0)
+
+
+def test_bad_arguments_fail_early(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--runs 0 and an unwritable --json path are refused before anything is measured."""
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--runs", "0"])
+    assert exc.value.code == 2
+    assert "--runs must be at least 1" in capsys.readouterr().err
+    missing = tmp_path / "no-such-dir" / "out.json"
+    assert bench.main(["--json", str(missing)]) == 2
+    assert f"cannot write {missing}" in capsys.readouterr().err

@@ -1,0 +1,64 @@
+"""Throughput: a payload of random bytes from a raw-mode child through the relay."""
+
+from __future__ import annotations
+
+import statistics
+
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from bottle import bench
+
+
+def test_throughput(
+    benchmark: BenchmarkFixture,
+    relay: bench.Relay,
+    settings: bench.Settings,
+    measuring: bool,
+    payloads: bench.Payloads,
+) -> None:
+    """MiB/s and relay CPU/GiB for one payload; the bytes arrive intact (sha256)."""
+    payload = payloads.get(settings.stream_bytes)
+    streams: list[bench.Stream] = []
+
+    def setup() -> tuple[tuple[bench.Stream], dict[str, object]]:
+        stream = bench.Stream(relay, payload)
+        streams.append(stream)
+        stream.ready()
+        return (stream,), {}
+
+    try:
+        benchmark.pedantic(
+            bench.Stream.transfer,
+            setup=setup,
+            teardown=bench.Stream.finish,
+            rounds=settings.runs if measuring else 1,
+        )
+        results = [s.finish() for s in streams]
+    finally:
+        for s in streams:
+            s.abort()
+    for r in results:
+        assert r.bytes == payload.size
+        assert (r.cpu_s is None) == (relay.name == "none")
+    benchmark.extra_info.update(
+        mib=payload.size / bench.MIB,
+        mib_s=statistics.median(r.mib_s for r in results),
+        cpu_s_per_gib=(
+            statistics.median(r.cpu_s_per_gib or 0.0 for r in results) if relay.is_relay else None
+        ),
+        wait4_cpu_s=[r.wait4_cpu_s for r in results],
+    )
+
+
+def test_relay_cpu_excludes_what_the_child_burns() -> None:
+    """own_cpu_ns counts the process itself; wait4's rusage also counts the children it reaped."""
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    # The "relay" here is a shell that runs a CPU-bound child, reaps it, then waits for a byte.
+    child = ["/bin/sh", "-c", 'python3 -c "$0"; printf R; head -c1 >/dev/null', burn]
+    with bench.Session(bench.RELAYS["none"], child) as s:
+        s.expect(b"R")
+        s.write(b"q")
+        info = s.wait_exit()
+    assert info.status == 0
+    assert info.wait4_cpu_s >= 0.3
+    assert info.own_cpu_ns / 1e9 < 0.5 * info.wait4_cpu_s
