@@ -1,3 +1,641 @@
-# cython: language_level=3
-# Placeholder so the build has something to compile; the relay lands here.
-IMPLEMENTATION = "native"
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Native core of the PTY relay: spawn a child on a pty, and a GIL-free copy loop.
+
+The orchestration (terminal modes, signal handlers, waiting for the child) lives in
+``bottle.relay``; this module and its twin ``bottle._ptyrelay_py`` only provide `spawn` and
+`Pump`, with identical behaviour.
+"""
+
+import os
+
+from libc.errno cimport EAGAIN, EINTR, EIO, EPIPE, EINVAL, EBADF, errno
+from libc.signal cimport SIG_DFL, SIGCHLD, SIGCONT, SIGWINCH, signal
+from libc.stdlib cimport free, malloc
+from libc.string cimport memmove
+from posix.fcntl cimport F_DUPFD_CLOEXEC, fcntl
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.types cimport pid_t, sigset_t
+from posix.unistd cimport _exit, close, dup2, execve, fork, read, setsid, write
+from posix.wait cimport waitpid
+
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    ctypedef unsigned int nfds_t
+    enum: POLLIN, POLLOUT, POLLERR, POLLHUP, POLLNVAL
+    int poll(pollfd *fds, nfds_t nfds, int timeout)
+
+
+cdef extern from "<termios.h>" nogil:
+    ctypedef unsigned int tcflag_t
+    ctypedef unsigned char cc_t
+    enum: NCCS, VEOF, ICANON
+    struct termios:
+        tcflag_t c_lflag
+        cc_t c_cc[NCCS]
+    int tcgetattr(int fd, termios *t)
+
+
+cdef extern from "<sys/ioctl.h>" nogil:
+    struct winsize:
+        unsigned short ws_row
+        unsigned short ws_col
+    enum: TIOCGWINSZ, TIOCSWINSZ, TIOCSCTTY
+    int ioctl(int fd, unsigned long request, ...)
+
+
+cdef extern from "<signal.h>" nogil:
+    enum: NSIG, SIG_SETMASK
+    int pthread_sigmask(int how, const sigset_t *new, sigset_t *old)
+    int sigfillset(sigset_t *s)
+    int sigemptyset(sigset_t *s)
+
+
+cdef extern from "<unistd.h>" nogil:
+    enum: _POSIX_VDISABLE
+
+
+# Events returned by Pump.run() and Pump.drain(); the same numbers in the pure twin.
+cdef enum:
+    C_EV_DONE = 0
+    C_EV_SIGNAL = 1
+    C_EV_EOF = 2
+    C_EV_HUP = 3
+    C_EV_CHILD = 4
+
+EV_DONE = C_EV_DONE
+EV_SIGNAL = C_EV_SIGNAL
+EV_EOF = C_EV_EOF
+EV_HUP = C_EV_HUP
+EV_CHILD = C_EV_CHILD
+
+DEFAULT_BUFSIZE = 128 * 1024
+# While typed-ahead input is held, the child's termios is re-checked at this interval.
+cdef int HOLD_POLL_MS = 10
+
+# Stages of the child between fork and exec, reported with errno through the exec pipe.
+cdef int STAGE_EXEC = 0
+cdef int STAGE_SETSID = 1
+cdef int STAGE_CTTY = 2
+cdef int STAGE_DUP = 3
+STAGES = ("exec", "setsid", "TIOCSCTTY", "dup2")
+
+
+cdef long long _now_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+
+
+cdef void _child(const char *path, char **argv, char **envp, int slave, int errfd) noexcept nogil:
+    # Between fork and exec: async-signal-safe calls only (the parent may have threads).
+    cdef int i
+    cdef int report[2]
+    cdef sigset_t empty
+    for i in range(1, NSIG):
+        signal(i, SIG_DFL)  # SIGKILL/SIGSTOP fail harmlessly
+    sigemptyset(&empty)
+    pthread_sigmask(SIG_SETMASK, &empty, NULL)
+    # Keep the slave and the report pipe clear of 0-2 so the dup2s below cannot clobber them.
+    if errfd <= 2:
+        errfd = fcntl(errfd, F_DUPFD_CLOEXEC, 3)
+    if slave <= 2:
+        slave = fcntl(slave, F_DUPFD_CLOEXEC, 3)
+    report[0] = STAGE_SETSID
+    if setsid() >= 0:
+        report[0] = STAGE_CTTY
+        if ioctl(slave, TIOCSCTTY, 0) >= 0:
+            report[0] = STAGE_DUP
+            if dup2(slave, 0) >= 0 and dup2(slave, 1) >= 0 and dup2(slave, 2) >= 0:
+                close(slave)
+                report[0] = STAGE_EXEC
+                execve(path, argv, envp)
+    report[1] = errno
+    write(errfd, report, sizeof(report))
+    _exit(127)
+
+
+cdef char **_cstrings(list items, list keep) except NULL:
+    cdef Py_ssize_t i, n = len(items)
+    cdef bytes item
+    cdef char **out = <char **>malloc((n + 1) * sizeof(char *))
+    if out == NULL:
+        raise MemoryError()
+    for i in range(n):
+        obj = items[i]
+        if not isinstance(obj, bytes):
+            free(out)
+            raise TypeError(f"expected bytes, got {type(obj).__name__}")
+        item = obj
+        if b"\0" in item:
+            free(out)
+            raise ValueError("embedded null byte")
+        keep.append(item)
+        out[i] = <char *>item
+    out[n] = NULL
+    return out
+
+
+def spawn(bytes path, list argv, list envp, int master_fd, int slave_fd):
+    """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid.
+
+    The child is a session leader with the pty as its controlling terminal, stdin, stdout and
+    stderr, default signal dispositions and an empty signal mask. ``master_fd`` must be
+    close-on-exec. A failure before or at exec raises OSError in the parent, with
+    ``args[2]`` naming the stage that failed (see STAGES) when it is not exec itself.
+    """
+    cdef list keep = []
+    cdef char **c_argv = NULL
+    cdef char **c_envp = NULL
+    cdef const char *c_path
+    cdef sigset_t all_signals, old_mask
+    cdef pid_t pid
+    cdef int fork_errno = 0, status, got = 0, r, rfd, wfd
+    cdef int report[2]
+    if b"\0" in path:
+        raise ValueError("embedded null byte")
+    if not argv:
+        raise ValueError("argv must not be empty")
+    c_path = path
+    c_argv = _cstrings(argv, keep)
+    try:
+        c_envp = _cstrings(envp, keep)
+    except BaseException:
+        free(c_argv)
+        raise
+    rfd, wfd = os.pipe()  # close-on-exec: EOF on it means exec succeeded
+    with nogil:
+        # Block every signal across fork so no handler of ours runs in the child before the
+        # dispositions are reset (Python's handler would write to the shared wakeup fd).
+        sigfillset(&all_signals)
+        pthread_sigmask(SIG_SETMASK, &all_signals, &old_mask)
+        pid = fork()
+        if pid == 0:
+            _child(c_path, c_argv, c_envp, slave_fd, wfd)
+        fork_errno = errno
+        pthread_sigmask(SIG_SETMASK, &old_mask, NULL)
+        close(wfd)
+        if pid > 0:
+            while got < <int>sizeof(report):
+                r = read(rfd, (<char *>report) + got, sizeof(report) - got)
+                if r > 0:
+                    got += r
+                elif r == 0 or errno != EINTR:
+                    break
+            if got == <int>sizeof(report):
+                while waitpid(pid, &status, 0) < 0 and errno == EINTR:
+                    pass
+        close(rfd)
+    free(c_argv)
+    free(c_envp)
+    if pid < 0:
+        raise OSError(fork_errno, os.strerror(fork_errno))
+    if got == <int>sizeof(report):
+        if report[0] == STAGE_EXEC:
+            raise OSError(report[1], os.strerror(report[1]))
+        raise OSError(report[1], os.strerror(report[1]), STAGES[report[0]])
+    return pid
+
+
+cdef class Pump:
+    """Copy user input to a pty master and its output back, until something needs Python.
+
+    ``in_fd``/``out_fd`` are the user's side, ``master_fd`` the pty; all three must be
+    non-blocking (``in_fd`` may be -1: no input, end-of-input at once). ``wake_fd`` is the
+    read end of the `signal.set_wakeup_fd` pipe, ``child_fd`` becomes readable when the child
+    exits (both -1 when unused). ``size_fd`` is the user's terminal, read on SIGWINCH.
+    With ``winch`` the loop applies SIGWINCH itself and never reports it. ``in_tty`` makes
+    end-of-input a hang-up; otherwise it sends VEOF to the child. ``hold_ms`` > 0 holds
+    typed-ahead input while the child's pty is in canonical mode, at most that long.
+    """
+
+    cdef int in_fd, out_fd, master_fd, wake_fd, child_fd, size_fd
+    cdef bint winch, in_tty, hold_active, in_eof, master_eof, eof_reported, any_in
+    cdef int hold_ms, veof_pending, nsigs, err
+    cdef long long held_at
+    cdef unsigned char last_in
+    cdef unsigned char sigs[NSIG + 1]
+    cdef char *ibuf
+    cdef char *obuf
+    cdef size_t bufsize, ihead, itail, ohead, otail
+
+    def __cinit__(self, int in_fd, int out_fd, int master_fd, int wake_fd=-1, int child_fd=-1,
+                  int size_fd=-1, *, bint winch=True, bint in_tty=False, int hold_ms=0,
+                  Py_ssize_t bufsize=DEFAULT_BUFSIZE):
+        if bufsize < 1:
+            raise ValueError("bufsize must be positive")
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        self.master_fd = master_fd
+        self.wake_fd = wake_fd
+        self.child_fd = child_fd
+        self.size_fd = size_fd
+        self.winch = winch
+        self.in_tty = in_tty
+        self.hold_ms = hold_ms
+        self.hold_active = hold_ms > 0
+        self.held_at = -1
+        self.bufsize = bufsize
+        self.ibuf = <char *>malloc(bufsize)
+        self.obuf = <char *>malloc(bufsize)
+        if self.ibuf == NULL or self.obuf == NULL:
+            raise MemoryError()
+        if in_fd < 0:
+            self.in_eof = True
+            self.veof_pending = 1
+
+    def __dealloc__(self):
+        free(self.ibuf)
+        free(self.obuf)
+
+    def run(self):
+        """Relay until an event needs Python; return it (EV_SIGNAL, EV_EOF, EV_HUP or EV_CHILD).
+
+        EV_EOF (the child side closed the pty, output flushed) is returned once; later calls
+        keep waiting for signals, the child and a hang-up.
+        """
+        cdef int ev
+        with nogil:
+            ev = self._run()
+        if ev < 0:
+            raise OSError(self.err, os.strerror(self.err))
+        return ev
+
+    def drain(self, int idle_ms, int cap_ms):
+        """After the child's exit: copy its remaining output, then flush it to ``out_fd``.
+
+        Reads the master until EOF, until it stays quiet for ``idle_ms`` or for at most
+        ``cap_ms`` in all (a grandchild may keep the pty open). Returns EV_DONE, EV_HUP when
+        the user's side is gone, or EV_SIGNAL when a signal other than SIGWINCH, SIGCHLD or
+        SIGCONT interrupts the flush.
+        """
+        cdef int ev
+        with nogil:
+            ev = self._drain(idle_ms, cap_ms)
+        if ev < 0:
+            raise OSError(self.err, os.strerror(self.err))
+        return ev
+
+    def signals(self):
+        """Return the signal numbers received since the last call (each once, in order)."""
+        out = (<char *>self.sigs)[:self.nsigs]
+        self.nsigs = 0
+        return out
+
+    def resize(self):
+        """Copy the user's terminal size to the pty; return (rows, cols), None when unknown."""
+        cdef winsize ws
+        if self.size_fd < 0 or ioctl(self.size_fd, TIOCGWINSZ, &ws) < 0:
+            return None
+        if ws.ws_row == 0 or ws.ws_col == 0:
+            return None
+        if ioctl(self.master_fd, TIOCSWINSZ, &ws) < 0:
+            return None
+        return (ws.ws_row, ws.ws_col)
+
+    @property
+    def holding(self):
+        """Whether typed-ahead input is still being held back."""
+        return self.hold_active
+
+    @property
+    def buffered(self):
+        """Bytes waiting in (input, output) buffers."""
+        return (self.itail - self.ihead, self.otail - self.ohead)
+
+    # ---------------------------------------------------------------- C helpers
+
+    cdef void _resize_c(self) noexcept nogil:
+        cdef winsize ws
+        if self.size_fd < 0 or ioctl(self.size_fd, TIOCGWINSZ, &ws) < 0:
+            return
+        if ws.ws_row != 0 and ws.ws_col != 0:
+            ioctl(self.master_fd, TIOCSWINSZ, &ws)
+
+    cdef void _add_signal(self, unsigned char sig) noexcept nogil:
+        cdef int i
+        for i in range(self.nsigs):
+            if self.sigs[i] == sig:
+                return
+        if self.nsigs <= NSIG:
+            self.sigs[self.nsigs] = sig
+            self.nsigs += 1
+
+    cdef int _read_wake(self, bint drain_mode) noexcept nogil:
+        # Returns EV_SIGNAL when Python must act, 0 otherwise, -1 on error.
+        cdef unsigned char b[128]
+        cdef ssize_t r, i
+        cdef bint winch = False, report = False
+        while True:
+            r = read(self.wake_fd, b, sizeof(b))
+            if r > 0:
+                for i in range(r):
+                    if b[i] == SIGWINCH and self.winch:
+                        winch = True
+                    elif drain_mode and (b[i] == SIGWINCH or b[i] == SIGCHLD or b[i] == SIGCONT):
+                        pass
+                    else:
+                        self._add_signal(b[i])
+                        report = True
+            elif r == 0:
+                self.wake_fd = -1
+                break
+            elif errno == EINTR:
+                continue
+            elif errno == EAGAIN:
+                break
+            else:
+                self.err = errno
+                return -1
+        if winch and not drain_mode:
+            self._resize_c()
+        return 1 if report else 0
+
+    cdef int _read_master(self) noexcept nogil:
+        cdef ssize_t r
+        if self.ohead == self.otail:
+            self.ohead = self.otail = 0
+        elif self.otail == self.bufsize and self.ohead > 0:
+            memmove(self.obuf, self.obuf + self.ohead, self.otail - self.ohead)
+            self.otail -= self.ohead
+            self.ohead = 0
+        while self.otail < self.bufsize:
+            r = read(self.master_fd, self.obuf + self.otail, self.bufsize - self.otail)
+            if r > 0:
+                self.otail += r
+            elif r == 0:  # BSD/macOS: end of the pty
+                self.master_eof = True
+                break
+            elif errno == EINTR:
+                continue
+            elif errno == EAGAIN:
+                break
+            elif errno == EIO:  # Linux: end of the pty
+                self.master_eof = True
+                break
+            else:
+                self.err = errno
+                return -1
+        return 0
+
+    cdef int _write_out(self) noexcept nogil:
+        # Returns EV_HUP when the user's side is gone, 0 otherwise, -1 on error.
+        cdef ssize_t r
+        while self.otail > self.ohead:
+            r = write(self.out_fd, self.obuf + self.ohead, self.otail - self.ohead)
+            if r >= 0:
+                self.ohead += r
+            elif errno == EINTR:
+                continue
+            elif errno == EAGAIN:
+                break
+            elif errno == EIO or errno == EPIPE:
+                self.ohead = self.otail = 0
+                return C_EV_HUP
+            else:
+                self.err = errno
+                return -1
+        if self.ohead == self.otail:
+            self.ohead = self.otail = 0
+        return 0
+
+    cdef int _read_in(self, short revents) noexcept nogil:
+        # Returns EV_HUP when the user's terminal went away, 0 otherwise, -1 on error.
+        cdef ssize_t r
+        if self.in_tty and revents & (POLLHUP | POLLERR):
+            return C_EV_HUP
+        if self.ihead == self.itail:
+            self.ihead = self.itail = 0
+        elif self.itail == self.bufsize and self.ihead > 0:
+            memmove(self.ibuf, self.ibuf + self.ihead, self.itail - self.ihead)
+            self.itail -= self.ihead
+            self.ihead = 0
+        while self.itail < self.bufsize:
+            r = read(self.in_fd, self.ibuf + self.itail, self.bufsize - self.itail)
+            if r > 0:
+                if self.hold_active and self.held_at < 0:
+                    self.held_at = _now_ms()
+                self.itail += r
+                self.last_in = <unsigned char>self.ibuf[self.itail - 1]
+                self.any_in = True
+            elif r == 0:
+                if self.in_tty:
+                    return C_EV_HUP
+                self.in_eof = True
+                # A partial line needs one VEOF to be delivered and a second to read as EOF.
+                self.veof_pending = 2 if self.any_in and self.last_in != 10 else 1
+                break
+            elif errno == EINTR:
+                continue
+            elif errno == EAGAIN:
+                break
+            elif errno == EIO:
+                return C_EV_HUP
+            else:
+                self.err = errno
+                return -1
+        return 0
+
+    cdef int _write_master(self) noexcept nogil:
+        cdef ssize_t r
+        cdef termios t
+        cdef unsigned char veof[2]
+        if self.master_eof or self.hold_active:
+            return 0
+        while self.itail > self.ihead:
+            r = write(self.master_fd, self.ibuf + self.ihead, self.itail - self.ihead)
+            if r >= 0:
+                self.ihead += r
+            elif errno == EINTR:
+                continue
+            elif errno == EAGAIN:
+                break
+            elif errno == EIO:  # nobody holds the slave any more: input has no reader
+                self.ihead = self.itail
+                break
+            else:
+                self.err = errno
+                return -1
+        if self.ihead == self.itail:
+            self.ihead = self.itail = 0
+            if self.in_eof and self.veof_pending > 0:
+                if tcgetattr(self.master_fd, &t) < 0 or t.c_cc[VEOF] == _POSIX_VDISABLE:
+                    self.veof_pending = 0
+                    return 0
+                veof[0] = veof[1] = t.c_cc[VEOF]
+                r = write(self.master_fd, veof, self.veof_pending)
+                if r > 0:
+                    self.veof_pending -= <int>r
+                elif r < 0 and errno == EIO:
+                    self.veof_pending = 0
+                elif r < 0 and errno != EAGAIN and errno != EINTR:
+                    self.err = errno
+                    return -1
+        return 0
+
+    cdef int _hold_timeout(self) noexcept nogil:
+        # Poll timeout while input is held; releases the hold once the child left canonical
+        # mode or the bounded wait is over.
+        cdef termios t
+        cdef long long left
+        if tcgetattr(self.master_fd, &t) < 0 or not (t.c_lflag & ICANON):
+            self.hold_active = False
+            return -1
+        left = self.held_at + self.hold_ms - _now_ms()
+        if left <= 0:
+            self.hold_active = False
+            return -1
+        return <int>left if left < HOLD_POLL_MS else HOLD_POLL_MS
+
+    cdef int _run(self) noexcept nogil:
+        cdef pollfd fds[5]
+        cdef int n, r, timeout, iw, ic, ii, im, io
+        cdef short ev
+        while True:
+            timeout = -1
+            if self.hold_active and self.itail > self.ihead:
+                timeout = self._hold_timeout()
+                if not self.hold_active:
+                    if self._write_master() < 0:
+                        return -1
+            n = 0
+            iw = ic = ii = im = io = -1
+            if self.wake_fd >= 0:
+                fds[n].fd = self.wake_fd
+                fds[n].events = POLLIN
+                iw = n
+                n += 1
+            if self.child_fd >= 0:
+                fds[n].fd = self.child_fd
+                fds[n].events = POLLIN
+                ic = n
+                n += 1
+            if not self.master_eof:
+                ev = 0
+                if self.otail - self.ohead < self.bufsize:
+                    ev |= POLLIN
+                if self.itail > self.ihead and not self.hold_active:
+                    ev |= POLLOUT
+                elif self.in_eof and self.veof_pending > 0 and self.itail == self.ihead:
+                    ev |= POLLOUT
+                if ev:
+                    fds[n].fd = self.master_fd
+                    fds[n].events = ev
+                    im = n
+                    n += 1
+            if self.otail > self.ohead:
+                fds[n].fd = self.out_fd
+                fds[n].events = POLLOUT
+                io = n
+                n += 1
+            if self.in_fd >= 0 and not self.in_eof:
+                if not self.master_eof and self.itail - self.ihead < self.bufsize:
+                    fds[n].fd = self.in_fd
+                    fds[n].events = POLLIN
+                    ii = n
+                    n += 1
+                elif self.in_tty:
+                    # Nothing to read for now, but a hang-up must still be seen.
+                    fds[n].fd = self.in_fd
+                    fds[n].events = 0
+                    ii = n
+                    n += 1
+            if n == 0:
+                self.err = EINVAL
+                return -1
+            r = poll(fds, n, timeout)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                self.err = errno
+                return -1
+            if r == 0:
+                continue
+            for r in range(n):
+                if fds[r].revents & POLLNVAL:
+                    self.err = EBADF
+                    return -1
+            if iw >= 0 and fds[iw].revents:
+                r = self._read_wake(False)
+                if r != 0:
+                    return -1 if r < 0 else C_EV_SIGNAL
+            if ic >= 0 and fds[ic].revents:
+                return C_EV_CHILD
+            if im >= 0 and fds[im].revents & (POLLIN | POLLHUP | POLLERR):
+                if self._read_master() < 0:
+                    return -1
+            if self.otail > self.ohead:
+                r = self._write_out()
+                if r != 0:
+                    return r
+            if ii >= 0 and fds[ii].revents:
+                r = self._read_in(fds[ii].revents)
+                if r != 0:
+                    return r
+            if self._write_master() < 0:
+                return -1
+            if self.master_eof and self.otail == self.ohead and not self.eof_reported:
+                self.eof_reported = True
+                return C_EV_EOF
+
+    cdef int _drain(self, int idle_ms, int cap_ms) noexcept nogil:
+        cdef pollfd fds[3]
+        cdef int n, r, timeout, iw, im, io
+        cdef long long now, deadline = _now_ms() + cap_ms
+        cdef bint reading = not self.master_eof
+        while True:
+            now = _now_ms()
+            if reading and now >= deadline:
+                reading = False
+            n = 0
+            iw = im = io = -1
+            timeout = -1
+            if reading and self.otail - self.ohead < self.bufsize:
+                fds[n].fd = self.master_fd
+                fds[n].events = POLLIN
+                im = n
+                n += 1
+                timeout = <int>(deadline - now) if deadline - now < idle_ms else idle_ms
+            elif reading:
+                timeout = <int>(deadline - now)
+            if self.otail > self.ohead:
+                fds[n].fd = self.out_fd
+                fds[n].events = POLLOUT
+                io = n
+                n += 1
+            if n == 0:
+                return C_EV_DONE
+            if self.wake_fd >= 0:
+                fds[n].fd = self.wake_fd
+                fds[n].events = POLLIN
+                iw = n
+                n += 1
+            r = poll(fds, n, timeout)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                self.err = errno
+                return -1
+            if r == 0:
+                if im >= 0:
+                    reading = False
+                continue
+            if iw >= 0 and fds[iw].revents:
+                r = self._read_wake(True)
+                if r != 0:
+                    return -1 if r < 0 else C_EV_SIGNAL
+            if im >= 0 and fds[im].revents:
+                if fds[im].revents & POLLNVAL:
+                    self.err = EBADF
+                    return -1
+                if self._read_master() < 0:
+                    return -1
+                if self.master_eof:
+                    reading = False
+            if self.otail > self.ohead:
+                r = self._write_out()
+                if r != 0:
+                    return r

@@ -1,0 +1,44 @@
+"""Native core of the PTY relay (src/_ptyrelay.pyx); bottle._ptyrelay_py is its twin."""
+
+EV_DONE: int
+EV_SIGNAL: int
+EV_EOF: int
+EV_HUP: int
+EV_CHILD: int
+DEFAULT_BUFSIZE: int
+STAGES: tuple[str, ...]
+
+def spawn(path: bytes, argv: list[bytes], envp: list[bytes], master_fd: int, slave_fd: int) -> int:
+    """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid."""
+
+class Pump:
+    """Copy user input to a pty master and its output back, until something needs Python."""
+
+    def __init__(
+        self,
+        in_fd: int,
+        out_fd: int,
+        master_fd: int,
+        wake_fd: int = -1,
+        child_fd: int = -1,
+        size_fd: int = -1,
+        *,
+        winch: bool = True,
+        in_tty: bool = False,
+        hold_ms: int = 0,
+        bufsize: int = ...,
+    ) -> None: ...
+    def run(self) -> int:
+        """Relay until an event needs Python; return it."""
+    def drain(self, idle_ms: int, cap_ms: int) -> int:
+        """After the child's exit: copy its remaining output, then flush it."""
+    def signals(self) -> bytes:
+        """Return the signal numbers received since the last call."""
+    def resize(self) -> tuple[int, int] | None:
+        """Copy the user's terminal size to the pty; return (rows, cols), None when unknown."""
+    @property
+    def holding(self) -> bool:
+        """Whether typed-ahead input is still being held back."""
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """Bytes waiting in (input, output) buffers."""

@@ -1,0 +1,473 @@
+"""Pure-Python twin of the native relay core `bottle._ptyrelay`: same API, same behaviour.
+
+Only `bottle.relay` chooses between the two; see `_ptyrelay.pyx` for the reference semantics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import signal
+import struct
+import termios
+import time
+
+__all__ = [
+    "DEFAULT_BUFSIZE",
+    "EV_CHILD",
+    "EV_DONE",
+    "EV_EOF",
+    "EV_HUP",
+    "EV_SIGNAL",
+    "STAGES",
+    "Pump",
+    "spawn",
+]
+
+EV_DONE = 0
+EV_SIGNAL = 1
+EV_EOF = 2
+EV_HUP = 3
+EV_CHILD = 4
+
+DEFAULT_BUFSIZE = 128 * 1024
+_HOLD_POLL_MS = 10
+
+STAGES = ("exec", "setsid", "TIOCSCTTY", "dup2")
+_STAGE_EXEC, _STAGE_SETSID, _STAGE_CTTY, _STAGE_DUP = range(4)
+_REPORT = struct.Struct("ii")
+
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
+_POLLHUP = select.POLLHUP
+_POLLERR = select.POLLERR
+_POLLNVAL = select.POLLNVAL
+# _POSIX_VDISABLE: '\0' on Linux, 0xff on the BSDs and macOS.
+_VDISABLE = 0 if os.uname().sysname == "Linux" else 0xFF
+_WINSIZE = struct.Struct("HHHH")
+
+
+def _now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def _child(path: bytes, argv: list[bytes], envp: list[bytes], slave: int, errfd: int) -> None:
+    stage = _STAGE_SETSID
+    try:
+        for sig in signal.valid_signals():
+            with contextlib.suppress(OSError, ValueError, RuntimeError):  # SIGKILL, SIGSTOP
+                signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        # Keep the slave and the report pipe clear of 0-2 so the dup2s cannot clobber them.
+        if errfd <= 2:
+            errfd = fcntl.fcntl(errfd, fcntl.F_DUPFD_CLOEXEC, 3)
+        if slave <= 2:
+            slave = fcntl.fcntl(slave, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.setsid()
+        stage = _STAGE_CTTY
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        stage = _STAGE_DUP
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd, inheritable=True)
+        os.close(slave)
+        stage = _STAGE_EXEC
+        env = {}
+        for item in envp:
+            key, _, value = item.partition(b"=")
+            env[key] = value
+        os.execve(path, argv, env)
+    except OSError as exc:
+        code = exc.errno or errno.EINVAL
+    except BaseException:
+        code = errno.EINVAL
+    try:
+        os.write(errfd, _REPORT.pack(stage, code))
+    finally:
+        os._exit(127)
+
+
+def spawn(path: bytes, argv: list[bytes], envp: list[bytes], master_fd: int, slave_fd: int) -> int:
+    """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid.
+
+    The child is a session leader with the pty as its controlling terminal, stdin, stdout and
+    stderr, default signal dispositions and an empty signal mask. ``master_fd`` must be
+    close-on-exec. A failure before or at exec raises OSError in the parent, with
+    ``args[2]`` naming the stage that failed (see STAGES) when it is not exec itself.
+    """
+    for item in (path, *argv, *envp):
+        if not isinstance(item, bytes):
+            raise TypeError(f"expected bytes, got {type(item).__name__}")
+        if b"\0" in item:
+            raise ValueError("embedded null byte")
+    if not argv:
+        raise ValueError("argv must not be empty")
+    rfd, wfd = os.pipe()  # close-on-exec: EOF on it means exec succeeded
+    # Block every signal across fork so no handler of ours runs in the child before the
+    # dispositions are reset (Python's handler would write to the shared wakeup fd).
+    old_mask = signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
+    pid = -1
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os.close(rfd)
+            _child(path, argv, envp, slave_fd, wfd)
+    finally:
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            os.close(wfd)
+    try:
+        report = b""
+        while len(report) < _REPORT.size:
+            chunk = os.read(rfd, _REPORT.size - len(report))
+            if not chunk:
+                break
+            report += chunk
+    finally:
+        os.close(rfd)
+    if len(report) == _REPORT.size:
+        os.waitpid(pid, 0)
+        stage, code = _REPORT.unpack(report)
+        if stage == _STAGE_EXEC:
+            raise OSError(code, os.strerror(code))
+        raise OSError(code, os.strerror(code), STAGES[stage])
+    return pid
+
+
+class Pump:
+    """Copy user input to a pty master and its output back, until something needs Python.
+
+    ``in_fd``/``out_fd`` are the user's side, ``master_fd`` the pty; all three must be
+    non-blocking (``in_fd`` may be -1: no input, end-of-input at once). ``wake_fd`` is the
+    read end of the `signal.set_wakeup_fd` pipe, ``child_fd`` becomes readable when the child
+    exits (both -1 when unused). ``size_fd`` is the user's terminal, read on SIGWINCH.
+    With ``winch`` the loop applies SIGWINCH itself and never reports it. ``in_tty`` makes
+    end-of-input a hang-up; otherwise it sends VEOF to the child. ``hold_ms`` > 0 holds
+    typed-ahead input while the child's pty is in canonical mode, at most that long.
+    """
+
+    def __init__(
+        self,
+        in_fd: int,
+        out_fd: int,
+        master_fd: int,
+        wake_fd: int = -1,
+        child_fd: int = -1,
+        size_fd: int = -1,
+        *,
+        winch: bool = True,
+        in_tty: bool = False,
+        hold_ms: int = 0,
+        bufsize: int = DEFAULT_BUFSIZE,
+    ) -> None:
+        if bufsize < 1:
+            raise ValueError("bufsize must be positive")
+        self._in_fd = in_fd
+        self._out_fd = out_fd
+        self._master_fd = master_fd
+        self._wake_fd = wake_fd
+        self._child_fd = child_fd
+        self._size_fd = size_fd
+        self._winch = winch
+        self._in_tty = in_tty
+        self._hold_ms = hold_ms
+        self._holding = hold_ms > 0
+        self._held_at = -1
+        self._bufsize = bufsize
+        self._ibuf = bytearray()
+        self._obuf = bytearray()
+        self._in_eof = in_fd < 0
+        self._veof_pending = 1 if in_fd < 0 else 0
+        self._master_eof = False
+        self._eof_reported = False
+        self._last_in = -1
+        self._sigs = bytearray()
+        self._poll = select.poll()
+        self._registered: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ public
+
+    def run(self) -> int:
+        """Relay until an event needs Python; return it (EV_SIGNAL, EV_EOF, EV_HUP or EV_CHILD).
+
+        EV_EOF (the child side closed the pty, output flushed) is returned once; later calls
+        keep waiting for signals, the child and a hang-up.
+        """
+        while True:
+            timeout = -1
+            if self._holding and self._ibuf:
+                timeout = self._hold_timeout()
+                if not self._holding:
+                    self._write_master()
+            want: dict[int, int] = {}
+            if self._wake_fd >= 0:
+                want[self._wake_fd] = _POLLIN
+            if self._child_fd >= 0:
+                want[self._child_fd] = _POLLIN
+            if not self._master_eof:
+                ev = 0
+                if len(self._obuf) < self._bufsize:
+                    ev |= _POLLIN
+                if (self._ibuf and not self._holding) or (
+                    self._in_eof and self._veof_pending and not self._ibuf
+                ):
+                    ev |= _POLLOUT
+                if ev:
+                    want[self._master_fd] = ev
+            if self._obuf:
+                want[self._out_fd] = want.get(self._out_fd, 0) | _POLLOUT
+            in_polled = False
+            if self._in_fd >= 0 and not self._in_eof:
+                if not self._master_eof and len(self._ibuf) < self._bufsize:
+                    want[self._in_fd] = want.get(self._in_fd, 0) | _POLLIN
+                    in_polled = True
+                elif self._in_tty:
+                    want[self._in_fd] = want.get(self._in_fd, 0)
+                    in_polled = True
+            if not want:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            ready = dict(self._wait(want, timeout))
+            if not ready:
+                continue
+            if any(rev & _POLLNVAL for rev in ready.values()):
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+            if self._wake_fd in ready and self._read_wake(drain_mode=False):
+                return EV_SIGNAL
+            if self._child_fd >= 0 and self._child_fd in ready:
+                return EV_CHILD
+            rev = ready.get(self._master_fd, 0)
+            if want.get(self._master_fd, 0) & _POLLIN and rev & (_POLLIN | _POLLHUP | _POLLERR):
+                self._read_master()
+            if self._obuf and self._write_out():
+                return EV_HUP
+            if in_polled and ready.get(self._in_fd, 0) and self._read_in(ready[self._in_fd]):
+                return EV_HUP
+            self._write_master()
+            if self._master_eof and not self._obuf and not self._eof_reported:
+                self._eof_reported = True
+                return EV_EOF
+
+    def drain(self, idle_ms: int, cap_ms: int) -> int:
+        """After the child's exit: copy its remaining output, then flush it to ``out_fd``.
+
+        Reads the master until EOF, until it stays quiet for ``idle_ms`` or for at most
+        ``cap_ms`` in all (a grandchild may keep the pty open). Returns EV_DONE, EV_HUP when
+        the user's side is gone, or EV_SIGNAL when a signal other than SIGWINCH, SIGCHLD or
+        SIGCONT interrupts the flush.
+        """
+        deadline = _now_ms() + cap_ms
+        reading = not self._master_eof
+        while True:
+            now = _now_ms()
+            if reading and now >= deadline:
+                reading = False
+            want: dict[int, int] = {}
+            timeout = -1
+            master_polled = False
+            if reading and len(self._obuf) < self._bufsize:
+                want[self._master_fd] = _POLLIN
+                master_polled = True
+                timeout = min(idle_ms, deadline - now)
+            elif reading:
+                timeout = deadline - now
+            if self._obuf:
+                want[self._out_fd] = want.get(self._out_fd, 0) | _POLLOUT
+            if not want:
+                return EV_DONE
+            if self._wake_fd >= 0:
+                want[self._wake_fd] = want.get(self._wake_fd, 0) | _POLLIN
+            ready = dict(self._wait(want, timeout))
+            if not ready:
+                if master_polled:
+                    reading = False
+                continue
+            if self._wake_fd in ready and self._read_wake(drain_mode=True):
+                return EV_SIGNAL
+            rev = ready.get(self._master_fd, 0)
+            if master_polled and rev:
+                if rev & _POLLNVAL:
+                    raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+                self._read_master()
+                if self._master_eof:
+                    reading = False
+            if self._obuf and self._write_out():
+                return EV_HUP
+
+    def signals(self) -> bytes:
+        """Return the signal numbers received since the last call (each once, in order)."""
+        out = bytes(self._sigs)
+        self._sigs.clear()
+        return out
+
+    def resize(self) -> tuple[int, int] | None:
+        """Copy the user's terminal size to the pty; return (rows, cols), None when unknown."""
+        if self._size_fd < 0:
+            return None
+        try:
+            packed = fcntl.ioctl(self._size_fd, termios.TIOCGWINSZ, bytes(_WINSIZE.size))
+            rows, cols, _, _ = _WINSIZE.unpack(packed)
+            if rows == 0 or cols == 0:
+                return None
+            fcntl.ioctl(self._master_fd, termios.TIOCSWINSZ, packed)
+        except OSError:
+            return None
+        return rows, cols
+
+    @property
+    def holding(self) -> bool:
+        """Whether typed-ahead input is still being held back."""
+        return self._holding
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """Bytes waiting in (input, output) buffers."""
+        return len(self._ibuf), len(self._obuf)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _wait(self, want: dict[int, int], timeout: int) -> list[tuple[int, int]]:
+        registered = self._registered
+        for fd in [fd for fd in registered if fd not in want]:
+            self._poll.unregister(fd)
+            del registered[fd]
+        for fd, events in want.items():
+            if registered.get(fd) != events:
+                self._poll.register(fd, events)
+                registered[fd] = events
+        return self._poll.poll(timeout)
+
+    def _add_signal(self, sig: int) -> None:
+        if sig not in self._sigs:
+            self._sigs.append(sig)
+
+    def _read_wake(self, *, drain_mode: bool) -> bool:
+        winch = report = False
+        while True:
+            try:
+                data = os.read(self._wake_fd, 128)
+            except BlockingIOError:
+                break
+            if not data:
+                self._wake_fd = -1
+                break
+            for sig in data:
+                if sig == signal.SIGWINCH and self._winch:
+                    winch = True
+                elif drain_mode and sig in (signal.SIGWINCH, signal.SIGCHLD, signal.SIGCONT):
+                    pass
+                else:
+                    self._add_signal(sig)
+                    report = True
+        if winch and not drain_mode:
+            self.resize()
+        return report
+
+    def _read_master(self) -> None:
+        obuf = self._obuf
+        while len(obuf) < self._bufsize:
+            try:
+                data = os.read(self._master_fd, self._bufsize - len(obuf))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # Linux: end of the pty
+                    self._master_eof = True
+                    break
+                raise
+            if not data:  # BSD/macOS: end of the pty
+                self._master_eof = True
+                break
+            obuf += data
+
+    def _write_out(self) -> bool:
+        """Write buffered output; True when the user's side is gone."""
+        obuf = self._obuf
+        while obuf:
+            try:
+                n = os.write(self._out_fd, obuf)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.EPIPE):
+                    obuf.clear()
+                    return True
+                raise
+            del obuf[:n]
+        return False
+
+    def _read_in(self, revents: int) -> bool:
+        """Read user input; True when the user's terminal went away."""
+        if self._in_tty and revents & (_POLLHUP | _POLLERR):
+            return True
+        ibuf = self._ibuf
+        while len(ibuf) < self._bufsize:
+            try:
+                data = os.read(self._in_fd, self._bufsize - len(ibuf))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    return True
+                raise
+            if not data:
+                if self._in_tty:
+                    return True
+                self._in_eof = True
+                # A partial line needs one VEOF to be delivered and a second to read as EOF.
+                self._veof_pending = 2 if self._last_in not in (-1, 10) else 1
+                break
+            if self._holding and self._held_at < 0:
+                self._held_at = _now_ms()
+            ibuf += data
+            self._last_in = data[-1]
+        return False
+
+    def _write_master(self) -> None:
+        if self._master_eof or self._holding:
+            return
+        ibuf = self._ibuf
+        while ibuf:
+            try:
+                n = os.write(self._master_fd, ibuf)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # nobody holds the slave any more
+                    ibuf.clear()
+                    break
+                raise
+            del ibuf[:n]
+        if not ibuf and self._in_eof and self._veof_pending > 0:
+            try:
+                cc = termios.tcgetattr(self._master_fd)[6][termios.VEOF]
+            except termios.error:
+                self._veof_pending = 0
+                return
+            veof = cc[0] if isinstance(cc, bytes) else int(cc)
+            if veof == _VDISABLE:
+                self._veof_pending = 0
+                return
+            try:
+                n = os.write(self._master_fd, bytes([veof]) * self._veof_pending)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    self._veof_pending = 0
+                    return
+                raise
+            self._veof_pending -= n
+
+    def _hold_timeout(self) -> int:
+        try:
+            canonical = termios.tcgetattr(self._master_fd)[3] & termios.ICANON
+        except termios.error:
+            canonical = 0
+        left = self._held_at + self._hold_ms - _now_ms()
+        if not canonical or left <= 0:
+            self._holding = False
+            return -1
+        return min(left, _HOLD_POLL_MS)

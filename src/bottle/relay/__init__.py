@@ -1,0 +1,552 @@
+"""Relay the user's terminal to a child command running on a fresh pseudo-terminal.
+
+`run` starts the child on a new pty (a session leader with the pty as its controlling
+terminal, sized like the user's terminal), copies bytes both ways until the child exits and
+returns its status. The copy loop is the native extension `bottle._ptyrelay` when it is built,
+else its pure-Python twin `bottle._ptyrelay_py`; `IMPLEMENTATION` says which.
+BOTTLE_NO_EXTENSIONS=1 forces the twin; BOTTLE_REQUIRE_EXTENSION=1 makes this import fail
+instead of falling back to it (setting both is an error too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import os
+import signal
+import stat
+import struct
+import sys
+import termios
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["IMPLEMENTATION", "run"]
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+if TYPE_CHECKING:
+    from bottle import _ptyrelay_py as _core
+elif _flag("BOTTLE_NO_EXTENSIONS"):
+    if _flag("BOTTLE_REQUIRE_EXTENSION"):
+        raise ImportError(
+            "BOTTLE_REQUIRE_EXTENSION and BOTTLE_NO_EXTENSIONS are both set: the native relay "
+            "is required and forbidden at once; unset one of them"
+        )
+    from bottle import _ptyrelay_py as _core
+else:
+    try:
+        from bottle import _ptyrelay as _core
+    except ImportError as exc:
+        if _flag("BOTTLE_REQUIRE_EXTENSION"):
+            raise ImportError(
+                f"BOTTLE_REQUIRE_EXTENSION is set but the native relay bottle._ptyrelay "
+                f"cannot be imported: {exc}"
+            ) from exc
+        from bottle import _ptyrelay_py as _core
+
+IMPLEMENTATION: str = "pure" if _core.__name__.endswith("_py") else "native"
+
+# Signals the relay catches while it runs (main thread only). The first four are forwarded to
+# the child's process group; the others drive window size, job control and the child's exit.
+_FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+_CAUGHT = (*_FORWARDED, signal.SIGWINCH, signal.SIGCHLD, signal.SIGTSTP, signal.SIGCONT)
+
+_DEFAULT_SIZE = (24, 80)
+# smolvm switches its stdin to raw mode with TCSAFLUSH only once the VM session has started;
+# input typed before that would be discarded, so it is held (at most this long) until then.
+_HOLD_MS = 3000
+# After the child's exit, output still in flight is copied until the pty stays quiet this long
+# (or this long in all, if a grandchild keeps writing).
+_DRAIN_IDLE_MS = 100
+_DRAIN_CAP_MS = 2000
+# On hang-up the child gets SIGHUP, then SIGKILL after this grace (seconds).
+_KILL_GRACE = 0.5
+_WINSIZE = struct.Struct("HHHH")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin_fd: int = 0,
+    stdout_fd: int = 1,
+    machine: str | None = None,
+    resize_command: str | None = None,
+) -> int:
+    """Run ``argv`` on a new pty relayed to ``stdin_fd``/``stdout_fd``; return its exit status.
+
+    The status is the child's exit code, or 128+N when signal N killed it. ``argv[0]`` is looked
+    up on the PATH of ``env`` (default: ``os.environ``), which is also the child's environment.
+    When ``stdin_fd`` is a terminal it is in raw mode while the child runs and its exact settings
+    are restored on every way out. ``resize_command`` is a command template run (off the copy
+    loop, at most one at a time, latest size wins) after each window change, with ``{rows}``,
+    ``{cols}`` and ``{machine}`` replaced.
+
+    Thread rule: Python only lets the main thread install signal handlers. Called from the main
+    thread, `run` takes over SIGWINCH, SIGCHLD, SIGTSTP, SIGCONT, SIGTERM, SIGHUP, SIGINT and
+    SIGQUIT (and the `signal.set_wakeup_fd`) while it runs, and restores the previous ones.
+    Called from any other thread it relays without signal handling: no window-size changes
+    after the start, no job control, and signals sent to the process are not forwarded.
+
+    Raises:
+        FileNotFoundError, PermissionError: the program cannot be executed (named in the error).
+        ValueError: empty ``argv``, a bad ``resize_command`` or a closed ``stdout_fd``.
+    """
+    args = [os.fsencode(arg) for arg in argv]
+    if not args:
+        raise ValueError("nothing to run: argv is empty")
+    environ: Mapping[str, str] = os.environ if env is None else env
+    path = _resolve(argv[0], args[0], environ)
+    envp = [os.fsencode(key) + b"=" + os.fsencode(value) for key, value in environ.items()]
+    resize = None
+    if resize_command is not None:
+        resize = _resize_argv(resize_command, machine)
+    session = _Session(path, args, envp, stdin_fd, stdout_fd, environ, machine, resize)
+    return session.run()
+
+
+def _resolve(name: str | bytes, program: bytes, environ: Mapping[str, str]) -> bytes:
+    """The file to execute for ``program``, looked up like execvp does."""
+    shown = os.fsdecode(name)
+    if not program:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), shown)
+    if b"/" in program:
+        return program
+    denied = False
+    for directory in os.get_exec_path(environ):
+        candidate = os.path.join(os.fsencode(directory or "."), program)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if os.access(candidate, os.X_OK):
+            return candidate
+        denied = True
+    if denied:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), shown)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), shown)
+
+
+def _resize_argv(template: str, machine: str | None) -> list[str]:
+    """Split and check a --resize-command template; placeholders are filled per resize."""
+    import shlex
+    import string
+
+    try:
+        words = shlex.split(template)
+    except ValueError as exc:
+        raise ValueError(f"resize command {template!r}: {exc}") from None
+    if not words:
+        raise ValueError("resize command is empty")
+    for word in words:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(word) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"resize command {template!r}: {exc}") from None
+        for field in fields:
+            if field not in ("rows", "cols", "machine"):
+                raise ValueError(
+                    f"resize command {template!r}: unknown placeholder {{{field}}} "
+                    "(use {rows}, {cols} and {machine})"
+                )
+            if field == "machine" and machine is None:
+                raise ValueError(
+                    f"resize command {template!r} uses {{machine}} but no machine was given"
+                )
+    return words
+
+
+def _exit_status(wait_status: int) -> int:
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """Python-level handler: the work happens in the loop, woken by the wakeup-fd byte."""
+
+
+def _window_size(fd: int) -> tuple[int, int] | None:
+    try:
+        rows, cols, _, _ = _WINSIZE.unpack(
+            fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(_WINSIZE.size))
+        )
+    except OSError:
+        return None
+    return (rows, cols) if rows and cols else None
+
+
+def _raw(attrs: list[Any]) -> list[Any]:
+    """Raw-mode copy of a termios attribute list (like cfmakeraw)."""
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = attrs
+    iflag &= ~(
+        termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
+        | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON
+    )
+    oflag &= ~termios.OPOST
+    lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    cflag = (cflag & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+    cc = list(cc)
+    cc[termios.VMIN] = 1
+    cc[termios.VTIME] = 0
+    return [iflag, oflag, cflag, lflag, ispeed, ospeed, cc]
+
+
+class _Child:
+    """The child process: its status, signals to its group, and waiting for it.
+
+    With signal handling, SIGCHLD tells the loop to look; without (not the main thread), a
+    thread waits for the child and makes ``fd`` readable when it has exited.
+    """
+
+    def __init__(self, pid: int, *, threaded: bool) -> None:
+        self.pid = pid
+        self.status: int | None = None
+        self.fd = -1
+        self._threaded = threaded
+        if threaded:
+            import threading
+
+            self._done = threading.Event()
+            self.fd, self._notify_fd = os.pipe()
+            threading.Thread(target=self._waiter, name="bottle-relay-wait", daemon=True).start()
+
+    def _waiter(self) -> None:
+        try:
+            self.status = self._reap(0)
+        finally:
+            self._done.set()
+            os.write(self._notify_fd, b"x")
+
+    def _reap(self, options: int) -> int | None:
+        try:
+            pid, wait_status = os.waitpid(self.pid, options)
+        except ChildProcessError:  # reaped behind our back: the status is lost
+            return 255
+        return _exit_status(wait_status) if pid else None
+
+    def poll(self) -> int | None:
+        """The exit status if the child has exited, else None."""
+        if self.status is None and not self._threaded:
+            self.status = self._reap(os.WNOHANG)
+        return self.status
+
+    def wait(self, timeout: float | None) -> int | None:
+        """Wait up to ``timeout`` seconds (None: forever) for the child's exit status."""
+        if self._threaded:
+            self._done.wait(timeout)
+            return self.status
+        if timeout is None:
+            if self.status is None:
+                self.status = self._reap(0)
+            return self.status
+        deadline = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.status
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the child's process group (it is a session leader)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, sig)
+
+    def end(self) -> None:
+        """Make sure the child is gone: SIGHUP, SIGKILL after a grace, then reap it."""
+        if self.poll() is None:
+            self.signal(signal.SIGHUP)
+            if self.wait(_KILL_GRACE) is None:
+                self.signal(signal.SIGKILL)
+                self.wait(None)
+        if self._threaded:
+            os.close(self.fd)
+            os.close(self._notify_fd)
+
+
+class _ResizeWorker:
+    """Runs the resize command off the copy loop: one at a time, the latest size wins."""
+
+    def __init__(self, words: list[str], machine: str | None, env: Mapping[str, str]) -> None:
+        import subprocess
+        import threading
+
+        self._subprocess = subprocess
+        self._words = words
+        self._machine = machine or ""
+        self._env = dict(env)
+        self._cond = threading.Condition()
+        self._pending: tuple[int, int] | None = None
+        self._stopping = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._main, name="bottle-relay-resize", daemon=True)
+        self._thread.start()
+
+    def post(self, size: tuple[int, int]) -> None:
+        with self._cond:
+            self._pending = size
+            self._cond.notify()
+
+    def _main(self) -> None:
+        sp = self._subprocess
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                rows, cols = self._pending or _DEFAULT_SIZE
+                self._pending = None
+                argv = [w.format(rows=rows, cols=cols, machine=self._machine) for w in self._words]
+                try:
+                    # Its own session and no terminal: it must not touch the user's.
+                    self._proc = sp.Popen(
+                        argv, stdin=sp.DEVNULL, stdout=sp.DEVNULL, stderr=sp.DEVNULL,
+                        env=self._env, start_new_session=True,
+                    )
+                except OSError:
+                    continue
+                proc = self._proc
+            proc.wait()
+            with self._cond:
+                self._proc = None
+
+    def stop(self) -> None:
+        """Stop taking sizes; give a running command a grace, then kill it."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(_KILL_GRACE)
+        with self._cond:
+            proc = self._proc
+        if proc is not None:
+            proc.kill()
+        self._thread.join()
+
+
+class _Session:
+    """One relay run; every setup step registers its undo as soon as it has succeeded."""
+
+    def __init__(
+        self,
+        path: bytes,
+        args: list[bytes],
+        envp: list[bytes],
+        stdin_fd: int,
+        stdout_fd: int,
+        environ: Mapping[str, str],
+        machine: str | None,
+        resize: list[str] | None,
+    ) -> None:
+        self._path = path
+        self._args = args
+        self._envp = envp
+        self._stdin_fd = stdin_fd
+        self._stdout_fd = stdout_fd
+        self._environ = environ
+        self._machine = machine
+        self._resize = resize
+        self._undo: list[Callable[[], object]] = []
+        self._saved_attrs: list[Any] | None = None
+        self._worker: _ResizeWorker | None = None
+
+    def run(self) -> int:
+        try:
+            return self._start()
+        finally:
+            while self._undo:
+                # termios.error: e.g. the user's terminal has gone away; nothing to restore.
+                with contextlib.suppress(OSError, termios.error):
+                    self._undo.pop()()
+
+    def _start(self) -> int:
+        in_fd, out_fd = self._stdin_fd, self._stdout_fd
+        try:
+            fcntl.fcntl(out_fd, fcntl.F_GETFL)
+        except OSError:
+            raise ValueError(f"stdout_fd {out_fd} is not an open file descriptor") from None
+        try:
+            fcntl.fcntl(in_fd, fcntl.F_GETFL)
+        except OSError:
+            in_fd = -1  # no input at all: the child sees end-of-input at once
+        in_tty = in_fd >= 0 and os.isatty(in_fd)
+        out_tty = os.isatty(out_fd)
+        ttys = [fd for fd, is_tty in ((in_fd, in_tty), (out_fd, out_tty)) if is_tty]
+        size_fd = ttys[0] if ttys else -1
+        size = None
+        for fd in ttys:
+            size = _window_size(fd)
+            if size:
+                size_fd = fd
+                break
+        rows, cols = size or _DEFAULT_SIZE
+
+        master, slave = os.openpty()
+        self._undo.append(lambda: os.close(master))
+        try:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, _WINSIZE.pack(rows, cols, 0, 0))
+            wake_fd = self._catch_signals()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    if stream is not None:
+                        stream.flush()
+                except (OSError, ValueError):
+                    pass
+            try:
+                pid = _core.spawn(self._path, self._args, self._envp, master, slave)
+            except OSError as exc:
+                raise _spawn_error(exc, self._args[0]) from None
+        finally:
+            os.close(slave)
+        child = _Child(pid, threaded=wake_fd < 0)
+        self._undo.append(child.end)
+
+        if in_tty:
+            self._saved_attrs = termios.tcgetattr(in_fd)
+            saved = self._saved_attrs
+            termios.tcsetattr(in_fd, termios.TCSANOW, _raw(saved))
+            self._undo.append(lambda: termios.tcsetattr(in_fd, termios.TCSANOW, saved))
+        loop_in, loop_out = self._nonblocking(in_fd, out_fd, in_tty, out_tty)
+        os.set_blocking(master, False)
+        if self._resize is not None and wake_fd >= 0:
+            self._worker = _ResizeWorker(self._resize, self._machine, self._environ)
+            self._undo.append(self._worker.stop)
+
+        pump = _core.Pump(
+            loop_in, loop_out, master, wake_fd, child.fd, size_fd,
+            winch=self._worker is None, in_tty=in_tty, hold_ms=_HOLD_MS if in_tty else 0,
+        )
+        return self._relay(pump, child)
+
+    def _catch_signals(self) -> int:
+        """Install handlers and the wakeup pipe; its read end, or -1 off the main thread."""
+        rfd, wfd = os.pipe()
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        try:
+            previous_fd = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread: no signal handling (see run's docstring)
+            os.close(rfd)
+            os.close(wfd)
+            return -1
+        self._undo.append(lambda: os.close(wfd))
+        self._undo.append(lambda: os.close(rfd))
+        self._undo.append(lambda: signal.set_wakeup_fd(previous_fd))
+        for sig in _CAUGHT:
+            previous = signal.signal(sig, _on_signal)
+            # None: the previous handler was not set from Python; the default is the best guess.
+            restore = signal.SIG_DFL if previous is None else previous
+            self._undo.append(functools.partial(signal.signal, sig, restore))
+        return rfd
+
+    def _nonblocking(self, in_fd: int, out_fd: int, in_tty: bool, out_tty: bool) -> tuple[int, int]:
+        """Descriptors for the loop, non-blocking without leaving O_NONBLOCK on shared ones.
+
+        A terminal is reopened by name: the new open file description is private, so its
+        O_NONBLOCK is invisible to other processes. Anything else gets O_NONBLOCK for the run
+        and its exact original flags back afterwards.
+        """
+        private: dict[int, int] = {}  # device → reopened fd
+
+        def reopen(fd: int) -> int | None:
+            try:
+                device = os.fstat(fd).st_rdev
+                if device in private:
+                    return private[device]
+                new = os.open(os.ttyname(fd), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            except OSError:
+                return None
+            if os.fstat(new).st_rdev != device:
+                os.close(new)
+                return None
+            private[device] = new
+            self._undo.append(lambda: os.close(new))
+            return new
+
+        loop_in = (reopen(in_fd) if in_tty else None) if in_fd >= 0 else -1
+        loop_out = reopen(out_fd) if out_tty else None
+        shared = [fd for fd, new in ((in_fd, loop_in), (out_fd, loop_out)) if new is None]
+        originals = {fd: fcntl.fcntl(fd, fcntl.F_GETFL) for fd in shared}
+
+        def restore() -> None:
+            for fd, flags in originals.items():
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+        self._undo.append(restore)
+        for fd, flags in originals.items():
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        return (in_fd if loop_in is None else loop_in), (out_fd if loop_out is None else loop_out)
+
+    def _relay(self, pump: _core.Pump, child: _Child) -> int:
+        status: int | None = None
+        while status is None:
+            event = pump.run()
+            if event == _core.EV_SIGNAL:
+                status = self._on_signals(pump, child)
+            elif event == _core.EV_CHILD:
+                status = child.wait(None)
+            elif event == _core.EV_HUP:
+                return self._hang_up(child)
+            # EV_EOF: the child closed the pty but may still run; wait for it.
+        # The child's last output may still be in flight (or a grandchild may hold the pty).
+        pump.drain(_DRAIN_IDLE_MS, _DRAIN_CAP_MS)
+        return status
+
+    def _on_signals(self, pump: _core.Pump, child: _Child) -> int | None:
+        status = None
+        for sig in pump.signals():
+            if sig == signal.SIGCHLD:
+                status = child.poll()
+            elif sig in _FORWARDED:
+                child.signal(sig)
+            elif sig == signal.SIGWINCH:
+                self._resized(pump)
+            elif sig == signal.SIGTSTP:
+                self._suspend()
+            elif sig == signal.SIGCONT:
+                self._continue(pump)
+        return status
+
+    def _resized(self, pump: _core.Pump) -> None:
+        size = pump.resize()
+        if size is not None and self._worker is not None:
+            self._worker.post(size)
+
+    def _suspend(self) -> None:
+        """SIGTSTP: give the user their terminal back, then stop until SIGCONT."""
+        if self._saved_attrs is not None:
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(self._stdin_fd, termios.TCSANOW, self._saved_attrs)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    def _continue(self, pump: _core.Pump) -> None:
+        """SIGCONT: raw mode again, and the size (it may have changed while stopped)."""
+        if self._saved_attrs is not None:
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(self._stdin_fd, termios.TCSANOW, _raw(self._saved_attrs))
+        self._resized(pump)
+
+    def _hang_up(self, child: _Child) -> int:
+        """The user's terminal went away: end the child (SIGHUP, then SIGKILL)."""
+        child.signal(signal.SIGHUP)
+        status = child.wait(_KILL_GRACE)
+        if status is None:
+            child.signal(signal.SIGKILL)
+            status = child.wait(None)
+        assert status is not None
+        return status
+
+
+def _spawn_error(exc: OSError, program: bytes) -> OSError:
+    """The spawn error, naming the program (and the failed step when it was not exec)."""
+    code = exc.errno or errno.EINVAL
+    message = os.strerror(code)
+    if len(exc.args) > 2:
+        message = f"{message} (in the child, at {exc.args[2]})"
+    return OSError(code, message, os.fsdecode(program))

@@ -1,0 +1,91 @@
+"""Command line: ``python -m bottle.relay [--machine NAME] [--resize-command T] -- CMD [ARG…]``.
+
+Exits with the command's status (128+N when signal N killed it), 127 when it cannot be found,
+126 when it cannot be executed, 2 on a usage error. Kept free of heavy imports: the relay's
+own CPU time is what gets measured.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = "usage: bottle relay [--machine NAME] [--resize-command TEMPLATE] -- CMD [ARG...]"
+HELP = f"""{USAGE}
+
+Run CMD on a new pseudo-terminal relayed to this terminal; exit with its status.
+
+options:
+  --machine NAME             machine name, for {{machine}} in the resize command
+  --resize-command TEMPLATE  run after each window change, off the copy loop (one at a time,
+                             the latest size wins); {{rows}}, {{cols}} and {{machine}} are
+                             replaced. For smolvm builds whose resizes never reach image-machine
+                             ptys (0.5.1 to 0.8.0).
+  -h, --help                 show this help
+"""
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    options: dict[str, str] = {}
+    names = {"--machine": "machine", "--resize-command": "resize_command"}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return options, argv[i + 1 :]
+        if not arg.startswith("-") or arg == "-":
+            return options, argv[i:]
+        name, eq, value = arg.partition("=")
+        if name not in names:
+            raise _UsageError(f"unknown option {arg!r}")
+        if not eq:
+            i += 1
+            if i == len(argv):
+                raise _UsageError(f"{name} needs a value")
+            value = argv[i]
+        options[names[name]] = value
+        i += 1
+    return options, []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the relay command line; return the exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        sys.stdout.write(HELP)
+        return 0
+    try:
+        options, command = _parse(args)
+        if not command:
+            raise _UsageError("no command given")
+    except _UsageError as exc:
+        sys.stderr.write(f"{USAGE}\nbottle relay: error: {exc}\n")
+        return 2
+
+    from bottle import relay
+
+    try:
+        return relay.run(
+            command,
+            machine=options.get("machine"),
+            resize_command=options.get("resize_command"),
+        )
+    except FileNotFoundError as exc:
+        sys.stderr.write(f"bottle relay: {exc.filename}: command not found ({exc.strerror})\n")
+        return 127
+    except PermissionError as exc:
+        sys.stderr.write(f"bottle relay: {exc.filename}: cannot execute ({exc.strerror})\n")
+        return 126
+    except ValueError as exc:
+        sys.stderr.write(f"{USAGE}\nbottle relay: error: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"bottle relay: {exc}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
