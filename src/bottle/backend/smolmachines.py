@@ -372,7 +372,7 @@ class SmolmachinesBottleBackend(BottleBackend):
             guest_env=spec.env,
             secret_env=spec.secret_env,
             agent_command=spec.agent_command or provider.command,
-            agent_prompt_mode=provider.prompt_mode,
+            agent_prompt_mode=spec.prompt_mode or provider.prompt_mode,
             agent_provider_template=provider.name,
             terminal_title=spec.terminal_title,
             terminal_color=spec.terminal_color,
