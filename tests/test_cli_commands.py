@@ -1,0 +1,284 @@
+"""The `bottle` command line, run as a real process against the fake smolvm."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backend_helpers import run_in_pty, wait_for
+
+BOTTLE = [sys.executable, "-m", "bottle"]
+
+
+def bottle(*args: str, input: str | None = None, timeout: float = 60,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    return subprocess.run(
+        [*BOTTLE, *args],
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("bottle: error: "), lines[0]
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def shared_dir(require_node_user: Any) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="bottle-cli-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --- help and delegation -------------------------------------------------------------------
+
+
+def test_help_lists_every_command() -> None:
+    proc = bottle("--help")
+    assert proc.returncode == 0
+    for command in ("launch", "agent", "exec", "cp", "relay", "bench"):
+        assert command in proc.stdout
+    for command in ("launch", "agent", "exec", "cp"):
+        sub = bottle(command, "--help")
+        assert sub.returncode == 0
+        assert "--name" in sub.stdout
+
+
+def test_console_script_is_installed() -> None:
+    exe = shutil.which("bottle")
+    assert exe is not None, "the `bottle` console script is not on PATH"
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("bottle ")
+
+
+def test_relay_is_delegated() -> None:
+    run = run_in_pty([*BOTTLE, "relay", "--", "sh", "-c", "echo relayed; exit 3"])
+    assert run.status == 3
+    assert b"relayed" in run.output
+    proc = bottle("relay", "--help")
+    assert proc.returncode == 0
+    assert "--machine" in proc.stdout
+
+
+def test_bench_is_delegated() -> None:
+    proc = bottle("bench", "--help")
+    assert proc.returncode == 0
+    assert "bottle bench" in proc.stdout
+
+
+def test_usage_errors_exit_2() -> None:
+    assert bottle("exec", "true").returncode == 2  # no --name
+    assert bottle("frobnicate").returncode == 2
+    proc = bottle("exec", "-n", "m", "true", "--", "x")
+    assert proc.returncode == 2
+    assert "takes no arguments after '--'" in proc.stderr
+
+
+# --- exec ------------------------------------------------------------------------------------
+
+
+def test_exec_prints_output_and_exits_with_the_scripts_status(
+    fake_smolvm: Any, require_node_user: Any
+) -> None:
+    fake_smolvm.create("m")
+    proc = bottle("exec", "-n", "m", "-e", "A=x y", 'id -un; echo "$A"; echo warn >&2; exit 4')
+    assert (proc.returncode, proc.stdout, proc.stderr) == (4, "node\nx y\n", "warn\n")
+    proc = bottle("exec", "-n", "m", "-u", "root", "id -un")
+    assert (proc.returncode, proc.stdout) == (0, "root\n")
+    proc = bottle("exec", "-n", "m", "-", input="echo from-stdin\n")
+    assert proc.stdout == "from-stdin\n"
+
+
+def test_exec_secret_env_passes_by_name(fake_smolvm: Any) -> None:
+    fake_smolvm.create("m")
+    env = {**os.environ, "MY_TOKEN": "hunter2-secret"}
+    proc = bottle("exec", "-n", "m", "--secret-env", "MY_TOKEN", 'echo "len=${#MY_TOKEN}"',
+                  env=env)  # fmt: skip
+    assert proc.stdout == "len=14\n"
+    exec_call = fake_smolvm.calls()[-1]
+    assert exec_call[4:6] == ["-e", "MY_TOKEN"]
+    assert "hunter2-secret" not in json.dumps(fake_smolvm.calls())
+    proc = bottle("exec", "-n", "m", "--secret-env", "UNSET_TOKEN_XYZ", "true")
+    assert_one_line_error(proc, "UNSET_TOKEN_XYZ is not set")
+
+
+def test_exec_errors_are_one_line(fake_smolvm: Any) -> None:
+    assert_one_line_error(bottle("exec", "-n", "ghost", "true"), "vm not found: ghost")
+    fake_smolvm.create("idle", running=False)
+    assert_one_line_error(bottle("exec", "-n", "idle", "true"), "not running")
+    assert_one_line_error(bottle("exec", "-n", "bad name", "true"), "invalid machine name")
+    assert_one_line_error(bottle("exec", "-n", "m", "--user=-x", "true"), "invalid user name")
+    assert_one_line_error(bottle("exec", "-n", "m", "-e", "1X=2", "true"), "variable name")
+    fake_smolvm.create("m")
+    fake_smolvm.set_fault(DIE_AFTER=0.3)
+    assert_one_line_error(bottle("exec", "-n", "m", "sleep 5"), "connection to VM lost")
+
+
+def test_exec_retry_exhausted(fake_smolvm: Any) -> None:
+    fake_smolvm.create("m")
+    fake_smolvm.set_fault(KILL_EXECS=2)
+    proc = bottle("exec", "-n", "m", "echo hi")
+    assert proc.returncode == 137
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("bottle: exec in machine 'm' exited with status 137")  # the log
+    assert lines[-1].startswith("bottle: error: exec in machine 'm' failed 2 times")
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_and_too_old_smolvm(fake_smolvm: Any, tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    assert_one_line_error(bottle("exec", "-n", "m", "true", env=env), "BOTTLE_SMOLVM",
+                          "/usr/bin:/bin")  # fmt: skip
+    plain = tmp_path / "smolvm"
+    plain.write_text("#!/bin/sh\n")
+    plain.chmod(0o644)
+    env = {**os.environ, "BOTTLE_SMOLVM": str(plain)}
+    assert_one_line_error(bottle("exec", "-n", "m", "true", env=env), "not an executable")
+    env = {**os.environ, "FAKE_SMOLVM_VERSION": "1.0.1"}
+    assert_one_line_error(bottle("exec", "-n", "m", "true", env=env), "1.0.2 or later")
+
+
+# --- cp --------------------------------------------------------------------------------------
+
+
+def test_cp(fake_smolvm: Any, shared_dir: Path, tmp_path: Path) -> None:
+    fake_smolvm.create("m")
+    src = tmp_path / "f.txt"
+    src.write_text("hello\n")
+    dst = shared_dir / "sub" / "f.txt"
+    proc = bottle("cp", "-n", "m", "--owner", "node", str(src), str(dst))
+    assert proc.returncode == 0, proc.stderr
+    assert dst.read_text() == "hello\n"
+    assert dst.stat().st_uid == pwd.getpwnam("node").pw_uid
+    assert_one_line_error(bottle("cp", "-n", "m", str(tmp_path), "/x"), "is a directory")
+    assert_one_line_error(bottle("cp", "-n", "m", str(src), "x"), "absolute")
+    assert_one_line_error(bottle("cp", "-n", "m", str(tmp_path / "nope"), "/x"), "does not exist")
+
+
+# --- launch and agent ------------------------------------------------------------------------
+
+
+def test_launch_runs_the_agent_and_tears_down(fake_smolvm: Any, shared_dir: Path) -> None:
+    prompt = shared_dir / "prompt.md"
+    prompt.write_text("p")
+    out = shared_dir / "out"
+    proc = bottle(
+        "launch", "-n", "m1", "--cpus", "2", "--memory", "512", "--no-tty",
+        "--agent-command", "/bin/sh", "--workdir", str(shared_dir),
+        "--", "-c", f'pwd > {out}; id -un >> {out}; exit 6',
+    )  # fmt: skip
+    assert proc.returncode == 6, proc.stderr
+    assert out.read_text() == f"{shared_dir}\nnode\n"
+    assert fake_smolvm.machine("m1") is None
+    assert fake_smolvm.subcommands()[-2:] == ["stop", "delete"]
+
+
+def test_launch_in_a_terminal(fake_smolvm: Any) -> None:
+    run = run_in_pty(
+        [*BOTTLE, "launch", "-n", "m1", "--agent-command", "/bin/sh", "--title", "work",
+         "--color", "navy", "--", "-c", "echo agent-here; exit 2"],
+    )  # fmt: skip
+    assert run.status == 2
+    assert b"agent-here" in run.output
+    assert run.output.startswith(b"\x1b[22;0t\x1b]0;work\x07\x1b]11;navy\x07")
+    assert run.termios_after == run.termios_before
+    assert fake_smolvm.machine("m1") is None
+
+
+def test_launch_refuses_an_existing_machine(fake_smolvm: Any) -> None:
+    before = fake_smolvm.create("m1")
+    proc = bottle("launch", "-n", "m1", "--no-tty")
+    assert_one_line_error(proc, "already exists")
+    assert fake_smolvm.machine("m1") == before
+
+
+def test_launch_bad_input(fake_smolvm: Any, tmp_path: Path) -> None:
+    proc = bottle("launch", "-n", "m1", "--provider", "gpt")
+    assert_one_line_error(proc, "unknown agent provider")
+    assert_one_line_error(bottle("launch", "-n", "m1", "--color", "\x1b[31m"), "colour")
+    assert_one_line_error(bottle("launch", "-n", "m1", "--workdir", "rel"), "absolute")
+    assert_one_line_error(bottle("launch", "-n", "m1", "--prompt-file", str(tmp_path)),
+                          "directory")  # fmt: skip
+    assert_one_line_error(bottle("launch", "-n", "m1", "--backend", "qemu"), "known backends")
+    assert bottle("launch", "-n", "m1", "--cpus", "0").returncode == 2
+    assert fake_smolvm.calls() == []
+
+
+def test_launch_sigterm_tears_down(fake_smolvm: Any, shared_dir: Path) -> None:
+    ready = shared_dir / "ready"
+    proc = subprocess.Popen(
+        [*BOTTLE, "launch", "-n", "m1", "--no-tty", "--agent-command", "/bin/sh",
+         "--", "-c", f"touch {ready}; sleep 60"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(ready)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    assert fake_smolvm.machine("m1") is None
+    assert fake_smolvm.subcommands()[-2:] == ["stop", "delete"]
+
+
+def test_agent_in_an_existing_machine(fake_smolvm: Any, shared_dir: Path) -> None:
+    before = fake_smolvm.create("m")
+    out = shared_dir / "args"
+    proc = bottle(
+        "agent", "-n", "m", "--no-tty", "--agent-command", "/bin/sh",
+        "--prompt-path", "/etc/p.md", "--prompt-mode", "read_prompt_file", "--provider", "codex",
+        "--", "-c", f'printf "%s|" "$@" > {out}', "zero", "one",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    # read_prompt_file: the user's arguments first, then the read-the-file argument.
+    fields = out.read_text().split("|")
+    assert fields[0] == "one"
+    assert "/etc/p.md" in fields[1]
+    assert fake_smolvm.machine("m") == before  # left running, untouched
+
+
+def test_agent_on_a_stopped_machine(fake_smolvm: Any) -> None:
+    fake_smolvm.create("idle", running=False)
+    assert_one_line_error(bottle("agent", "-n", "idle", "--no-tty"), "not running")
+    assert_one_line_error(bottle("agent", "-n", "ghost", "--no-tty"), "does not exist")
+
+
+def test_agent_connection_lost(fake_smolvm: Any) -> None:
+    fake_smolvm.create("m")
+    fake_smolvm.set_fault(DIE_AFTER=0.5)
+    start = time.monotonic()
+    proc = bottle("agent", "-n", "m", "--no-tty", "--agent-command", "/bin/sh", "--",
+                  "-c", "sleep 30")  # fmt: skip
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1].startswith("bottle: error: connection to the VM lost")
