@@ -237,6 +237,15 @@ def test_provisioning_failure_tears_down(fake_smolvm: Any, backend: Smolmachines
     assert fake_smolvm.machine("m1") is None
 
 
+def test_create_failure_leaves_nothing_to_undo(
+    fake_smolvm: Any, backend: SmolmachinesBottleBackend
+) -> None:
+    fake_smolvm.set_fault(FAIL_CREATE="image pull failed")
+    with pytest.raises(SmolvmError, match="image pull failed"), backend.launch(LaunchSpec("m1")):
+        pytest.fail("body must not run")
+    assert not {"start", "stop", "delete"} & set(fake_smolvm.subcommands())
+
+
 def test_start_failure_deletes(fake_smolvm: Any, backend: SmolmachinesBottleBackend) -> None:
     fake_smolvm.set_fault(START_FAIL=1)
     with pytest.raises(SmolvmError, match="did not become ready"), backend.launch(

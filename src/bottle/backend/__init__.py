@@ -116,8 +116,8 @@ class LaunchSpec:
     `prompt_file` is a *host* path to the system-prompt file; `launch` copies it into the
     guest at `prompt_guest_path` (default `~agent_user/.bottle/prompt.md`), owned by
     `agent_user`; `prompt_mode` overrides the provider's way of pointing the agent at it
-    (`append_file`, `read_prompt_file`, `none`). `workdir` defaults to the agent user's home. `secret_env`
-    values are never shown by `repr` and never placed on a command line.
+    (`append_file`, `read_prompt_file`, `none`). `workdir` defaults to the agent user's home.
+    `secret_env` values are never shown by `repr` and never placed on a command line.
     """
 
     machine_name: str
