@@ -843,3 +843,51 @@ def test_shell_is_exec_it_bin_sh(fake_smolvm: FakeSmolvm) -> None:
                        capture_output=True, check=False, timeout=60)
     assert r.returncode == 1 and b"is not running" in r.stderr  # shell does not start it
 
+
+
+def test_tty_ctrl_c_is_a_byte_for_the_guest(fake_smolvm: FakeSmolvm, terminal: Any) -> None:
+    running(fake_smolvm)
+    fake_smolvm.set_fault(TTY_DELAY=0)
+    term = terminal()
+    proc = term.spawn(["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
+                       "echo started; exec sleep 60"])
+    term.read_until(b"started")
+    wait_for(term.is_raw, "raw mode")
+    os.write(term.master, b"\x03")  # ISIG is off on the host: the guest pty turns it into SIGINT
+    assert proc.wait(timeout=20) == 130
+
+
+def test_interactive_binary_data_round_trips(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    data = os.urandom(3 * 1024 * 1024)
+    r = subprocess.run([str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "-i", "--", "cat"],
+                       input=data, capture_output=True, check=False, timeout=120)
+    assert r.returncode == 0 and r.stdout == data
+
+
+def test_buffered_large_output(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    r = subprocess.run([str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "--", "sh", "-c",
+                        "head -c 2000000 /dev/zero; head -c 1000000 /dev/zero >&2"],
+                       capture_output=True, check=False, timeout=120)
+    assert (r.returncode, len(r.stdout), len(r.stderr)) == (0, 2000000, 1000000)
+
+
+def test_guest_gets_clean_signal_state_and_own_session(fake_smolvm: FakeSmolvm) -> None:
+    running(fake_smolvm)
+    r = fake_smolvm.run("machine", "exec", "--name", "m", "--", sys.executable, "-c",
+                        "import os, signal; print(os.getsid(0) == os.getpid(), "
+                        "signal.pthread_sigmask(signal.SIG_BLOCK, []))")
+    assert r.stdout == "True set()\n"
+
+
+def test_fake_sigkilled_non_tty_guest_group_killed(fake_smolvm: FakeSmolvm,
+                                                     tmp_path: Path) -> None:
+    running(fake_smolvm)
+    pidfile = tmp_path / "bg.pid"
+    p = subprocess.Popen([str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "--", "sh", "-c",
+                          f"sleep 60 & echo $! > {pidfile}; wait"])
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "", "the guest")
+    p.kill()
+    p.wait()
+    wait_for(lambda: gone(int(pidfile.read_text())), "the watcher to kill the guest group")
