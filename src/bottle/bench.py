@@ -1145,14 +1145,21 @@ def run_bench(
         else:
             active.append(RELAYS[name])
     per_run: dict[str, list[dict[str, float | bool | str | None]]] = {r.name: [] for r in active}
+    load_before = os.getloadavg()
     with Payloads() as payloads:
         for i in range(settings.runs):
             for relay in active:
                 log(f"run {i + 1}/{settings.runs}: {relay.name}")
                 per_run[relay.name].append(measure_all(relay, settings, payloads))
     results = {name: median_metrics(runs) for name, runs in per_run.items()}
+    # Other work on the machine shows up in every figure: say how busy it was.
+    machine: dict[str, Any] = {
+        **machine_info(),
+        "loadavg_before": round(load_before[0], 2),
+        "loadavg_after": round(os.getloadavg()[0], 2),
+    }
     return {
-        "machine": machine_info(),
+        "machine": machine,
         "settings": asdict(settings),
         "skipped": skipped,
         "results": results,
@@ -1185,6 +1192,11 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"bottle bench: {report['settings']['runs']} run(s), medians; "
         f"{m['nproc']} x {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}"
     )
+    if "loadavg_before" in m:
+        lines.append(
+            f"load average (1 min) {m['loadavg_before']} before, {m['loadavg_after']} after"
+            " (other work on the machine inflates times and CPU alike)"
+        )
     for name, reason in report["skipped"].items():
         lines.append(f"skipped {name}: {reason}")
     width = max(len(label) for _, label, _ in METRICS) + 2
