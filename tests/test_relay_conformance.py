@@ -1,0 +1,701 @@
+"""Black-box conformance of the PTY relay: issue 3's twelve behaviours, on real ptys.
+
+Every test runs against both implementations (the ``impl`` fixture): the native extension
+(forced with BOTTLE_REQUIRE_EXTENSION=1) and the pure-Python twin (BOTTLE_NO_EXTENSIONS=1).
+The test plays the user's terminal: it owns the master of the pty whose slave is the relay's
+stdin, stdout, stderr and controlling terminal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("relay_harness")
+
+from relay_harness import (  # noqa: E402
+    BLOB_WRITER_CHILD,
+    ECHO_CHILD,
+    PY,
+    WINCH_CHILD,
+    Session,
+    alive,
+    assert_no_leftovers,
+    assert_restored,
+    context_switches,
+    echo_roundtrip,
+    gate_wait,
+    implementation_env,
+    make_blob,
+    native_built,
+    proc_state,
+    raw_violations,
+    read_ints,
+    vm_rss_kib,
+    wait_until,
+)
+
+# The fixtures ``impl`` and ``spawn`` come from the harness.
+pytest_plugins = ("relay_harness",)
+
+Spawn = Callable[..., Session]
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def sh(script: str) -> list[str]:
+    """A ``sh -c`` child."""
+    return ["sh", "-c", script]
+
+
+def py(code: str, *args: object) -> list[str]:
+    """A Python child."""
+    return [PY, "-c", textwrap.dedent(code), *map(str, args)]
+
+
+def last_size(report: Path) -> tuple[int, int] | None:
+    """The last size a WINCH_CHILD reported."""
+    values = read_ints(report)
+    return (values[-2], values[-1]) if len(values) >= 2 else None
+
+
+def reported_sizes(report: Path) -> list[tuple[int, int]]:
+    """Every size a WINCH_CHILD reported, in order."""
+    values = read_ints(report)
+    return list(zip(values[::2], values[1::2], strict=False))
+
+
+# --------------------------------------------------------------------------- front module
+
+
+class TestFront:
+    def test_native_is_the_default_when_built(self) -> None:
+        if not native_built():
+            if os.environ.get("BOTTLE_REQUIRE_EXTENSION"):
+                pytest.fail("BOTTLE_REQUIRE_EXTENSION=1 but bottle._ptyrelay is not installed")
+            pytest.skip("native extension not built")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BOTTLE_")}
+        out = subprocess.run(
+            [PY, "-c", "import bottle.relay as r; print(r.IMPLEMENTATION)"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "native"
+
+    def test_no_extensions_forces_pure(self) -> None:
+        out = subprocess.run(
+            [PY, "-c", "import bottle.relay as r; print(r.IMPLEMENTATION)"],
+            env=implementation_env("pure"), capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "pure"
+
+    @pytest.mark.parametrize("require", ["", "1"])
+    def test_unimportable_extension(self, require: str) -> None:
+        """Without the extension: the pure twin, or ImportError when the run demands native."""
+        code = textwrap.dedent(
+            """
+            import sys
+            sys.modules["bottle._ptyrelay"] = None  # makes the import fail like a missing .so
+            try:
+                import bottle.relay as r
+            except ImportError as exc:
+                print("ImportError", exc)
+            else:
+                print(r.IMPLEMENTATION)
+            """
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BOTTLE_")}
+        if require:
+            env["BOTTLE_REQUIRE_EXTENSION"] = require
+        out = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        if require:
+            assert out.stdout.startswith("ImportError"), out.stdout
+        else:
+            assert out.stdout.strip() == "pure"
+
+
+# --------------------------------------------------------------------------- 1. initial size
+
+
+class TestInitialSize:
+    def test_child_starts_with_the_terminal_size(self, spawn: Spawn) -> None:
+        s = spawn(["stty", "size"], rows=37, cols=113)
+        assert s.wait() == 0, s.describe()
+        assert "37 113\n" in s.text(), s.describe()
+
+    def test_size_is_set_before_the_child_starts(self, spawn: Spawn) -> None:
+        # The very first thing the child does is read its size, like smolvm does.
+        s = spawn(py("import os; os.write(1, b'%d %d|' % os.get_terminal_size(0)[::-1])"),
+                  rows=51, cols=167)
+        assert s.wait() == 0, s.describe()
+        assert "51 167|" in s.text(), s.describe()
+
+    def test_zero_size_terminal_gives_24x80(self, spawn: Spawn) -> None:
+        s = spawn(["stty", "size"], rows=0, cols=0)
+        assert s.wait() == 0, s.describe()
+        assert "24 80\n" in s.text(), s.describe()
+
+    def test_pipes_give_24x80(self, spawn: Spawn) -> None:
+        s = spawn(["stty", "size"], stdin=b"", stdout="pipe")
+        assert s.wait() == 0, s.describe()
+        assert "24 80\n" in s.text(), s.describe()
+
+
+# --------------------------------------------------------------------------- 2. session, signals
+
+
+class TestSessionAndSignals:
+    def test_child_is_session_leader_with_the_pty_as_controlling_terminal(
+        self, spawn: Spawn
+    ) -> None:
+        s = spawn(py(
+            """
+            import os
+            pid = os.getpid()
+            fields = [os.getsid(0) == pid, os.getpgrp() == pid, os.tcgetpgrp(0) == pid,
+                      os.isatty(0), os.isatty(1), os.isatty(2), os.ttyname(0)]
+            tty_nr = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[4])
+            fields.append(tty_nr == os.fstat(0).st_rdev)  # the controlling terminal
+            print("INFO", *fields)
+            """
+        ))
+        assert s.wait() == 0, s.describe()
+        m = re.search(r"INFO (.*)\n", s.text())
+        assert m, s.describe()
+        sid, pgrp, fg, tty0, tty1, tty2, name, ctty_is_stdin = m.group(1).split()
+        assert [sid, pgrp, fg] == ["True"] * 3, "child is not a session leader in the foreground"
+        assert [tty0, tty1, tty2] == ["True"] * 3
+        assert name.startswith("/dev/pts/") and name != s.terminal.name, name
+        assert ctty_is_stdin == "True", "controlling terminal is not the child's pty"
+
+    def test_default_dispositions_and_empty_mask(self, spawn: Spawn) -> None:
+        s = spawn(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"])
+        assert s.wait() == 0, s.describe()
+        masks = dict(re.findall(r"(Sig\w+):\s*([0-9a-f]+)", s.text()))
+        assert masks.get("SigIgn") == "0" * 16, f"ignored signals leak to the child: {masks}"
+        assert masks.get("SigBlk") == "0" * 16, f"blocked signals leak to the child: {masks}"
+
+    def test_sigpipe_is_not_ignored_in_the_child(self, spawn: Spawn) -> None:
+        s = spawn(sh("yes | head -1"))
+        assert s.wait() == 0, s.describe()
+        assert "y\n" in s.text(), s.describe()
+        assert "Broken pipe" not in s.text(), s.describe()
+
+
+# --------------------------------------------------------------------------- 3. raw mode, restore
+
+
+class TestRawModeAndRestore:
+    def test_raw_while_relaying_and_exactly_restored_after(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        gate = tmp_path / "gate"
+        s = spawn(sh(f"echo READY; {gate_wait(gate)}; exit 0"))
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), f"terminal never left canonical mode\n{s.describe()}"
+        assert raw_violations(s.terminal.attrs()) == [], s.describe()
+        gate.touch()
+        assert s.wait() == 0, s.describe()
+        assert_restored(s)
+
+    def test_restored_when_the_child_is_killed(self, spawn: Spawn, tmp_path: Path) -> None:
+        gate = tmp_path / "gate"
+        s = spawn(sh(f"echo READY; {gate_wait(gate)}; kill -KILL $$"))
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        gate.touch()
+        assert s.wait() == 128 + signal.SIGKILL, s.describe()
+        assert_restored(s)
+
+    @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT],
+                             ids=lambda sig: sig.name)
+    def test_restored_on_signal_to_the_relay(
+        self, spawn: Spawn, tmp_path: Path, sig: signal.Signals
+    ) -> None:
+        pidfile = tmp_path / "pid"
+        s = spawn(sh(f"echo $$ > {pidfile}; echo READY; exec sleep 60"))
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        child = read_ints(pidfile)[0]
+        os.kill(s.relay_pid, sig)
+        rc = s.wait()
+        assert rc in (128 + sig, -sig), f"status {rc} after {sig.name}\n{s.describe()}"
+        assert_restored(s)
+        assert wait_until(lambda: not alive(child), 5), f"child {child} survived {sig.name}"
+        assert_no_leftovers(s)
+
+
+# --------------------------------------------------------------------------- 4. bytes
+
+
+class TestBytes:
+    def test_all_byte_values_both_ways(self, spawn: Spawn, tmp_path: Path) -> None:
+        data = bytes(range(256)) * 64 + bytes(range(255, -1, -1)) * 64 + b"\0\0\xff\xff"
+        result = tmp_path / "result"
+        s = spawn(py(ECHO_CHILD, len(data), result))
+        echo_roundtrip(s, data, result)
+
+    def test_split_utf8_sequences_both_ways(self, spawn: Spawn, tmp_path: Path) -> None:
+        text = "é€𝄞█ü"
+        data = text.encode()
+        # Each chunk ends in the middle of a multi-byte sequence.
+        chunks = [data[0:1], data[1:3], data[3:6], data[6:9], data[9:12], data[12:]]
+        assert b"".join(chunks) == data
+        result = tmp_path / "result"
+        s = spawn(py(ECHO_CHILD, len(data), result))
+        echo_roundtrip(s, data, result, chunks=chunks, pause=0.1)
+
+    def test_split_utf8_output(self, spawn: Spawn) -> None:
+        s = spawn(py(
+            """
+            import os, time, tty
+            tty.setraw(0)
+            data = "€𝄞é".encode()
+            for i in range(len(data)):
+                os.write(1, data[i:i + 1])
+                time.sleep(0.03)
+            os.write(1, b"|END")
+            """
+        ))
+        assert s.wait() == 0, s.describe()
+        assert s.output().endswith("€𝄞é|END".encode()), s.describe()
+
+    def test_megabytes_of_escape_sequences_out(self, spawn: Spawn) -> None:
+        size = 4 << 20
+        blob = make_blob(1, size)
+        s = spawn(py(BLOB_WRITER_CHILD, 1, size))
+        assert s.wait(60) == 0, s.describe()
+        out = s.output()
+        assert out.startswith(b"READY\n") and out.endswith(b"END\n"), s.describe()
+        body = out[len(b"READY\n"):-len(b"END\n")]
+        assert len(body) == size
+        assert hashlib.sha256(body).hexdigest() == hashlib.sha256(blob).hexdigest()
+
+    def test_megabytes_of_escape_sequences_in_and_back(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        data = make_blob(2, 4 << 20)
+        result = tmp_path / "result"
+        s = spawn(py(ECHO_CHILD, len(data), result))
+        echo_roundtrip(s, data, result)
+
+    def test_output_flows_while_the_child_ignores_a_huge_paste(self, spawn: Spawn) -> None:
+        size = 2 << 20
+        blob = make_blob(3, size)
+        s = spawn(py(BLOB_WRITER_CHILD, 3, size, 0.3))
+        s.expect(b"READY\n")
+        paste = make_blob(4, 8 << 20)
+        sent = s.send_background(paste)
+        assert s.wait(60) == 0, s.describe()
+        out = s.output()
+        assert out.endswith(b"END\n"), s.describe()
+        body = out[len(b"READY\n"):-len(b"END\n")]
+        assert hashlib.sha256(body).hexdigest() == hashlib.sha256(blob).hexdigest()
+        # The paste was really blocked (the child never read it), not silently swallowed whole.
+        assert sent() < len(paste)
+
+    def test_memory_stays_flat(self, spawn: Spawn, tmp_path: Path) -> None:
+        """A stalled reader and a child that ignores a paste must not grow the relay's memory."""
+        gate = tmp_path / "gate"
+        out_size = 32 << 20
+        s = spawn(py(
+            f"""
+            import os, sys, time, tty
+            tty.setraw(0)
+            os.write(1, b"READY\\n")
+            while not os.path.exists({str(gate)!r}):
+                time.sleep(0.01)
+            chunk = b"z" * 65536
+            for _ in range({out_size // 65536}):
+                os.write(1, chunk)
+            os.write(1, b"END\\n")
+            """
+        ))
+        start = s.expect(b"READY\n")
+        relay = s.relay_pid
+        time.sleep(0.3)
+        baseline = vm_rss_kib(relay)
+        s.reading.clear()  # the user's terminal stops reading: output must back up, not pile up
+        sent = s.send_background(b"p" * (32 << 20))  # the child never reads this
+        gate.touch()
+        peak = baseline
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            peak = max(peak, vm_rss_kib(relay))
+            time.sleep(0.02)
+        s.reading.set()
+        assert s.wait(60) == 0, s.describe()
+        body = s.output()[start:]
+        assert body == b"z" * out_size + b"END\n", f"{len(body)} bytes\n{s.describe()}"
+        growth_mib = (peak - baseline) / 1024
+        assert growth_mib < 12, (
+            f"relay RSS grew {growth_mib:.1f} MiB (baseline {baseline} KiB, peak {peak} KiB; "
+            f"{sent()} bytes of paste accepted)"
+        )
+
+
+# --------------------------------------------------------------------------- 5. end of the child
+
+
+class TestEndOfChild:
+    def test_buffered_output_is_delivered(self, spawn: Spawn) -> None:
+        for _ in range(3):
+            s = spawn(sh("for i in $(seq 1000); do printf Bingo; done"))
+            assert s.wait() == 0, s.describe()
+            assert s.output().count(b"Bingo") == 1000, s.describe()
+
+    def test_background_grandchild_does_not_keep_the_relay(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        pidfile = tmp_path / "pid"
+        s = spawn(sh(f"sleep 60 & echo $! > {pidfile}; exit 5"))
+        assert s.wait(15) == 5, s.describe()
+        grandchild = read_ints(pidfile)[0]
+        assert wait_until(lambda: not alive(grandchild), 5), "sleep 60 left behind"
+        assert_restored(s)
+
+    def test_grandchild_ignoring_hangup_does_not_keep_the_relay(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        # This grandchild survives its session's hang-up and keeps the pty open for 60 s.
+        pidfile = tmp_path / "pid"
+        s = spawn(sh(f"trap '' HUP; sleep 60 & echo $! > {pidfile}; exit 5"))
+        assert s.wait(15) == 5, s.describe()
+        assert_restored(s)
+
+    def test_child_closing_its_stdio_is_not_killed_early(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        done = tmp_path / "done"
+        s = spawn(sh(f"exec >&- 2>&- <&-; sleep 1; echo ok > {done}; exit 3"))
+        assert s.wait(15) == 3, s.describe()
+        assert done.read_text() == "ok\n"
+        assert_restored(s)
+
+
+# --------------------------------------------------------------------------- 6. status
+
+
+class TestStatus:
+    @pytest.mark.parametrize(("script", "status"), [
+        ("exit 0", 0), ("exit 7", 7), ("exit 255", 255),
+        ("kill -TERM $$", 143), ("kill -KILL $$", 137), ("kill -INT $$", 130),
+    ])
+    def test_status(self, spawn: Spawn, script: str, status: int) -> None:
+        s = spawn(sh(script))
+        assert s.wait() == status, s.describe()
+        assert_restored(s)
+
+    def test_missing_program_is_a_clear_error(self, spawn: Spawn) -> None:
+        s = spawn(["no-such-program-7c1e", "arg"])
+        rc = s.wait()
+        assert rc != 0, s.describe()
+        assert "no-such-program-7c1e" in s.text(), s.describe()
+        assert "session ended" not in s.text()
+        assert_restored(s)
+        assert_no_leftovers(s)
+
+    def test_python_api_returns_the_status(self, spawn: Spawn) -> None:
+        s = spawn(argv=[PY, "-c", "import sys, bottle.relay as r; "
+                        "sys.exit(r.run(['sh', '-c', 'echo API; exit 9']) + 1)"])
+        assert s.wait() == 10, s.describe()
+        assert "API\n" in s.text()
+        assert_restored(s)
+
+    @pytest.mark.parametrize("exc", ["FileNotFoundError", "PermissionError"])
+    def test_python_api_raises_naming_the_program(
+        self, spawn: Spawn, tmp_path: Path, exc: str
+    ) -> None:
+        if exc == "FileNotFoundError":
+            prog = str(tmp_path / "missing-prog")
+        else:
+            prog = str(tmp_path / "not-executable")
+            Path(prog).write_text("#!/bin/sh\n")
+            Path(prog).chmod(0o644)
+        code = textwrap.dedent(
+            f"""
+            import bottle.relay as r
+            try:
+                r.run([{prog!r}])
+            except {exc} as e:
+                print("RAISED", e)
+            """
+        )
+        s = spawn(argv=[PY, "-c", code])
+        assert s.wait() == 0, s.describe()
+        m = re.search(r"RAISED (.*)", s.text())
+        assert m and prog in m.group(1), s.describe()
+        assert_restored(s)
+        assert_no_leftovers(s)
+
+    def test_python_api_resolves_argv0_on_the_env_path(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        prog = bindir / "only-here-prog"
+        prog.write_text("#!/bin/sh\necho FOUND-$MYVAR\nexit 4\n")
+        prog.chmod(0o755)
+        code = (
+            "import os, sys, bottle.relay as r; "
+            f"env = dict(os.environ, PATH={str(bindir) + ':/usr/bin:/bin'!r}, MYVAR='x1'); "
+            "sys.exit(r.run(['only-here-prog'], env=env))"
+        )
+        s = spawn(argv=[PY, "-c", code])
+        assert s.wait() == 4, s.describe()
+        assert "FOUND-x1" in s.text()
+
+    def test_bottle_relay_subcommand(self, spawn: Spawn) -> None:
+        s = spawn(argv=[PY, "-m", "bottle", "relay", "--", "sh", "-c", "echo SUB; exit 6"])
+        assert s.wait() == 6, s.describe()
+        assert "SUB\n" in s.text()
+
+
+# --------------------------------------------------------------------------- 7. input EOF
+
+
+class TestInputEof:
+    def test_piped_input_reaches_cat_and_ends(self, spawn: Spawn) -> None:
+        s = spawn(["cat"], stdin=b"x")
+        assert s.wait() == 0, s.describe()
+        assert "x" in s.text(), s.describe()
+
+    def test_piped_input_to_a_pipe(self, spawn: Spawn) -> None:
+        s = spawn(["cat"], stdin=b"x", stdout="pipe")
+        assert s.wait() == 0, s.describe()
+        assert s.text().endswith("x"), s.describe()
+
+    @pytest.mark.parametrize("data", [b"x", b"line one\nline two\n", b"no newline\nat end"])
+    def test_child_reads_exactly_the_piped_input(
+        self, spawn: Spawn, tmp_path: Path, data: bytes
+    ) -> None:
+        got = tmp_path / "got"
+        s = spawn(py(
+            "import sys; open(sys.argv[1], 'wb').write(sys.stdin.buffer.read())", got
+        ), stdin=data)
+        assert s.wait() == 0, s.describe()
+        assert got.read_bytes() == data
+
+
+# --------------------------------------------------------------------------- 8. window changes
+
+
+class TestWindowChanges:
+    def start(self, spawn: Spawn, tmp_path: Path, **kwargs: object) -> tuple[Session, Path, Path]:
+        report, gate = tmp_path / "sizes", tmp_path / "gate"
+        s = spawn(py(WINCH_CHILD, report, gate), rows=30, cols=90, **kwargs)
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        assert last_size(report) == (30, 90)
+        return s, report, gate
+
+    def test_resize_reaches_the_child(self, spawn: Spawn, tmp_path: Path) -> None:
+        s, report, gate = self.start(spawn, tmp_path)
+        s.terminal.resize(50, 132)
+        assert wait_until(lambda: last_size(report) == (50, 132)), reported_sizes(report)
+        gate.touch()
+        assert s.wait() == 0, s.describe()
+        assert last_size(report) == (50, 132)
+
+    def test_burst_ends_on_the_last_size(self, spawn: Spawn, tmp_path: Path) -> None:
+        s, report, gate = self.start(spawn, tmp_path)
+        for i in range(200):
+            s.terminal.resize(20 + i % 40, 60 + i)
+        final = (20 + 199 % 40, 60 + 199)
+        assert wait_until(lambda: last_size(report) == final), reported_sizes(report)[-5:]
+        time.sleep(0.5)  # nothing stale may arrive after the last size
+        gate.touch()
+        assert s.wait() == 0, s.describe()
+        assert last_size(report) == final, reported_sizes(report)[-5:]
+
+    def test_zero_size_is_never_forwarded(self, spawn: Spawn, tmp_path: Path) -> None:
+        s, report, gate = self.start(spawn, tmp_path)
+        s.terminal.resize(0, 0)
+        time.sleep(0.5)
+        s.terminal.resize(40, 100)
+        assert wait_until(lambda: last_size(report) == (40, 100)), reported_sizes(report)
+        gate.touch()
+        assert s.wait() == 0, s.describe()
+        assert (0, 0) not in reported_sizes(report), reported_sizes(report)
+
+    def test_resize_command(self, spawn: Spawn, tmp_path: Path) -> None:
+        """Runs off the hot path, at most one in flight, latest size wins."""
+        log, cmd_gate = tmp_path / "resize.log", tmp_path / "cmd-gate"
+        script = tmp_path / "on-resize.sh"
+        script.write_text(
+            f'echo "start $1 $2 $3" >> {log}\n'
+            f"{gate_wait(cmd_gate)}\n"
+            f'echo "end $1 $2 $3" >> {log}\n'
+        )
+        template = f"sh {script} {{rows}} {{cols}} {{machine}}"
+        result = tmp_path / "echo-result"
+        probe = b"still-copying"
+        s = spawn(py(ECHO_CHILD, len(probe), result), rows=30, cols=90,
+                  relay_args=["--machine", "vm-7", "--resize-command", template])
+        start = s.expect(b"READY\n")
+        s.terminal.resize(31, 91)
+
+        def lines() -> list[str]:
+            return log.read_text().splitlines() if log.exists() else []
+
+        assert wait_until(lambda: any(x.startswith("start") for x in lines())), s.describe()
+        # A resize command is stuck: bytes must still flow both ways.
+        s.send(probe)
+        assert s.wait_output_len(start + len(probe)), s.describe()
+        assert s.output()[start:] == probe
+        for i in range(30):
+            s.terminal.resize(32 + i, 92 + i)
+        time.sleep(0.5)
+        in_flight = lines()
+        assert sum(x.startswith("start") for x in in_flight) == 1, in_flight
+        cmd_gate.touch()
+        final = "end 61 121 vm-7"
+        assert wait_until(lambda: lines() and lines()[-1] == final), lines()
+        time.sleep(0.3)
+        runs = lines()
+        assert runs[-1] == final, runs
+        # Strictly alternating: never two in flight.
+        assert all(x.startswith("start" if i % 2 == 0 else "end") for i, x in enumerate(runs)), runs
+        assert len(runs) <= 6, f"bursts were not coalesced: {runs}"
+        assert all(x.split()[3] == "vm-7" for x in runs), runs
+        assert s.wait() == 0, s.describe()
+
+
+# --------------------------------------------------------------------------- 9. hang-up
+
+
+class TestHangUp:
+    def test_closing_the_terminal_ends_child_and_relay(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        pidfile, hupfile = tmp_path / "pid", tmp_path / "hup"
+        s = spawn(sh(
+            f"echo $$ > {pidfile}; trap 'echo hup > {hupfile}; exit 0' HUP; "
+            "echo READY; while :; do sleep 0.05; done"
+        ))
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        child = read_ints(pidfile)[0]
+        s.reading.clear()
+        time.sleep(0.1)
+        s.terminal.close_master()
+        s.wait(10)
+        assert wait_until(lambda: hupfile.exists(), 5), "child never got SIGHUP"
+        assert wait_until(lambda: not alive(child), 5), "child still running"
+        assert_no_leftovers(s)
+
+    def test_hangup_ends_a_child_that_does_not_trap_it(self, spawn: Spawn) -> None:
+        s = spawn(sh("echo READY; exec sleep 60"))
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        s.reading.clear()
+        time.sleep(0.1)
+        s.terminal.close_master()
+        s.wait(10)
+        assert_no_leftovers(s)
+
+    def test_hangup_seen_only_on_the_terminal(self, spawn: Spawn) -> None:
+        # The relay runs as a job under a shell that ignores SIGHUP: the only sign of the
+        # hang-up is end-of-file/EIO on the terminal itself.
+        s = spawn(sh("echo READY; exec sleep 60"), jobshell=True,
+                  extra_env={"JOBSHELL_IGNORE_HUP": "1"})
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        s.reading.clear()
+        time.sleep(0.1)
+        s.terminal.close_master()
+        s.wait(10)
+        assert_no_leftovers(s)
+
+
+# --------------------------------------------------------------------------- 10. job control
+
+
+class TestJobControl:
+    def test_stop_restores_and_continue_reapplies_raw_and_size(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        report, gate = tmp_path / "sizes", tmp_path / "gate"
+        s = spawn(py(WINCH_CHILD, report, gate), rows=30, cols=90, jobshell=True)
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        relay = s.relay_pid
+        os.kill(relay, signal.SIGTSTP)
+        assert wait_until(lambda: proc_state(relay) == "T", 10), (
+            f"relay did not stop on SIGTSTP (state {proc_state(relay)})\n{s.describe()}"
+        )
+        assert_restored(s)
+        s.terminal.resize(45, 140)  # the user resizes while the relay is stopped
+        os.kill(relay, signal.SIGCONT)
+        assert wait_until(lambda: proc_state(relay) not in ("T", None), 10)
+        assert s.terminal.wait_raw(), f"not raw again after SIGCONT\n{s.describe()}"
+        assert raw_violations(s.terminal.attrs()) == []
+        assert wait_until(lambda: last_size(report) == (45, 140)), reported_sizes(report)
+        # Still relaying after the round trip.
+        gate.touch()
+        assert s.wait() == 0, s.describe()
+        assert_restored(s)
+
+
+# --------------------------------------------------------------------------- 11. type-ahead
+
+
+class TestTypeAhead:
+    def test_keys_typed_before_the_child_goes_raw_are_delivered(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        started, got = tmp_path / "started", tmp_path / "got"
+        typed = b"typed early 123\r"
+        s = spawn(py(
+            """
+            import os, select, sys, termios, time, tty
+            open(sys.argv[1], "w").close()
+            time.sleep(0.5)
+            tty.setraw(0, termios.TCSAFLUSH)  # what smolvm does once its session started
+            want, data = int(sys.argv[3]), b""
+            while len(data) < want and select.select([0], [], [], 20)[0]:
+                data += os.read(0, 1024)
+            open(sys.argv[2], "wb").write(data)
+            """, started, got, len(typed)))
+        assert wait_until(lambda: started.exists()), s.describe()
+        assert s.terminal.wait_raw(), s.describe()
+        s.send(typed)
+        assert s.wait(40) == 0, s.describe()
+        assert got.read_bytes() == typed
+
+    def test_keys_reach_a_child_that_stays_canonical(self, spawn: Spawn) -> None:
+        s = spawn(sh("echo READY; read line; echo \"got:$line\""))
+        s.expect(b"READY")
+        s.send(b"abc\r")
+        assert s.wait(30) == 0, s.describe()
+        assert "got:abc" in s.text(), s.describe()
+
+
+# --------------------------------------------------------------------------- 12. idle
+
+
+class TestIdle:
+    def test_idle_relay_does_not_wake_up(self, spawn: Spawn) -> None:
+        s = spawn(sh("echo READY; sleep 4; echo DONE"))
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        relay = s.relay_pid
+        time.sleep(0.5)
+        before = context_switches(relay)
+        time.sleep(2.5)
+        after = context_switches(relay)
+        assert after - before <= 5, f"idle relay was scheduled {after - before} times in 2.5 s"
+        assert s.wait() == 0, s.describe()
+        assert "DONE" in s.text()
+
