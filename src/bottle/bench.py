@@ -992,68 +992,84 @@ METRICS: list[tuple[str, str, str]] = [
 RATIO_METRICS = [k for k, _, _ in METRICS if k not in ("resize_burst_ok", "idle_wakeups_s")]
 
 
+Metrics = dict[str, float | bool | None]
+
+
+def _throughput(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
+    r = measure_throughput(relay, payloads.get(settings.stream_bytes))
+    return {
+        "throughput_mib_s": r.mib_s,
+        "throughput_cpu_s_per_gib": r.cpu_s_per_gib,
+        "throughput_startup_cpu_s": r.startup_cpu_s,
+        "throughput_life_cpu_s": r.life_cpu_s,
+        "throughput_wait4_cpu_s": r.wait4_cpu_s,
+    }
+
+
+def _echo(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
+    r = measure_echo(relay, settings.echo_trips)
+    return {"echo_p50_us": r.p50_us, "echo_p99_us": r.p99_us, "echo_cpu_us": r.cpu_us_per_trip}
+
+
+def _resize(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
+    r = measure_resize(relay, settings.resize_trips, settings.resize_burst)
+    if not r.forwarded:
+        return {"resize_forwarded": False}
+    return {
+        "resize_forwarded": True,
+        "resize_p50_us": r.p50_us,
+        "resize_p99_us": r.p99_us,
+        "resize_burst_ok": r.burst_ok,
+        "resize_burst_settle_ms": r.burst_settle_ms,
+        "resize_burst_reports": float(r.burst_reports),
+    }
+
+
+def _idle(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
+    if not relay.is_relay:
+        return {}
+    r = measure_idle(relay, settings.idle_seconds)
+    return {"idle_wakeups_s": r.wakeups_s, "idle_cpu_ms_s": r.cpu_ms_s}
+
+
+def _startup(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
+    r = measure_startup(relay, settings.startup_spawns)
+    return {"startup_p50_ms": r.p50_ms, "startup_max_ms": r.max_ms, "startup_cpu_ms": r.cpu_ms}
+
+
+def _many(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
+    r = measure_many(relay, payloads.get(settings.many_bytes), settings.many_sessions)
+    return {"many_mib_s": r.mib_s, "many_cpu_s_per_gib": r.cpu_s_per_gib}
+
+
+MEASUREMENTS: list[tuple[str, Callable[[Relay, Settings, Payloads], Metrics]]] = [
+    ("throughput", _throughput),
+    ("echo", _echo),
+    ("resize", _resize),
+    ("idle", _idle),
+    ("startup", _startup),
+    ("many", _many),
+]
+
+
+def measure_one(
+    name: str, relay: Relay, settings: Settings, payloads: Payloads
+) -> dict[str, float | bool | str | None]:
+    """Run the measurement ``name`` once for ``relay``; a failure becomes ``<name>_error``."""
+    fn = dict(MEASUREMENTS)[name]
+    try:
+        return dict(fn(relay, settings, payloads))
+    except (BenchError, OSError) as e:
+        return {f"{name}_error": str(e)}
+
+
 def measure_all(
     relay: Relay, settings: Settings, payloads: Payloads
 ) -> dict[str, float | bool | str | None]:
     """Run every measurement once for ``relay``; return flat metrics (errors as strings)."""
     out: dict[str, float | bool | str | None] = {}
-
-    def attempt(name: str, fn: Callable[[], dict[str, float | bool | None]]) -> None:
-        try:
-            out.update(fn())
-        except (BenchError, OSError) as e:
-            out[f"{name}_error"] = str(e)
-
-    def throughput() -> dict[str, float | bool | None]:
-        r = measure_throughput(relay, payloads.get(settings.stream_bytes))
-        return {
-            "throughput_mib_s": r.mib_s,
-            "throughput_cpu_s_per_gib": r.cpu_s_per_gib,
-            "throughput_startup_cpu_s": r.startup_cpu_s,
-            "throughput_life_cpu_s": r.life_cpu_s,
-            "throughput_wait4_cpu_s": r.wait4_cpu_s,
-        }
-
-    def echo() -> dict[str, float | bool | None]:
-        r = measure_echo(relay, settings.echo_trips)
-        return {"echo_p50_us": r.p50_us, "echo_p99_us": r.p99_us, "echo_cpu_us": r.cpu_us_per_trip}
-
-    def resize() -> dict[str, float | bool | None]:
-        r = measure_resize(relay, settings.resize_trips, settings.resize_burst)
-        if not r.forwarded:
-            return {"resize_forwarded": False}
-        return {
-            "resize_forwarded": True,
-            "resize_p50_us": r.p50_us,
-            "resize_p99_us": r.p99_us,
-            "resize_burst_ok": r.burst_ok,
-            "resize_burst_settle_ms": r.burst_settle_ms,
-            "resize_burst_reports": float(r.burst_reports),
-        }
-
-    def idle() -> dict[str, float | bool | None]:
-        if not relay.is_relay:
-            return {}
-        r = measure_idle(relay, settings.idle_seconds)
-        return {"idle_wakeups_s": r.wakeups_s, "idle_cpu_ms_s": r.cpu_ms_s}
-
-    def startup() -> dict[str, float | bool | None]:
-        r = measure_startup(relay, settings.startup_spawns)
-        return {"startup_p50_ms": r.p50_ms, "startup_max_ms": r.max_ms, "startup_cpu_ms": r.cpu_ms}
-
-    def many() -> dict[str, float | bool | None]:
-        r = measure_many(relay, payloads.get(settings.many_bytes), settings.many_sessions)
-        return {"many_mib_s": r.mib_s, "many_cpu_s_per_gib": r.cpu_s_per_gib}
-
-    for name, fn in [
-        ("throughput", throughput),
-        ("echo", echo),
-        ("resize", resize),
-        ("idle", idle),
-        ("startup", startup),
-        ("many", many),
-    ]:
-        attempt(name, fn)
+    for name, _ in MEASUREMENTS:
+        out.update(measure_one(name, relay, settings, payloads))
     return out
 
 
@@ -1096,31 +1112,48 @@ def machine_info() -> dict[str, str | int]:
 Target = dict[str, Any]
 
 
-def evaluate_targets(results: Mapping[str, Mapping[str, Any]]) -> list[Target]:
-    """Compare the native relay with the issue's targets."""
-    nat, scr, none = (results.get(k, {}) for k in ("native", "script", "none"))
+def _num(d: Mapping[str, Any], key: str) -> float | None:
+    v = d.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
-    def num(d: Mapping[str, Any], key: str) -> float | None:
-        v = d.get(key)
-        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
+def evaluate_targets(
+    results: Mapping[str, Mapping[str, Any]],
+    per_run: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> list[Target]:
+    """Compare the native relay with the issue's targets.
+
+    With ``per_run``, a ratio is the median of the per-run ratios: each run measured the two
+    relays seconds apart, so their ratio is steadier than the ratio of two medians.
+    """
+    nat = results.get("native", {})
     targets: list[Target] = []
 
-    def ratio_target(name: str, key: str, ref: Mapping[str, Any], limit: float, le: bool) -> None:
-        a, b = num(nat, key), num(ref, key)
+    def ratio_target(name: str, key: str, ref_name: str, limit: float, le: bool) -> None:
+        a, b = _num(nat, key), _num(results.get(ref_name, {}), key)
         if a is None or b is None or b == 0:
             targets.append({"target": name, "measured": "n/a", "met": None})
             return
-        r = a / b
+        ratios = []
+        if per_run is not None:
+            for x, y in zip(per_run.get("native", []), per_run.get(ref_name, []), strict=False):
+                xa, yb = _num(x, key), _num(y, key)
+                if xa is not None and yb:
+                    ratios.append(xa / yb)
+        r = statistics.median(ratios) if ratios else a / b
         met = r <= limit if le else r >= limit
-        targets.append({"target": name, "native": a, "reference": b, "ratio": r, "met": met})
+        targets.append(
+            {"target": name, "native": a, "reference": b, "ratio": r, "run_ratios": ratios,
+             "met": met}
+        )
 
-    ratio_target("native relay CPU/GiB <= 0.5x script", "throughput_cpu_s_per_gib", scr, 0.5, True)
-    ratio_target("native throughput >= 1.0x no relay", "throughput_mib_s", none, 1.0, False)
-    ratio_target("native echo p50 <= 0.9x script", "echo_p50_us", scr, 0.9, True)
-    ratio_target("native echo p99 <= 1.0x script", "echo_p99_us", scr, 1.0, True)
-    ratio_target("native resize p99 <= 1.0x script", "resize_p99_us", scr, 1.0, True)
-    wake = num(nat, "idle_wakeups_s")
+    ratio_target("native relay CPU/GiB <= 0.5x script", "throughput_cpu_s_per_gib", "script", 0.5,
+                 True)
+    ratio_target("native throughput >= 1.0x no relay", "throughput_mib_s", "none", 1.0, False)
+    ratio_target("native echo p50 <= 0.9x script", "echo_p50_us", "script", 0.9, True)
+    ratio_target("native echo p99 <= 1.0x script", "echo_p99_us", "script", 1.0, True)
+    ratio_target("native resize p99 <= 1.0x script", "resize_p99_us", "script", 1.0, True)
+    wake = _num(nat, "idle_wakeups_s")
     targets.append(
         {"target": "native idle: 0 wake-ups/s", "native": wake, "met": wake == 0.0}
         if wake is not None
@@ -1148,9 +1181,16 @@ def run_bench(
     load_before = os.getloadavg()
     with Payloads() as payloads:
         for i in range(settings.runs):
+            log(f"run {i + 1}/{settings.runs}")
+            runs: dict[str, dict[str, float | bool | str | None]] = {r.name: {} for r in active}
+            # Metric by metric, every relay back to back (order reversed every other run), so
+            # that the load of the moment weighs on all of them alike.
+            for name, _ in MEASUREMENTS:
+                order = active if i % 2 == 0 else active[::-1]
+                for relay in order:
+                    runs[relay.name].update(measure_one(name, relay, settings, payloads))
             for relay in active:
-                log(f"run {i + 1}/{settings.runs}: {relay.name}")
-                per_run[relay.name].append(measure_all(relay, settings, payloads))
+                per_run[relay.name].append(runs[relay.name])
     results = {name: median_metrics(runs) for name, runs in per_run.items()}
     # Other work on the machine shows up in every figure: say how busy it was.
     machine: dict[str, Any] = {
@@ -1164,7 +1204,7 @@ def run_bench(
         "skipped": skipped,
         "results": results,
         "runs": per_run,
-        "targets": evaluate_targets(results),
+        "targets": evaluate_targets(results, per_run),
     }
 
 
@@ -1242,9 +1282,13 @@ def format_report(report: Mapping[str, Any]) -> str:
             lines.append(f"  n/a   {t['target']}: not measured")
         elif "ratio" in t:
             verdict = "met " if t["met"] else "MISS"
+            runs = t.get("run_ratios") or []
+            spread = (
+                f" (runs: {', '.join(f'{x:.2f}' for x in runs)})" if len(runs) > 1 else ""
+            )
             lines.append(
-                f"  {verdict}  {t['target']}: {t['native']:.4g} vs {t['reference']:.4g}"
-                f" = {t['ratio']:.2f}x"
+                f"  {verdict}  {t['target']}: {t['native']:.4g} vs {t['reference']:.4g},"
+                f" ratio {t['ratio']:.2f}x{spread}"
             )
         else:
             verdict = "met " if t["met"] else "MISS"
