@@ -1,0 +1,825 @@
+"""Unit tests of the relay's layers: the core (spawn, Pump) of both twins, the front, the CLI.
+
+The core tests play both sides by hand: the user's side is a pair of pipes (or a pty), the
+child's side is the slave of a real pty that the test reads and writes. The black-box
+behaviour suite (python -m bottle.relay on real ptys) is tests/test_relay_conformance.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import importlib
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+import tty
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+import bottle.relay as relay
+from bottle import _ptyrelay_py
+from bottle.relay import __main__ as relay_cli
+
+WAIT = 10.0  # generous bound against hangs; never a timing assertion
+
+
+def _native() -> ModuleType | None:
+    try:
+        return importlib.import_module("bottle._ptyrelay")
+    except ImportError:
+        return None
+
+
+@pytest.fixture(params=["native", "pure"])
+def core(request: pytest.FixtureRequest) -> ModuleType:
+    """The relay core under test: the compiled module or its pure-Python twin."""
+    if request.param == "pure":
+        return _ptyrelay_py
+    native = _native()
+    if native is None:
+        if os.environ.get("BOTTLE_REQUIRE_EXTENSION", "") not in ("", "0"):
+            pytest.fail("BOTTLE_REQUIRE_EXTENSION is set but bottle._ptyrelay is not importable")
+        pytest.skip("native extension not built")
+    return native
+
+
+def winsize(fd: int) -> tuple[int, int]:
+    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)))
+    return rows, cols
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def read_exactly(fd: int, n: int, timeout: float = WAIT) -> bytes:
+    """Read ``n`` bytes from ``fd`` (blocking fd), failing the test on a hang."""
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out after {len(out)} of {n} bytes"
+        if select.select([fd], [], [], left)[0]:
+            try:
+                chunk = os.read(fd, n - len(out))
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    break
+                raise
+            if not chunk:
+                break
+            out += chunk
+    return bytes(out)
+
+
+def quiet(fd: int, seconds: float = 0.3) -> bool:
+    """True when nothing becomes readable on ``fd`` for ``seconds``."""
+    return not select.select([fd], [], [], seconds)[0]
+
+
+class Rig:
+    """A Pump between pipes (the user's side) and a pty whose slave the test plays."""
+
+    def __init__(self, core: ModuleType, *, raw_child: bool = True, **pump_args: Any) -> None:
+        self.in_r, self.in_w = os.pipe()
+        self.out_r, self.out_w = os.pipe()
+        self.wake_r, self.wake_w = os.pipe()
+        self.child_r, self.child_w = os.pipe()
+        self.master, self.slave = os.openpty()
+        if raw_child:
+            tty.setraw(self.slave)
+        for fd in (self.in_r, self.out_w, self.master, self.wake_r):
+            os.set_blocking(fd, False)
+        self.pump = core.Pump(
+            self.in_r, self.out_w, self.master, self.wake_r, self.child_r, **pump_args
+        )
+        self.core = core
+        self._pool = ThreadPoolExecutor(max_workers=1)
+
+    def start(self, call: Callable[[], int] | None = None) -> Future[int]:
+        """Run ``pump.run`` (or ``call``) in a thread; the caller collects the event."""
+        return self._pool.submit(call or self.pump.run)
+
+    def wake(self, *signals: int) -> None:
+        os.write(self.wake_w, bytes(signals))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for fd in (self.in_r, self.in_w, self.out_r, self.out_w, self.wake_r, self.wake_w,
+                   self.child_r, self.child_w, self.master, self.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@pytest.fixture
+def rig(core: ModuleType) -> Iterator[Callable[..., Rig]]:
+    made: list[Rig] = []
+
+    def make(**kwargs: Any) -> Rig:
+        r = Rig(core, **kwargs)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+# ------------------------------------------------------------------------------ Pump
+
+
+def test_bytes_both_ways_unchanged(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    data = bytes(range(256)) * 300 + "é€😀".encode()  # every byte value, split-able UTF-8
+    fut = r.start()
+    writer = threading.Thread(target=os.write, args=(r.in_w, data))
+    writer.start()
+    assert read_exactly(r.slave, len(data)) == data
+    writer.join()
+    echo = threading.Thread(target=os.write, args=(r.slave, data[::-1]))
+    echo.start()
+    assert read_exactly(r.out_r, len(data)) == data[::-1]
+    echo.join()
+    assert not fut.done()
+    r.wake(signal.SIGUSR1)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+    assert r.pump.signals() == bytes([signal.SIGUSR1])
+    assert r.pump.signals() == b""
+
+
+def test_signals_reported_once_each_in_order(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    r.wake(signal.SIGTERM, signal.SIGTERM, signal.SIGINT, signal.SIGTERM)
+    assert r.start().result(WAIT) == r.core.EV_SIGNAL
+    assert r.pump.signals() == bytes([signal.SIGTERM, signal.SIGINT])
+
+
+def test_child_fd_ends_the_run(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    fut = r.start()
+    os.write(r.child_w, b"x")
+    assert fut.result(WAIT) == r.core.EV_CHILD
+
+
+def test_master_eof_after_output_is_flushed(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    os.write(r.slave, b"last words")
+    os.close(r.slave)
+    assert r.start().result(WAIT) == r.core.EV_EOF
+    assert read_exactly(r.out_r, 10) == b"last words"
+    # Reported once: the next run waits for something else (here a signal).
+    fut = r.start()
+    assert quiet(r.out_r, 0.2) and not fut.done()
+    r.wake(signal.SIGCHLD)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+
+
+def test_broken_output_is_a_hang_up(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    os.close(r.out_r)
+    fut = r.start()
+    os.write(r.slave, b"nobody reads this")
+    assert fut.result(WAIT) == r.core.EV_HUP
+
+
+def test_terminal_hang_up_on_input(core: ModuleType) -> None:
+    user_master, user_slave = os.openpty()
+    master, slave = os.openpty()
+    out_r, out_w = os.pipe()
+    try:
+        for fd in (user_slave, master, out_w):
+            os.set_blocking(fd, False)
+        pump = core.Pump(user_slave, out_w, master, in_tty=True)
+        with ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(pump.run)
+            os.close(user_master)
+            user_master = -1
+            assert fut.result(WAIT) == core.EV_HUP
+    finally:
+        for fd in (user_master, user_slave, master, slave, out_r, out_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+@pytest.mark.parametrize("data", [b"", b"line\n", b"partial"], ids=["empty", "nl", "partial"])
+def test_input_eof_sends_veof(rig: Callable[..., Rig], data: bytes) -> None:
+    """One VEOF after a complete line (or nothing), two after a partial line: exactly enough."""
+    r = rig(raw_child=False)  # canonical: the pty turns VEOF into end-of-input
+    termios_attrs = termios.tcgetattr(r.slave)
+    termios_attrs[3] &= ~termios.ECHO
+    termios.tcsetattr(r.slave, termios.TCSANOW, termios_attrs)
+    fut = r.start()
+    os.write(r.in_w, data)
+    os.close(r.in_w)
+    got = b""
+    while True:  # a canonical reader: data (maybe over several reads), then b"" = EOF
+        assert select.select([r.slave], [], [], WAIT)[0], "child never saw end-of-input"
+        chunk = os.read(r.slave, 100)
+        if not chunk:
+            break
+        got += chunk
+    assert got == data
+    # No VEOF too many: a spare one would read as a second EOF.
+    assert quiet(r.slave)
+    r.wake(signal.SIGUSR1)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+
+
+def test_no_input_at_all_is_end_of_input(core: ModuleType) -> None:
+    master, slave = os.openpty()
+    out_r, out_w = os.pipe()
+    wake_r, wake_w = os.pipe()
+    try:
+        attrs = termios.tcgetattr(slave)
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        for fd in (master, out_w, wake_r):
+            os.set_blocking(fd, False)
+        pump = core.Pump(-1, out_w, master, wake_r)
+        with ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(pump.run)
+            assert select.select([slave], [], [], WAIT)[0]
+            assert os.read(slave, 10) == b""
+            os.write(wake_w, bytes([signal.SIGUSR1]))
+            assert fut.result(WAIT) == core.EV_SIGNAL
+    finally:
+        for fd in (master, slave, out_r, out_w, wake_r, wake_w):
+            os.close(fd)
+
+
+def test_backpressure_child_not_reading_does_not_stall_output(rig: Callable[..., Rig]) -> None:
+    bufsize = 64 * 1024
+    r = rig(bufsize=bufsize)
+    os.set_blocking(r.in_w, False)
+    fut = r.start()
+    pushed = 0
+    deadline = time.monotonic() + WAIT
+    # Paste far more than every buffer on the way holds; the child never reads it.
+    while time.monotonic() < deadline:
+        try:
+            pushed += os.write(r.in_w, b"p" * 65536)
+        except BlockingIOError:
+            if pushed > 4 * bufsize and quiet(r.in_w, 0.05):
+                break
+            time.sleep(0.01)
+    out = b"o" * (1 << 20)
+    writer = threading.Thread(target=os.write, args=(r.slave, out))
+    writer.start()
+    assert read_exactly(r.out_r, len(out)) == out
+    writer.join()
+    r.wake(signal.SIGUSR1)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+    held_in, held_out = r.pump.buffered
+    assert held_in <= bufsize and held_out == 0
+
+
+def test_slow_user_terminal_bounds_output_buffer(rig: Callable[..., Rig]) -> None:
+    bufsize = 32 * 1024
+    r = rig(bufsize=bufsize)
+    fut = r.start()
+    os.set_blocking(r.slave, False)
+    written, stuck_since = 0, None
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:  # nobody reads out_r: everything backs up
+        try:
+            written += os.write(r.slave, b"z" * 4096)
+            stuck_since = None
+        except BlockingIOError:
+            stuck_since = stuck_since or time.monotonic()
+            if time.monotonic() - stuck_since > 0.3:
+                break
+            time.sleep(0.02)
+    assert stuck_since is not None, "the child's output never backed up"
+    assert written > 2 * bufsize
+    r.wake(signal.SIGUSR1)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+    assert r.pump.buffered[1] <= bufsize
+
+
+def test_type_ahead_held_until_child_leaves_canonical_mode(rig: Callable[..., Rig]) -> None:
+    r = rig(raw_child=False, hold_ms=60_000)
+    fut = r.start()
+    os.write(r.in_w, b"typed early")
+    assert quiet(r.slave, 0.4), "input reached a canonical-mode child"
+    assert r.pump.holding
+    tty.setraw(r.slave)  # what smolvm does once its session has started
+    assert read_exactly(r.slave, 11) == b"typed early"
+    assert not r.pump.holding
+    r.wake(signal.SIGUSR1)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+
+
+def test_type_ahead_released_after_bounded_wait(rig: Callable[..., Rig]) -> None:
+    r = rig(raw_child=False, hold_ms=200)
+    attrs = termios.tcgetattr(r.slave)
+    attrs[3] &= ~termios.ECHO
+    termios.tcsetattr(r.slave, termios.TCSANOW, attrs)
+    fut = r.start()
+    os.write(r.in_w, b"line\n")
+    assert read_exactly(r.slave, 5) == b"line\n"  # canonical forever: delivered anyway
+    assert not r.pump.holding
+    r.wake(signal.SIGUSR1)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+
+
+def test_sigwinch_applied_in_the_loop(core: ModuleType, rig: Callable[..., Rig]) -> None:
+    term_master, term_slave = os.openpty()
+    try:
+        set_winsize(term_master, 40, 100)
+        r = rig(size_fd=term_slave)
+        fut = r.start()
+        r.wake(signal.SIGWINCH)
+        deadline = time.monotonic() + WAIT
+        while winsize(r.slave) != (40, 100):
+            assert time.monotonic() < deadline, winsize(r.slave)
+            time.sleep(0.01)
+        set_winsize(term_master, 0, 0)  # a zero size is never forwarded
+        r.wake(signal.SIGWINCH, signal.SIGUSR1)
+        assert fut.result(WAIT) == core.EV_SIGNAL
+        assert r.pump.signals() == bytes([signal.SIGUSR1])  # SIGWINCH was handled, not reported
+        assert winsize(r.slave) == (40, 100)
+    finally:
+        os.close(term_master)
+        os.close(term_slave)
+
+
+def test_sigwinch_reported_when_not_handled(core: ModuleType, rig: Callable[..., Rig]) -> None:
+    term_master, term_slave = os.openpty()
+    try:
+        set_winsize(term_master, 33, 77)
+        r = rig(size_fd=term_slave, winch=False)
+        r.wake(signal.SIGWINCH)
+        assert r.start().result(WAIT) == core.EV_SIGNAL
+        assert r.pump.signals() == bytes([signal.SIGWINCH])
+        assert winsize(r.slave) != (33, 77)
+        assert r.pump.resize() == (33, 77)
+        assert winsize(r.slave) == (33, 77)
+    finally:
+        os.close(term_master)
+        os.close(term_slave)
+
+
+def test_resize_without_a_terminal(rig: Callable[..., Rig]) -> None:
+    assert rig().pump.resize() is None
+
+
+def test_drain_delivers_output_left_at_exit(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    payload = os.urandom(200_000)
+    writer = threading.Thread(target=lambda: (os.write(r.slave, payload), os.close(r.slave)))
+    writer.start()
+    reader: Future[bytes] = ThreadPoolExecutor(1).submit(read_exactly, r.out_r, len(payload))
+    assert r.pump.drain(100, 5000) == r.core.EV_DONE
+    writer.join()
+    assert reader.result(WAIT) == payload
+
+
+def test_drain_stops_when_a_grandchild_keeps_the_pty_quiet(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    os.write(r.slave, b"bye")  # the slave stays open, as with `sleep 60 & exit 5`
+    assert r.start(lambda: r.pump.drain(50, 60_000)).result(WAIT) == r.core.EV_DONE
+    assert read_exactly(r.out_r, 3) == b"bye"
+
+
+def test_drain_is_capped_when_a_grandchild_keeps_writing(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    stop = threading.Event()
+
+    def chatter() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                os.write(r.slave, b"still here\n")
+            time.sleep(0.005)
+
+    def sink() -> None:
+        while not stop.is_set():
+            if select.select([r.out_r], [], [], 0.1)[0]:
+                os.read(r.out_r, 65536)
+
+    threads = [threading.Thread(target=chatter), threading.Thread(target=sink)]
+    for t in threads:
+        t.start()
+    try:
+        assert r.start(lambda: r.pump.drain(1000, 300)).result(WAIT) == r.core.EV_DONE
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def test_drain_gives_up_on_a_terminating_signal(rig: Callable[..., Rig]) -> None:
+    r = rig(bufsize=1 << 20)
+    fcntl.fcntl(r.out_w, fcntl.F_SETPIPE_SZ, 4096)  # Linux: a small pipe that fills at once
+    os.set_blocking(r.slave, False)
+    with contextlib.suppress(BlockingIOError):
+        for _ in range(64):  # more than the out pipe holds; nobody reads it
+            os.write(r.slave, b"x" * 4096)
+    fut = r.start(lambda: r.pump.drain(50, 200))
+    assert not quiet(r.out_r, WAIT)  # the flush has begun and is stuck on a full pipe
+    time.sleep(0.3)
+    assert not fut.done()
+    r.wake(signal.SIGWINCH, signal.SIGCHLD)  # not reasons to give up
+    time.sleep(0.1)
+    assert not fut.done()
+    r.wake(signal.SIGTERM)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+    assert r.pump.signals() == bytes([signal.SIGTERM])
+
+
+def test_pump_rejects_bad_bufsize(core: ModuleType) -> None:
+    with pytest.raises(ValueError, match="bufsize"):
+        core.Pump(0, 1, 2, bufsize=0)
+
+
+def test_pump_raises_oserror_for_a_closed_fd(core: ModuleType) -> None:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    pump = core.Pump(r, w, r)
+    with pytest.raises(OSError) as info:
+        pump.run()
+    assert info.value.errno == errno.EBADF
+
+
+# ------------------------------------------------------------------------------ spawn
+
+SESSION_PROBE = b"""import os
+p = os.getpid()
+print(os.getsid(0) == p, os.tcgetpgrp(0) == p, os.isatty(0), os.isatty(1), os.isatty(2),
+      os.environ.get("PROBE_VAR"))
+"""
+
+
+def spawn_probe(core: ModuleType, path: bytes, argv: list[bytes]) -> tuple[int, bytes]:
+    master, slave = os.openpty()
+    try:
+        pid = core.spawn(path, argv, [b"PROBE_VAR=seen", b"PATH=/usr/bin:/bin"], master, slave)
+    finally:
+        os.close(slave)
+    try:
+        out = read_exactly(master, 1 << 16)
+    finally:
+        os.close(master)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out
+
+
+def test_spawn_session_leader(core: ModuleType) -> None:
+    code, out = spawn_probe(core, sys.executable.encode(), [b"python", b"-c", SESSION_PROBE])
+    assert code == 0, out
+    assert out.split() == [b"True"] * 5 + [b"seen"], out
+
+
+def test_spawn_default_signal_state(core: ModuleType) -> None:
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+    try:
+        # grep itself is the spawned process: its status shows what it inherited.
+        code, out = spawn_probe(core, b"/bin/grep", [b"grep", b"^Sig", b"/proc/self/status"])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    assert code == 0, out
+    fields = dict(line.split(b":") for line in out.replace(b"\t", b"").split())
+    # Python ignores SIGPIPE and this thread blocked SIGUSR2: neither may reach the child.
+    assert int(fields[b"SigBlk"], 16) == 0, out
+    assert int(fields[b"SigIgn"], 16) == 0, out
+
+
+def test_spawn_yes_head_has_no_broken_pipe(core: ModuleType) -> None:
+    code, out = spawn_probe(core, b"/bin/sh", [b"sh", b"-c", b"yes | head -1; echo done"])
+    assert code == 0
+    assert out.replace(b"\r\n", b"\n") == b"y\ndone\n"
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [(b"/nonexistent/prog", errno.ENOENT), (b"/etc/passwd", errno.EACCES), (b"/", errno.EACCES)],
+)
+def test_spawn_exec_failure_raises_and_reaps(core: ModuleType, path: bytes, code: int) -> None:
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(OSError) as info:
+            core.spawn(path, [b"prog"], [], master, slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert info.value.errno == code
+    assert len(info.value.args) == 2  # exec itself failed, not an earlier step
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # the failed child was reaped
+
+
+def test_spawn_rejects_bad_arguments(core: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        core.spawn(b"/bin/true", [], [], -1, -1)
+    with pytest.raises(ValueError):
+        core.spawn(b"/bin/tr\0ue", [b"x"], [], -1, -1)
+    with pytest.raises(TypeError):
+        core.spawn(b"/bin/true", ["str"], [], -1, -1)
+
+
+# ------------------------------------------------------------------------------ front
+
+
+@pytest.fixture
+def devnull() -> Iterator[int]:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    yield fd
+    os.close(fd)
+
+
+def run_captured(argv: list[str], stdin_fd: int, **kwargs: Any) -> tuple[int, bytes]:
+    r, w = os.pipe()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            reader = pool.submit(read_exactly, r, 1 << 20)
+            status = relay.run(argv, stdin_fd=stdin_fd, stdout_fd=w, **kwargs)
+            os.close(w)
+            w = -1
+            return status, reader.result(WAIT)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+@pytest.mark.parametrize(
+    ("script", "status"),
+    [("exit 0", 0), ("exit 3", 3), ("exit 255", 255), ("kill -KILL $$", 137),
+     ("kill -TERM $$", 143), ("kill -INT $$", 130)],
+)
+def test_run_status(devnull: int, script: str, status: int) -> None:
+    assert run_captured(["sh", "-c", script], devnull)[0] == status
+
+
+def test_run_output_and_pipe_flags_restored(devnull: int) -> None:
+    r, w = os.pipe()
+    try:
+        flags = fcntl.fcntl(r, fcntl.F_GETFL)
+        os.write(w, b"hello")
+        os.close(w)
+        w = -1
+        status, out = run_captured(["cat"], r)
+        assert fcntl.fcntl(r, fcntl.F_GETFL) == flags
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert status == 0
+    assert out.replace(b"\r\n", b"\n") == b"hellohello"  # the pty's echo, then cat's copy
+
+
+def test_run_restores_signal_handlers_and_wakeup_fd(devnull: int) -> None:
+    caught = [signal.SIGWINCH, signal.SIGCHLD, signal.SIGTSTP, signal.SIGCONT,
+              signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT]
+
+    def custom(signum: int, frame: object) -> None:
+        pass
+
+    before_handlers = {s: signal.getsignal(s) for s in caught}
+    previous = signal.signal(signal.SIGTERM, custom)
+    rfd, wfd = os.pipe()
+    os.set_blocking(wfd, False)
+    try:
+        old_wakeup = signal.set_wakeup_fd(wfd)
+        try:
+            assert run_captured(["true"], devnull)[0] == 0
+            assert signal.set_wakeup_fd(wfd) == wfd
+            assert signal.getsignal(signal.SIGTERM) is custom
+            for s in caught:
+                if s != signal.SIGTERM:
+                    assert signal.getsignal(s) == before_handlers[s], signal.Signals(s).name
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        os.close(rfd)
+        os.close(wfd)
+
+
+def test_run_from_a_thread_works_without_signal_handling(devnull: int) -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGWINCH, signal.SIGCHLD, signal.SIGTERM)}
+    with ThreadPoolExecutor(1) as pool:
+        status, out = pool.submit(
+            run_captured, ["sh", "-c", "echo from-thread; exit 9"], devnull
+        ).result(60)
+    assert status == 9
+    assert b"from-thread" in out
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_run_from_a_thread_waits_for_a_child_that_closed_its_stdio(devnull: int) -> None:
+    script = "exec 0<&- 1>&- 2>&-; sleep 0.5; exit 6"
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(run_captured, ["sh", "-c", script], devnull).result(60)[0] == 6
+
+
+def test_run_on_a_terminal_restores_it(devnull: int) -> None:
+    master, slave = os.openpty()
+    set_winsize(master, 37, 111)
+    before = termios.tcgetattr(slave)
+    flags = fcntl.fcntl(slave, fcntl.F_GETFL)
+    sink: list[bytes] = []
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 65536):
+                sink.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        status = relay.run(["sh", "-c", "stty size; stty -a | grep -c -- -icanon; exit 4"],
+                           stdin_fd=slave, stdout_fd=slave)
+        assert termios.tcgetattr(slave) == before
+        assert fcntl.fcntl(slave, fcntl.F_GETFL) == flags
+    finally:
+        os.close(slave)
+        reader.join(WAIT)
+        os.close(master)
+    assert status == 4
+    text = b"".join(sink).decode()
+    assert "37 111" in text  # the child's pty had the user's size from the start
+
+
+def test_run_default_size_without_a_terminal(devnull: int) -> None:
+    assert run_captured(["stty", "size"], devnull)[1].strip() == b"24 80"
+
+
+def test_run_missing_program_names_it(devnull: int) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        relay.run(["smolvm-not-installed", "machine", "exec"], stdin_fd=devnull)
+    assert info.value.filename == "smolvm-not-installed"
+    assert "smolvm-not-installed" in str(info.value)
+
+
+def test_run_resolves_on_the_path_of_env(tmp_path: Path, devnull: int) -> None:
+    prog = tmp_path / "only-here"
+    prog.write_text("#!/bin/sh\necho found-it\nexit 12\n")
+    prog.chmod(0o755)
+    env = {"PATH": f"/nonexistent:{tmp_path}"}
+    status, out = run_captured(["only-here"], devnull, env=env)
+    assert (status, out.strip()) == (12, b"found-it")
+    with pytest.raises(FileNotFoundError):
+        relay.run(["only-here"], stdin_fd=devnull, env={"PATH": "/nonexistent"})
+
+
+def test_run_not_executable(tmp_path: Path, devnull: int) -> None:
+    prog = tmp_path / "noexec"
+    prog.write_text("#!/bin/sh\n")
+    prog.chmod(0o644)
+    with pytest.raises(PermissionError) as info:
+        relay.run(["noexec"], stdin_fd=devnull, env={"PATH": str(tmp_path)})
+    assert info.value.filename == "noexec"
+    with pytest.raises(PermissionError):
+        relay.run([str(prog)], stdin_fd=devnull)
+
+
+def test_run_bad_arguments(devnull: int) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        relay.run([])
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(ValueError, match="stdout_fd"):
+        relay.run(["true"], stdin_fd=devnull, stdout_fd=w)
+
+
+@pytest.mark.parametrize(
+    ("template", "machine", "message"),
+    [("", None, "empty"), ("cmd {rows} {bogus}", None, "bogus"),
+     ("cmd {machine}", None, "no machine"), ("cmd 'unclosed", None, "quotation")],
+)
+def test_resize_command_template_errors(
+    devnull: int, template: str, machine: str | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        relay.run(["true"], stdin_fd=devnull, machine=machine, resize_command=template)
+
+
+def test_resize_worker_one_in_flight_latest_wins(tmp_path: Path) -> None:
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    script = tmp_path / "resize.sh"
+    script.write_text(
+        f'echo "start $1 $2 $3" >> {log}\n'
+        f"while [ ! -e {gate} ]; do sleep 0.01; done\n"
+        f'echo "end $1 $2 $3" >> {log}\n'
+    )
+    words = ["sh", str(script), "{rows}", "{cols}", "{machine}"]
+    worker = relay._ResizeWorker(words, "vm 1", os.environ)
+
+    def lines() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    try:
+        worker.post((10, 20))
+        deadline = time.monotonic() + WAIT
+        while not lines():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for i in range(20):
+            worker.post((30 + i, 40 + i))
+        time.sleep(0.2)
+        assert lines() == ["start 10 20 vm 1"]  # at most one in flight
+        gate.touch()
+        while len(lines()) < 4:
+            assert time.monotonic() < deadline, lines()
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert lines() == ["start 10 20 vm 1", "end 10 20 vm 1", "start 49 59 vm 1", "end 49 59 vm 1"]
+
+
+def test_exit_status_mapping() -> None:
+    assert relay._exit_status(3 << 8) == 3
+    assert relay._exit_status(signal.SIGKILL) == 137
+    assert relay._exit_status(signal.SIGSEGV | 0x80) == 128 + signal.SIGSEGV  # core dumped
+
+
+# ------------------------------------------------------------------------------ CLI and selection
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [([], "no command"), (["--machine"], "needs a value"), (["--bogus", "x"], "unknown option"),
+     (["--machine", "m", "--"], "no command")],
+)
+def test_cli_usage_errors(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert relay_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and message in err
+
+
+def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert relay_cli.main(["--help"]) == 0
+    assert "--resize-command" in capsys.readouterr().out
+
+
+def test_cli_parses_options_and_command() -> None:
+    options, command = relay_cli._parse(
+        ["--machine=vm", "--resize-command", "x {rows}", "--", "cmd", "--machine", "-x"]
+    )
+    assert options == {"machine": "vm", "resize_command": "x {rows}"}
+    assert command == ["cmd", "--machine", "-x"]
+    assert relay_cli._parse(["cmd", "-h"]) == ({}, ["cmd", "-h"])
+
+
+def _cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTTLE_")}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bottle.relay", *args], stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+
+
+def test_cli_missing_program() -> None:
+    proc = _cli("--", "smolvm-not-installed", "machine", "exec")
+    assert proc.returncode == 127
+    assert "smolvm-not-installed" in proc.stderr and "not found" in proc.stderr
+
+
+def test_cli_exit_status_and_bad_template() -> None:
+    assert _cli("--", "sh", "-c", "exit 42").returncode == 42
+    proc = _cli("--resize-command", "x {nope}", "--", "true")
+    assert proc.returncode == 2 and "{nope}" in proc.stderr
+
+
+def _implementation(
+    env_extra: dict[str, str], prelude: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTTLE_")}
+    env.update(env_extra)
+    code = f"{prelude}\nimport bottle.relay as r; print(r.IMPLEMENTATION)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def test_implementation_selection() -> None:
+    forced = _implementation({"BOTTLE_NO_EXTENSIONS": "1"})
+    assert (forced.returncode, forced.stdout.strip()) == (0, "pure")
+    both = _implementation({"BOTTLE_NO_EXTENSIONS": "1", "BOTTLE_REQUIRE_EXTENSION": "1"})
+    assert both.returncode != 0 and "both set" in both.stderr
+    # The native module missing: fall back quietly, unless it is required.
+    hide = "import sys; sys.modules['bottle._ptyrelay'] = None"
+    fallback = _implementation({}, hide)
+    assert (fallback.returncode, fallback.stdout.strip()) == (0, "pure")
+    required = _implementation({"BOTTLE_REQUIRE_EXTENSION": "1"}, hide)
+    assert required.returncode != 0 and "BOTTLE_REQUIRE_EXTENSION" in required.stderr
+    if _native() is not None:
+        default = _implementation({})
+        assert (default.returncode, default.stdout.strip()) == (0, "native")
