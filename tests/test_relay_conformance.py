@@ -541,7 +541,8 @@ class TestWindowChanges:
         template = f"sh {script} {{rows}} {{cols}} {{machine}}"
         result = tmp_path / "echo-result"
         probe = b"still-copying"
-        s = spawn(py(ECHO_CHILD, len(probe), result), rows=30, cols=90,
+        bye = b"bye"
+        s = spawn(py(ECHO_CHILD, len(probe) + len(bye), result), rows=30, cols=90,
                   relay_args=["--machine", "vm-7", "--resize-command", template])
         start = s.expect(b"READY\n")
         s.terminal.resize(31, 91)
@@ -569,6 +570,7 @@ class TestWindowChanges:
         assert all(x.startswith("start" if i % 2 == 0 else "end") for i, x in enumerate(runs)), runs
         assert len(runs) <= 6, f"bursts were not coalesced: {runs}"
         assert all(x.split()[3] == "vm-7" for x in runs), runs
+        s.send(bye)  # the echo child exits once it has everything
         assert s.wait() == 0, s.describe()
 
 
