@@ -355,6 +355,44 @@ class TestEndOfChild:
             assert s.wait() == 0, s.describe()
             assert s.output().count(b"Bingo") == 1000, s.describe()
 
+    def test_output_pending_at_exit_survives_a_stalled_terminal(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        """The user's terminal reads nothing for a while (a slow link): when the child exits,
+        everything it wrote is still in the pipeline and must all arrive once it reads again."""
+        done = tmp_path / "done"
+        s = spawn(py(
+            """
+            import os, sys, time, tty
+            tty.setraw(0)
+            os.set_blocking(1, False)
+            stream = b"".join(b"%08d:" % n + bytes(range(48, 103)) + b"\\n" for n in range(1 << 17))
+            # Fill every buffer between here and the stalled terminal, then exit.
+            total, misses = 0, 0
+            while misses < 5:
+                try:
+                    total += os.write(1, stream[total:total + 65536])
+                    misses = 0
+                except BlockingIOError:
+                    misses += 1
+                    time.sleep(0.1)
+            open(sys.argv[1], "w").write(str(total))
+            """, done))
+        s.reading.clear()
+        assert wait_until(lambda: done.exists() and done.read_text(), 30), s.describe()
+        total = int(done.read_text())
+        time.sleep(3)  # the terminal stays stalled a while after the child has gone
+        s.reading.set()
+        assert s.wait(30) == 0, s.describe()
+        stream = b"".join(b"%08d:" % n + bytes(range(48, 103)) + b"\n" for n in range(1 << 17))
+        assert total < len(stream), "the child never filled the pipeline"
+        out = s.output()
+        assert len(out) == total, (
+            f"{total} bytes written before the child exited, {len(out)} delivered; "
+            f"last line delivered: {out[-64:]!r}"
+        )
+        assert out == stream[:total]
+
     def test_background_grandchild_does_not_keep_the_relay(
         self, spawn: Spawn, tmp_path: Path
     ) -> None:
