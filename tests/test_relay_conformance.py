@@ -8,9 +8,11 @@ stdin, stdout, stderr and controlling terminal.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -26,6 +28,7 @@ from relay_harness import (  # noqa: E402
     BLOB_WRITER_CHILD,
     ECHO_CHILD,
     PY,
+    RELAY_ARGV,
     WINCH_CHILD,
     Session,
     alive,
@@ -556,6 +559,41 @@ class TestWindowChanges:
         gate.touch()
         assert s.wait() == 0, s.describe()
         assert last_size(report) == final, reported_sizes(report)[-5:]
+
+    def test_resize_during_a_slow_start_is_not_lost(self, spawn: Spawn, tmp_path: Path) -> None:
+        """A resize landing while the relay starts up still reaches the child.
+
+        strace holds the relay's first pipe2() for 1.5 s (any start-up step would do: the
+        point is to widen whatever window lies between reading the terminal size and being
+        able to hear SIGWINCH); the terminal is resized during that pause.
+        """
+        pipe2 = {"x86_64": 293, "aarch64": 59}.get(os.uname().machine)
+        if shutil.which("strace") is None or pipe2 is None:
+            pytest.skip("needs strace on x86_64 or aarch64 to slow the relay's start-up")
+        report, gate = tmp_path / "sizes", tmp_path / "gate"
+        s = spawn(argv=[
+            "strace", "-o", "/dev/null", "-e", "trace=pipe2",
+            "-e", "inject=pipe2:delay_exit=1500000:when=1",
+            *RELAY_ARGV, "--", *py(WINCH_CHILD, report, gate),
+        ], rows=30, cols=90)
+
+        def relay_in_pipe2() -> bool:
+            children = Path(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read_text()
+            for pid in children.split():
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/syscall").read_text().split()[0] == str(pipe2):
+                        return True
+            return False
+
+        if not wait_until(relay_in_pipe2, 30, 0.005):
+            pytest.fail(f"the relay never reached pipe2 under strace\n{s.describe()}")
+        s.terminal.resize(44, 144)
+        s.expect(b"READY")
+        assert wait_until(lambda: last_size(report) == (44, 144), 5), (
+            f"the child kept {reported_sizes(report)} after the terminal became 44x144"
+        )
+        gate.touch()
+        assert s.wait() == 0, s.describe()
 
     def test_zero_size_is_never_forwarded(self, spawn: Spawn, tmp_path: Path) -> None:
         s, report, gate = self.start(spawn, tmp_path)
