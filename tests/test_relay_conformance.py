@@ -149,6 +149,19 @@ class TestInitialSize:
         assert s.wait() == 0, s.describe()
         assert "24 80\n" in s.text(), s.describe()
 
+    def test_stdout_piped_takes_the_size_of_the_terminal_on_stdin(self, spawn: Spawn) -> None:
+        s = spawn(["stty", "size"], rows=33, cols=101, stdout="pipe")
+        assert s.wait() == 0, s.describe()
+        assert "33 101\n" in s.text(), s.describe()
+        assert_restored(s)
+
+    def test_stdin_piped_takes_the_size_of_the_terminal_on_stdout(self, spawn: Spawn) -> None:
+        s = spawn(["stty", "size"], rows=35, cols=103, stdin=b"")
+        assert s.wait() == 0, s.describe()
+        # (stdout is not put in raw mode here: its own ONLCR may add a second CR)
+        assert re.search(r"35 103\r*\n", s.text()), s.describe()
+        assert_restored(s)
+
     def test_pipes_give_24x80(self, spawn: Spawn) -> None:
         s = spawn(["stty", "size"], stdin=b"", stdout="pipe")
         assert s.wait() == 0, s.describe()
@@ -210,6 +223,19 @@ class TestRawModeAndRestore:
         assert raw_violations(s.terminal.attrs()) == [], s.describe()
         gate.touch()
         assert s.wait() == 0, s.describe()
+        assert_restored(s)
+
+    def test_control_characters_reach_the_child_not_the_relay(self, spawn: Spawn) -> None:
+        # Ctrl-C typed by the user is a byte for the child's pty, which turns it into SIGINT
+        # for the child; the relay itself is not interrupted.
+        s = spawn(sh(
+            "trap 'echo INT-IN-CHILD; exit 3' INT; echo READY; while :; do sleep 0.05; done"
+        ))
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        s.send(b"\x03")
+        assert s.wait(30) == 3, s.describe()
+        assert "INT-IN-CHILD" in s.text()
         assert_restored(s)
 
     def test_restored_when_the_child_is_killed(self, spawn: Spawn, tmp_path: Path) -> None:
@@ -673,8 +699,9 @@ class TestHangUp:
         assert wait_until(lambda: not alive(child), 5), "child still running"
         assert_no_leftovers(s)
 
-    def test_hangup_ends_a_child_that_does_not_trap_it(self, spawn: Spawn) -> None:
-        s = spawn(sh("echo READY; exec sleep 60"))
+    @pytest.mark.parametrize("child", ["sleep 60", "yes"])
+    def test_hangup_ends_a_child_that_does_not_trap_it(self, spawn: Spawn, child: str) -> None:
+        s = spawn(sh(f"echo READY; exec {child}"))
         s.expect(b"READY")
         assert s.terminal.wait_raw(), s.describe()
         s.reading.clear()
@@ -683,10 +710,11 @@ class TestHangUp:
         s.wait(10)
         assert_no_leftovers(s)
 
-    def test_hangup_seen_only_on_the_terminal(self, spawn: Spawn) -> None:
+    @pytest.mark.parametrize("child", ["sleep 60", "yes"])
+    def test_hangup_seen_only_on_the_terminal(self, spawn: Spawn, child: str) -> None:
         # The relay runs as a job under a shell that ignores SIGHUP: the only sign of the
         # hang-up is end-of-file/EIO on the terminal itself.
-        s = spawn(sh("echo READY; exec sleep 60"), jobshell=True,
+        s = spawn(sh(f"echo READY; exec {child}"), jobshell=True,
                   extra_env={"JOBSHELL_IGNORE_HUP": "1"})
         s.expect(b"READY")
         assert s.terminal.wait_raw(), s.describe()
