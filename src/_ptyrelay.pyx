@@ -84,10 +84,14 @@ cdef int STAGE_DUP = 3
 STAGES = ("exec", "setsid", "TIOCSCTTY", "dup2")
 
 
-cdef long long _now_ms() noexcept nogil:
+cdef long long _now_us() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <long long>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+    return <long long>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+cdef long long _now_ms() noexcept nogil:
+    return _now_us() // 1000
 
 
 cdef void _child(const char *path, char **argv, char **envp, int slave, int errfd) noexcept nogil:
@@ -267,8 +271,9 @@ cdef class Pump:
     def drain(self, int idle_ms, int cap_ms):
         """After the child's exit: copy its remaining output, then flush it to ``out_fd``.
 
-        Reads the master until EOF, until it stays quiet for ``idle_ms`` or for at most
-        ``cap_ms`` in all (a grandchild may keep the pty open). Returns EV_DONE, EV_HUP when
+        Reads the master until EOF, until it stays quiet for ``idle_ms``, or until it has been
+        waited on for ``cap_ms`` in all (a grandchild may keep the pty open and busy; time
+        blocked on a stalled ``out_fd`` does not count). Returns EV_DONE, EV_HUP when
         the user's side is gone, or EV_SIGNAL when a signal other than SIGWINCH, SIGCHLD or
         SIGCONT interrupts the flush.
         """
@@ -584,11 +589,13 @@ cdef class Pump:
     cdef int _drain(self, int idle_ms, int cap_ms) noexcept nogil:
         cdef pollfd fds[3]
         cdef int n, r, timeout, iw, im, io
-        cdef long long now, deadline = _now_ms() + cap_ms
+        cdef long long started
+        # Only time spent waiting for the pty counts against the cap: while a stalled
+        # terminal blocks the output, what is already in the pty must not be dropped.
+        cdef long long budget = <long long>cap_ms * 1000  # microseconds
         cdef bint reading = not self.master_eof
         while True:
-            now = _now_ms()
-            if reading and now >= deadline:
+            if reading and budget <= 0:
                 reading = False
             n = 0
             iw = im = io = -1
@@ -598,9 +605,7 @@ cdef class Pump:
                 fds[n].events = POLLIN
                 im = n
                 n += 1
-                timeout = <int>(deadline - now) if deadline - now < idle_ms else idle_ms
-            elif reading:
-                timeout = <int>(deadline - now)
+                timeout = <int>((budget + 999) // 1000) if budget < idle_ms * 1000 else idle_ms
             if self.otail > self.ohead:
                 fds[n].fd = self.out_fd
                 fds[n].events = POLLOUT
@@ -613,7 +618,10 @@ cdef class Pump:
                 fds[n].events = POLLIN
                 iw = n
                 n += 1
+            started = _now_us()
             r = poll(fds, n, timeout)
+            if im >= 0:
+                budget -= _now_us() - started
             if r < 0:
                 if errno == EINTR:
                     continue

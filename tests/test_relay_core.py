@@ -420,6 +420,22 @@ def test_drain_is_capped_when_a_grandchild_keeps_writing(rig: Callable[..., Rig]
             t.join()
 
 
+def test_drain_keeps_what_the_pty_holds_while_the_terminal_stalls(
+    rig: Callable[..., Rig],
+) -> None:
+    r = rig(bufsize=8192)
+    fcntl.fcntl(r.out_w, fcntl.F_SETPIPE_SZ, 4096)
+    payload = os.urandom(48 * 1024)  # far more than the relay's and the pipe's buffers
+    writer = threading.Thread(target=os.write, args=(r.slave, payload))
+    writer.start()
+    fut = r.start(lambda: r.pump.drain(50, 200))
+    time.sleep(0.8)  # the terminal reads nothing for longer than the whole cap
+    assert not fut.done()
+    assert read_exactly(r.out_r, len(payload)) == payload
+    assert fut.result(WAIT) == r.core.EV_DONE
+    writer.join()
+
+
 def test_drain_gives_up_on_a_terminating_signal(rig: Callable[..., Rig]) -> None:
     r = rig(bufsize=1 << 20)
     fcntl.fcntl(r.out_w, fcntl.F_SETPIPE_SZ, 4096)  # Linux: a small pipe that fills at once

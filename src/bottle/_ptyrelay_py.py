@@ -253,16 +253,18 @@ class Pump:
     def drain(self, idle_ms: int, cap_ms: int) -> int:
         """After the child's exit: copy its remaining output, then flush it to ``out_fd``.
 
-        Reads the master until EOF, until it stays quiet for ``idle_ms`` or for at most
-        ``cap_ms`` in all (a grandchild may keep the pty open). Returns EV_DONE, EV_HUP when
+        Reads the master until EOF, until it stays quiet for ``idle_ms``, or until it has been
+        waited on for ``cap_ms`` in all (a grandchild may keep the pty open and busy; time
+        blocked on a stalled ``out_fd`` does not count). Returns EV_DONE, EV_HUP when
         the user's side is gone, or EV_SIGNAL when a signal other than SIGWINCH, SIGCHLD or
         SIGCONT interrupts the flush.
         """
-        deadline = _now_ms() + cap_ms
+        # Only time spent waiting for the pty counts against the cap: while a stalled
+        # terminal blocks the output, what is already in the pty must not be dropped.
+        budget = cap_ms * 1000  # microseconds
         reading = not self._master_eof
         while True:
-            now = _now_ms()
-            if reading and now >= deadline:
+            if reading and budget <= 0:
                 reading = False
             want: dict[int, int] = {}
             timeout = -1
@@ -270,16 +272,17 @@ class Pump:
             if reading and len(self._obuf) < self._bufsize:
                 want[self._master_fd] = _POLLIN
                 master_polled = True
-                timeout = min(idle_ms, deadline - now)
-            elif reading:
-                timeout = deadline - now
+                timeout = min(idle_ms, (budget + 999) // 1000)
             if self._obuf:
                 want[self._out_fd] = want.get(self._out_fd, 0) | _POLLOUT
             if not want:
                 return EV_DONE
             if self._wake_fd >= 0:
                 want[self._wake_fd] = want.get(self._wake_fd, 0) | _POLLIN
+            started = time.monotonic_ns()
             ready = dict(self._wait(want, timeout))
+            if master_polled:
+                budget -= (time.monotonic_ns() - started) // 1000
             if not ready:
                 if master_polled:
                     reading = False
