@@ -1,0 +1,238 @@
+"""Faults through the whole stack, with the test as the user's terminal (issue 6, "Faults").
+
+Each session runs in a process of its own whose controlling terminal is the slave of a fresh
+pty; the test reads the master, compares the terminal's termios before and after, and records
+every descendant process to prove none is left behind. Routes: `api` is
+`SmolmachinesBottle.exec_agent(argv, tty=True)` (in process through `bottle.relay.run`), `cli`
+is `bottle agent` / `bottle launch`.
+
+Already proved elsewhere (not repeated here): KeyboardInterrupt at the API level during create
+(test_backend_e2e::test_keyboard_interrupt_just_after_create, ..._before_create_ran), start
+(..._during_start) and provisioning (..._during_provisioning); the 137 retry exhausted on a
+plain exec (test_backend_e2e::test_retry_exhausted_carries_every_result,
+test_cli_commands::test_exec_retry_exhausted); the relay under a signal storm
+(test_hardening_relay::test_signal_storm).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hardening_helpers import (
+    BOTTLE,
+    POP_TITLE,
+    ProcWatch,
+    agent_session,
+    call_log,
+    machines_named,
+    user_terminal,
+    wait_for,
+    wait_status,
+)
+
+from bottle import smolvm as sv
+from bottle.backend import ExecResult, LaunchSpec
+from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottleBackend
+from bottle.errors import RetryExhaustedError
+
+ROUTES = ("api", "cli")
+GUEST_UP = 'echo "guest-up pid=$$"; exec sleep 60'
+
+
+@pytest.fixture(autouse=True)
+def _fresh_version_cache() -> None:
+    sv.clear_version_cache()
+
+
+@pytest.fixture
+def shared_dir(require_node_user: Any) -> Iterator[Path]:
+    """A directory the guest user `node` can write to (tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="bottle-hardening-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _guest_pid(output: bytes) -> int:
+    m = re.search(rb"guest-up pid=(\d+)", output)
+    assert m, f"the guest never started: {output!r}"
+    return int(m.group(1))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+# --- the machine dies mid-session ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_vm_dies_mid_session(fake_smolvm: Any, require_node_user: Any, route: str) -> None:
+    """A clear "connection to the VM lost" error, termios restored exactly, status non-zero,
+    the title popped again, no process left."""
+    fake_smolvm.create("m")
+    fake_smolvm.set_fault(DIE_AFTER=1.5)
+    argv, env = agent_session(route, "m", GUEST_UP, title="work")
+    with user_terminal() as term:
+        proc = term.spawn(argv, env)
+        with ProcWatch(proc.pid) as watch:
+            term.expect(b"guest-up")
+            status = wait_status(proc)
+            out = term.settle()
+            leftovers = watch.leftovers()
+        term.assert_restored()
+    guest = _guest_pid(out)
+    # smolvm's own line reached the user, then bottle's error.
+    assert b"Error: agent operation failed: vm exec interactive: connection to VM lost" in out
+    if route == "api":
+        assert status == 99
+        assert b"RESULT=ERROR:ConnectionLostError:connection to the VM lost: machine 'm' is " \
+               b"stopped after the agent session ended" in out, out  # fmt: skip
+    else:
+        assert status == 1
+        last = out.rstrip().splitlines()[-1].replace(POP_TITLE, b"")
+        assert last.startswith(b"bottle: error: connection to the VM lost: machine 'm'"), out
+        assert b"Traceback" not in out
+    # The title pushed at the start is popped again, after the guest's output.
+    assert out.count(POP_TITLE) == 1
+    assert out.index(b"guest-up") < out.index(POP_TITLE)
+    assert leftovers == []
+    assert not _alive(guest)
+    assert fake_smolvm.machine("m")["state"] == "stopped"
+
+
+# --- smolvm itself is killed -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["KILL", "TERM"])
+@pytest.mark.parametrize("route", ROUTES)
+def test_smolvm_killed_mid_session(fake_smolvm: Any, require_node_user: Any, route: str,
+                                   sig: signal.Signals) -> None:  # fmt: skip
+    """The relay exits at once with 128+N (the guest would have slept 60 s), the terminal is
+    restored exactly and nothing is left running."""
+    fake_smolvm.create("m")
+    argv, env = agent_session(route, "m", GUEST_UP, title="work")
+    with user_terminal() as term:
+        proc = term.spawn(argv, env)
+        with ProcWatch(proc.pid) as watch:
+            term.expect(b"guest-up")
+            execs = [c for c in call_log(fake_smolvm.state_dir) if c["argv"][1:2] == ["exec"]]
+            assert len(execs) == 1, execs
+            smolvm_pid = execs[0]["pid"]
+            assert smolvm_pid in watch.seen, "the exec's pid is not a descendant of the session"
+            os.kill(smolvm_pid, sig)
+            # Far less than the guest's 60 s: the session did not wait for the guest.
+            status = wait_status(proc, timeout=30)
+            out = term.settle()
+            leftovers = watch.leftovers()
+        term.assert_restored()
+    guest = _guest_pid(out)
+    assert status == 128 + sig, out
+    if route == "api":
+        assert f"RESULT=STATUS:{128 + sig}".encode() in out, out
+    assert b"Traceback" not in out
+    assert out.count(POP_TITLE) == 1
+    assert leftovers == []
+    assert not _alive(guest)
+
+
+# --- 137 retry exhausted while provisioning --------------------------------------------------
+
+
+def test_retry_exhausted_while_provisioning_tears_down(fake_smolvm: Any,
+                                                       shared_dir: Path) -> None:  # fmt: skip
+    """Both 137 results travel with the error, and the half-provisioned machine is removed."""
+    other = fake_smolvm.create("other")
+    fake_smolvm.set_fault(KILL_EXECS=2)
+    backend = SmolmachinesBottleBackend(retry=RetryPolicy(attempts=2, delay=0.01))
+    spec = LaunchSpec("m1", workdir=str(shared_dir / "work"))  # provisioning runs a mkdir
+    with pytest.raises(RetryExhaustedError) as info, backend.launch(spec):
+        pytest.fail("the body must not run")
+    err = info.value
+    assert str(err) == "exec in machine 'm1' failed 2 times (statuses: 137, 137); giving up"
+    assert err.results == (ExecResult(137, "", ""), ExecResult(137, "", ""))
+    assert err.result is err.results[-1]
+    assert fake_smolvm.machine("m1") is None
+    assert fake_smolvm.subcommands()[-2:] == ["stop", "delete"]
+    assert fake_smolvm.machine("other") == other
+    assert machines_named(fake_smolvm.calls()) == {"m1"}
+
+
+# --- ^C on the user's terminal during launch -------------------------------------------------
+
+SLOW_CREATE = """#!/bin/sh
+# smolvm whose create has done its work but not returned yet: ^C lands "during create".
+"$HARDENING_REAL_SMOLVM" "$@"; rc=$?
+if [ "$2" = create ]; then touch "$HARDENING_CREATED"; sleep 60; fi
+exit $rc
+"""
+
+
+@pytest.mark.parametrize("phase", ["create", "start", "provisioning"])
+def test_ctrl_c_during_launch(fake_smolvm: Any, shared_dir: Path, tmp_path: Path,
+                              phase: str) -> None:  # fmt: skip
+    """^C typed on the user's terminal during create, start or provisioning: bottle says
+    "interrupted" and exits 130, everything it created is stopped and deleted, machines it did
+    not create are never addressed, the terminal is as it was and no process is left."""
+    other = fake_smolvm.create("other")
+    idle = fake_smolvm.create("idle", running=False)
+    agent_ran = shared_dir / "agent-ran"
+    workdir = shared_dir / "work"
+    env = dict(os.environ)
+    if phase == "create":
+        created = tmp_path / "created"
+        shim = tmp_path / "smolvm"
+        shim.write_text(SLOW_CREATE)
+        shim.chmod(0o755)
+        env.update(BOTTLE_SMOLVM=str(shim), HARDENING_REAL_SMOLVM=str(fake_smolvm.path),
+                   HARDENING_CREATED=str(created))  # fmt: skip
+        ready = created.exists
+    elif phase == "start":
+        env["FAKE_SMOLVM_START_DELAY"] = "60"
+        ready = lambda: "start" in fake_smolvm.subcommands()  # noqa: E731
+    else:
+        # The first exec of provisioning (mkdir of the workdir) is SIGKILLed: bottle is then in
+        # that exec or in the settle before its retry (1 s by default).
+        env["FAKE_SMOLVM_KILL_EXECS"] = "1"
+        ready = lambda: "exec" in fake_smolvm.subcommands()  # noqa: E731
+    argv = [*BOTTLE, "launch", "-n", "m1", "--agent-command", "/bin/sh",
+            "--workdir", str(workdir), "--", "-c", f"touch {agent_ran}"]  # fmt: skip
+    with user_terminal() as term:
+        proc = term.spawn(argv, env)
+        with ProcWatch(proc.pid) as watch:
+            wait_for(ready, f"bottle launch to reach {phase}")
+            term.send(b"\x03")
+            status = wait_status(proc)
+            out = term.settle()
+            leftovers = watch.leftovers()
+        term.assert_restored()
+    assert status == 130, out
+    # (The ^C itself is echoed by the terminal, raw since ECHOCTL is off.)
+    assert out.rstrip().splitlines()[-1].lstrip(b"\x03") == b"bottle: interrupted", out
+    assert b"Traceback" not in out
+    assert not agent_ran.exists()
+    assert fake_smolvm.machine("m1") is None
+    subs = fake_smolvm.subcommands()
+    assert subs[-1] == "delete"
+    assert subs.count("create") == 1
+    if phase == "provisioning":
+        assert subs[-2:] == ["stop", "delete"]
+    # Nothing we did not create was touched, or even addressed.
+    assert fake_smolvm.machine("other") == other
+    assert fake_smolvm.machine("idle") == idle
+    assert machines_named(fake_smolvm.calls()) == {"m1"}
+    assert leftovers == []
