@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE_SMOLVM, FakeSmolvm
+from fakevm import FAKE_SMOLVM, FakeSmolvm
 
 NOT_RUNNING = (
     "Error: agent operation failed: connect: machine 'm' is not running. "
