@@ -156,8 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _secrets(names: Sequence[str]) -> dict[str, str]:
+    from bottle.backend._validate import env_name
+
     out = {}
     for name in names:
+        env_name(name)  # first: the message below shows the name raw
         value = os.environ.get(name)
         if value is None:
             raise InvalidInputError(f"--secret-env {name}: {name} is not set in the environment")
