@@ -377,6 +377,8 @@ class _Session:
             in_fd = -1  # no input at all: the child sees end-of-input at once
         in_tty = in_fd >= 0 and os.isatty(in_fd)
         out_tty = os.isatty(out_fd)
+        # Listen for SIGWINCH before reading the size, so that no window change is lost.
+        wake_fd = self._catch_signals()
         ttys = [fd for fd, is_tty in ((in_fd, in_tty), (out_fd, out_tty)) if is_tty]
         size_fd = ttys[0] if ttys else -1
         size = None
@@ -391,7 +393,6 @@ class _Session:
         self._undo.append(lambda: os.close(master))
         try:
             fcntl.ioctl(master, termios.TIOCSWINSZ, _WINSIZE.pack(rows, cols, 0, 0))
-            wake_fd = self._catch_signals()
             for stream in (sys.stdout, sys.stderr):
                 try:
                     if stream is not None:
