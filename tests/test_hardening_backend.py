@@ -1,0 +1,287 @@
+"""Bad input (issue 6, "Bad input"): each is a clear error naming the problem, raised before
+anything runs, and nothing is left behind: the fake smolvm's call log stays empty (not even
+`smolvm --version` ran), no process is left, the user's terminal is untouched.
+
+Cases cover the public API (`SmolmachinesBottle`, `LaunchSpec`, `launch`, `get_backend`) and
+the `bottle` CLI on a real terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hardening_helpers import BOTTLE, ProcWatch, terminal_on_stdio, user_terminal, wait_status
+
+from bottle import smolvm as sv
+from bottle.backend import LaunchSpec, get_backend
+from bottle.backend.smolmachines import SmolmachinesBottle, SmolmachinesBottleBackend
+from bottle.errors import (
+    InvalidInputError,
+    SmolvmNotExecutableError,
+    UnknownBackendError,
+    UnknownProviderError,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_version_cache() -> None:
+    sv.clear_version_cache()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    (directory / "inside").write_text("y")
+    return {"file": plain, "dir": directory, "missing": tmp_path / "missing.txt"}
+
+
+def _bottle(**kw: Any) -> SmolmachinesBottle:
+    return SmolmachinesBottle("m", **kw)
+
+
+def _launch(**kw: Any) -> None:
+    with SmolmachinesBottleBackend().launch(LaunchSpec(**{"machine_name": "m1", **kw})):
+        pytest.fail("the body must not run")
+
+
+BAD_MACHINE_NAMES = ["", "-a", "_a", "a--b", "a-", "a b", "a/b", "a:b", "a.b", "é", "a\0b",
+                     "x" * 129]
+BAD_ENV_NAMES = ["", "1A", "A-B", "A B", "A=B", "Ä", "A\0"]
+ENV_NAME = "invalid environment variable name"
+
+Case = tuple[str, Callable[[dict[str, Path]], object], type[Exception], str]
+
+
+def _each(names: list[str], what: str, make: Callable[[str], object], needle: str) -> list[Case]:
+    return [
+        (f"{what} {n!r}"[:60], lambda f, n=n: make(n), InvalidInputError, needle)
+        for n in names
+    ]
+
+
+CASES: list[Case] = [
+    *_each(BAD_MACHINE_NAMES, "machine name", SmolmachinesBottle, "invalid machine name"),
+    *_each(BAD_MACHINE_NAMES, "launch machine name", lambda n: _launch(machine_name=n),
+           "invalid machine name"),
+    *_each(BAD_ENV_NAMES, "guest_env name", lambda n: _bottle(guest_env={n: "v"}), ENV_NAME),
+    *_each(BAD_ENV_NAMES, "secret_env name", lambda n: _bottle(secret_env={n: "v"}), ENV_NAME),
+    *_each(BAD_ENV_NAMES, "launch env name", lambda n: _launch(env={n: "v"}), ENV_NAME),
+    ("secret named HOME", lambda f: _bottle(secret_env={"HOME": "v"}), InvalidInputError,
+     "'HOME' is reserved"),
+    ("NUL in an agent argument (tty)", lambda f: _bottle().exec_agent(["a\0b"], tty=True),
+     InvalidInputError, "argument 0 contains a NUL byte"),
+    ("NUL in an agent argument", lambda f: _bottle().exec_agent(["ok", "a\0"], tty=False),
+     InvalidInputError, "argument 1 contains a NUL byte"),
+    ("NUL in a script", lambda f: _bottle().exec("echo \0"), InvalidInputError,
+     "script contains a NUL byte"),
+    ("NUL in a guest_env value", lambda f: _bottle(guest_env={"A": "x\0"}), InvalidInputError,
+     "guest_env['A'] contains a NUL byte"),
+    ("NUL in a secret_env value", lambda f: _bottle(secret_env={"T": "x\0"}), InvalidInputError,
+     "secret_env['T'] contains a NUL byte"),
+    ("NUL in a launch secret", lambda f: _launch(secret_env={"T": "x\0"}), InvalidInputError,
+     "secret_env['T'] contains a NUL byte"),
+    ("NUL in the agent command", lambda f: _bottle(agent_command="cl\0aude"), InvalidInputError,
+     "agent command contains a NUL byte"),
+    ("NUL in a cp_in host path", lambda f: _bottle().cp_in(f"{f['file']}\0", "/x"),
+     InvalidInputError, "contains a NUL byte"),
+    ("NUL in a cp_in guest path", lambda f: _bottle().cp_in(f["file"], "/x\0"),
+     InvalidInputError, "contains a NUL byte"),
+    ("relative cp_in guest path", lambda f: _bottle().cp_in(f["file"], "x/y"),
+     InvalidInputError, "'x/y' must be absolute"),
+    ("'..' in cp_in guest path", lambda f: _bottle().cp_in(f["file"], "/a/../etc/passwd"),
+     InvalidInputError, "must not contain '.' or '..'"),
+    ("'.' in cp_in guest path", lambda f: _bottle().cp_in(f["file"], "/a/./b"),
+     InvalidInputError, "must not contain '.' or '..'"),
+    ("relative workdir", lambda f: _bottle(agent_workdir="work"), InvalidInputError,
+     "agent workdir 'work' must be absolute"),
+    ("'..' in workdir", lambda f: _bottle(agent_workdir="/home/node/.."), InvalidInputError,
+     "must not contain '.' or '..'"),
+    ("relative prompt path", lambda f: _bottle(prompt_path="p.md"), InvalidInputError,
+     "must be absolute"),
+    ("relative launch workdir", lambda f: _launch(workdir="w"), InvalidInputError,
+     "workdir 'w' must be absolute"),
+    ("'..' in launch prompt path", lambda f: _launch(prompt_guest_path="/a/../p"),
+     InvalidInputError, "must not contain '.' or '..'"),
+    ("missing cp_in host file", lambda f: _bottle().cp_in(f["missing"], "/x"),
+     InvalidInputError, "does not exist"),
+    ("directory for cp_in", lambda f: _bottle().cp_in(f["dir"], "/x"), InvalidInputError,
+     "is a directory; only regular files can be copied"),
+    ("device for cp_in", lambda f: _bottle().cp_in("/dev/null", "/x"), InvalidInputError,
+     "is not a regular file"),
+    ("missing prompt file", lambda f: _launch(prompt_file=str(f["missing"])),
+     InvalidInputError, "does not exist"),
+    ("directory as prompt file", lambda f: _launch(prompt_file=str(f["dir"])),
+     InvalidInputError, "is a directory"),
+    ("unknown backend", lambda f: get_backend("qemu"), UnknownBackendError,
+     "unknown backend 'qemu'; known backends: smolmachines"),
+    ("unknown provider (bottle)", lambda f: _bottle(agent_provider_template="gpt"),
+     UnknownProviderError, "unknown agent provider 'gpt'; known providers: claude, codex"),
+    ("unknown provider (launch)", lambda f: _launch(agent_provider="gpt"),
+     UnknownProviderError, "unknown agent provider 'gpt'"),
+    ("unknown prompt mode", lambda f: _bottle(agent_prompt_mode="inline"), InvalidInputError,
+     "unknown prompt mode 'inline'"),
+    ("bad user", lambda f: _bottle().exec("true", user="-root"), InvalidInputError,
+     "invalid user name '-root'"),
+    ("bad cp owner", lambda f: _bottle().cp_in(f["file"], "/x", owner="a b"),
+     InvalidInputError, "invalid user name 'a b'"),
+    ("no cpus", lambda f: _launch(cpus=0), InvalidInputError, "cpus must be a positive"),
+]
+
+
+@pytest.mark.parametrize(("what", "action", "error", "needle"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_before_anything_runs(
+    fake_smolvm: Any,
+    files: dict[str, Path],
+    what: str,
+    action: Callable[[dict[str, Path]], object],
+    error: type[Exception],
+    needle: str,
+) -> None:
+    fake_smolvm.create("m")
+    with pytest.raises(error) as info:
+        action(files)
+    assert needle in str(info.value), f"{what}: unclear message {str(info.value)!r}"
+    assert isinstance(info.value, ValueError)  # every bad-input error is also a ValueError
+    assert fake_smolvm.calls() == [], f"{what}: smolvm ran anyway"
+    assert fake_smolvm.machine("m1") is None
+
+
+def test_secret_values_stay_out_of_bad_input_errors(fake_smolvm: Any) -> None:
+    value = "sekrit-value-4711"
+    for bad in ({"T": value + "\0"}, {"HOME": value}, {"1T": value}):
+        with pytest.raises(InvalidInputError) as info:
+            _bottle(secret_env=bad)
+        assert value not in str(info.value) and value not in repr(info.value)
+    assert fake_smolvm.calls() == []
+
+
+# --- a smolvm that cannot be executed --------------------------------------------------------
+
+
+@pytest.fixture
+def unexecutable(fake_smolvm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """BOTTLE_SMOLVM names a mode-0644 copy of the fake (had it run, the call log would say)."""
+    copy = tmp_path / "bin" / "smolvm"
+    copy.parent.mkdir()
+    shutil.copy(fake_smolvm.path, copy)
+    copy.chmod(0o644)
+    monkeypatch.setenv("BOTTLE_SMOLVM", str(copy))
+    return copy
+
+
+NEEDS_SMOLVM: list[tuple[str, Callable[[Path], object]]] = [
+    ("exec", lambda f: _bottle().exec("true")),
+    ("exec_agent", lambda f: _bottle().exec_agent(["-c", "true"], tty=False)),
+    ("cp_in", lambda f: _bottle().cp_in(f, "/tmp/x")),
+    ("launch", lambda f: _launch()),
+]
+
+
+@pytest.mark.parametrize(("what", "action"), NEEDS_SMOLVM, ids=[c[0] for c in NEEDS_SMOLVM])
+def test_non_executable_smolvm_is_a_clear_error(
+    fake_smolvm: Any, unexecutable: Path, tmp_path: Path, what: str,
+    action: Callable[[Path], object],
+) -> None:
+    fake_smolvm.create("m")
+    host_file = tmp_path / "f"
+    host_file.write_text("x")
+    with pytest.raises(SmolvmNotExecutableError) as info:
+        action(host_file)
+    assert str(info.value) == f"BOTTLE_SMOLVM={str(unexecutable)!r} is not an executable file"
+    assert not isinstance(info.value, (FileNotFoundError, PermissionError))
+    assert fake_smolvm.calls() == []
+
+
+def test_non_executable_smolvm_on_path(fake_smolvm: Any, unexecutable: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.delenv("BOTTLE_SMOLVM")
+    monkeypatch.setenv("PATH", f"{unexecutable.parent}:/usr/bin:/bin")
+    fake_smolvm.create("m")
+    with pytest.raises(SmolvmNotExecutableError, match=f"smolvm found at {unexecutable} but it "
+                       "is not executable"):  # fmt: skip
+        _bottle().exec("true")
+    assert fake_smolvm.calls() == []
+
+
+def test_tty_session_with_bad_input_leaves_the_terminal_alone(
+    fake_smolvm: Any, unexecutable: Path
+) -> None:
+    """In process, a decorated tty session refused before it starts: not one byte (no title
+    sequence) reaches the terminal and its settings are unchanged."""
+    fake_smolvm.create("m")
+    bottle = _bottle(terminal_title="t", terminal_color="navy")
+    with terminal_on_stdio() as term:
+        with pytest.raises(SmolvmNotExecutableError):
+            bottle.exec_agent(["-c", "true"], tty=True)
+        with pytest.raises(InvalidInputError, match="NUL"):
+            bottle.exec_agent(["\0"], tty=True)
+        out = term.settle(quiet=0.2)
+        term.assert_restored()
+    assert out == b""
+    assert fake_smolvm.calls() == []
+
+
+# --- the CLI on a real terminal --------------------------------------------------------------
+
+CLI_CASES: list[tuple[list[str], str]] = [
+    (["agent", "-n", "a--b"], "invalid machine name 'a--b': it contains '--'"),
+    (["launch", "--name=-x"], "invalid machine name '-x'"),
+    (["agent", "-n", "m", "-e", "1A=2"], "invalid environment variable name '1A'"),
+    (["agent", "-n", "m", "--secret-env", "A-B"], "invalid environment variable name 'A-B'"),
+    (["agent", "-n", "m", "--secret-env", "UNSET_FOR_SURE_42"], "UNSET_FOR_SURE_42 is not set"),
+    (["agent", "-n", "m", "--workdir", "rel"], "workdir 'rel' must be absolute"),
+    (["launch", "-n", "m1", "--workdir", "/a/../b"], "must not contain '.' or '..'"),
+    (["agent", "-n", "m", "--provider", "gpt"], "unknown agent provider 'gpt'"),
+    (["launch", "-n", "m1", "--backend", "qemu"], "unknown backend 'qemu'"),
+    (["launch", "-n", "m1", "--prompt-file", "/nonexistent/p.md"], "does not exist"),
+    (["launch", "-n", "m1", "--prompt-file", "/etc"], "is a directory"),
+    (["cp", "-n", "m", "/etc", "/x"], "is a directory; only regular files can be copied"),
+    (["cp", "-n", "m", "/nonexistent/f", "/x"], "does not exist"),
+    (["cp", "-n", "m", "/etc/passwd", "../x"], "must be absolute"),
+    (["agent", "-n", "m", "--user", "root:x"], "invalid user name 'root:x'"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_cli_bad_input_on_a_terminal(fake_smolvm: Any, args: list[str], needle: str) -> None:
+    """One line `bottle: error: …` naming the problem, exit 1, no smolvm call, no process
+    left, and the terminal exactly as it was."""
+    fake_smolvm.create("m")
+    argv = [*BOTTLE, *args]
+    if args[0] in ("agent", "launch"):
+        argv += ["--agent-command", "/bin/sh", "--", "-c", "echo must-not-run"]
+    with user_terminal() as term:
+        proc = term.spawn(argv, dict(os.environ))
+        with ProcWatch(proc.pid) as watch:
+            status = wait_status(proc)
+            out = term.settle(quiet=0.2)
+            leftovers = watch.leftovers()
+        term.assert_restored()
+    assert status == 1, out
+    lines = out.rstrip().splitlines()
+    assert len(lines) == 1, out
+    assert lines[0].startswith(b"bottle: error: ") and needle.encode() in lines[0], out
+    assert fake_smolvm.calls() == []
+    assert leftovers == []
+
+
+def test_cli_non_executable_smolvm_on_a_terminal(fake_smolvm: Any, unexecutable: Path) -> None:
+    fake_smolvm.create("m")
+    argv = [*BOTTLE, "agent", "-n", "m", "--title", "t", "--agent-command", "/bin/sh"]
+    with user_terminal() as term:
+        status = wait_status(term.spawn(argv, dict(os.environ)))
+        out = term.settle(quiet=0.2)
+        term.assert_restored()
+    assert status == 1
+    assert out.rstrip() == (
+        f"bottle: error: BOTTLE_SMOLVM={str(unexecutable)!r} is not an executable file".encode()
+    )
+    assert fake_smolvm.calls() == []
