@@ -8,14 +8,18 @@ the `bottle` CLI on a real terminal.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hardening_helpers import BOTTLE, ProcWatch, terminal_on_stdio, user_terminal, wait_status
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bottle import smolvm as sv
 from bottle.backend import LaunchSpec, get_backend
@@ -285,3 +289,45 @@ def test_cli_non_executable_smolvm_on_a_terminal(fake_smolvm: Any, unexecutable:
         f"bottle: error: BOTTLE_SMOLVM={str(unexecutable)!r} is not an executable file".encode()
     )
     assert fake_smolvm.calls() == []
+
+
+# --- good input survives the whole path --------------------------------------------------------
+
+_PROBE = (
+    "import json, os, sys; json.dump([os.getcwd(), os.environ.get('V'), os.environ.get('S'), "
+    "sys.argv[2:]], open(sys.argv[1], 'w'))"
+)
+_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+                max_size=30)  # fmt: skip
+_dirname = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\0/"), min_size=1,
+    max_size=30,
+).filter(lambda s: s not in (".", ".."))
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(name=_dirname, value=_text, secret=_text, args=st.lists(_text, max_size=4))
+def test_any_workdir_env_secret_and_argument_survive_the_whole_exec_path(
+    fake_smolvm: Any, require_node_user: Any, name: str, value: str, secret: str,
+    args: list[str],
+) -> None:  # fmt: skip
+    """What the validators accept arrives unchanged: through smolvm's argument parsing, `-e`
+    name forwarding, runuser, env and the `sh -lc` workdir trampoline, as the agent's user."""
+    if fake_smolvm.machine("m") is None:
+        fake_smolvm.create("m")
+    with tempfile.TemporaryDirectory(prefix="bottle-hyp-") as base:
+        os.chmod(base, 0o777)
+        workdir = os.path.join(base, name)
+        os.mkdir(workdir)
+        os.chmod(workdir, 0o777)
+        out = os.path.join(base, "probe.json")
+        bottle = SmolmachinesBottle(
+            "m", agent_command="/usr/bin/python3", agent_prompt_mode="none",
+            agent_workdir=workdir, guest_env={"V": value}, secret_env={"S": secret},
+        )  # fmt: skip
+        status = bottle.exec_agent(["-c", _PROBE, out, *args], tty=False)
+        assert status == 0
+        with open(out) as f:
+            got = json.load(f)
+    assert got == [workdir, value, secret, args]
