@@ -57,8 +57,8 @@ def _launch(**kw: Any) -> None:
 
 
 BAD_MACHINE_NAMES = ["", "-a", "_a", "a--b", "a-", "a b", "a/b", "a:b", "a.b", "é", "a\0b",
-                     "x" * 129]
-BAD_ENV_NAMES = ["", "1A", "A-B", "A B", "A=B", "Ä", "A\0"]
+                     "a\n", "x" * 129]
+BAD_ENV_NAMES = ["", "1A", "A-B", "A B", "A=B", "Ä", "A\0", "A\n"]
 ENV_NAME = "invalid environment variable name"
 
 Case = tuple[str, Callable[[dict[str, Path]], object], type[Exception], str]
