@@ -218,6 +218,7 @@ cdef class Pump:
 
     cdef int in_fd, out_fd, master_fd, wake_fd, child_fd, size_fd
     cdef bint winch, in_tty, hold_active, in_eof, master_eof, eof_reported, any_in
+    cdef bint out_blocked, master_blocked
     cdef int hold_ms, veof_pending, nsigs, err
     cdef long long held_at
     cdef unsigned char last_in
@@ -360,7 +361,11 @@ cdef class Pump:
         return 1 if report else 0
 
     cdef int _read_master(self) noexcept nogil:
+        # Each chunk is written out at once (lowest latency; the user's side drains while the
+        # pty refills); only when the output is blocked does it pile up in the buffer.
+        # Returns EV_HUP when the user's side is gone, 0 otherwise, -1 on error.
         cdef ssize_t r
+        cdef int w
         if self.ohead == self.otail:
             self.ohead = self.otail = 0
         elif self.otail == self.bufsize and self.ohead > 0:
@@ -371,6 +376,10 @@ cdef class Pump:
             r = read(self.master_fd, self.obuf + self.otail, self.bufsize - self.otail)
             if r > 0:
                 self.otail += r
+                if not self.out_blocked:
+                    w = self._write_out()
+                    if w != 0:
+                        return w
             elif r == 0:  # BSD/macOS: end of the pty
                 self.master_eof = True
                 break
@@ -396,6 +405,7 @@ cdef class Pump:
             elif errno == EINTR:
                 continue
             elif errno == EAGAIN:
+                self.out_blocked = True
                 break
             elif errno == EIO or errno == EPIPE:
                 self.ohead = self.otail = 0
@@ -426,6 +436,8 @@ cdef class Pump:
                 self.itail += r
                 self.last_in = <unsigned char>self.ibuf[self.itail - 1]
                 self.any_in = True
+                if not self.master_blocked and self._write_master() < 0:
+                    return -1
             elif r == 0:
                 if self.in_tty:
                     return C_EV_HUP
@@ -457,6 +469,7 @@ cdef class Pump:
             elif errno == EINTR:
                 continue
             elif errno == EAGAIN:
+                self.master_blocked = True
                 break
             elif errno == EIO:  # nobody holds the slave any more: input has no reader
                 self.ihead = self.itail
@@ -569,10 +582,15 @@ cdef class Pump:
                     return -1 if r < 0 else C_EV_SIGNAL
             if ic >= 0 and fds[ic].revents:
                 return C_EV_CHILD
+            if io >= 0 and fds[io].revents:
+                self.out_blocked = False
+            if im >= 0 and fds[im].revents & (POLLOUT | POLLHUP | POLLERR):
+                self.master_blocked = False
             if im >= 0 and fds[im].revents & (POLLIN | POLLHUP | POLLERR):
-                if self._read_master() < 0:
-                    return -1
-            if self.otail > self.ohead:
+                r = self._read_master()
+                if r != 0:
+                    return r
+            if self.otail > self.ohead and not self.out_blocked:
                 r = self._write_out()
                 if r != 0:
                     return r
@@ -580,7 +598,7 @@ cdef class Pump:
                 r = self._read_in(fds[ii].revents)
                 if r != 0:
                     return r
-            if self._write_master() < 0:
+            if not self.master_blocked and self._write_master() < 0:
                 return -1
             if self.master_eof and self.otail == self.ohead and not self.eof_reported:
                 self.eof_reported = True
@@ -635,15 +653,18 @@ cdef class Pump:
                 r = self._read_wake(True)
                 if r != 0:
                     return -1 if r < 0 else C_EV_SIGNAL
+            if io >= 0 and fds[io].revents:
+                self.out_blocked = False
             if im >= 0 and fds[im].revents:
                 if fds[im].revents & POLLNVAL:
                     self.err = EBADF
                     return -1
-                if self._read_master() < 0:
-                    return -1
+                r = self._read_master()
+                if r != 0:
+                    return r
                 if self.master_eof:
                     reading = False
-            if self.otail > self.ohead:
+            if self.otail > self.ohead and not self.out_blocked:
                 r = self._write_out()
                 if r != 0:
                     return r

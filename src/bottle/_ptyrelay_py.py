@@ -184,6 +184,8 @@ class Pump:
         self._master_eof = False
         self._eof_reported = False
         self._last_in = -1
+        self._out_blocked = False
+        self._master_blocked = False
         self._sigs = bytearray()
         self._poll = select.poll()
         self._registered: dict[int, int] = {}
@@ -238,14 +240,20 @@ class Pump:
                 return EV_SIGNAL
             if self._child_fd >= 0 and self._child_fd in ready:
                 return EV_CHILD
+            if self._out_fd in ready and want.get(self._out_fd, 0) & _POLLOUT:
+                self._out_blocked = False
             rev = ready.get(self._master_fd, 0)
-            if want.get(self._master_fd, 0) & _POLLIN and rev & (_POLLIN | _POLLHUP | _POLLERR):
-                self._read_master()
-            if self._obuf and self._write_out():
+            if rev & (_POLLOUT | _POLLHUP | _POLLERR):
+                self._master_blocked = False
+            readable = rev & (_POLLIN | _POLLHUP | _POLLERR)
+            if want.get(self._master_fd, 0) & _POLLIN and readable and self._read_master():
+                return EV_HUP
+            if self._obuf and not self._out_blocked and self._write_out():
                 return EV_HUP
             if in_polled and ready.get(self._in_fd, 0) and self._read_in(ready[self._in_fd]):
                 return EV_HUP
-            self._write_master()
+            if not self._master_blocked:
+                self._write_master()
             if self._master_eof and not self._obuf and not self._eof_reported:
                 self._eof_reported = True
                 return EV_EOF
@@ -289,14 +297,17 @@ class Pump:
                 continue
             if self._wake_fd in ready and self._read_wake(drain_mode=True):
                 return EV_SIGNAL
+            if self._out_fd in ready:
+                self._out_blocked = False
             rev = ready.get(self._master_fd, 0)
             if master_polled and rev:
                 if rev & _POLLNVAL:
                     raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-                self._read_master()
+                if self._read_master():
+                    return EV_HUP
                 if self._master_eof:
                     reading = False
-            if self._obuf and self._write_out():
+            if self._obuf and not self._out_blocked and self._write_out():
                 return EV_HUP
 
     def signals(self) -> bytes:
@@ -368,7 +379,8 @@ class Pump:
             self.resize()
         return report
 
-    def _read_master(self) -> None:
+    def _read_master(self) -> bool:
+        """Read the pty, writing each chunk out at once; True when the user's side is gone."""
         obuf = self._obuf
         while len(obuf) < self._bufsize:
             try:
@@ -384,6 +396,9 @@ class Pump:
                 self._master_eof = True
                 break
             obuf += data
+            if not self._out_blocked and self._write_out():
+                return True
+        return False
 
     def _write_out(self) -> bool:
         """Write buffered output; True when the user's side is gone."""
@@ -392,6 +407,7 @@ class Pump:
             try:
                 n = os.write(self._out_fd, obuf)
             except BlockingIOError:
+                self._out_blocked = True
                 break
             except OSError as exc:
                 if exc.errno in (errno.EIO, errno.EPIPE):
@@ -426,6 +442,8 @@ class Pump:
                 self._held_at = _now_ms()
             ibuf += data
             self._last_in = data[-1]
+            if not self._master_blocked:
+                self._write_master()
         return False
 
     def _write_master(self) -> None:
@@ -436,6 +454,7 @@ class Pump:
             try:
                 n = os.write(self._master_fd, ibuf)
             except BlockingIOError:
+                self._master_blocked = True
                 break
             except OSError as exc:
                 if exc.errno == errno.EIO:  # nobody holds the slave any more
