@@ -516,9 +516,19 @@ class Session:
             assert len(codes) == 2, f"job shell exited {rc} without a relay status"
             rc = codes[1]
         self.returncode = rc
-        # Let the reader collect what is still queued on the master.
-        time.sleep(0.05)
+        self.settle()
         return rc
+
+    def settle(self, quiet: float = 0.03, limit: float = 2.0) -> None:
+        """Let the reader collect what is still queued: wait until output stops growing."""
+        deadline = time.monotonic() + limit
+        last = -1
+        while time.monotonic() < deadline:
+            now = self.output_len()
+            if now == last:
+                return
+            last = now
+            time.sleep(quiet)
 
     def leftovers(self, timeout: float = 5.0) -> list[int]:
         """Processes of this session still alive after a grace period (should be none)."""

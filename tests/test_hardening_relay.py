@@ -133,6 +133,7 @@ def _storm_run(impl: str, tmp: Path, rnd: random.Random) -> tuple[str, list[str]
             rc = s.proc.wait(10)
         except subprocess.TimeoutExpired:
             return label, [f"relay still running 10 s after {sig.name}"]
+        s.settle()
         if rc not in (128 + sig, -sig) and not _interrupted_interpreter_startup(rc, sig, s):
             problems.append(f"status {rc}")
         now = s.terminal.attrs()
@@ -144,7 +145,7 @@ def _storm_run(impl: str, tmp: Path, rnd: random.Random) -> tuple[str, list[str]
         if left:
             problems.append(f"left running:\n{describe_pids(left)}")
         if problems:
-            problems.append(f"output tail: {s.output()[-200:]!r}")
+            problems.append(f"output tail: {s.output()[-2000:]!r}")
     finally:
         s.close()
     return label, problems
