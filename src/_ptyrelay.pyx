@@ -58,6 +58,32 @@ cdef extern from "<unistd.h>" nogil:
     enum: _POSIX_VDISABLE
 
 
+cdef extern from *:
+    """
+    #include <fcntl.h>
+    #include <unistd.h>
+    #if defined(__linux__)
+    #include <sys/syscall.h>
+    #endif
+    /* Between fork and exec: mark every descriptor from lowfd up close-on-exec, so the child
+       inherits only its stdio. close_range(CLOSE_RANGE_CLOEXEC) on Linux >= 5.11, else a
+       loop of fcntl() (async-signal-safe) up to maxfd, computed before fork. */
+    static void bottle_cloexec_from(int lowfd, int maxfd) {
+        int fd, flags;
+    #if defined(__linux__) && defined(SYS_close_range)
+        if (syscall(SYS_close_range, (unsigned int)lowfd, ~0U, 4U) == 0)
+            return;
+    #endif
+        for (fd = lowfd; fd < maxfd; fd++) {
+            flags = fcntl(fd, F_GETFD);
+            if (flags >= 0 && !(flags & FD_CLOEXEC))
+                fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+        }
+    }
+    """
+    void bottle_cloexec_from(int lowfd, int maxfd) nogil
+
+
 # Events returned by Pump.run() and Pump.drain(); the same numbers in the pure twin.
 cdef enum:
     C_EV_DONE = 0
@@ -82,6 +108,8 @@ cdef int STAGE_SETSID = 1
 cdef int STAGE_CTTY = 2
 cdef int STAGE_DUP = 3
 STAGES = ("exec", "setsid", "TIOCSCTTY", "dup2")
+# Where close_range() is missing, descriptors are swept one by one up to the limit, capped here.
+MAX_FD_SWEEP = 65536
 
 
 cdef long long _now_us() noexcept nogil:
@@ -94,7 +122,8 @@ cdef long long _now_ms() noexcept nogil:
     return _now_us() // 1000
 
 
-cdef void _child(const char *path, char **argv, char **envp, int slave, int errfd) noexcept nogil:
+cdef void _child(const char *path, char **argv, char **envp, int slave, int errfd,
+                 int maxfd) noexcept nogil:
     # Between fork and exec: async-signal-safe calls only (the parent may have threads).
     cdef int i
     cdef int report[2]
@@ -115,6 +144,7 @@ cdef void _child(const char *path, char **argv, char **envp, int slave, int errf
             report[0] = STAGE_DUP
             if dup2(slave, 0) >= 0 and dup2(slave, 1) >= 0 and dup2(slave, 2) >= 0:
                 close(slave)
+                bottle_cloexec_from(3, maxfd)
                 report[0] = STAGE_EXEC
                 execve(path, argv, envp)
     report[1] = errno
@@ -143,13 +173,13 @@ cdef char **_cstrings(list items, list keep) except NULL:
     return out
 
 
-def spawn(bytes path, list argv, list envp, int master_fd, int slave_fd):
+def spawn(bytes path, list argv, list envp, int slave_fd):
     """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid.
 
     The child is a session leader with the pty as its controlling terminal, stdin, stdout and
-    stderr, default signal dispositions and an empty signal mask. ``master_fd`` must be
-    close-on-exec. A failure before or at exec raises OSError in the parent, with
-    ``args[2]`` naming the stage that failed (see STAGES) when it is not exec itself.
+    stderr (and no other descriptor), default signal dispositions and an empty signal mask.
+    A failure before or at exec raises OSError in the parent, with ``args[2]`` naming the
+    stage that failed (see STAGES) when it is not exec itself.
     """
     cdef list keep = []
     cdef char **c_argv = NULL
@@ -157,7 +187,7 @@ def spawn(bytes path, list argv, list envp, int master_fd, int slave_fd):
     cdef const char *c_path
     cdef sigset_t all_signals, old_mask
     cdef pid_t pid
-    cdef int fork_errno = 0, status, got = 0, r, rfd, wfd
+    cdef int fork_errno = 0, status, got = 0, r, rfd, wfd, maxfd
     cdef int report[2]
     if b"\0" in path:
         raise ValueError("embedded null byte")
@@ -170,6 +200,7 @@ def spawn(bytes path, list argv, list envp, int master_fd, int slave_fd):
     except BaseException:
         free(c_argv)
         raise
+    maxfd = min(os.sysconf("SC_OPEN_MAX"), MAX_FD_SWEEP)
     rfd, wfd = os.pipe()  # close-on-exec: EOF on it means exec succeeded
     with nogil:
         # Block every signal across fork so no handler of ours runs in the child before the
@@ -178,7 +209,7 @@ def spawn(bytes path, list argv, list envp, int master_fd, int slave_fd):
         pthread_sigmask(SIG_SETMASK, &all_signals, &old_mask)
         pid = fork()
         if pid == 0:
-            _child(c_path, c_argv, c_envp, slave_fd, wfd)
+            _child(c_path, c_argv, c_envp, slave_fd, wfd, maxfd)
         fork_errno = errno
         pthread_sigmask(SIG_SETMASK, &old_mask, NULL)
         close(wfd)

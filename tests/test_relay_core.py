@@ -482,7 +482,7 @@ print(os.getsid(0) == p, os.tcgetpgrp(0) == p, os.isatty(0), os.isatty(1), os.is
 def spawn_probe(core: ModuleType, path: bytes, argv: list[bytes]) -> tuple[int, bytes]:
     master, slave = os.openpty()
     try:
-        pid = core.spawn(path, argv, [b"PROBE_VAR=seen", b"PATH=/usr/bin:/bin"], master, slave)
+        pid = core.spawn(path, argv, [b"PROBE_VAR=seen", b"PATH=/usr/bin:/bin"], slave)
     finally:
         os.close(slave)
     try:
@@ -513,6 +513,19 @@ def test_spawn_default_signal_state(core: ModuleType) -> None:
     assert int(fields[b"SigIgn"], 16) == 0, out
 
 
+def test_spawn_child_inherits_only_its_stdio(core: ModuleType) -> None:
+    r, w = os.pipe()
+    leaked = os.dup2(w, 200, inheritable=True)  # an inheritable descriptor of the caller's
+    try:
+        code, out = spawn_probe(core, b"/bin/ls", [b"ls", b"/proc/self/fd"])
+    finally:
+        for fd in (r, w, leaked):
+            os.close(fd)
+    assert code == 0, out
+    fds = sorted(int(x) for x in out.split())
+    assert fds[:3] == [0, 1, 2] and len(fds) == 4, out  # the fourth: ls reading the directory
+
+
 def test_spawn_yes_head_has_no_broken_pipe(core: ModuleType) -> None:
     code, out = spawn_probe(core, b"/bin/sh", [b"sh", b"-c", b"yes | head -1; echo done"])
     assert code == 0
@@ -527,7 +540,7 @@ def test_spawn_exec_failure_raises_and_reaps(core: ModuleType, path: bytes, code
     master, slave = os.openpty()
     try:
         with pytest.raises(OSError) as info:
-            core.spawn(path, [b"prog"], [], master, slave)
+            core.spawn(path, [b"prog"], [], slave)
     finally:
         os.close(master)
         os.close(slave)
@@ -539,11 +552,11 @@ def test_spawn_exec_failure_raises_and_reaps(core: ModuleType, path: bytes, code
 
 def test_spawn_rejects_bad_arguments(core: ModuleType) -> None:
     with pytest.raises(ValueError):
-        core.spawn(b"/bin/true", [], [], -1, -1)
+        core.spawn(b"/bin/true", [], [], -1)
     with pytest.raises(ValueError):
-        core.spawn(b"/bin/tr\0ue", [b"x"], [], -1, -1)
+        core.spawn(b"/bin/tr\0ue", [b"x"], [], -1)
     with pytest.raises(TypeError):
-        core.spawn(b"/bin/true", ["str"], [], -1, -1)
+        core.spawn(b"/bin/true", ["str"], [], -1)
 
 
 # ------------------------------------------------------------------------------ front

@@ -7,8 +7,9 @@ EV_HUP: int
 EV_CHILD: int
 DEFAULT_BUFSIZE: int
 STAGES: tuple[str, ...]
+MAX_FD_SWEEP: int
 
-def spawn(path: bytes, argv: list[bytes], envp: list[bytes], master_fd: int, slave_fd: int) -> int:
+def spawn(path: bytes, argv: list[bytes], envp: list[bytes], slave_fd: int) -> int:
     """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid."""
 
 class Pump:

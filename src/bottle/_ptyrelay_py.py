@@ -22,6 +22,7 @@ __all__ = [
     "EV_EOF",
     "EV_HUP",
     "EV_SIGNAL",
+    "MAX_FD_SWEEP",
     "STAGES",
     "Pump",
     "spawn",
@@ -37,6 +38,8 @@ DEFAULT_BUFSIZE = 128 * 1024
 _HOLD_POLL_MS = 10
 
 STAGES = ("exec", "setsid", "TIOCSCTTY", "dup2")
+# Where close_range() is missing, descriptors are swept one by one up to the limit, capped here.
+MAX_FD_SWEEP = 65536
 _STAGE_EXEC, _STAGE_SETSID, _STAGE_CTTY, _STAGE_DUP = range(4)
 _REPORT = struct.Struct("ii")
 
@@ -74,6 +77,10 @@ def _child(path: bytes, argv: list[bytes], envp: list[bytes], slave: int, errfd:
         for fd in (0, 1, 2):
             os.dup2(slave, fd, inheritable=True)
         os.close(slave)
+        # The child inherits only its stdio (the report pipe closes itself at exec).
+        maxfd = min(os.sysconf("SC_OPEN_MAX"), MAX_FD_SWEEP)
+        os.closerange(3, errfd)
+        os.closerange(errfd + 1, maxfd)
         stage = _STAGE_EXEC
         env = {}
         for item in envp:
@@ -90,13 +97,13 @@ def _child(path: bytes, argv: list[bytes], envp: list[bytes], slave: int, errfd:
         os._exit(127)
 
 
-def spawn(path: bytes, argv: list[bytes], envp: list[bytes], master_fd: int, slave_fd: int) -> int:
+def spawn(path: bytes, argv: list[bytes], envp: list[bytes], slave_fd: int) -> int:
     """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid.
 
     The child is a session leader with the pty as its controlling terminal, stdin, stdout and
-    stderr, default signal dispositions and an empty signal mask. ``master_fd`` must be
-    close-on-exec. A failure before or at exec raises OSError in the parent, with
-    ``args[2]`` naming the stage that failed (see STAGES) when it is not exec itself.
+    stderr (and no other descriptor), default signal dispositions and an empty signal mask.
+    A failure before or at exec raises OSError in the parent, with ``args[2]`` naming the
+    stage that failed (see STAGES) when it is not exec itself.
     """
     for item in (path, *argv, *envp):
         if not isinstance(item, bytes):

@@ -400,7 +400,7 @@ class _Session:
                 except (OSError, ValueError):
                     pass
             try:
-                pid = _core.spawn(self._path, self._args, self._envp, master, slave)
+                pid = _core.spawn(self._path, self._args, self._envp, slave)
             except OSError as exc:
                 raise _spawn_error(exc, self._args[0]) from None
         finally:
