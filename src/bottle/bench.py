@@ -691,28 +691,68 @@ ECHO_CHILD = ["/bin/sh", "-c", "stty raw -echo && printf R && exec cat"]
 
 def measure_echo(relay: Relay, trips: int, warmup: int = 100) -> LatencyResult:
     """Time 1-byte round trips through ``relay`` to a child that echoes."""
-    with Session(relay, ECHO_CHILD) as s:
-        if s.expect(b"R"):
-            raise BenchError(f"{relay.name}: unexpected output after the ready mark")
-        cpu0 = s.settled_cpu_ns() if relay.is_relay else 0
-        fd = s.master
+    return measure_echo_interleaved([relay], trips, warmup)[relay.name]
+
+
+def measure_echo_interleaved(
+    relays: Sequence[Relay], trips: int, warmup: int = 100, block: int = 100
+) -> dict[str, LatencyResult]:
+    """Time 1-byte round trips through several relays at once, in alternating blocks.
+
+    Every relay's session is open for the whole measurement and the trips go to each in turn,
+    ``block`` at a time (order reversed every other block), so that a burst of other work on
+    the machine lands on all of them alike and their ratios hold still.
+    """
+    sessions: list[Session] = []
+    try:
+        for relay in relays:
+            sessions.append(Session(relay, ECHO_CHILD))
+        cpu0: dict[str, int] = {}
+        for s in sessions:
+            if s.expect(b"R"):
+                raise BenchError(f"{s.relay.name}: unexpected output after the ready mark")
         buf = bytearray(64)
-        samples = []
         clock = time.perf_counter_ns
-        for i in range(warmup + trips):
-            byte = bytes((97 + i % 26,))
-            t0 = clock()
-            os.write(fd, byte)
-            n = s.read_some(buf, 5.0)
-            t1 = clock()
-            if buf[:n] != byte:
-                raise BenchError(f"{relay.name}: echo of {byte!r} came back as {bytes(buf[:n])!r}")
-            if i >= warmup:
-                samples.append((t1 - t0) / 1000)
-        cpu = (s.settled_cpu_ns() - cpu0) / 1000 / (warmup + trips) if relay.is_relay else None
-    return LatencyResult(
-        relay.name, trips, percentile(samples, 0.5), percentile(samples, 0.99), cpu, samples
-    )
+        samples: dict[str, list[float]] = {s.relay.name: [] for s in sessions}
+
+        def trip_block(s: Session, count: int, keep: bool) -> None:
+            fd, name = s.master, s.relay.name
+            for i in range(count):
+                byte = bytes((97 + i % 26,))
+                t0 = clock()
+                os.write(fd, byte)
+                n = s.read_some(buf, 5.0)
+                t1 = clock()
+                if buf[:n] != byte:
+                    raise BenchError(f"{name}: echo of {byte!r} came back as {bytes(buf[:n])!r}")
+                if keep:
+                    samples[name].append((t1 - t0) / 1000)
+
+        for s in sessions:
+            cpu0[s.relay.name] = s.settled_cpu_ns() if s.relay.is_relay else 0
+            trip_block(s, warmup, keep=False)
+        done = 0
+        while done < trips:
+            count = min(block, trips - done)
+            for s in sessions if (done // block) % 2 == 0 else sessions[::-1]:
+                trip_block(s, count, keep=True)
+            done += count
+        results = {}
+        for s in sessions:
+            name = s.relay.name
+            cpu = (
+                (s.settled_cpu_ns() - cpu0[name]) / 1000 / (warmup + trips)
+                if s.relay.is_relay
+                else None
+            )
+            v = samples[name]
+            results[name] = LatencyResult(
+                name, trips, percentile(v, 0.5), percentile(v, 0.99), cpu, v
+            )
+        return results
+    finally:
+        for s in sessions:
+            s.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1052,6 +1092,20 @@ MEASUREMENTS: list[tuple[str, Callable[[Relay, Settings, Payloads], Metrics]]] =
 ]
 
 
+def _echo_all(
+    relays: Sequence[Relay], settings: Settings, payloads: Payloads
+) -> dict[str, dict[str, float | bool | str | None]]:
+    """Echo through all relays interleaved; if that fails, each alone (errors per relay)."""
+    try:
+        got = measure_echo_interleaved(relays, settings.echo_trips)
+    except (BenchError, OSError):
+        return {r.name: measure_one("echo", r, settings, payloads) for r in relays}
+    return {
+        name: {"echo_p50_us": r.p50_us, "echo_p99_us": r.p99_us, "echo_cpu_us": r.cpu_us_per_trip}
+        for name, r in got.items()
+    }
+
+
 def measure_one(
     name: str, relay: Relay, settings: Settings, payloads: Payloads
 ) -> dict[str, float | bool | str | None]:
@@ -1187,6 +1241,10 @@ def run_bench(
             # that the load of the moment weighs on all of them alike.
             for name, _ in MEASUREMENTS:
                 order = active if i % 2 == 0 else active[::-1]
+                if name == "echo":
+                    for relay_name, got in _echo_all(order, settings, payloads).items():
+                        runs[relay_name].update(got)
+                    continue
                 for relay in order:
                     runs[relay.name].update(measure_one(name, relay, settings, payloads))
             for relay in active:
