@@ -805,55 +805,97 @@ def measure_resize(
     relay: Relay, trips: int, burst: int, first_timeout: float = 1.0
 ) -> ResizeResult:
     """Time TIOCSWINSZ on the outer terminal until the child reports the new size."""
+    return measure_resize_interleaved([relay], trips, burst, first_timeout)[relay.name]
+
+
+RESIZE_BURST_LAST = (77, 177)
+
+
+def measure_resize_interleaved(
+    relays: Sequence[Relay],
+    trips: int,
+    burst: int,
+    first_timeout: float = 1.0,
+    block: int = 50,
+) -> dict[str, ResizeResult]:
+    """Window changes through several relays at once, in alternating blocks of ``block``.
+
+    A relay whose child does not see the first change within ``first_timeout`` does not
+    forward window changes (``forwarded=False``) and leaves the rotation. Then each relay gets
+    a burst of ``burst`` changes back to back that must end on the last size.
+    """
     child = [sys.executable, "-S", "-c", RESIZE_CHILD]
-    with Session(relay, child) as s:
-        if s.expect(b"R", timeout=60.0):
-            raise BenchError(f"{relay.name}: unexpected output after the ready mark")
-        # A relay may pass the initial size on at start; let that report arrive and drop it.
-        reader = _SizeReader(s)
-        while reader.next(0.2) is not None:
-            pass
-        samples = []
+    sessions: list[Session] = []
+    try:
+        for relay in relays:
+            sessions.append(Session(relay, child))
+        readers: dict[str, _SizeReader] = {}
+        for s in sessions:
+            if s.expect(b"R", timeout=60.0):
+                raise BenchError(f"{s.relay.name}: unexpected output after the ready mark")
+            # A relay may pass the initial size on at start; let that report arrive, drop it.
+            readers[s.relay.name] = reader = _SizeReader(s)
+            while reader.next(0.2) is not None:
+                pass
+        samples: dict[str, list[float]] = {s.relay.name: [] for s in sessions}
+        live = list(sessions)
         clock = time.perf_counter_ns
-        for i in range(trips):
-            want = (30 + i % 20, 100 + i % 50)
-            t0 = clock()
-            set_size(s.master, *want)
+        done = 0
+        while done < trips and live:
+            count = min(block, trips - done)
+            for s in list(live if (done // block) % 2 == 0 else live[::-1]):
+                name, reader = s.relay.name, readers[s.relay.name]
+                for i in range(done, done + count):
+                    want = (30 + i % 20, 100 + i % 50)
+                    t0 = clock()
+                    set_size(s.master, *want)
+                    while True:
+                        seen = reader.next(first_timeout if i == 0 else 5.0)
+                        if seen is None and i == 0:
+                            live.remove(s)
+                            break
+                        if seen is None:
+                            raise BenchError(f"{name}: the child never saw size {want}")
+                        if seen == want:
+                            samples[name].append((clock() - t0) / 1000)
+                            break
+                    if s not in live:
+                        break
+            done += count
+        results = {s.relay.name: ResizeResult(s.relay.name, forwarded=False) for s in sessions}
+        for s in live:
+            name, reader = s.relay.name, readers[s.relay.name]
+            # Burst: hundreds of changes back to back; the child must end on the last one.
+            sizes = [(20 + i % 30, 80 + i % 60) for i in range(burst - 1)] + [RESIZE_BURST_LAST]
+            for size in sizes:
+                set_size(s.master, *size)
+            t_last = clock()
+            reports, last, settle = 0, None, 0.0
             while True:
-                seen = reader.next(first_timeout if i == 0 else 5.0)
+                seen = reader.next(0.5 if last == sizes[-1] else 5.0)
                 if seen is None:
-                    if i == 0:
-                        return ResizeResult(relay.name, forwarded=False)
-                    raise BenchError(f"{relay.name}: the child never saw size {want}")
-                if seen == want:
                     break
-            samples.append((clock() - t0) / 1000)
-        # Burst: hundreds of changes back to back; the child must end on the last one.
-        sizes = [(20 + i % 30, 80 + i % 60) for i in range(burst - 1)] + [(77, 177)]
-        for size in sizes:
-            set_size(s.master, *size)
-        t_last = clock()
-        reports, last, settle = 0, None, 0.0
-        while True:
-            seen = reader.next(0.5 if last == sizes[-1] else 5.0)
-            if seen is None:
-                break
-            reports += 1
-            last = seen
-            if seen == sizes[-1] and not settle:
-                settle = (clock() - t_last) / 1e6
-    return ResizeResult(
-        relay.name,
-        forwarded=True,
-        trips=trips,
-        p50_us=percentile(samples, 0.5),
-        p99_us=percentile(samples, 0.99),
-        burst=burst,
-        burst_ok=last == sizes[-1],
-        burst_settle_ms=settle,
-        burst_reports=reports,
-        samples_us=samples,
-    )
+                reports += 1
+                last = seen
+                if seen == sizes[-1] and not settle:
+                    settle = (clock() - t_last) / 1e6
+            v = samples[name]
+            results[name] = ResizeResult(
+                name,
+                forwarded=True,
+                trips=len(v),
+                p50_us=percentile(v, 0.5),
+                p99_us=percentile(v, 0.99),
+                burst=burst,
+                burst_ok=last == sizes[-1],
+                burst_settle_ms=settle,
+                burst_reports=reports,
+                samples_us=v,
+            )
+        return results
+    finally:
+        for s in sessions:
+            s.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1047,12 +1089,18 @@ def _throughput(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics
 
 
 def _echo(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
-    r = measure_echo(relay, settings.echo_trips)
+    return _echo_metrics(measure_echo(relay, settings.echo_trips))
+
+
+def _echo_metrics(r: LatencyResult) -> Metrics:
     return {"echo_p50_us": r.p50_us, "echo_p99_us": r.p99_us, "echo_cpu_us": r.cpu_us_per_trip}
 
 
 def _resize(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
-    r = measure_resize(relay, settings.resize_trips, settings.resize_burst)
+    return _resize_metrics(measure_resize(relay, settings.resize_trips, settings.resize_burst))
+
+
+def _resize_metrics(r: ResizeResult) -> Metrics:
     if not r.forwarded:
         return {"resize_forwarded": False}
     return {
@@ -1092,18 +1140,18 @@ MEASUREMENTS: list[tuple[str, Callable[[Relay, Settings, Payloads], Metrics]]] =
 ]
 
 
-def _echo_all(
-    relays: Sequence[Relay], settings: Settings, payloads: Payloads
+def _all_at_once(
+    name: str, relays: Sequence[Relay], settings: Settings, payloads: Payloads
 ) -> dict[str, dict[str, float | bool | str | None]]:
-    """Echo through all relays interleaved; if that fails, each alone (errors per relay)."""
+    """Echo or resize through all relays interleaved; on failure, each alone (errors apart)."""
     try:
-        got = measure_echo_interleaved(relays, settings.echo_trips)
+        if name == "echo":
+            echoes = measure_echo_interleaved(relays, settings.echo_trips)
+            return {n: dict(_echo_metrics(r)) for n, r in echoes.items()}
+        resizes = measure_resize_interleaved(relays, settings.resize_trips, settings.resize_burst)
+        return {n: dict(_resize_metrics(r)) for n, r in resizes.items()}
     except (BenchError, OSError):
-        return {r.name: measure_one("echo", r, settings, payloads) for r in relays}
-    return {
-        name: {"echo_p50_us": r.p50_us, "echo_p99_us": r.p99_us, "echo_cpu_us": r.cpu_us_per_trip}
-        for name, r in got.items()
-    }
+        return {r.name: measure_one(name, r, settings, payloads) for r in relays}
 
 
 def measure_one(
@@ -1241,8 +1289,8 @@ def run_bench(
             # that the load of the moment weighs on all of them alike.
             for name, _ in MEASUREMENTS:
                 order = active if i % 2 == 0 else active[::-1]
-                if name == "echo":
-                    for relay_name, got in _echo_all(order, settings, payloads).items():
+                if name in ("echo", "resize"):
+                    for relay_name, got in _all_at_once(name, order, settings, payloads).items():
                         runs[relay_name].update(got)
                     continue
                 for relay in order:
