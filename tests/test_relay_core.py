@@ -563,7 +563,9 @@ def test_spawn_rejects_bad_arguments(core: ModuleType) -> None:
 
 
 @pytest.fixture
-def devnull() -> Iterator[int]:
+def devnull(core: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """/dev/null for stdin; the front runs on the core under test (both twins)."""
+    monkeypatch.setattr(relay, "_core", core)
     fd = os.open(os.devnull, os.O_RDONLY)
     yield fd
     os.close(fd)
