@@ -223,8 +223,11 @@ class _Child:
         try:
             self.status = self._reap(0)
         finally:
-            self._done.set()
-            os.write(self._notify_fd, b"x")
+            # Notify before `done`: `end` closes the pipe once it sees `done`.
+            try:
+                os.write(self._notify_fd, b"x")
+            finally:
+                self._done.set()
 
     def _reap(self, options: int) -> int | None:
         try:
