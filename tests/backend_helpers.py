@@ -49,6 +49,14 @@ class ProcScan:
                 self.environ_pids.add(pid)
         self.rounds += 1
 
+    def wait_rounds(self, n: int, timeout: float = 30.0) -> None:
+        """Block until `n` more full scans have finished."""
+        target = self.rounds + n
+        deadline = time.monotonic() + timeout
+        while self.rounds < target:
+            assert time.monotonic() < deadline, "the /proc scan thread stalled"
+            time.sleep(0.005)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.scan_once()

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,14 @@ def node_user_or_fail() -> pwd.struct_passwd:
 def require_node_user() -> pwd.struct_passwd:
     """Fixture form of node_user_or_fail()."""
     return node_user_or_fail()
+
+
+@pytest.fixture
+def shared_dir(require_node_user: pwd.struct_passwd) -> Iterator[Path]:
+    """A scratch directory the guest user `node` can write to (tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="bottle-shared-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

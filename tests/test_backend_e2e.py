@@ -8,11 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-import shutil
 import signal
-import tempfile
 import threading
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -52,17 +49,6 @@ FAST = RetryPolicy(attempts=2, delay=0.01)
 @pytest.fixture(autouse=True)
 def _fresh_version_cache() -> None:
     sv.clear_version_cache()
-
-
-@pytest.fixture
-def shared_dir(require_node_user: pwd.struct_passwd) -> Iterator[Path]:
-    """A directory the guest user `node` can create files in (tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="bottle-e2e-"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

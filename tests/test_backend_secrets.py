@@ -13,10 +13,7 @@ import json
 import logging
 import os
 import secrets
-import shutil
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +35,6 @@ def _fresh_version_cache() -> None:
 def secret() -> str:
     # Distinctive and long enough never to occur by chance.
     return "tok-" + secrets.token_hex(24)
-
-
-@pytest.fixture
-def shared_dir(require_node_user: Any) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="bottle-secret-"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _sha(text: str) -> str:
@@ -83,9 +70,7 @@ def test_whole_session_keeps_the_secret_off_every_command_line(
         )
         t.start()
         wait_for(d / "ready")
-        rounds = scan.rounds
-        while scan.rounds < rounds + 3:
-            pass
+        scan.wait_rounds(3)
         held = set(scan.environ_pids)
         (d / "go").touch()
         t.join(30)
@@ -102,9 +87,7 @@ def test_whole_session_keeps_the_secret_off_every_command_line(
         )
         t.start()
         wait_for(d / "ready")
-        rounds = scan.rounds
-        while scan.rounds < rounds + 3:
-            pass
+        scan.wait_rounds(3)
         (d / "go").touch()
         t.join(30)
         assert box["s"] == 0
@@ -160,9 +143,7 @@ def test_tty_session_keeps_the_secret_off_every_command_line(
         )
         t.start()
         wait_for(d / "ready")
-        rounds = scan.rounds
-        while scan.rounds < rounds + 3:
-            pass
+        scan.wait_rounds(3)
         held = set(scan.environ_pids)
         (d / "go").touch()
         t.join(60)

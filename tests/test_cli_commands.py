@@ -9,13 +9,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from backend_helpers import run_in_pty, wait_for
 
 BOTTLE = [sys.executable, "-m", "bottle"]
@@ -43,16 +40,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
-
-
-@pytest.fixture
-def shared_dir(require_node_user: Any) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="bottle-cli-"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # --- help and delegation -------------------------------------------------------------------

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +47,6 @@ GUEST_UP = 'echo "guest-up pid=$$"; exec sleep 60'
 @pytest.fixture(autouse=True)
 def _fresh_version_cache() -> None:
     sv.clear_version_cache()
-
-
-@pytest.fixture
-def shared_dir(require_node_user: Any) -> Iterator[Path]:
-    """A directory the guest user `node` can write to (tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="bottle-hardening-"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _guest_pid(output: bytes) -> int:

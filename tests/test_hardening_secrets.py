@@ -14,11 +14,8 @@ import hashlib
 import logging
 import os
 import secrets
-import shutil
-import tempfile
 import threading
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +50,6 @@ def _fresh_version_cache() -> None:
 @pytest.fixture
 def secret() -> str:
     return "tok-" + secrets.token_hex(24)  # long and random: never there by chance
-
-
-@pytest.fixture
-def shared_dir(require_node_user: Any) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="bottle-secrets-"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _sha(text: str) -> str:
