@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import json
 import os
 import random
 import signal
@@ -25,7 +26,10 @@ pytest.register_assert_rewrite("relay_harness")
 from relay_harness import (  # noqa: E402
     ECHO_CHILD,
     PY,
+    RELAY_ARGV,
     Session,
+    assert_no_leftovers,
+    assert_restored,
     describe_pids,
     echo_roundtrip,
     wait_until,
@@ -188,3 +192,87 @@ def test_signal_storm(impl: str, tmp_path: Path) -> None:
             f"{len(failures)} of {sum(seen.values())} runs went wrong: {dict(by_label)}\n{first}"
         )
     assert len(seen) >= 12, f"the storm did not cover the combinations: {dict(seen)}"
+
+
+# --------------------------------------------------------------------------- bad input
+
+BAD_CALLS = r"""
+import json, sys
+import bottle.relay as r
+marker = sys.argv[1]
+touch = ["sh", "-c", f"touch {marker}"]
+env = {"PATH": "/usr/bin:/bin"}
+cases = {
+    "nul-in-argument": (touch + ["x\0y"], {}),
+    "nul-in-program": (["to\0uch", marker], {}),
+    "nul-in-env-value": (touch, {"env": {**env, "A": "x\0y"}}),
+    "equals-in-env-name": (touch, {"env": {**env, "A=B": "1"}}),
+    "empty-env-name": (touch, {"env": {**env, "": "1"}}),
+    "empty-argv": ([], {}),
+    "unknown-placeholder": (touch, {"resize_command": "echo {rows} {foo}", "machine": "m"}),
+    "machine-without-name": (touch, {"resize_command": "echo {machine}"}),
+    "unbalanced-quote": (touch, {"resize_command": "echo 'x", "machine": "m"}),
+}
+results = {}
+for name, (argv, kwargs) in cases.items():
+    try:
+        results[name] = ["returned", r.run(argv, **kwargs)]
+    except Exception as exc:
+        results[name] = [type(exc).__name__, str(exc)]
+print("RESULTS", json.dumps(results))
+"""
+
+# What each error message must name.
+BAD_CALL_NAMES = {
+    "nul-in-argument": "null",
+    "nul-in-program": "null",
+    "nul-in-env-value": "null",
+    "equals-in-env-name": "A=B",
+    "empty-env-name": "environment",
+    "empty-argv": "argv",
+    "unknown-placeholder": "{foo}",
+    "machine-without-name": "machine",
+    "unbalanced-quote": "quot",
+}
+
+
+def test_bad_calls_are_clear_errors_before_anything_runs(impl: str, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    s = Session([], impl=impl, tmp=tmp_path, argv=[PY, "-c", BAD_CALLS, str(marker)])
+    try:
+        assert s.wait(60) == 0, s.describe()
+        line = next(x for x in s.text().splitlines() if x.startswith("RESULTS "))
+        results = json.loads(line.split(" ", 1)[1])
+        wrong = {
+            name: got for name, got in results.items()
+            if got[0] != "ValueError" or BAD_CALL_NAMES[name].lower() not in got[1].lower()
+        }
+        assert not wrong, f"not a ValueError naming the problem: {wrong}"
+        assert not marker.exists(), "a bad call ran the command anyway"
+        assert_restored(s)
+        assert_no_leftovers(s)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        ([], "command"),
+        (["--"], "command"),
+        (["--bogus", "--", "true"], "--bogus"),
+        (["--machine"], "--machine"),
+        (["--resize-command", "x {nope}", "--machine", "m", "--", "true"], "{nope}"),
+    ],
+)
+def test_bad_command_lines(impl: str, tmp_path: Path, args: list[str], names: str) -> None:
+    s = Session([], impl=impl, tmp=tmp_path, argv=[*RELAY_ARGV, *args])
+    try:
+        rc = s.wait(60)
+        assert rc == 2, f"usage errors exit 2, got {rc}\n{s.describe()}"
+        assert names in s.text(), s.describe()
+        assert "Traceback" not in s.text(), s.describe()
+        assert_restored(s)
+        assert_no_leftovers(s)
+    finally:
+        s.close()

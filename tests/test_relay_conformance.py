@@ -195,6 +195,15 @@ class TestSessionAndSignals:
         assert name.startswith("/dev/pts/") and name != s.terminal.name, name
         assert ctty_is_stdin == "True", "controlling terminal is not the child's pty"
 
+    def test_child_inherits_no_relay_descriptor(self, spawn: Spawn) -> None:
+        # A leaked pty master or wake-up pipe would keep the pty open or the relay's signal
+        # path alive in the child; the relay was started with nothing but its stdio open.
+        s = spawn(sh("ls /proc/$$/fd | tr '\\n' ' '; echo END"))
+        assert s.wait() == 0, s.describe()
+        m = re.search(r"([0-9 ]*)END", s.text())
+        assert m, s.describe()
+        assert m.group(1).split() == ["0", "1", "2"], f"open in the child: {m.group(1)}"
+
     def test_default_dispositions_and_empty_mask(self, spawn: Spawn) -> None:
         s = spawn(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"])
         assert s.wait() == 0, s.describe()
@@ -619,6 +628,32 @@ class TestWindowChanges:
             f"the child kept {reported_sizes(report)} after the terminal became 44x144"
         )
         gate.touch()
+        assert s.wait() == 0, s.describe()
+
+    def test_resize_applies_while_output_is_backed_up(self, spawn: Spawn, tmp_path: Path) -> None:
+        report, gate = tmp_path / "sizes", tmp_path / "gate"
+        s = spawn(py(
+            """
+            import fcntl, os, signal, struct, sys, termios
+            report, gate = sys.argv[1], sys.argv[2]
+            def report_size(*_):
+                rows, cols = struct.unpack("HHHH", fcntl.ioctl(0, termios.TIOCGWINSZ, bytes(8)))[:2]
+                with open(report, "a") as f:
+                    f.write(f"{rows} {cols}\\n")
+            signal.signal(signal.SIGWINCH, report_size)
+            os.write(1, b"READY\\n")
+            while not os.path.exists(gate):
+                os.write(1, b"x" * 4096)  # blocks while the user's terminal is not reading
+            """, report, gate), rows=30, cols=90)
+        s.expect(b"READY")
+        s.reading.clear()
+        time.sleep(0.5)  # every buffer on the way out fills up
+        s.terminal.resize(41, 121)
+        assert wait_until(lambda: last_size(report) == (41, 121), 10), (
+            f"resize not applied while output was backed up: {reported_sizes(report)}"
+        )
+        gate.touch()
+        s.reading.set()
         assert s.wait() == 0, s.describe()
 
     def test_zero_size_is_never_forwarded(self, spawn: Spawn, tmp_path: Path) -> None:
