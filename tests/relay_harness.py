@@ -333,11 +333,14 @@ class Session:
         jobshell: bool = False,
         extra_env: dict[str, str] | None = None,
         argv: Sequence[str] | None = None,
+        typeahead: bytes = b"",
     ) -> None:
         self.impl = impl
         self.tmp = tmp
         self.mark = uuid.uuid4().hex
         self.terminal = Terminal(rows, cols)
+        if typeahead:  # typed before the relay exists: it waits in the terminal's line buffer
+            os.write(self.terminal.master, typeahead)
         self._lock = threading.Lock()
         self._buf = bytearray()
         self._stop = threading.Event()

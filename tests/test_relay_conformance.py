@@ -320,6 +320,13 @@ class TestBytes:
         assert len(body) == size
         assert hashlib.sha256(body).hexdigest() == hashlib.sha256(blob).hexdigest()
 
+    def test_megabytes_out_to_a_pipe(self, spawn: Spawn) -> None:
+        size = 2 << 20
+        blob = make_blob(5, size)
+        s = spawn(py(BLOB_WRITER_CHILD, 5, size), stdin=b"", stdout="pipe")
+        assert s.wait(60) == 0, s.describe()
+        assert s.output() == b"READY\n" + blob + b"END\n"
+
     def test_megabytes_of_escape_sequences_in_and_back(
         self, spawn: Spawn, tmp_path: Path
     ) -> None:
@@ -814,6 +821,29 @@ class TestTypeAhead:
         s.send(typed)
         assert s.wait(40) == 0, s.describe()
         assert got.read_bytes() == typed
+
+    def test_keys_typed_before_the_relay_started_are_delivered(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        # The user types while the VM boots, before the relay runs: the keys wait in the
+        # terminal's own line buffer (no Enter yet) and must not be flushed away either.
+        got = tmp_path / "got"
+        early, late = b"typed-while-booting ", b"and-after\r"
+        s = spawn(py(
+            """
+            import os, select, sys, termios, time, tty
+            time.sleep(0.5)
+            tty.setraw(0, termios.TCSAFLUSH)
+            os.write(1, b"RAW\\n")
+            want, data = int(sys.argv[2]), b""
+            while len(data) < want and select.select([0], [], [], 20)[0]:
+                data += os.read(0, 1024)
+            open(sys.argv[1], "wb").write(data)
+            """, got, len(early) + len(late)), typeahead=early)
+        s.expect(b"RAW")
+        s.send(late)
+        assert s.wait(40) == 0, s.describe()
+        assert got.read_bytes() == early + late
 
     def test_keys_reach_a_child_that_stays_canonical(self, spawn: Spawn) -> None:
         s = spawn(sh("echo READY; read line; echo \"got:$line\""))
