@@ -741,9 +741,14 @@ class TestHangUp:
         assert wait_until(lambda: not alive(child), 5), "child still running"
         assert_no_leftovers(s)
 
-    @pytest.mark.parametrize("child", ["sleep 60", "yes"])
-    def test_hangup_ends_a_child_that_does_not_trap_it(self, spawn: Spawn, child: str) -> None:
-        s = spawn(sh(f"echo READY; exec {child}"))
+    @pytest.mark.parametrize("child", [
+        "exec sleep 60",
+        "exec yes",
+        "trap '' HUP; exec sleep 60",  # ignores SIGHUP: must still end
+        "trap '' HUP; sleep 60 & wait",  # and its background job with it
+    ])
+    def test_hangup_leaves_nothing_running(self, spawn: Spawn, child: str) -> None:
+        s = spawn(sh(f"echo READY; {child}"))
         s.expect(b"READY")
         assert s.terminal.wait_raw(), s.describe()
         s.reading.clear()
@@ -779,17 +784,18 @@ class TestJobControl:
         s.expect(b"READY")
         assert s.terminal.wait_raw(), s.describe()
         relay = s.relay_pid
-        os.kill(relay, signal.SIGTSTP)
-        assert wait_until(lambda: proc_state(relay) == "T", 10), (
-            f"relay did not stop on SIGTSTP (state {proc_state(relay)})\n{s.describe()}"
-        )
-        assert_restored(s)
-        s.terminal.resize(45, 140)  # the user resizes while the relay is stopped
-        os.kill(relay, signal.SIGCONT)
-        assert wait_until(lambda: proc_state(relay) not in ("T", None), 10)
-        assert s.terminal.wait_raw(), f"not raw again after SIGCONT\n{s.describe()}"
-        assert raw_violations(s.terminal.attrs()) == []
-        assert wait_until(lambda: last_size(report) == (45, 140)), reported_sizes(report)
+        for size in [(45, 140), (25, 70), (52, 181)]:
+            os.kill(relay, signal.SIGTSTP)
+            assert wait_until(lambda: proc_state(relay) == "T", 10), (
+                f"relay did not stop on SIGTSTP (state {proc_state(relay)})\n{s.describe()}"
+            )
+            assert_restored(s)
+            s.terminal.resize(*size)  # the user resizes while the relay is stopped
+            os.kill(relay, signal.SIGCONT)
+            assert wait_until(lambda: proc_state(relay) not in ("T", None), 10)
+            assert s.terminal.wait_raw(), f"not raw again after SIGCONT\n{s.describe()}"
+            assert raw_violations(s.terminal.attrs()) == []
+            assert wait_until(lambda: last_size(report) == size), reported_sizes(report)  # noqa: B023
         # Still relaying after the round trip.
         gate.touch()
         assert s.wait() == 0, s.describe()
