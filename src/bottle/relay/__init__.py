@@ -97,19 +97,32 @@ def run(
 
     Raises:
         FileNotFoundError, PermissionError: the program cannot be executed (named in the error).
-        ValueError: empty ``argv``, a bad ``resize_command`` or a closed ``stdout_fd``.
+        ValueError: empty ``argv``, an ``env`` name that is empty or holds ``=``, a bad
+            ``resize_command`` or a closed ``stdout_fd``.
     """
     args = [os.fsencode(arg) for arg in argv]
     if not args:
         raise ValueError("nothing to run: argv is empty")
     environ: Mapping[str, str] = os.environ if env is None else env
+    envp = _envp(environ)
     path = _resolve(argv[0], args[0], environ)
-    envp = [os.fsencode(key) + b"=" + os.fsencode(value) for key, value in environ.items()]
     resize = None
     if resize_command is not None:
         resize = _resize_argv(resize_command, machine)
     session = _Session(path, args, envp, stdin_fd, stdout_fd, environ, machine, resize)
     return session.run()
+
+
+def _envp(environ: Mapping[str, str]) -> list[bytes]:
+    # execve would take "A=B" as a variable A (value "B=…"), and exec fails late and vaguely on
+    # an empty name: refuse both, like os.execve, before anything runs.
+    envp = []
+    for key, value in environ.items():
+        name = os.fsencode(key)
+        if not name or b"=" in name or b"\0" in name:
+            raise ValueError(f"illegal environment variable name: {key!r}")
+        envp.append(name + b"=" + os.fsencode(value))
+    return envp
 
 
 def _resolve(name: str | bytes, program: bytes, environ: Mapping[str, str]) -> bytes:
