@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: freethreading_compatible=True
 """Native core of the PTY relay: spawn a child on a pty, and a GIL-free copy loop.
 
 The orchestration (terminal modes, signal handlers, waiting for the child) lives in
