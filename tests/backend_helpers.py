@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -89,6 +90,13 @@ class PtyRun:
     termios_after: list[object]
 
 
+def _default_signals() -> None:
+    # As a terminal starts programs: pytest may inherit signals ignored (nohup, a script's
+    # background job), and a shell cannot trap a signal that was ignored on entry.
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def run_in_pty(
     argv: Sequence[str],
     env: Mapping[str, str] | None = None,
@@ -109,6 +117,7 @@ def run_in_pty(
             stderr=slave,
             env=None if env is None else dict(env),
             start_new_session=True,
+            preexec_fn=_default_signals,
         )
         out = bytearray()
         deadline = time.monotonic() + timeout

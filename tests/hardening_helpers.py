@@ -66,6 +66,10 @@ def control_characters(data: bytes) -> list[str]:
 def _take_controlling_tty() -> None:
     # In the child, after setsid() (start_new_session): stdin, the slave, becomes the controlling
     # terminal, so the session leader's group is the terminal's foreground group (^C reaches it).
+    # Default dispositions, as a terminal gives them: pytest may inherit signals ignored (nohup,
+    # a script's background job), and ignored-on-entry signals stay ignored in shells.
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 

@@ -279,6 +279,11 @@ class Terminal:
 def _acquire_controlling_tty() -> None:
     # Runs in the child after setsid(): the first terminal among stdio becomes the controlling
     # terminal, so the relay (or the job shell) is the session leader of the user's terminal.
+    # Start it as a terminal would, with default dispositions: under `nohup` or as a background
+    # job of a script, pytest inherits SIGHUP (or SIGINT/SIGQUIT) ignored, and a signal sent
+    # before the relay installs its handlers would then be dropped instead of ending it.
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
     for fd in (0, 1, 2):
         if os.isatty(fd):
             fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
