@@ -236,6 +236,17 @@ def spawn(bytes path, list argv, list envp, int slave_fd):
     return pid
 
 
+cdef inline void _make_room(char *buf, size_t *head, size_t *tail, size_t size) noexcept nogil:
+    # Before reading into buf[tail:size]: rewind an empty buffer, or slide a full one's unsent
+    # bytes to the front so the read has room.
+    if head[0] == tail[0]:
+        head[0] = tail[0] = 0
+    elif tail[0] == size and head[0] > 0:
+        memmove(buf, buf + head[0], tail[0] - head[0])
+        tail[0] -= head[0]
+        head[0] = 0
+
+
 cdef class Pump:
     """Copy user input to a pty master and its output back, until something needs Python.
 
@@ -398,12 +409,7 @@ cdef class Pump:
         # Returns EV_HUP when the user's side is gone, 0 otherwise, -1 on error.
         cdef ssize_t r
         cdef int w
-        if self.ohead == self.otail:
-            self.ohead = self.otail = 0
-        elif self.otail == self.bufsize and self.ohead > 0:
-            memmove(self.obuf, self.obuf + self.ohead, self.otail - self.ohead)
-            self.otail -= self.ohead
-            self.ohead = 0
+        _make_room(self.obuf, &self.ohead, &self.otail, self.bufsize)
         while self.otail < self.bufsize:
             r = read(self.master_fd, self.obuf + self.otail, self.bufsize - self.otail)
             if r > 0:
@@ -454,12 +460,7 @@ cdef class Pump:
         cdef ssize_t r
         if self.in_tty and revents & (POLLHUP | POLLERR):
             return C_EV_HUP
-        if self.ihead == self.itail:
-            self.ihead = self.itail = 0
-        elif self.itail == self.bufsize and self.ihead > 0:
-            memmove(self.ibuf, self.ibuf + self.ihead, self.itail - self.ihead)
-            self.itail -= self.ihead
-            self.ihead = 0
+        _make_room(self.ibuf, &self.ihead, &self.itail, self.bufsize)
         while self.itail < self.bufsize:
             r = read(self.in_fd, self.ibuf + self.itail, self.bufsize - self.itail)
             if r > 0:
