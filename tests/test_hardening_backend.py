@@ -200,7 +200,10 @@ def test_non_executable_smolvm_is_a_clear_error(
     with pytest.raises(SmolvmNotExecutableError) as info:
         action(host_file)
     assert str(info.value) == f"BOTTLE_SMOLVM={str(unexecutable)!r} is not an executable file"
-    assert not isinstance(info.value, (FileNotFoundError, PermissionError))
+    # The PermissionError subprocess would have raised (a drop-in caller's except clause), never
+    # mistaken for a missing program.
+    assert isinstance(info.value, PermissionError)
+    assert not isinstance(info.value, FileNotFoundError)
     assert fake_smolvm.calls() == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,11 @@ def test_missing_smolvm_names_path_and_override(tmp_path: Path) -> None:
     msg = str(info.value)
     assert f"{tmp_path}:/nonexistent" in msg
     assert "BOTTLE_SMOLVM" in msg
-    assert not isinstance(info.value, FileNotFoundError)
+    # What subprocess would have raised, so a caller's `except FileNotFoundError` still works;
+    # str() stays bottle's message.
+    assert isinstance(info.value, FileNotFoundError)
+    assert info.value.errno == errno.ENOENT
+    assert not msg.startswith("[Errno")
 
 
 def test_override_to_missing_file(tmp_path: Path) -> None:
@@ -146,8 +151,11 @@ def test_override_not_executable(tmp_path: Path) -> None:
 
 def test_non_executable_smolvm_on_path_is_named(tmp_path: Path) -> None:
     _exe(tmp_path / "smolvm", mode=0o644)
-    with pytest.raises(SmolvmNotExecutableError, match="not executable"):
+    with pytest.raises(SmolvmNotExecutableError, match="not executable") as info:
         sv.find_executable({"PATH": str(tmp_path)})
+    assert isinstance(info.value, PermissionError)
+    assert not isinstance(info.value, FileNotFoundError)
+    assert info.value.errno == errno.EACCES
 
 
 # --- version -----------------------------------------------------------------------------

@@ -2,16 +2,19 @@
 
 Every error bottle raises on purpose derives from `BottleError`, so a host CLI can catch one
 class and print one line. Bad input detected before anything runs is an `InvalidInputError`,
-which is also a `ValueError`.
+which is also a `ValueError`; a missing or unrunnable smolvm is also the `FileNotFoundError` or
+`PermissionError` that `subprocess` would have raised.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bottle.backend import ExecResult
+    from bottle.results import ExecResult
 
 __all__ = [
     "BottleClosedError",
@@ -28,6 +31,7 @@ __all__ = [
     "SmolvmNotExecutableError",
     "SmolvmNotFoundError",
     "SmolvmTooOldError",
+    "SmolvmUnavailableError",
     "SmolvmUsageError",
     "SmolvmVersionError",
     "UnknownBackendError",
@@ -55,12 +59,32 @@ class BottleClosedError(BottleError):
     """The bottle was used after `close()`."""
 
 
-class SmolvmNotFoundError(BottleError):
-    """The smolvm executable could not be found."""
+class SmolvmUnavailableError(BottleError, OSError):
+    """smolvm cannot be run: not found, or not executable."""
+
+    _errno = 0
+
+    def __init__(self, message: str, *, filename: str | None = None) -> None:
+        super().__init__(message)
+        # The OSError fields a caller of subprocess would look at; str() stays the message.
+        self.errno = self._errno
+        self.strerror = os.strerror(self._errno)
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
-class SmolvmNotExecutableError(SmolvmNotFoundError):
-    """A smolvm file was found but cannot be executed."""
+class SmolvmNotFoundError(SmolvmUnavailableError, FileNotFoundError):
+    """The smolvm executable could not be found (also a `FileNotFoundError`)."""
+
+    _errno = errno.ENOENT
+
+
+class SmolvmNotExecutableError(SmolvmUnavailableError, PermissionError):
+    """A smolvm file was found but cannot be executed (also a `PermissionError`)."""
+
+    _errno = errno.EACCES
 
 
 class SmolvmVersionError(BottleError):

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bottle.backend import _validate as check
+from bottle import _validate as check
 from bottle.errors import (
     ConnectionLostError,
     InvalidInputError,
@@ -171,17 +171,19 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
             if found is None:
                 raise SmolvmNotFoundError(
                     f"{ENV_OVERRIDE}={override!r}: no such program on PATH "
-                    f"({env.get('PATH', os.defpath)}); set {ENV_OVERRIDE} to the full path"
+                    f"({env.get('PATH', os.defpath)}); set {ENV_OVERRIDE} to the full path",
+                    filename=override,
                 )
             return found
         if not os.path.exists(override):
             raise SmolvmNotFoundError(
                 f"{ENV_OVERRIDE}={override!r}: no such file; set {ENV_OVERRIDE} to the "
-                "path of the smolvm executable, or unset it to search PATH"
+                "path of the smolvm executable, or unset it to search PATH",
+                filename=override,
             )
         if os.path.isdir(override) or not os.access(override, os.X_OK):
             raise SmolvmNotExecutableError(
-                f"{ENV_OVERRIDE}={override!r} is not an executable file"
+                f"{ENV_OVERRIDE}={override!r} is not an executable file", filename=override
             )
         return override
     search = env.get("PATH", os.defpath)
@@ -193,11 +195,13 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
         if os.path.isfile(candidate):
             raise SmolvmNotExecutableError(
                 f"smolvm found at {candidate} but it is not executable; fix its mode or set "
-                f"{ENV_OVERRIDE}=/path/to/smolvm"
+                f"{ENV_OVERRIDE}=/path/to/smolvm",
+                filename=candidate,
             )
     raise SmolvmNotFoundError(
         f"smolvm not found on PATH ({search}); install smolvm or set "
-        f"{ENV_OVERRIDE}=/path/to/smolvm"
+        f"{ENV_OVERRIDE}=/path/to/smolvm",
+        filename="smolvm",
     )
 
 
@@ -226,7 +230,9 @@ def read_version(path: str) -> tuple[int, int, int]:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise SmolvmNotFoundError(f"smolvm at {path} cannot be used: {exc.strerror}") from None
+        raise SmolvmNotFoundError(
+            f"smolvm at {path} cannot be used: {exc.strerror}", filename=path
+        ) from None
     key = (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
     cached = _version_cache.get(key)
     if cached is not None:
@@ -242,9 +248,13 @@ def read_version(path: str) -> tuple[int, int, int]:
             check=False,
         )
     except PermissionError:
-        raise SmolvmNotExecutableError(f"smolvm at {path} is not executable") from None
+        raise SmolvmNotExecutableError(
+            f"smolvm at {path} is not executable", filename=path
+        ) from None
     except OSError as exc:
-        raise SmolvmNotFoundError(f"cannot run smolvm at {path}: {exc.strerror}") from None
+        raise SmolvmNotFoundError(
+            f"cannot run smolvm at {path}: {exc.strerror}", filename=path
+        ) from None
     except subprocess.TimeoutExpired:
         raise SmolvmVersionError(f"'{path} --version' did not answer within 60 s") from None
     if proc.returncode != 0:
@@ -383,17 +393,19 @@ class Smolvm:
         assert self._version is not None
         return self._version
 
-    def run(
+    def call(
         self,
         args: Sequence[str],
         *,
         env: Mapping[str, str] | None = None,
         machine: str | None = None,
         guest: bool = False,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run `smolvm ARGS`, capture text output, raise on smolvm's own failures.
+    ) -> tuple[subprocess.CompletedProcess[str], SmolvmCommandError | None]:
+        """Run `smolvm ARGS`, capture text output; return it with smolvm's failure, if any.
 
-        With `guest=True` a non-zero status that is not smolvm's is returned, not raised.
+        Only a smolvm that cannot be run at all is raised (`SmolvmNotFoundError`,
+        `SmolvmNotExecutableError`); every other failure comes back as the second item.
+        With `guest=True` a non-zero status that is not smolvm's is the guest's: no error.
         """
         argv = [self.path, *args]
         log.debug("running %s", argv)
@@ -408,12 +420,30 @@ class Smolvm:
                 check=False,
             )
         except PermissionError:
-            raise SmolvmNotExecutableError(f"smolvm at {argv[0]} is not executable") from None
+            raise SmolvmNotExecutableError(
+                f"smolvm at {argv[0]} is not executable", filename=argv[0]
+            ) from None
         except FileNotFoundError:
             raise SmolvmNotFoundError(
-                f"smolvm at {argv[0]} disappeared; set {ENV_OVERRIDE}=/path/to/smolvm"
+                f"smolvm at {argv[0]} disappeared; set {ENV_OVERRIDE}=/path/to/smolvm",
+                filename=argv[0],
             ) from None
         error = classify_failure(argv, proc.returncode, proc.stderr, machine=machine, guest=guest)
+        return proc, error
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        machine: str | None = None,
+        guest: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `smolvm ARGS`, capture text output, raise on smolvm's own failures.
+
+        With `guest=True` a non-zero status that is not smolvm's is returned, not raised.
+        """
+        proc, error = self.call(args, env=env, machine=machine, guest=guest)
         if error is not None:
             raise error
         return proc

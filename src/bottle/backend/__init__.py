@@ -1,8 +1,9 @@
 """The backend contract a host CLI codes against.
 
-`ExecResult`, `Bottle` and `BottleBackend` are the drop-in names; `LaunchSpec` describes a
-machine to launch; `get_backend(name)` finds a backend (`smolmachines` is built in, others
-register under the `bottle.backends` entry-point group).
+`ExecResult`, `Bottle` and `BottleBackend` are the drop-in names; `AgentResult` is the richer
+outcome of an agent session; `LaunchSpec` describes a machine to launch; `get_backend(name)`
+finds a backend (`smolmachines` is built in, others register under the `bottle.backends`
+entry-point group).
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from importlib import metadata
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING
 
-from bottle.backend import _validate as check
-from bottle.errors import BottleClosedError, GuestCommandError, UnknownBackendError
+from bottle import _validate as check
+from bottle.errors import BottleClosedError, UnknownBackendError
+from bottle.results import AgentResult, ExecResult
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "AgentResult",
     "Bottle",
     "BottleBackend",
     "ExecResult",
@@ -36,28 +39,6 @@ ENTRY_POINT_GROUP = "bottle.backends"
 BUILTIN_BACKEND = "smolmachines"
 
 
-@dataclass(frozen=True)
-class ExecResult:
-    """The outcome of a captured guest command."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        """True when the command exited with status 0."""
-        return self.returncode == 0
-
-    def check(self, what: str = "guest command") -> ExecResult:
-        """Return self if the command succeeded, else raise `GuestCommandError`."""
-        if self.returncode != 0:
-            detail = self.stderr.strip().splitlines()[-1:] or self.stdout.strip().splitlines()[-1:]
-            tail = f": {detail[0][:300]}" if detail else ""
-            raise GuestCommandError(f"{what} exited with status {self.returncode}{tail}", self)
-        return self
-
-
 class Bottle(abc.ABC):
     """A running machine that agents and scripts run in. Close it (or use `with`) when done."""
 
@@ -67,13 +48,20 @@ class Bottle(abc.ABC):
     def exec_agent(self, argv: Sequence[str], *, tty: bool = True) -> int:
         """Run the agent with `argv`, interactively when `tty`; return its exit status."""
 
+    def run_agent(self, argv: Sequence[str], *, tty: bool = True) -> AgentResult:
+        """Like `exec_agent`, but the outcome's `check()` raises what went wrong around it.
+
+        Backends that learn more than a status override this; the default knows the status.
+        """
+        return AgentResult(self.exec_agent(argv, tty=tty))
+
     @abc.abstractmethod
     def exec(self, script: str, *, user: str = "node") -> ExecResult:
         """Run a POSIX shell script in the guest as `user` and capture its output."""
 
     @abc.abstractmethod
-    def cp_in(self, host_path: str | os.PathLike[str], guest_path: str) -> None:
-        """Copy a host file into the guest."""
+    def cp_in(self, host_path: str | os.PathLike[str], container_path: str) -> None:
+        """Copy a host file into the guest at `container_path`."""
 
     @property
     def closed(self) -> bool:
