@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bottle.agent_provider import PROVIDERS, PromptMode, get_provider, prompt_args
+from bottle.agent_provider import PROVIDERS, PromptMode, agent_args, get_provider, prompt_args
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottle, home_for
 from bottle.errors import UnknownProviderError
@@ -102,13 +102,14 @@ def test_relay_argv_single_command_line(fake_smolvm) -> None:
 # --- prompt modes and providers ----------------------------------------------------------
 
 
-def test_prompt_args_modes() -> None:
-    assert prompt_args("append_file", "/p", ["a"]) == ["--append-system-prompt-file", "/p", "a"]
-    assert prompt_args(PromptMode.NONE, "/p", ["a"]) == ["a"]
-    assert prompt_args("append_file", None, ["a"]) == ["a"]
-    out = prompt_args("read_prompt_file", "/p", ["a"], provider="codex")
+def test_agent_args_modes() -> None:
+    assert agent_args("append_file", "/p", ["a"]) == ["--append-system-prompt-file", "/p", "a"]
+    assert agent_args(PromptMode.NONE, "/p", ["a"]) == ["a"]
+    assert agent_args("append_file", None, ["a"]) == ["a"]
+    out = agent_args("read_prompt_file", "/p", ["a"], provider="codex")
     assert out[0] == "a"
     assert "/p" in out[1]
+    assert len(out) == 2
 
 
 def test_unknown_prompt_mode_lists_valid_ones() -> None:

@@ -82,12 +82,15 @@ def test_bad_colours_are_refused(color: str) -> None:
         terminal.decoration(color=color)
     with pytest.raises(ValueError, match="colour"):
         terminal.exec_shell_script(["true"], "t", color)
+    with pytest.raises(ValueError, match="colour"):
+        terminal.exec_shell_argv(["true"], "t", color)
 
 
 def test_nothing_to_decorate() -> None:
     assert terminal.decoration() is None
     assert terminal.decoration(title="\x1b\x07\n") is None
     assert terminal.exec_shell_script(["true"], "", "") is None
+    assert terminal.exec_shell_argv(["true"], "", "") is None
 
 
 def test_both_title_and_colour() -> None:
@@ -105,18 +108,38 @@ def _run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(argv, capture_output=True, check=False, timeout=30, **kw)
 
 
-def test_script_form_shape_is_sh_c_never_login() -> None:
-    argv = terminal.exec_shell_script(["prog", "a b"], "T", "")
+def _script(argv: list[str], title: str, color: str) -> list[str]:
+    """The drop-in form: the caller runs `["sh", "-c", exec_shell_script(...)]`."""
+    script = terminal.exec_shell_script(argv, title, color)
+    assert isinstance(script, str)
+    return ["sh", "-c", script]
+
+
+def _argv(argv: list[str], title: str, color: str) -> list[str]:
+    full = terminal.exec_shell_argv(argv, title, color)
+    assert full is not None
+    return full
+
+
+FORMS = pytest.mark.parametrize("form", [_script, _argv], ids=["script", "argv"])
+
+
+def test_script_form_shape_is_one_string_for_sh_c_never_login() -> None:
+    script = terminal.exec_shell_script(["prog", "a b"], "T", "")
+    assert isinstance(script, str)
+    assert script.endswith('exit "$s"')
+    assert "prog 'a b'" in script
+    argv = terminal.exec_shell_argv(["prog", "a b"], "T", "")
     assert argv is not None
     assert argv[:2] == ["sh", "-c"]
     assert "-l" not in argv[:3]
     assert argv[-2:] == ["prog", "a b"]
 
 
+@FORMS
 @pytest.mark.parametrize("status", [0, 1, 7, 255])
-def test_script_form_exits_with_the_commands_status(status: int) -> None:
-    argv = terminal.exec_shell_script(["sh", "-c", f"echo hi; exit {status}"], "T", "blue")
-    assert argv is not None
+def test_script_form_exits_with_the_commands_status(form: Any, status: int) -> None:
+    argv = form(["sh", "-c", f"echo hi; exit {status}"], "T", "blue")
     proc = _run(argv)
     deco = terminal.decoration("T", "blue")
     assert deco is not None
@@ -124,30 +147,31 @@ def test_script_form_exits_with_the_commands_status(status: int) -> None:
     assert proc.stdout == (deco.start + "hi\n" + deco.reset).encode()
 
 
-def test_script_form_keeps_arguments_and_callers_path(tmp_path: Path) -> None:
+@FORMS
+def test_script_form_keeps_arguments_and_callers_path(form: Any, tmp_path: Path) -> None:
     tool = tmp_path / "only-here"
     tool.write_text('#!/bin/sh\nprintf "[%s]" "$@"\n')
     tool.chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    argv = terminal.exec_shell_script(["only-here", "a b", "$x", "", "'"], "T", "")
-    assert argv is not None
-    proc = _run(argv, env=env)
+    args = ["only-here", "a b", "$x", "", "'", "$(touch pwned)", "`touch pwned`", "a;b|c", "\n"]
+    proc = _run(form(args, "T", ""), env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"{ESC}[22;0t{ESC}]0;T{BEL}[a b][$x][][']{ESC}[23;0t".encode()
+    shown = "".join(f"[{a}]" for a in args[1:])
+    assert proc.stdout == f"{ESC}[22;0t{ESC}]0;T{BEL}{shown}{ESC}[23;0t".encode()
+    assert not (tmp_path / "pwned").exists()
 
 
-def test_script_form_missing_command_still_resets() -> None:
-    argv = terminal.exec_shell_script(["no-such-program-xyz"], "T", "")
-    assert argv is not None
-    proc = _run(argv)
+@FORMS
+def test_script_form_missing_command_still_resets(form: Any) -> None:
+    proc = _run(form(["no-such-program-xyz"], "T", ""))
     assert proc.returncode == 127
     assert proc.stdout.endswith(f"{ESC}[23;0t".encode())
 
 
-def test_script_form_ctrl_c_restores_and_reports_the_signal(tmp_path: Path) -> None:
+@FORMS
+def test_script_form_ctrl_c_restores_and_reports_the_signal(form: Any, tmp_path: Path) -> None:
     ready = tmp_path / "ready"
-    argv = terminal.exec_shell_script(["sh", "-c", f"touch {ready}; exec sleep 30"], "T", "")
-    assert argv is not None
+    argv = form(["sh", "-c", f"touch {ready}; exec sleep 30"], "T", "")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 10

@@ -93,9 +93,9 @@ def test_relay_argv_is_one_runnable_command_line(fake_smolvm: Any) -> None:
         secret_env={"BOTTLE_TOKEN": "value-from-env"},
     )
     argv = b.relay_argv(["-c", 'echo "token=$BOTTLE_TOKEN"; exit 4'])
-    decorated = terminal.exec_shell_script(argv, "T", "")
-    assert decorated is not None
-    run = run_in_pty(decorated, b.child_env())
+    script = terminal.exec_shell_script(argv, "T", "")
+    assert script is not None
+    run = run_in_pty(["sh", "-c", script], b.child_env())
     assert run.status == 4
     assert b"token=value-from-env" in run.output
     assert run.output.endswith(b"\x1b[23;0t")

@@ -13,13 +13,14 @@ __all__ = [
     "PROVIDERS",
     "AgentProvider",
     "PromptMode",
+    "agent_args",
     "get_provider",
     "prompt_args",
 ]
 
 
 class PromptMode(str, enum.Enum):
-    """How the prompt file reaches the agent."""
+    """How the prompt file reaches the agent. Each mode is also its plain string."""
 
     #: `<flag> <path>` placed before the user's arguments.
     APPEND_FILE = "append_file"
@@ -27,6 +28,13 @@ class PromptMode(str, enum.Enum):
     READ_PROMPT_FILE = "read_prompt_file"
     #: No prompt arguments at all.
     NONE = "none"
+
+    def __str__(self) -> str:
+        # Callers of the replaced class hold plain strings and format them into messages.
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
     @classmethod
     def parse(cls, value: PromptMode | str) -> PromptMode:
@@ -94,26 +102,42 @@ def get_provider(name: str | AgentProvider) -> AgentProvider:
 def prompt_args(
     mode: PromptMode | str,
     prompt_path: str | None,
-    argv: Sequence[str],
+    argv: Sequence[str] = (),
     *,
     provider: str | AgentProvider = "claude",
 ) -> list[str]:
-    """The agent's arguments: the user's `argv` combined with the prompt arguments.
+    """The prompt arguments alone; the caller places the user's `argv` around them.
 
-    `append_file` puts the provider's flag and the path before `argv`; `read_prompt_file` puts
-    `argv` first and the provider's read-the-file argument(s) after; `none`, or no
-    `prompt_path`, gives `argv` unchanged.
+    `append_file` gives the provider's flag and the path, which go *before* `argv`;
+    `read_prompt_file` gives the provider's read-the-file argument(s), which go *after* it;
+    `none`, or no `prompt_path`, gives nothing. `argv` (the replaced function's parameter) is
+    checked but does not change the result. `agent_args` does the placing.
     """
     mode = PromptMode.parse(mode)
     spec = get_provider(provider)
-    user = list(argv)
+    if isinstance(argv, str):
+        raise InvalidInputError("argv must be a sequence of strings, not a string")
     if mode is PromptMode.NONE or not prompt_path:
-        return user
+        return []
     if mode is PromptMode.APPEND_FILE:
         if spec.append_flag is None:
             raise InvalidInputError(
                 f"agent provider {spec.name!r} has no flag for prompt mode "
                 f"{PromptMode.APPEND_FILE.value!r}; use {PromptMode.READ_PROMPT_FILE.value!r}"
             )
-        return [spec.append_flag, prompt_path, *user]
-    return [*user, *(arg.replace("{path}", prompt_path) for arg in spec.read_prompt)]
+        return [spec.append_flag, prompt_path]
+    return [arg.replace("{path}", prompt_path) for arg in spec.read_prompt]
+
+
+def agent_args(
+    mode: PromptMode | str,
+    prompt_path: str | None,
+    argv: Sequence[str],
+    *,
+    provider: str | AgentProvider = "claude",
+) -> list[str]:
+    """The agent's arguments: the user's `argv` with the prompt arguments placed per `mode`."""
+    extra = prompt_args(mode, prompt_path, argv, provider=provider)
+    if PromptMode.parse(mode) is PromptMode.APPEND_FILE:
+        return [*extra, *argv]
+    return [*argv, *extra]

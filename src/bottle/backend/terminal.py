@@ -8,16 +8,18 @@ Colours are *validated* and refused unless they are `#rgb`, `#rrggbb` or a plain
 from __future__ import annotations
 
 import re
+import shlex
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bottle.backend import _validate as check
+from bottle import _validate as check
 from bottle.errors import InvalidInputError
 
 __all__ = [
     "Decoration",
     "decoration",
+    "exec_shell_argv",
     "exec_shell_script",
     "sanitize_title",
     "validate_color",
@@ -76,27 +78,47 @@ def decoration(title: str = "", color: str = "") -> Decoration | None:
     return Decoration(start, reset)
 
 
-# $1 = start bytes, $2 = reset bytes, then the command. The trap gives INT/TERM/HUP a handler
-# (not SIG_IGN, which the command would inherit) so the shell outlives a Ctrl-C aimed at the
-# command, prints the reset and exits with the command's own status.
-_SCRIPT = (
-    "trap : INT TERM HUP; "
-    'printf %s "$1"; r=$2; shift 2; '
-    '"$@"; s=$?; '
-    'printf %s "$r"; exit "$s"'
-)
+# The trap gives INT/TERM/HUP a handler (not SIG_IGN, which the command would inherit) so the
+# shell outlives a Ctrl-C aimed at the command, prints the reset and exits with the command's
+# own status, not the status of the trailing printf.
+_TRAP = "trap : INT TERM HUP; "
+# The argv form: $1 = start bytes, $2 = reset bytes, then the command.
+_ARGV_SCRIPT = _TRAP + 'printf %s "$1"; r=$2; shift 2; "$@"; s=$?; printf %s "$r"; exit "$s"'
 
 
-def exec_shell_script(argv: Sequence[str], title: str = "", color: str = "") -> list[str] | None:
-    """A single command line that decorates the terminal, runs `argv`, then restores it.
-
-    Runs under `sh -c` (never a login shell, so the caller's PATH is kept) and exits with the
-    command's status. Returns None when there is nothing to decorate (run `argv` as it is).
-    """
+def _checked(argv: Sequence[str]) -> list[str]:
     args = check.argv(argv)
     if not args:
         raise InvalidInputError("exec_shell_script: the command is empty")
+    return args
+
+
+def exec_shell_script(argv: Sequence[str], title: str = "", color: str = "") -> str | None:
+    """A script for `sh -c` that decorates the terminal, runs `argv`, then restores it.
+
+    Every argument and both escape strings are single-quoted, so nothing in them is ever
+    expanded or interpreted. Run it as `["sh", "-c", script]` (never a login shell, so the
+    caller's PATH is kept); it exits with the command's status. Returns None when there is
+    nothing to decorate (run `argv` as it is).
+    """
+    args = _checked(argv)
     deco = decoration(title, color)
     if deco is None:
         return None
-    return ["sh", "-c", _SCRIPT, "bottle-term", deco.start, deco.reset, *args]
+    command = " ".join(shlex.quote(arg) for arg in args)
+    return (
+        f"{_TRAP}printf %s {shlex.quote(deco.start)}; {command}; s=$?; "
+        f'printf %s {shlex.quote(deco.reset)}; exit "$s"'
+    )
+
+
+def exec_shell_argv(argv: Sequence[str], title: str = "", color: str = "") -> list[str] | None:
+    """`exec_shell_script` as one argv (`sh -c SCRIPT bottle-term START RESET ARGV…`).
+
+    The command's arguments stay separate argv entries, never parsed by a shell at all.
+    """
+    args = _checked(argv)
+    deco = decoration(title, color)
+    if deco is None:
+        return None
+    return ["sh", "-c", _ARGV_SCRIPT, "bottle-term", deco.start, deco.reset, *args]
