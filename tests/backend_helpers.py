@@ -159,7 +159,7 @@ b = SmolmachinesBottle(
     secret_env={"BOTTLE_TOKEN": secret} if secret else None,
 )
 try:
-    status = b.exec_agent(sys.argv[1:], tty=True)
+    status = b.run_agent(sys.argv[1:], tty=True).check().returncode
 except Exception as exc:
     print(f"\\r\\nRESULT=ERROR:{type(exc).__name__}:{exc}", flush=True)
     sys.exit(99)

@@ -335,7 +335,8 @@ class ProcWatch:
 
 # --------------------------------------------------------------------------- sessions
 
-# exec_agent(argv, tty=True) in a process of its own: configuration in $HARDENING_CFG (JSON, so
+# run_agent(argv, tty=True).check() (exec_agent's status, with the precise error raised) in a
+# process of its own: configuration in $HARDENING_CFG (JSON, so
 # a title may hold any character), the secret (if any) taken from the variable it names.
 AGENT_CHILD = r"""
 import json, os, sys
@@ -349,7 +350,7 @@ bottle = SmolmachinesBottle(
     terminal_title=cfg.get("title", ""), terminal_color=cfg.get("color", ""), **kw,
 )
 try:
-    status = bottle.exec_agent(cfg["argv"], tty=True)
+    status = bottle.run_agent(cfg["argv"], tty=True).check().returncode
 except Exception as exc:
     sys.stdout.write(f"\r\nRESULT=ERROR:{type(exc).__name__}:{exc}\r\n")
     sys.stdout.flush()

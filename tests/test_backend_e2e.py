@@ -334,11 +334,15 @@ def test_default_policy_retries_after_a_settle(fake_smolvm: Any) -> None:
     assert fake_smolvm.subcommands().count("exec") == 2
 
 
-def test_retry_exhausted_carries_every_result(fake_smolvm: Any) -> None:
+def test_retry_exhausted_returns_the_last_result_and_check_raises(fake_smolvm: Any) -> None:
     fake_smolvm.create("m")
     fake_smolvm.set_fault(KILL_EXECS=2)
+    result = SmolmachinesBottle("m", retry=FAST).exec("echo never")
+    assert result == ExecResult(137, "", "")
+    assert result.retry_exhausted
+    assert [r.returncode for r in result.attempts] == [137, 137]
     with pytest.raises(RetryExhaustedError, match="statuses: 137, 137") as info:
-        SmolmachinesBottle("m", retry=FAST).exec("echo never")
+        result.check()
     assert [r.returncode for r in info.value.results] == [137, 137]
     assert info.value.result is info.value.results[-1]
     assert isinstance(info.value, GuestCommandError)
@@ -356,20 +360,26 @@ def test_retry_policy_is_data(fake_smolvm: Any) -> None:
     assert SmolmachinesBottle("m", retry=policy).exec("echo x").returncode == 137
     fake_smolvm.set_fault(KILL_EXECS=None)
     with pytest.raises(RetryExhaustedError) as info:
-        SmolmachinesBottle("m", retry=policy).exec("exit 7")
+        SmolmachinesBottle("m", retry=policy).exec("exit 7").check()
     assert [r.returncode for r in info.value.results] == [7, 7, 7]
 
 
 def test_exec_error_classes(fake_smolvm: Any) -> None:
+    # smolvm's failures come back as its status and Error: line; check() raises them precisely.
+    ghost = SmolmachinesBottle("ghost").exec("true")
+    assert ghost.returncode == 1
+    assert ghost.stderr.startswith("Error: vm not found")
     with pytest.raises(MachineNotFoundError):
-        SmolmachinesBottle("ghost").exec("true")
+        ghost.check()
     fake_smolvm.create("idle", running=False)
     with pytest.raises(MachineNotRunningError):
-        SmolmachinesBottle("idle").exec("true")
+        SmolmachinesBottle("idle").exec("true").check()
     fake_smolvm.create("m")
     fake_smolvm.set_fault(DIE_AFTER=0.3)
-    with pytest.raises(ConnectionLostError, match="connection to VM lost"):
-        SmolmachinesBottle("m").exec("sleep 10")
+    lost = SmolmachinesBottle("m").exec("sleep 10")
+    assert lost.returncode == 1
+    with pytest.raises(ConnectionLostError, match="connection"):
+        lost.check()
 
 
 # --- exec_agent (no tty here; the tty path is below) --------------------------------------
@@ -390,20 +400,26 @@ def test_exec_agent_returns_the_agents_status(fake_smolvm: Any, shared_dir: Path
 
 
 def test_exec_agent_on_missing_or_stopped_machine(fake_smolvm: Any) -> None:
+    assert _agent_bottle("ghost").exec_agent(["-c", "true"], tty=False) == 1
     with pytest.raises(MachineNotFoundError):
-        _agent_bottle("ghost").exec_agent(["-c", "true"], tty=False)
+        _agent_bottle("ghost").run_agent(["-c", "true"], tty=False).check()
     fake_smolvm.create("idle", running=False)
+    assert _agent_bottle("idle").exec_agent(["-c", "true"], tty=False) == 1
     with pytest.raises(MachineNotRunningError, match="smolvm machine start -n idle"):
-        _agent_bottle("idle").exec_agent(["-c", "true"], tty=False)
+        _agent_bottle("idle").run_agent(["-c", "true"], tty=False).check()
     assert "exec" not in fake_smolvm.subcommands()
 
 
 def test_exec_agent_connection_lost(fake_smolvm: Any) -> None:
     fake_smolvm.create("m")
     fake_smolvm.set_fault(DIE_AFTER=0.3)
+    outcome = _agent_bottle("m").run_agent(["-c", "sleep 10"], tty=False)
+    assert outcome.returncode == 1
     with pytest.raises(ConnectionLostError, match="connection to the VM lost") as info:
-        _agent_bottle("m").exec_agent(["-c", "sleep 10"], tty=False)
+        outcome.check()
     assert info.value.returncode == 1
+    fake_smolvm.run("machine", "start", "-n", "m")
+    assert _agent_bottle("m").exec_agent(["-c", "sleep 10"], tty=False) == 1
 
 
 # --- cp_in ---------------------------------------------------------------------------------

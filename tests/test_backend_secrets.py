@@ -110,7 +110,7 @@ def test_secret_not_in_errors(fake_smolvm: Any, secret: str) -> None:
     fake_smolvm.set_fault(DIE_AFTER=0.3)
     b = SmolmachinesBottle("m", secret_env={"BOTTLE_TOKEN": secret})
     with pytest.raises(ConnectionLostError) as info:
-        b.exec("sleep 5")
+        b.exec("sleep 5").check()
     assert secret not in str(info.value)
     assert secret not in repr(info.value)
     assert all(secret not in arg for arg in info.value.argv)

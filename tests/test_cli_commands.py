@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import sys
@@ -57,9 +56,13 @@ def test_help_lists_every_command() -> None:
 
 
 def test_console_script_is_installed() -> None:
-    exe = shutil.which("bottle")
-    assert exe is not None, "the `bottle` console script is not on PATH"
-    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    # Next to the running interpreter, where pip put it: a fresh machine's venv is not
+    # activated, and a `bottle` found on PATH could be another install's.
+    exe = Path(sys.executable).parent / "bottle"
+    assert exe.is_file(), f"the `bottle` console script is not installed next to {sys.executable}"
+    assert os.access(exe, os.X_OK), f"{exe} is not executable"
+    env = {**os.environ, "PATH": os.defpath}
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False, env=env)
     assert proc.returncode == 0
     assert proc.stdout.startswith("bottle ")
 

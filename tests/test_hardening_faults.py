@@ -149,7 +149,10 @@ def test_retry_exhausted_while_provisioning_tears_down(fake_smolvm: Any,
     with pytest.raises(RetryExhaustedError) as info, backend.launch(spec):
         pytest.fail("the body must not run")
     err = info.value
-    assert str(err) == "exec in machine 'm1' failed 2 times (statuses: 137, 137); giving up"
+    assert str(err) == (
+        "creating guest directories in machine 'm1' failed 2 times (statuses: 137, 137); "
+        "giving up"
+    )
     assert err.results == (ExecResult(137, "", ""), ExecResult(137, "", ""))
     assert err.result is err.results[-1]
     assert fake_smolvm.machine("m1") is None

@@ -123,7 +123,7 @@ def test_interactive_launch_session_keeps_the_secret_hidden(
             assert status == 0
             fake_smolvm.set_fault(KILL_EXECS=2)
             with pytest.raises(RetryExhaustedError) as retry:
-                bottle.exec(f'echo "${NAME}"')
+                bottle.exec(f'echo "${NAME}"').check()
             errors.append(retry.value)
             fake_smolvm.set_fault(KILL_EXECS=None)
             with pytest.raises(GuestCommandError) as guest:
@@ -131,10 +131,10 @@ def test_interactive_launch_session_keeps_the_secret_hidden(
             errors.append(guest.value)
             fake_smolvm.set_fault(DIE_AFTER=1)
             with pytest.raises(ConnectionLostError) as lost:
-                bottle.exec_agent(["-c", "sleep 30"], tty=True)
+                bottle.run_agent(["-c", "sleep 30"], tty=True).check()
             errors.append(lost.value)
             with pytest.raises(MachineNotRunningError) as stopped:
-                bottle.exec("true")
+                bottle.exec("true").check()
             errors.append(stopped.value)
             reprs = [repr(bottle), repr(spec), repr(backend), str(spec)]
         out = term.settle()

@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _secrets(names: Sequence[str]) -> dict[str, str]:
-    from bottle.backend._validate import env_name
+    from bottle._validate import env_name
 
     out = {}
     for name in names:
@@ -226,12 +226,12 @@ def _cmd_launch(ns: argparse.Namespace, agent_args: list[str]) -> int:
     )
     backend = get_backend(ns.backend)
     with _teardown_on_signals(), backend.launch(spec) as bottle:
-        return bottle.exec_agent(agent_args, tty=not ns.no_tty)
+        return bottle.run_agent(agent_args, tty=not ns.no_tty).check().returncode
 
 
 def _cmd_agent(ns: argparse.Namespace, agent_args: list[str]) -> int:
     with _agent_bottle(ns) as bottle:
-        return bottle.exec_agent(agent_args, tty=not ns.no_tty)
+        return bottle.run_agent(agent_args, tty=not ns.no_tty).check().returncode
 
 
 def _cmd_exec(ns: argparse.Namespace) -> int:
@@ -241,6 +241,9 @@ def _cmd_exec(ns: argparse.Namespace) -> int:
     bottle = SmolmachinesBottle(ns.name, guest_env=dict(ns.env), secret_env=_secrets(ns.secret_env))
     with bottle:
         result = bottle.exec(script, user=ns.user)
+    if result.error is not None or result.retry_exhausted:
+        # smolvm's failure, or every attempt killed: say so precisely.
+        result.check(f"exec in machine {ns.name!r}")
     sys.stdout.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.write(result.stderr)
@@ -254,6 +257,12 @@ def _cmd_cp(ns: argparse.Namespace) -> int:
     with SmolmachinesBottle(ns.name) as bottle:
         bottle.cp_in(ns.host_path, ns.guest_path, owner=ns.owner)
     return 0
+
+
+def _not_returned(record: logging.LogRecord) -> bool:
+    # A failure the library logs *and* returns in a result: the commands below raise it from
+    # the result (`check()`) and print it once, as an error line.
+    return not getattr(record, "returned_error", False)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -282,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"{PROG}: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_not_returned)
     try:
         if ns.command == "launch":
             return _cmd_launch(ns, agent_args)

@@ -25,20 +25,22 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from bottle import _validate as check
 from bottle import smolvm as sv
-from bottle.agent_provider import PromptMode, get_provider, prompt_args
-from bottle.backend import Bottle, BottleBackend, ExecResult, LaunchSpec, terminal
-from bottle.backend import _validate as check
+from bottle.agent_provider import PromptMode, agent_args, get_provider
+from bottle.backend import Bottle, BottleBackend, LaunchSpec, terminal
 from bottle.errors import (
+    BottleError,
     ConnectionLostError,
     InvalidInputError,
     MachineExistsError,
     MachineNotFoundError,
     MachineNotRunningError,
-    RetryExhaustedError,
+    SmolvmCommandError,
     SmolvmNotExecutableError,
     SmolvmNotFoundError,
 )
+from bottle.results import AgentResult, ExecResult, exit_status
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -51,6 +53,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TRAMPOLINE_NAME = "bottle-agent"
+# Marks a log record whose failure is also handed back in a result (a status, not an
+# exception): callers that only look at statuses still see why, and the bottle CLI, which
+# raises the precise error from the result and prints it, drops these records.
+RETURNED_ERROR = {"returned_error": True}
 # runuser resets these for the target user (and we set HOME/USER explicitly), so a secret of
 # one of these names would silently be replaced.
 _RESERVED_SECRET_NAMES = frozenset({"HOME", "USER", "LOGNAME", "SHELL"})
@@ -127,6 +133,7 @@ class SmolmachinesBottle(Bottle):
         self.agent_command = agent_command
         self.agent_prompt_mode = PromptMode.parse(agent_prompt_mode)
         self.agent_provider = get_provider(agent_provider_template)
+        self.agent_provider_template = self.agent_provider.name
         self.terminal_title = terminal.sanitize_title(terminal_title)
         self.terminal_color = terminal.validate_color(terminal_color) if terminal_color else ""
         self.agent_workdir = check.guest_path(agent_workdir, "agent workdir")
@@ -137,6 +144,11 @@ class SmolmachinesBottle(Bottle):
     def __repr__(self) -> str:
         secrets = f", secret_env=<{len(self._secret_env)} hidden>" if self._secret_env else ""
         return f"SmolmachinesBottle({self.machine_name!r}{secrets})"
+
+    @property
+    def name(self) -> str:
+        """The machine name (the replaced class's attribute; same as `machine_name`)."""
+        return self.machine_name
 
     # --- command lines -------------------------------------------------------------------
 
@@ -162,7 +174,7 @@ class SmolmachinesBottle(Bottle):
             script = f'cd {shlex.quote(self.agent_workdir)} && exec "$@"'
             guest += ["sh", "-lc", script, TRAMPOLINE_NAME]
         guest.append(self.agent_command)
-        guest += prompt_args(
+        guest += agent_args(
             self.agent_prompt_mode, self.prompt_path, args, provider=self.agent_provider
         )
         return [
@@ -187,33 +199,59 @@ class SmolmachinesBottle(Bottle):
 
     # --- running -------------------------------------------------------------------------
 
-    def _require_running(self) -> None:
-        state = self._smolvm.state(self.machine_name)
+    def _not_running(self) -> BottleError | None:
+        """Why the machine cannot take a session now, or None when it is running."""
+        try:
+            state = self._smolvm.state(self.machine_name)
+        except SmolvmCommandError as exc:
+            return exc
         if state is None:
-            raise MachineNotFoundError(
+            return MachineNotFoundError(
                 f"machine {self.machine_name!r} does not exist", machine=self.machine_name
             )
         if state != "running":
-            raise MachineNotRunningError(
+            return MachineNotRunningError(
                 f"machine {self.machine_name!r} is not running (state: {state}); "
                 f"start it with: smolvm machine start -n {self.machine_name}",
                 machine=self.machine_name,
             )
+        return None
 
     def exec_agent(self, argv: Sequence[str], *, tty: bool = True) -> int:
-        """Run the agent; return the agent's exit status.
+        """Run the agent; return smolvm's exit status (128+N when it died of signal N).
 
-        With `tty`, the session runs in process through `bottle.relay.run`, with the terminal
-        title/colour set before and reset after (only when stdout is a terminal).
+        Whatever goes wrong once the arguments are accepted (no such machine, a stopped one,
+        the VM dying mid-session) is a status, as with the replaced class: 1 for smolvm's
+        failures. `run_agent` gives the same status with the precise error.
 
         Raises:
-            MachineNotFoundError, MachineNotRunningError: before the agent starts.
-            ConnectionLostError: smolvm exited 1 and the machine is no longer running.
+            InvalidInputError: bad arguments, before anything runs.
+            SmolvmNotFoundError, SmolvmNotExecutableError: smolvm cannot be run at all (also
+                `FileNotFoundError` / `PermissionError`).
+        """
+        return self.run_agent(argv, tty=tty).returncode
+
+    def run_agent(self, argv: Sequence[str], *, tty: bool = True) -> AgentResult:
+        """Run the agent like `exec_agent`; the result's `check()` raises what went wrong.
+
+        With `tty`, the session runs in process through `bottle.relay.run`, with the terminal
+        title/colour set before and reset after (only when stdout is a terminal). The result's
+        `error` is `MachineNotFoundError` / `MachineNotRunningError` when no session could
+        start (status 1, nothing run), and `ConnectionLostError` when smolvm exited 1 and the
+        machine is no longer running.
         """
         self._ensure_open()
         full = self.agent_argv(argv, tty=tty)
-        self._require_running()
         full[0] = self._smolvm.path
+        refused = self._not_running()
+        if refused is not None:
+            log.error(
+                "agent session in machine %r not started: %s",
+                self.machine_name,
+                refused,
+                extra=RETURNED_ERROR,
+            )
+            return AgentResult(1, refused)
         env = self.child_env()
         log.debug("agent session in %s: %s", self.machine_name, full)
         try:
@@ -222,9 +260,15 @@ class SmolmachinesBottle(Bottle):
             else:
                 status = subprocess.run(full, env=env, check=False).returncode
         except PermissionError:
-            raise SmolvmNotExecutableError(f"smolvm at {full[0]} is not executable") from None
+            raise SmolvmNotExecutableError(
+                f"smolvm at {full[0]} is not executable", filename=full[0]
+            ) from None
         except FileNotFoundError:
-            raise SmolvmNotFoundError(f"smolvm at {full[0]} disappeared") from None
+            raise SmolvmNotFoundError(
+                f"smolvm at {full[0]} disappeared", filename=full[0]
+            ) from None
+        status = exit_status(status)
+        log.info("agent session in machine %r ended with status %d", self.machine_name, status)
         if status == 1:
             # Exit 1 is either the agent's own status or smolvm's error; the error text went to
             # the user's terminal, so ask smolvm whether the machine survived.
@@ -233,13 +277,15 @@ class SmolmachinesBottle(Bottle):
             except Exception:  # the probe is best effort; the status stands
                 state = "running"
             if state != "running":
-                raise ConnectionLostError(
+                lost = ConnectionLostError(
                     f"connection to the VM lost: machine {self.machine_name!r} is "
                     f"{state or 'gone'} after the agent session ended",
                     returncode=status,
                     machine=self.machine_name,
                 )
-        return status
+                log.error("%s", lost, extra=RETURNED_ERROR)
+                return AgentResult(status, lost)
+        return AgentResult(status)
 
     def _run_tty(self, full: list[str], env: dict[str, str]) -> int:
         from bottle import relay
@@ -257,56 +303,73 @@ class SmolmachinesBottle(Bottle):
     def exec(self, script: str, *, user: str = "node") -> ExecResult:
         """Run `/bin/sh -c SCRIPT` as `user`; capture text output (bad bytes replaced).
 
-        A status in the retry policy's `statuses` is retried (each retry logged); when every
-        attempt ends that way, `RetryExhaustedError` carries all the results.
+        Returns the last `ExecResult`, as the replaced class did, even when smolvm failed (its
+        `Error:` line is in `stderr`, the precise error in `error`) or every attempt of the
+        retry policy ended with a retryable status (`retry_exhausted`, earlier attempts in
+        `retried`). `result.check()` raises the precise error. Each retry is logged.
         """
         self._ensure_open()
         check.no_nul(script, "script")
         check.user_name(user)
         command = [*self._as_user(user), "/bin/sh", "-c", script]
+        args = sv.exec_args(self.machine_name, command, env_names=self.secret_names)
         env = self.child_env()
         policy = self.retry
         results: list[ExecResult] = []
         for attempt in range(1, policy.attempts + 1):
-            proc = self._smolvm.exec(
-                self.machine_name, command, env_names=self.secret_names, env=env
+            proc, error = self._smolvm.call(args, env=env, machine=self.machine_name, guest=True)
+            status = exit_status(proc.returncode)
+            retryable = error is None and status in policy.statuses
+            result = ExecResult(
+                status,
+                proc.stdout,
+                proc.stderr,
+                error=error,
+                retried=tuple(results),
+                retry_exhausted=retryable and attempt == policy.attempts,
             )
-            result = ExecResult(proc.returncode, proc.stdout, proc.stderr)
-            results.append(result)
-            if result.returncode not in policy.statuses:
+            if error is not None:
+                log.warning(
+                    "exec in machine %r: %s", self.machine_name, error, extra=RETURNED_ERROR
+                )
+            if not retryable:
                 return result
+            results.append(result)
             if attempt < policy.attempts:
                 log.warning(
                     "exec in machine %r exited with status %d (attempt %d of %d); "
                     "retrying in %.1f s",
                     self.machine_name,
-                    result.returncode,
+                    status,
                     attempt,
                     policy.attempts,
                     policy.delay,
                 )
                 time.sleep(policy.delay)
         statuses = ", ".join(str(r.returncode) for r in results)
-        raise RetryExhaustedError(
-            f"exec in machine {self.machine_name!r} failed {len(results)} times "
-            f"(statuses: {statuses}); giving up",
-            results,
+        log.warning(
+            "exec in machine %r failed %d times (statuses: %s); giving up",
+            self.machine_name,
+            len(results),
+            statuses,
+            extra=RETURNED_ERROR,
         )
+        return results[-1]
 
     def cp_in(
         self,
         host_path: str | os.PathLike[str],
-        guest_path: str,
+        container_path: str,
         *,
         owner: str | None = None,
     ) -> None:
-        """Copy a regular host file into the guest (directories are refused).
+        """Copy a regular host file into the guest at `container_path` (directories refused).
 
         smolvm writes the file as root:root; `owner` chowns it to that user afterwards.
         """
         self._ensure_open()
         src = check.host_file(host_path)
-        check.guest_path(guest_path)
+        check.guest_path(container_path)
         if owner is not None:
             check.user_name(owner)
         if ":" in src:
@@ -314,12 +377,12 @@ class SmolmachinesBottle(Bottle):
             with tempfile.TemporaryDirectory(prefix="bottle-cp-") as tmp:
                 link = os.path.join(tmp, "file")
                 os.symlink(os.path.abspath(src), link)
-                self._smolvm.cp_in(link, self.machine_name, guest_path)
+                self._smolvm.cp_in(link, self.machine_name, container_path)
         else:
-            self._smolvm.cp_in(src, self.machine_name, guest_path)
+            self._smolvm.cp_in(src, self.machine_name, container_path)
         if owner is not None:
-            script = f"chown -- {shlex.quote(owner)}: {shlex.quote(guest_path)}"
-            self.exec(script, user="root").check(f"chown of {guest_path}")
+            script = f"chown -- {shlex.quote(owner)}: {shlex.quote(container_path)}"
+            self.exec(script, user="root").check(f"chown of {container_path}")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -419,7 +482,9 @@ class SmolmachinesBottleBackend(BottleBackend):
         dirs = [d for d in dirs if d != "/"]
         if dirs:
             quoted = " ".join(shlex.quote(d) for d in dirs)
-            bottle.exec(f"mkdir -p -- {quoted}", user=user).check("creating guest directories")
+            bottle.exec(f"mkdir -p -- {quoted}", user=user).check(
+                f"creating guest directories in machine {bottle.name!r}"
+            )
         if prompt_src is not None and guest_prompt is not None:
             bottle.cp_in(prompt_src, guest_prompt, owner=user)
 
