@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +66,39 @@ def test_console_script_is_installed() -> None:
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False, env=env)
     assert proc.returncode == 0
     assert proc.stdout.startswith("bottle ")
+
+
+CI_PATH = Path(__file__).resolve().parents[1] / "scripts" / "ci_path"
+
+
+def test_ci_path_keeps_only_the_venvs_bottle(tmp_path: Path) -> None:
+    """.ci/run runs the suite on this PATH: another install's `bottle` cannot stand in."""
+    venv = Path(sys.executable).parent.parent
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    (decoy / "bottle").write_text("#!/bin/sh\necho decoy\n")
+    (decoy / "bottle").chmod(0o755)
+    path = f"{decoy}:{venv / 'bin'}:/usr/bin:/bin"
+    proc = subprocess.run(
+        ["bash", str(CI_PATH), str(venv)], capture_output=True, text=True, check=False,
+        env={**os.environ, "PATH": path},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{venv / 'bin'}:/usr/bin:/bin"
+    assert f"leaving {decoy} off PATH" in proc.stderr
+    found = shutil.which("bottle", path=proc.stdout.strip())
+    assert found is not None
+    assert Path(found).parent.resolve() == (venv / "bin").resolve()
+
+
+def test_ci_path_fails_loudly_without_the_venvs_bottle(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    proc = subprocess.run(
+        ["bash", str(CI_PATH), str(tmp_path)], capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert f"{tmp_path / 'bin'}/bottle is missing" in proc.stderr
 
 
 def test_relay_is_delegated() -> None:
