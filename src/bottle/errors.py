@@ -21,6 +21,7 @@ __all__ = [
     "BottleError",
     "ConnectionLostError",
     "GuestCommandError",
+    "GuestUserError",
     "InvalidInputError",
     "MachineExistsError",
     "MachineNotFoundError",
@@ -30,6 +31,7 @@ __all__ = [
     "SmolvmError",
     "SmolvmNotExecutableError",
     "SmolvmNotFoundError",
+    "SmolvmTimeoutError",
     "SmolvmTooOldError",
     "SmolvmUnavailableError",
     "SmolvmUsageError",
@@ -142,6 +144,22 @@ class ConnectionLostError(SmolvmError):
 
 class MachineExistsError(SmolvmError):
     """`create` refused: a machine of that name already exists."""
+
+
+class SmolvmTimeoutError(SmolvmError):
+    """A smolvm step did not finish in its time limit; smolvm was killed."""
+
+
+class GuestUserError(BottleError):
+    """A guest command cannot run as the wanted user on this machine and smolvm version."""
+
+    def __init__(
+        self, message: str, *, running_as: str, wanted: str, version: Sequence[int]
+    ) -> None:
+        super().__init__(message)
+        self.running_as = running_as
+        self.wanted = wanted
+        self.version = tuple(version)
 
 
 class GuestCommandError(BottleError):

@@ -7,13 +7,19 @@ unless given `-f`; `status` and `ls` have `--json`; `cp SRC NAME:DST` uploads.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
 import re
+import selectors
 import shutil
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bottle import _validate as check
@@ -27,15 +33,18 @@ from bottle.errors import (
     SmolvmError,
     SmolvmNotExecutableError,
     SmolvmNotFoundError,
+    SmolvmTimeoutError,
     SmolvmTooOldError,
     SmolvmUsageError,
     SmolvmVersionError,
 )
 
 __all__ = [
+    "DEFAULT_TIMEOUTS",
     "ENV_OVERRIDE",
     "MIN_VERSION",
     "Smolvm",
+    "Timeouts",
     "classify_failure",
     "clear_version_cache",
     "cp_args",
@@ -43,9 +52,11 @@ __all__ = [
     "delete_args",
     "exec_args",
     "find_executable",
+    "is_registry_image",
     "ls_args",
     "parse_version",
     "read_version",
+    "run_captured",
     "start_args",
     "status_args",
     "stop_args",
@@ -60,6 +71,34 @@ MIN_VERSION = (1, 0, 2)
 
 
 # --- argv builders (everything after the executable) -------------------------------------
+
+
+# clap value types of `create` (src/cli/machine.rs, CreateCmd): `--cpus` is a u8, `--mem` a u32.
+CPUS_MAX = 255
+MEMORY_MIB_MAX = 2**32 - 1
+# smolvm's image_source::classify (src/data/image_source.rs, v1.9.3): these are local images.
+_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_LOCAL_PREFIXES = ("/", "./", "../", "local:", "local-dir:")
+
+
+def is_registry_image(image: str) -> bool:
+    """True when smolvm would pull `image` from a registry rather than read it locally.
+
+    smolvm decides by spelling, not by what exists: `-` (stdin), a path starting with `/`,
+    `./` or `../`, or a name ending in `.tar`, `.tar.gz` or `.tgz` is local; anything else is a
+    registry reference (`node:22`, `ghcr.io/x/y`, even `mydir` without `./`).
+    """
+    return not (
+        image == "-" or image.startswith(_LOCAL_PREFIXES) or image.endswith(_ARCHIVE_SUFFIXES)
+    )
+
+
+def _bounded(value: int | None, what: str, maximum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInputError(f"{what} must be an integer from 1 to {maximum}, not {value!r}")
+    return value
 
 
 def create_args(
@@ -78,15 +117,9 @@ def create_args(
         if not image or image.startswith("-"):
             raise InvalidInputError(f"invalid image reference {image!r}")
         args += ["-I", image]
-    if cpus is not None:
-        if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
-            raise InvalidInputError(f"cpus must be a positive integer, not {cpus!r}")
+    if _bounded(cpus, "cpus", CPUS_MAX) is not None:
         args += ["--cpus", str(cpus)]
-    if memory_mib is not None:
-        if isinstance(memory_mib, bool) or not isinstance(memory_mib, int) or memory_mib < 1:
-            raise InvalidInputError(
-                f"memory (MiB) must be a positive integer, not {memory_mib!r}"
-            )
+    if _bounded(memory_mib, "memory (MiB)", MEMORY_MIB_MAX) is not None:
         args += ["--mem", str(memory_mib)]
     if network:
         args.append("--net")
@@ -123,12 +156,18 @@ def exec_args(
     command: Sequence[str],
     *,
     tty: bool = False,
+    interactive: bool = False,
     env_names: Sequence[str] = (),
+    workdir: str | None = None,
+    user: str | None = None,
 ) -> list[str]:
     """Arguments of `smolvm machine exec`.
 
+    `tty` gives `-i -t`, `interactive` alone `-i` (stdin forwarded, output as it comes).
     `env_names` become bare `-e KEY` options: smolvm copies each value from its own
-    environment, so values never appear on a command line.
+    environment, so values never appear on a command line. `workdir` is `-w DIR` (every
+    supported smolvm). `user` is `--user USER`, which no released smolvm has: pass it only
+    when `smolvm machine exec --help` shows the option.
     """
     check.machine_name(name)
     command = check.argv(command, "guest command argument")
@@ -137,20 +176,34 @@ def exec_args(
     args = ["machine", "exec", "--name", name]
     if tty:
         args += ["-i", "-t"]
+    elif interactive:
+        args.append("-i")
+    if workdir is not None:
+        args += ["-w", check.guest_path(workdir, "workdir")]
+    if user is not None:
+        args += ["--user", check.user_name(user)]
     for key in env_names:
         args += ["-e", check.env_name(key)]
     return [*args, "--", *command]
 
 
-def cp_args(src: str, name: str, dst: str) -> list[str]:
-    """Arguments of `smolvm machine cp SRC NAME:DST` (an upload)."""
+def cp_args(
+    src: str, name: str, dst: str, *, uid: int | None = None, gid: int | None = None
+) -> list[str]:
+    """Arguments of `smolvm machine cp SRC NAME:DST` (an upload); `--uid/--gid` need 1.9.0."""
     check.no_nul(src, "host path")
     if ":" in src:
         # smolvm splits SRC at its first ':' and would read a download from machine "a".
         raise InvalidInputError(f"host path {src!r} contains ':'")
     check.machine_name(name)
     check.guest_path(dst)
-    return ["machine", "cp", src, f"{name}:{dst}"]
+    args = ["machine", "cp"]
+    for flag, value in (("--uid", uid), ("--gid", gid)):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidInputError(f"{flag} must be a non-negative integer, not {value!r}")
+            args += [flag, str(value)]
+    return [*args, src, f"{name}:{dst}"]
 
 
 # --- executable and version --------------------------------------------------------------
@@ -278,13 +331,35 @@ def _last_line(text: str) -> str:
 
 # --- failure classification --------------------------------------------------------------
 
-# smolvm's error texts (src/data/errors.rs): "vm not found: N", "agent operation failed: …",
-# "config operation failed: …". A guest program may print "Error: " lines of its own, so for
-# exec only these shapes count as smolvm's.
+# The Display prefixes of smolvm's Error enum (`#[error(...)]` in src/data/errors.rs, v1.9.3);
+# main.rs prints every failure as `Error: <Display>` and exits 1. A guest program may print
+# "Error: " lines of its own, so for exec only these shapes count as smolvm's.
+_ERROR_PREFIXES = (
+    "vm creation failed",
+    "vm not found",
+    "hypervisor not available",
+    "invalid vm state",
+    "rootfs operation failed",
+    "rootfs not found",
+    "storage operation failed",
+    "disk not found",
+    "mount operation failed",
+    "invalid mount path",
+    "mount source not found",
+    "config operation failed",
+    "database operation failed",
+    "database not available",
+    "agent operation failed",
+    "kvm not available",
+    "kvm permission denied",
+    "io operation failed",
+)
 _SMOLVM_ERROR = re.compile(
-    r"^Error: ((?:vm not found|agent operation failed|config operation failed)\b.*)$"
+    r"^Error: ((?:" + "|".join(map(re.escape, _ERROR_PREFIXES)) + r"|command '.*' failed): .*)$"
 )
 _ANY_ERROR = re.compile(r"^Error: (.+)$")
+# The client's read failing mid-exec (the VM died): Error::Io's Display.
+_LOST = re.compile(r"^io operation failed: connection (closed|reset)|connection to vm lost")
 
 
 def classify_failure(
@@ -304,9 +379,9 @@ def classify_failure(
     if returncode == 0:
         return None
     lines = [line.rstrip("\r") for line in stderr.splitlines() if line.strip()]
-    usage = any(line.startswith("Usage:") for line in lines) and any(
-        line.startswith("error:") for line in lines
-    )
+    # clap's usage error names the program; a guest tool's own (uv, ruff, rg: also clap, also
+    # exit 2) names itself and stays the guest's result.
+    usage = any(line.startswith("Usage: smolvm") for line in lines)
     if returncode == 2 and (usage or not guest):
         first = next((ln for ln in lines if ln.startswith("error:")), _last_line(stderr))
         return SmolvmUsageError(
@@ -330,7 +405,7 @@ def classify_failure(
         message = _last_line(stderr) or f"exit status {returncode}"
     cls: type[SmolvmError] = SmolvmError
     lowered = message.lower()
-    if "connection to vm lost" in lowered:
+    if _LOST.search(lowered):
         cls = ConnectionLostError
     elif "already exists" in lowered:
         cls = MachineExistsError
@@ -351,17 +426,134 @@ def classify_failure(
 
 # --- runner ------------------------------------------------------------------------------
 
+# A large paste into an `-i`/`-t` session can deadlock smolvm before 1.8.1 (its frames went out
+# synchronously; writer thread since commit 4e80aab5, smolvm issue #926).
+PASTE_SAFE_VERSION = (1, 8, 1)
+_warned_old: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Time limits in seconds for smolvm's lifecycle calls (None: no limit).
+
+    `create` and `start` may pull the image (a registry pull of an agent image, hundreds of MiB
+    to a few GiB) and `start` then waits up to 30 s for the guest agent (AGENT_READY_TIMEOUT,
+    src/agent/manager.rs): 15 minutes leaves room for a 2 GiB pull at about 2.5 MiB/s. `stop`
+    waits at most about 12 s inside smolvm (AGENT_STOP_TIMEOUT 2 s, WAIT_FOR_STOP_TIMEOUT
+    10 s, then SIGKILL) and `delete` stops first, then removes the data directory: one and two
+    minutes. `status`/`ls` and the `--help` probe only read smolvm's database and ping the
+    agent (3 s): 30 s.
+    """
+
+    create: float | None = 900.0
+    start: float | None = 900.0
+    stop: float | None = 60.0
+    delete: float | None = 120.0
+    status: float | None = 30.0
+    probe: float | None = 30.0
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+def _lines(buffer: bytearray, on_line: Callable[[str], None], final: bool = False) -> None:
+    # smolvm redraws progress with "\r", so both "\r" and "\n" end a line.
+    while True:
+        cut = min((i for i in (buffer.find(b"\n"), buffer.find(b"\r")) if i >= 0), default=-1)
+        if cut < 0:
+            break
+        line = bytes(buffer[:cut]).decode("utf-8", "replace").strip()
+        del buffer[: cut + 1]
+        if line:
+            on_line(line)
+    if final and buffer.strip():
+        on_line(bytes(buffer).decode("utf-8", "replace").strip())
+        buffer.clear()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run_captured(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> tuple[int, str, str] | None:
+    """Run `argv` with stdin on /dev/null; return (status, stdout, stderr), None on timeout.
+
+    smolvm runs in a process group of its own so that, when the time is up (or the caller is
+    interrupted), it is killed together with anything it started in that group, and nothing
+    left holding its pipes can stall the read. Each stderr line goes to `on_line` as it comes.
+    """
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=None if env is None else dict(env),
+        start_new_session=True,
+    )
+    deadline = None if timeout is None else time.monotonic() + timeout
+    out, err, pending = bytearray(), bytearray(), bytearray()
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ, out)
+            sel.register(proc.stderr, selectors.EVENT_READ, err)
+            while sel.get_map():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    _kill_group(proc)
+                    return None
+                for key, _ in sel.select(left):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    key.data.extend(chunk)
+                    if key.data is err and on_line is not None:
+                        pending.extend(chunk)
+                        _lines(pending, on_line)
+        if on_line is not None:
+            _lines(pending, on_line, final=True)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            status = proc.wait(left)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    decode = functools.partial(bytes.decode, encoding="utf-8", errors="replace")
+    return status, decode(bytes(out)), decode(bytes(err))
+
 
 class Smolvm:
     """Runs smolvm subcommands; finds the executable and checks its version on first use."""
 
     def __init__(
-        self, executable: str | None = None, *, environ: Mapping[str, str] | None = None
+        self,
+        executable: str | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> None:
         self._executable = executable
         self._environ = environ
         self._path: str | None = None
         self._version: tuple[int, int, int] | None = None
+        self._exec_user_option: bool | None = None
+        self.timeouts = timeouts
 
     def __repr__(self) -> str:
         return f"Smolvm(executable={self._path or self._executable!r})"
@@ -383,6 +575,16 @@ class Smolvm:
                     found=version,
                     minimum=MIN_VERSION,
                 )
+            if version < PASTE_SAFE_VERSION and path not in _warned_old:
+                _warned_old.add(path)
+                log.warning(
+                    "smolvm %s at %s is older than %s: a large paste into an interactive "
+                    "session can hang it (fixed in smolvm %s); consider upgrading",
+                    _fmt(version),
+                    path,
+                    _fmt(PASTE_SAFE_VERSION),
+                    _fmt(PASTE_SAFE_VERSION),
+                )
             self._path, self._version = path, version
         return self._path
 
@@ -393,6 +595,21 @@ class Smolvm:
         assert self._version is not None
         return self._version
 
+    @property
+    def version_text(self) -> str:
+        """The installed version as `X.Y.Z`."""
+        return _fmt(self.version)
+
+    def has_exec_user_option(self) -> bool:
+        """Whether `smolvm machine exec --help` offers `--user` (no release up to 1.9.3 does)."""
+        if self._exec_user_option is None:
+            ran = run_captured(
+                [self.path, "machine", "exec", "--help"], timeout=self.timeouts.probe
+            )
+            text = ran[1] if ran is not None and ran[0] == 0 else ""
+            self._exec_user_option = re.search(r"^\s*(-u, )?--user\b", text, re.M) is not None
+        return self._exec_user_option
+
     def call(
         self,
         args: Sequence[str],
@@ -400,25 +617,20 @@ class Smolvm:
         env: Mapping[str, str] | None = None,
         machine: str | None = None,
         guest: bool = False,
+        timeout: float | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> tuple[subprocess.CompletedProcess[str], SmolvmCommandError | None]:
         """Run `smolvm ARGS`, capture text output; return it with smolvm's failure, if any.
 
         Only a smolvm that cannot be run at all is raised (`SmolvmNotFoundError`,
-        `SmolvmNotExecutableError`); every other failure comes back as the second item.
-        With `guest=True` a non-zero status that is not smolvm's is the guest's: no error.
+        `SmolvmNotExecutableError`); every other failure comes back as the second item, a
+        step that outlives `timeout` seconds as `SmolvmTimeoutError` (smolvm killed). With
+        `guest=True` a non-zero status that is not smolvm's is the guest's: no error.
         """
         argv = [self.path, *args]
         log.debug("running %s", argv)
         try:
-            proc = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                encoding="utf-8",
-                errors="replace",
-                env=None if env is None else dict(env),
-                check=False,
-            )
+            ran = run_captured(argv, env=env, timeout=timeout, on_line=on_line)
         except PermissionError:
             raise SmolvmNotExecutableError(
                 f"smolvm at {argv[0]} is not executable", filename=argv[0]
@@ -428,7 +640,18 @@ class Smolvm:
                 f"smolvm at {argv[0]} disappeared; set {ENV_OVERRIDE}=/path/to/smolvm",
                 filename=argv[0],
             ) from None
-        error = classify_failure(argv, proc.returncode, proc.stderr, machine=machine, guest=guest)
+        if ran is None:
+            sub = " ".join(args[:2])
+            where = f" for machine {machine!r}" if machine else ""
+            proc = subprocess.CompletedProcess(argv, -signal.SIGKILL, "", "")
+            return proc, SmolvmTimeoutError(
+                f"smolvm {sub}{where} did not finish within {timeout:g} s and was stopped",
+                argv=argv,
+                machine=machine,
+            )
+        status, out, err = ran
+        proc = subprocess.CompletedProcess(argv, status, out, err)
+        error = classify_failure(argv, status, err, machine=machine, guest=guest)
         return proc, error
 
     def run(
@@ -438,12 +661,16 @@ class Smolvm:
         env: Mapping[str, str] | None = None,
         machine: str | None = None,
         guest: bool = False,
+        timeout: float | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run `smolvm ARGS`, capture text output, raise on smolvm's own failures.
 
         With `guest=True` a non-zero status that is not smolvm's is returned, not raised.
         """
-        proc, error = self.call(args, env=env, machine=machine, guest=guest)
+        proc, error = self.call(
+            args, env=env, machine=machine, guest=guest, timeout=timeout, on_line=on_line
+        )
         if error is not None:
             raise error
         return proc
@@ -456,28 +683,31 @@ class Smolvm:
         cpus: int | None = None,
         memory_mib: int | None = None,
         network: bool = False,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         """Create a machine (raises `MachineExistsError` if the name is taken)."""
         self.run(
             create_args(name, image=image, cpus=cpus, memory_mib=memory_mib, network=network),
             machine=name,
+            timeout=self.timeouts.create,
+            on_line=on_line,
         )
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, *, on_line: Callable[[str], None] | None = None) -> None:
         """Start a machine; returns once its guest agent answers."""
-        self.run(start_args(name), machine=name)
+        self.run(start_args(name), machine=name, timeout=self.timeouts.start, on_line=on_line)
 
     def stop(self, name: str) -> None:
         """Stop a machine (a machine that is not running is not an error)."""
-        self.run(stop_args(name), machine=name)
+        self.run(stop_args(name), machine=name, timeout=self.timeouts.stop)
 
     def delete(self, name: str) -> None:
         """Delete a machine, stopping it first if needed."""
-        self.run(delete_args(name), machine=name)
+        self.run(delete_args(name), machine=name, timeout=self.timeouts.delete)
 
     def status(self, name: str) -> dict[str, Any]:
         """The machine's JSON status (raises `MachineNotFoundError` if unknown)."""
-        proc = self.run(status_args(name), machine=name)
+        proc = self.run(status_args(name), machine=name, timeout=self.timeouts.status)
         try:
             data = json.loads(proc.stdout)
         except ValueError:
@@ -504,7 +734,7 @@ class Smolvm:
 
     def ls(self) -> list[dict[str, Any]]:
         """All machines as `ls --json` reports them."""
-        proc = self.run(ls_args())
+        proc = self.run(ls_args(), timeout=self.timeouts.status)
         text = proc.stdout.strip()
         if not text or text == "No machines found":
             return []
@@ -526,6 +756,8 @@ class Smolvm:
         args = exec_args(name, command, env_names=env_names)
         return self.run(args, env=env, machine=name, guest=True)
 
-    def cp_in(self, src: str, name: str, dst: str) -> None:
-        """Upload a host file into the machine."""
-        self.run(cp_args(src, name, dst), machine=name)
+    def cp_in(
+        self, src: str, name: str, dst: str, *, uid: int | None = None, gid: int | None = None
+    ) -> None:
+        """Upload a host file into the machine (`uid`/`gid`: smolvm 1.9.0 or later)."""
+        self.run(cp_args(src, name, dst, uid=uid, gid=gid), machine=name)
