@@ -1,22 +1,24 @@
 """SmolmachinesBottle command lines as exact lists, prompt modes, providers, validation.
 
-The `sh -lc` trampoline is checked by really running it through `sh`, for fixed awkward
-workdirs and (hypothesis) for any workdir, env value and argument.
+The working directory is smolvm's `-w` (no shell): checked by really running the agent through
+the fake smolvm, for fixed awkward workdirs and (hypothesis) for any workdir, env value and
+argument. Command lines need a running machine: the bottle asks the guest who it runs as.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bottle import smolvm as sv
 from bottle.agent_provider import PROVIDERS, PromptMode, agent_args, get_provider, prompt_args
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottle, home_for
@@ -26,34 +28,51 @@ EXEC = ["smolvm", "machine", "exec", "--name", "m"]
 AS_NODE = ["runuser", "-u", "node", "--", "env", "HOME=/home/node", "USER=node"]
 
 
-def test_agent_argv_default_shape_tty_and_not() -> None:
-    b = SmolmachinesBottle("m")
+@pytest.fixture
+def machine(fake_smolvm: Any) -> str:
+    """A running machine whose guest commands run as root (a bare VM)."""
+    sv.clear_version_cache()
+    fake_smolvm.create("m")
+    return "m"
+
+
+def test_agent_argv_default_shape_tty_and_not(machine: str) -> None:
+    b = SmolmachinesBottle(machine)
     assert b.agent_argv(["--resume", "x"]) == [
-        *EXEC, "-i", "-t", "--", *AS_NODE, "claude", "--resume", "x",
+        *EXEC, "-i", "-t", "-w", "/home/node", "--", *AS_NODE, "claude", "--resume", "x",
     ]  # fmt: skip
-    assert b.agent_argv([], tty=False) == [*EXEC, "--", *AS_NODE, "claude"]
+    # Without a tty: -i (stdin forwarded, output streamed), never a login shell.
+    assert b.agent_argv([], tty=False) == [
+        *EXEC, "-i", "-w", "/home/node", "--", *AS_NODE, "claude",
+    ]  # fmt: skip
 
 
-def test_agent_argv_env_in_insertion_order_and_prompt_append_file() -> None:
+def test_agent_argv_env_in_insertion_order_and_prompt_append_file(machine: str) -> None:
     b = SmolmachinesBottle(
         "m", prompt_path="/home/node/.bottle/p.md", guest_env={"Z": "1", "A": "two words"}
     )
     assert b.agent_argv(["-p", "hi"], tty=False) == [
-        *EXEC, "--", *AS_NODE, "Z=1", "A=two words",
+        *EXEC, "-i", "-w", "/home/node", "--", *AS_NODE, "Z=1", "A=two words",
         "claude", "--append-system-prompt-file", "/home/node/.bottle/p.md", "-p", "hi",
     ]  # fmt: skip
 
 
-def test_agent_argv_trampoline_only_when_workdir_is_not_home() -> None:
+def test_agent_argv_workdir_is_smolvms_w_never_a_shell(machine: str) -> None:
     b = SmolmachinesBottle("m", agent_workdir="/work/my dir")
-    assert b.agent_argv(["a"], tty=False) == [
-        *EXEC, "--", *AS_NODE,
-        "sh", "-lc", "cd '/work/my dir' && exec \"$@\"", "bottle-agent", "claude", "a",
-    ]  # fmt: skip
-    assert "sh" not in SmolmachinesBottle("m", agent_workdir="/home/node").agent_argv([])
+    argv = b.agent_argv(["a"], tty=False)
+    assert argv == [*EXEC, "-i", "-w", "/work/my dir", "--", *AS_NODE, "claude", "a"]
+    assert "sh" not in argv
+    assert "-lc" not in argv
 
 
-def test_agent_argv_read_prompt_file_puts_user_argv_first() -> None:
+def test_default_workdir_follows_the_agent_user() -> None:
+    assert SmolmachinesBottle("m").agent_workdir == "/home/node"
+    assert SmolmachinesBottle("m", agent_user="root").agent_workdir == "/root"
+    assert SmolmachinesBottle("m", agent_user="dev").agent_workdir == "/home/dev"
+    assert SmolmachinesBottle("m", agent_user="dev", agent_workdir="/w").agent_workdir == "/w"
+
+
+def test_agent_argv_read_prompt_file_puts_user_argv_first(machine: str) -> None:
     b = SmolmachinesBottle(
         "m",
         prompt_path="/p.md",
@@ -69,20 +88,26 @@ def test_agent_argv_read_prompt_file_puts_user_argv_first() -> None:
     assert "read" in tail[3].lower()
 
 
-def test_agent_argv_other_user_and_root() -> None:
-    b = SmolmachinesBottle("m", agent_user="dev", agent_workdir="/home/dev")
+def test_agent_argv_other_user_and_root(machine: str) -> None:
+    b = SmolmachinesBottle("m", agent_user="dev")
     assert b.agent_argv([], tty=False)[6:] == [
+        "-w", "/home/dev", "--",
         "runuser", "-u", "dev", "--", "env", "HOME=/home/dev", "USER=dev", "claude",
+    ]  # fmt: skip
+    # Already root: no switch at all.
+    root = SmolmachinesBottle("m", agent_user="root")
+    assert root.agent_argv([], tty=False)[6:] == [
+        "-w", "/root", "--", "env", "HOME=/root", "USER=root", "claude",
     ]  # fmt: skip
     assert home_for("root") == "/root"
     assert home_for("node") == "/home/node"
     assert b.env_assignments("root") == ["HOME=/root", "USER=root"]
 
 
-def test_secret_names_go_before_dashdash_and_values_nowhere() -> None:
+def test_secret_names_go_before_dashdash_and_values_nowhere(machine: str) -> None:
     b = SmolmachinesBottle("m", guest_env={"A": "1"}, secret_env={"TOKEN": "s3cr3t-value"})
     argv = b.agent_argv(["x"])
-    assert argv[:10] == [*EXEC, "-i", "-t", "-e", "TOKEN", "--"]
+    assert argv[:12] == [*EXEC, "-i", "-t", "-w", "/home/node", "-e", "TOKEN", "--"]
     assert not any("s3cr3t-value" in a for a in argv)
     assert "s3cr3t-value" not in repr(b)
     assert b.child_env()["TOKEN"] == "s3cr3t-value"
@@ -91,7 +116,7 @@ def test_secret_names_go_before_dashdash_and_values_nowhere() -> None:
     assert "TOKEN" in repr(spec)
 
 
-def test_relay_argv_single_command_line(fake_smolvm) -> None:
+def test_relay_argv_single_command_line(fake_smolvm, machine: str) -> None:
     b = SmolmachinesBottle("m")
     assert b.relay_argv(["x"]) == [
         sys.executable, "-m", "bottle.relay", "--machine", "m", "--",
@@ -194,28 +219,26 @@ def test_retry_policy_is_a_value() -> None:
     assert RetryPolicy(statuses={1, 2}).statuses == frozenset({1, 2})  # type: ignore[arg-type]
 
 
-# --- the trampoline, run for real --------------------------------------------------------
+# --- the working directory, run for real ---------------------------------------------------
 
 PROBE = "import json, os, sys; print(json.dumps([os.getcwd(), os.environ.get('V'), sys.argv[1:]]))"
 
 
-def _run_guest_part(argv: list[str]) -> list[object]:
-    """Run what follows `runuser -u node --` (env + trampoline + agent) on this host."""
-    start = argv.index("env")
-    proc = subprocess.run(argv[start:], capture_output=True, text=True, check=False, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    result: list[object] = json.loads(proc.stdout.splitlines()[-1])
-    return result
-
-
-def _probe_bottle(workdir: str, value: str) -> SmolmachinesBottle:
-    return SmolmachinesBottle(
+def _run_agent(workdir: str, value: str, args: list[str], capfd: Any) -> list[object]:
+    """Run a probe agent through the fake smolvm (as node, in `workdir`); what it saw."""
+    b = SmolmachinesBottle(
         "m",
         agent_command="/usr/bin/python3",
         agent_prompt_mode="none",
         agent_workdir=workdir,
         guest_env={"V": value},
     )
+    capfd.readouterr()
+    status = b.exec_agent(["-c", PROBE, *args], tty=False)
+    out = capfd.readouterr().out
+    assert status == 0, out
+    result: list[object] = json.loads(out.splitlines()[-1])
+    return result
 
 
 AWKWARD = [
@@ -238,15 +261,16 @@ AWKWARD = [
 
 
 @pytest.mark.parametrize("name", AWKWARD)
-def test_trampoline_survives_awkward_workdirs(name: str, tmp_path: Path) -> None:
-    workdir = tmp_path / name
+def test_awkward_workdirs_reach_the_agent(
+    name: str, machine: str, shared_dir: Path, capfd: Any
+) -> None:
+    workdir = shared_dir / name
     workdir.mkdir()
-    b = _probe_bottle(str(workdir), name)
-    cwd, value, args = _run_guest_part(b.agent_argv(["-c", PROBE, name, "", "$V"], tty=False))
+    cwd, value, args = _run_agent(str(workdir), name, [name, "", "$V"], capfd)
     assert cwd == str(workdir)
     assert value == name
     assert args == [name, "", "$V"]
-    assert not (tmp_path / "pwned").exists()
+    assert not (shared_dir / "pwned").exists()
     assert not Path("pwned").exists()
 
 
@@ -258,17 +282,20 @@ _dirname = st.text(
 ).filter(lambda s: s not in (".", "..") and len(s.encode()) < 200)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(name=_dirname, value=_text, args=st.lists(_text, max_size=5))
-def test_any_workdir_env_value_and_argument_survive_the_trampoline(
-    name: str, value: str, args: list[str]
+def test_any_workdir_env_value_and_argument_reach_the_agent(
+    name: str, value: str, args: list[str], machine: str, shared_dir: Path, capfd: Any
 ) -> None:
-    with tempfile.TemporaryDirectory(prefix="bottle-hyp-") as base:
+    with tempfile.TemporaryDirectory(prefix="bottle-hyp-", dir=shared_dir) as base:
+        os.chmod(base, 0o755)
         workdir = os.path.join(base, name)
         os.mkdir(workdir)
-        b = _probe_bottle(workdir, value)
-        argv = b.agent_argv(["-c", PROBE, *args], tty=False)
-        cwd, got_value, got_args = _run_guest_part(argv)
+        cwd, got_value, got_args = _run_agent(workdir, value, args, capfd)
     assert cwd == workdir
     assert got_value == value
     assert got_args == args

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from bottle.errors import BottleError, GuestCommandError, RetryExhaustedError
 
-__all__ = ["AgentResult", "ExecResult", "exit_status"]
+__all__ = ["AgentResult", "ExecResult", "Progress", "exit_status"]
 
 
 def exit_status(returncode: int) -> int:
@@ -107,3 +107,19 @@ class AgentResult:
         if self.error is not None:
             raise self.error
         return self
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One report from a long step of `launch`: it began, smolvm printed a line, or it ended.
+
+    `step` is `creating`, `starting` or `provisioning`; `elapsed` counts seconds since the step
+    began; `line` is a line smolvm printed (image pull, boot), when this report carries one;
+    `done` marks the step's end.
+    """
+
+    step: str
+    machine: str
+    elapsed: float = 0.0
+    line: str | None = None
+    done: bool = False

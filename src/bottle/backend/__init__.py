@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from bottle import _validate as check
 from bottle.errors import BottleClosedError, UnknownBackendError
-from bottle.results import AgentResult, ExecResult
+from bottle.results import AgentResult, ExecResult, Progress
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -31,6 +31,7 @@ __all__ = [
     "BottleBackend",
     "ExecResult",
     "LaunchSpec",
+    "Progress",
     "available_backends",
     "get_backend",
 ]
@@ -106,6 +107,8 @@ class LaunchSpec:
     `agent_user`; `prompt_mode` overrides the provider's way of pointing the agent at it
     (`append_file`, `read_prompt_file`, `none`). `workdir` defaults to the agent user's home.
     `secret_env` values are never shown by `repr` and never placed on a command line.
+    `network=None` (the default) turns networking on for a registry image (the pull and the
+    agent's API need it) and off otherwise; `False` with a registry image is refused.
     """
 
     machine_name: str
@@ -120,7 +123,7 @@ class LaunchSpec:
     agent_command: str | None = None
     prompt_mode: str | None = None
     workdir: str | None = None
-    network: bool = False
+    network: bool | None = None
     agent_user: str = "node"
     terminal_title: str = ""
     terminal_color: str = ""

@@ -1,7 +1,13 @@
 """The smolmachines backend: bottles that are smolvm machines.
 
-Guest commands switch user with `runuser -u USER --` (never `-l`: a login PAM session can hang
-on a minimal guest) and set `HOME`/`USER` and the bottle's env with `env K=V…`.
+Who a guest command runs as is smolvm's choice, not ours (smolvm-cli.md §2 "User"): root on a
+bare VM; the image's USER on an image machine (for `-i`/`-t` since smolvm 1.3.0, for captured
+exec since 1.6.0); no released smolvm can pick another. So a bottle learns once who its guest
+commands run as (`id`, run in the guest), runs directly when that is the wanted user, switches
+with `runuser -u USER --` only from root (never `-l`: a login PAM session can hang on a minimal
+guest), uses smolvm's own `--user` where a newer smolvm offers it, and otherwise refuses with a
+`GuestUserError`. `HOME`/`USER` and the bottle's env are set with `env K=V…`; the working
+directory is smolvm's `-w` (no shell, no login profile).
 
 Secrets (`secret_env`) never appear on a command line: the host `smolvm` process gets them in
 its environment and is told their *names* only (`exec -e KEY`, which smolvm fills from its own
@@ -16,6 +22,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import re
 import shlex
 import subprocess
 import sys
@@ -32,6 +39,7 @@ from bottle.backend import Bottle, BottleBackend, LaunchSpec, terminal
 from bottle.errors import (
     BottleError,
     ConnectionLostError,
+    GuestUserError,
     InvalidInputError,
     MachineExistsError,
     MachineNotFoundError,
@@ -40,7 +48,7 @@ from bottle.errors import (
     SmolvmNotExecutableError,
     SmolvmNotFoundError,
 )
-from bottle.results import AgentResult, ExecResult, exit_status
+from bottle.results import AgentResult, ExecResult, Progress, exit_status
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -52,14 +60,41 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRAMPOLINE_NAME = "bottle-agent"
 # Marks a log record whose failure is also handed back in a result (a status, not an
 # exception): callers that only look at statuses still see why, and the bottle CLI, which
 # raises the precise error from the result and prints it, drops these records.
 RETURNED_ERROR = {"returned_error": True}
-# runuser resets these for the target user (and we set HOME/USER explicitly), so a secret of
-# one of these names would silently be replaced.
-_RESERVED_SECRET_NAMES = frozenset({"HOME", "USER", "LOGNAME", "SHELL"})
+# runuser resets these for the target user and bottle sets HOME/USER explicitly, so a guest_env
+# or secret_env entry of one of these names would silently be replaced.
+_GUEST_RESERVED = frozenset({"HOME", "USER", "LOGNAME", "SHELL"})
+# A secret is put in the environment of the host smolvm process (and of the relay, a Python
+# process) before smolvm hands it to the guest, so these would change how those host processes
+# run: where programs are found, what the loader injects, where smolvm keeps its state.
+_HOST_RESERVED = frozenset({"PATH", "GLIBC_TUNABLES", "TMPDIR", "IFS"})
+_HOST_RESERVED_PREFIXES = (
+    "LD_", "DYLD_", "PYTHON", "SMOLVM_", "RUST_", "XDG_", "BOTTLE_", "MALLOC_",
+)  # fmt: skip
+# Guest commands run as the image's USER for `-i`/`-t` since smolvm 1.3.0 (commit 5bbffccf) and
+# for captured exec since 1.6.0 (957bd755); in between the two kinds can differ.
+_INTERACTIVE_USER_SINCE = (1, 3, 0)
+_CAPTURED_USER_SINCE = (1, 6, 0)
+# `machine cp --uid/--gid` (src/cli/machine.rs, CpCmd) since smolvm 1.9.0.
+_CP_OWNER_SINCE = (1, 9, 0)
+_ID = re.compile(r"uid=(\d+)(?:\(([^)]*)\))?\s+gid=(\d+)")
+
+
+def _check_names(env: Mapping[str, str], what: str, *, host: bool) -> None:
+    for key in env:
+        reason = None
+        if key in _GUEST_RESERVED:
+            reason = "runuser and bottle set it in the guest"
+        elif host and (key in _HOST_RESERVED or key.startswith(_HOST_RESERVED_PREFIXES)):
+            reason = (
+                "a secret is also in the environment of the host smolvm process, where this "
+                "name would change how it runs (pass it in guest_env if it is not secret)"
+            )
+        if reason:
+            raise InvalidInputError(f"{what} name {key!r} is reserved: {reason}")
 
 
 def home_for(user: str) -> str:
@@ -108,7 +143,7 @@ class SmolmachinesBottle(Bottle):
         agent_provider_template: str = "claude",
         terminal_title: str = "",
         terminal_color: str = "",
-        agent_workdir: str = "/home/node",
+        agent_workdir: str | None = None,
         agent_user: str = "node",
         smolvm: sv.Smolvm | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
@@ -118,12 +153,10 @@ class SmolmachinesBottle(Bottle):
             check.guest_path(prompt_path, "prompt path")
         self.prompt_path = prompt_path
         self.guest_env = dict(check.env_mapping(guest_env, "guest_env"))
+        _check_names(self.guest_env, "guest_env", host=False)
         secrets = check.env_mapping(secret_env, "secret_env")
+        _check_names(secrets, "secret_env", host=True)
         for key in secrets:
-            if key in _RESERVED_SECRET_NAMES:
-                raise InvalidInputError(
-                    f"secret_env name {key!r} is reserved: runuser and bottle set it in the guest"
-                )
             if key in self.guest_env:
                 raise InvalidInputError(f"{key!r} is in both guest_env and secret_env")
         self._secret_env = secrets
@@ -136,10 +169,15 @@ class SmolmachinesBottle(Bottle):
         self.agent_provider_template = self.agent_provider.name
         self.terminal_title = terminal.sanitize_title(terminal_title)
         self.terminal_color = terminal.validate_color(terminal_color) if terminal_color else ""
-        self.agent_workdir = check.guest_path(agent_workdir, "agent workdir")
         self.agent_user = check.user_name(agent_user)
+        # The default follows the agent's user: its home.
+        self.agent_workdir = check.guest_path(
+            agent_workdir if agent_workdir is not None else home_for(agent_user), "agent workdir"
+        )
         self.retry = retry
         self._smolvm = smolvm if smolvm is not None else sv.Smolvm()
+        self._guest_users: dict[bool, str] = {}
+        self._ids: dict[str, tuple[int, int]] = {}
 
     def __repr__(self) -> str:
         secrets = f", secret_env=<{len(self._secret_env)} hidden>" if self._secret_env else ""
@@ -163,24 +201,94 @@ class SmolmachinesBottle(Bottle):
         pairs = [f"HOME={home_for(user)}", f"USER={user}"]
         return pairs + [f"{key}={value}" for key, value in self.guest_env.items()]
 
-    def _as_user(self, user: str) -> list[str]:
-        return ["runuser", "-u", user, "--", "env", *self.env_assignments(user)]
+    # --- who guest commands run as ------------------------------------------------------
+
+    def _kinds_differ(self) -> bool:
+        return _INTERACTIVE_USER_SINCE <= self._smolvm.version < _CAPTURED_USER_SINCE
+
+    def _guest_id(self, command: Sequence[str], *, interactive: bool) -> re.Match[str]:
+        # Often the bottle's first exec, so it gets the retry policy: a short exec can be
+        # SIGKILLed while the VM is still coming up.
+        args = sv.exec_args(self.machine_name, command, interactive=interactive)
+        result = self._captured(args, None)
+        m = _ID.search(result.stdout)
+        if result.error is not None or result.returncode != 0 or m is None:
+            raise _ProbeError(result, self.machine_name, command)
+        return m
+
+    def guest_user(self, *, interactive: bool = False) -> str:
+        """Who guest commands run as on this machine: learnt once (`id` in the guest), cached.
+
+        `interactive` asks about `-i`/`-t` sessions, which smolvm 1.3.0 to 1.5.x runs as the
+        image's USER while captured commands still run as root. A user without a name in the
+        guest's passwd is given as its uid.
+        """
+        key = interactive and self._kinds_differ()
+        if key not in self._guest_users:
+            m = self._guest_id(["id"], interactive=key)
+            self._guest_users[key] = m.group(2) or m.group(1)
+            log.info(
+                "machine %r runs %s guest commands as %r (smolvm %s)",
+                self.machine_name,
+                "interactive" if key else "captured" if self._kinds_differ() else "all",
+                self._guest_users[key],
+                self._smolvm.version_text,
+            )
+        return self._guest_users[key]
+
+    def _user_ids(self, user: str) -> tuple[int, int]:
+        if user not in self._ids:
+            m = self._guest_id(["id", "--", user], interactive=False)
+            self._ids[user] = int(m.group(1)), int(m.group(3))
+        return self._ids[user]
+
+    def _as_user(self, user: str, *, interactive: bool) -> tuple[list[str], str | None]:
+        """The guest command's prefix to run as `user`, and smolvm's `--user` value if used."""
+        assignments = ["env", *self.env_assignments(user)]
+        if self._smolvm.has_exec_user_option():
+            return assignments, user
+        running_as = self.guest_user(interactive=interactive)
+        if running_as == user:
+            return assignments, None
+        if running_as == "root":
+            return ["runuser", "-u", user, "--", *assignments], None
+        raise GuestUserError(
+            f"machine {self.machine_name!r} runs guest commands as {running_as!r} (the image's "
+            f"USER; smolvm {self._smolvm.version_text} has no option to choose another), and "
+            f"only root can switch users, so they cannot run as {user!r}. Run as "
+            f"{running_as!r}, or use an image whose USER is {user!r} or root",
+            running_as=running_as,
+            wanted=user,
+            version=self._smolvm.version,
+        )
 
     def agent_argv(self, argv: Sequence[str], *, tty: bool = True) -> list[str]:
-        """The full smolvm command line of an agent run, starting with the literal `smolvm`."""
+        """The full smolvm command line of an agent run, starting with the literal `smolvm`.
+
+        Learns who the guest runs commands as on first use (one captured exec), so the machine
+        must be running.
+
+        Raises:
+            GuestUserError: the agent's user cannot be reached on this machine.
+            BottleError: who the guest runs as could not be learnt (the machine is missing or
+                stopped, …); its `result` is the probe's `ExecResult`.
+        """
         args = check.argv(argv)
-        guest = self._as_user(self.agent_user)
-        if self.agent_workdir != home_for(self.agent_user):
-            script = f'cd {shlex.quote(self.agent_workdir)} && exec "$@"'
-            guest += ["sh", "-lc", script, TRAMPOLINE_NAME]
+        guest, user = self._as_user(self.agent_user, interactive=True)
         guest.append(self.agent_command)
         guest += agent_args(
             self.agent_prompt_mode, self.prompt_path, args, provider=self.agent_provider
         )
-        return [
-            "smolvm",
-            *sv.exec_args(self.machine_name, guest, tty=tty, env_names=self.secret_names),
-        ]
+        exec_args = sv.exec_args(
+            self.machine_name,
+            guest,
+            tty=tty,
+            interactive=not tty,
+            env_names=self.secret_names,
+            workdir=self.agent_workdir,
+            user=user,
+        )
+        return ["smolvm", *exec_args]
 
     def relay_argv(self, argv: Sequence[str]) -> list[str]:
         """One command line running the agent through the relay (`python -m bottle.relay`).
@@ -235,15 +343,24 @@ class SmolmachinesBottle(Bottle):
         """Run the agent like `exec_agent`; the result's `check()` raises what went wrong.
 
         With `tty`, the session runs in process through `bottle.relay.run`, with the terminal
-        title/colour set before and reset after (only when stdout is a terminal). The result's
-        `error` is `MachineNotFoundError` / `MachineNotRunningError` when no session could
-        start (status 1, nothing run), and `ConnectionLostError` when smolvm exited 1 and the
-        machine is no longer running.
+        title/colour set before and reset after (only when stdout is a terminal). Without,
+        it is `smolvm machine exec -i`: this process's stdin is forwarded and the agent's output
+        appears as it comes, uncapped. The result's `error` is `MachineNotFoundError` /
+        `MachineNotRunningError` / `GuestUserError` when no session could start (status 1,
+        nothing run), and `ConnectionLostError` when smolvm exited 1 and the machine is no
+        longer running.
         """
         self._ensure_open()
-        full = self.agent_argv(argv, tty=tty)
-        full[0] = self._smolvm.path
+        check.argv(argv)
         refused = self._not_running()
+        full: list[str] = []
+        if refused is None:
+            try:
+                full = self.agent_argv(argv, tty=tty)
+            except GuestUserError as exc:
+                refused = exc
+            except _ProbeError as exc:
+                refused = exc.result.error or exc
         if refused is not None:
             log.error(
                 "agent session in machine %r not started: %s",
@@ -252,6 +369,7 @@ class SmolmachinesBottle(Bottle):
                 extra=RETURNED_ERROR,
             )
             return AgentResult(1, refused)
+        full[0] = self._smolvm.path
         env = self.child_env()
         log.debug("agent session in %s: %s", self.machine_name, full)
         try:
@@ -300,8 +418,10 @@ class SmolmachinesBottle(Bottle):
             with contextlib.suppress(OSError):
                 _write_all(1, deco.reset.encode())
 
-    def exec(self, script: str, *, user: str = "node") -> ExecResult:
-        """Run `/bin/sh -c SCRIPT` as `user`; capture text output (bad bytes replaced).
+    def exec(self, script: str, *, user: str = "node", workdir: str | None = None) -> ExecResult:
+        """Run `/bin/sh -c SCRIPT` as `user` (in `workdir`, smolvm's `-w`, when given); capture
+        text output (bad bytes replaced). Without `workdir` it runs where smolvm puts it (the
+        image's WORKDIR, else `/`).
 
         Returns the last `ExecResult`, as the replaced class did, even when smolvm failed (its
         `Error:` line is in `stderr`, the precise error in `error`) or every attempt of the
@@ -311,9 +431,26 @@ class SmolmachinesBottle(Bottle):
         self._ensure_open()
         check.no_nul(script, "script")
         check.user_name(user)
-        command = [*self._as_user(user), "/bin/sh", "-c", script]
-        args = sv.exec_args(self.machine_name, command, env_names=self.secret_names)
-        env = self.child_env()
+        if workdir is not None:
+            check.guest_path(workdir, "workdir")
+        try:
+            prefix, option = self._as_user(user, interactive=False)
+        except GuestUserError as exc:
+            log.warning("exec in machine %r: %s", self.machine_name, exc, extra=RETURNED_ERROR)
+            return ExecResult(1, "", f"bottle: {exc}\n", error=exc)
+        except _ProbeError as exc:
+            return exc.result
+        args = sv.exec_args(
+            self.machine_name,
+            [*prefix, "/bin/sh", "-c", script],
+            env_names=self.secret_names,
+            workdir=workdir,
+            user=option,
+        )
+        return self._captured(args, self.child_env())
+
+    def _captured(self, args: list[str], env: dict[str, str] | None) -> ExecResult:
+        """Run a captured exec under the retry policy; the last result, failures included."""
         policy = self.retry
         results: list[ExecResult] = []
         for attempt in range(1, policy.attempts + 1):
@@ -365,24 +502,96 @@ class SmolmachinesBottle(Bottle):
     ) -> None:
         """Copy a regular host file into the guest at `container_path` (directories refused).
 
-        smolvm writes the file as root:root; `owner` chowns it to that user afterwards.
+        smolvm writes the file as root:root. `owner` gives it to that user: with smolvm's
+        `cp --uid/--gid` (1.9.0 and later; the ids are looked up in the guest), else with a
+        `chown` run as root where guest commands run as root.
+
+        Raises:
+            GuestUserError: `owner` is wanted, smolvm is older than 1.9.0 and guest commands do
+                not run as root (nothing is copied).
+            SmolvmError: smolvm failed (the machine is missing or stopped, …).
         """
         self._ensure_open()
         src = check.host_file(host_path)
         check.guest_path(container_path)
+        ids: tuple[int, int] | None = None
+        chown = False
         if owner is not None:
             check.user_name(owner)
+            try:
+                if self._smolvm.version >= _CP_OWNER_SINCE:
+                    ids = self._user_ids(owner)
+                else:
+                    running_as = self.guest_user()
+            except _ProbeError as exc:
+                raise (exc.result.error or exc) from None
+            if ids is None:
+                if running_as != "root":
+                    raise GuestUserError(
+                        f"cannot give {container_path} to {owner!r} in machine "
+                        f"{self.machine_name!r}: smolvm {self._smolvm.version_text} has no "
+                        f"`cp --uid/--gid` (smolvm 1.9.0 and later have) and guest commands run "
+                        f"as {running_as!r}, not root, so they cannot chown it",
+                        running_as=running_as,
+                        wanted=owner,
+                        version=self._smolvm.version,
+                    )
+                chown = True
+        uid, gid = ids if ids is not None else (None, None)
         if ":" in src:
             # smolvm would read "a:b" as a download from machine "a"; hand it a plain name.
             with tempfile.TemporaryDirectory(prefix="bottle-cp-") as tmp:
                 link = os.path.join(tmp, "file")
                 os.symlink(os.path.abspath(src), link)
-                self._smolvm.cp_in(link, self.machine_name, container_path)
+                self._smolvm.cp_in(link, self.machine_name, container_path, uid=uid, gid=gid)
         else:
-            self._smolvm.cp_in(src, self.machine_name, container_path)
-        if owner is not None:
+            self._smolvm.cp_in(src, self.machine_name, container_path, uid=uid, gid=gid)
+        if chown and owner is not None:
             script = f"chown -- {shlex.quote(owner)}: {shlex.quote(container_path)}"
             self.exec(script, user="root").check(f"chown of {container_path}")
+
+
+class _ProbeError(BottleError):
+    """Asking the guest who it runs commands as failed; `result` says how."""
+
+    def __init__(self, result: ExecResult, machine: str, command: Sequence[str]) -> None:
+        if result.error is not None:
+            message = str(result.error)
+        else:
+            detail = _last(result.stderr) or _last(result.stdout)
+            message = (
+                f"cannot learn who guest commands run as in machine {machine!r}: "
+                f"`{shlex.join(command)}` exited with status {result.returncode}"
+                + (f": {detail}" if detail else "")
+            )
+        super().__init__(message)
+        self.result = result
+
+
+@contextlib.contextmanager
+def _step(
+    step: str, machine: str, progress: Callable[[Progress], None] | None
+) -> Iterator[Callable[[str], None]]:
+    began = time.monotonic()
+    log.info("%s machine %r", step, machine)
+
+    def report(line: str | None = None, done: bool = False) -> None:
+        if progress is not None:
+            progress(Progress(step, machine, time.monotonic() - began, line, done))
+
+    def on_line(line: str) -> None:
+        log.debug("%s machine %r: %s", step, machine, line)
+        report(line)
+
+    report()
+    yield on_line
+    log.info("%s machine %r: done in %.1f s", step, machine, time.monotonic() - began)
+    report(done=True)
+
+
+def _last(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -406,17 +615,36 @@ class SmolmachinesBottleBackend(BottleBackend):
         return f"SmolmachinesBottleBackend(smolvm={self.smolvm!r})"
 
     @contextlib.contextmanager
-    def launch(self, spec: LaunchSpec) -> Iterator[SmolmachinesBottle]:
+    def launch(
+        self, spec: LaunchSpec, *, progress: Callable[[Progress], None] | None = None
+    ) -> Iterator[SmolmachinesBottle]:
         """Bring a machine up for `spec`, yield its bottle, and tear down what we created.
 
         Everything is checked before the first smolvm call. Each undo is registered the moment
         its step succeeds; teardown runs on any exit (KeyboardInterrupt included), and a
         teardown failure is logged without hiding the original error. A machine that already
-        exists is refused with `MachineExistsError` and never stopped or deleted.
+        exists is refused with `MachineExistsError` and never stopped or deleted. Each long
+        step (creating, starting, provisioning) is logged and, when given, reported to
+        `progress` as it begins, for every line smolvm prints meanwhile, and as it ends.
         """
         provider = get_provider(spec.agent_provider)
         user = spec.agent_user
         home = home_for(user)
+        registry = spec.image is not None and sv.is_registry_image(spec.image)
+        if spec.image is None and user != "root":
+            raise InvalidInputError(
+                f"a machine without an image is a bare VM whose only user is root, so the agent "
+                f"cannot run as {user!r}: give an image whose USER is {user!r} (or root, with "
+                f"{user!r} in it), or run the agent as root"
+            )
+        if registry and spec.network is False:
+            raise InvalidInputError(
+                f"image {spec.image!r} is pulled from a registry, which needs the machine's "
+                "network, and networking is off. Turn it on, or supply the image locally: "
+                f"save it to an archive (`docker save {spec.image} -o image.tar`) and launch "
+                "with image='./image.tar'"
+            )
+        network = registry if spec.network is None else spec.network
         prompt_src = None
         guest_prompt = None
         if spec.prompt_file is not None:
@@ -427,7 +655,7 @@ class SmolmachinesBottleBackend(BottleBackend):
             image=spec.image,
             cpus=spec.cpus,
             memory_mib=spec.memory_mib,
-            network=spec.network,
+            network=network,
         )
         bottle = SmolmachinesBottle(
             spec.machine_name,
@@ -454,7 +682,10 @@ class SmolmachinesBottleBackend(BottleBackend):
             )
         with ExitStack() as stack:
             try:
-                smolvm.run(create, machine=name)
+                with _step("creating", name, progress) as on_line:
+                    smolvm.run(
+                        create, machine=name, timeout=smolvm.timeouts.create, on_line=on_line
+                    )
             except MachineExistsError:
                 raise  # someone else's machine, created since our check: not ours to touch
             except BaseException:
@@ -463,10 +694,13 @@ class SmolmachinesBottleBackend(BottleBackend):
                 self._remove_leftover(name)
                 raise
             stack.callback(self._undo, "delete", smolvm.delete, name)
-            smolvm.start(name)
+            # A start that fails or times out is undone by the delete (which stops first).
+            with _step("starting", name, progress) as on_line:
+                smolvm.start(name, on_line=on_line)
             stack.callback(self._undo, "stop", smolvm.stop, name)
             stack.enter_context(bottle)
-            self._provision(bottle, prompt_src, guest_prompt)
+            with _step("provisioning", name, progress):
+                self._provision(bottle, prompt_src, guest_prompt)
             yield bottle
 
     def _provision(
