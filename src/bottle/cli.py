@@ -8,15 +8,19 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from bottle import __version__
 from bottle.errors import BottleError, GuestCommandError, InvalidInputError
+from bottle.results import Progress
 
 if TYPE_CHECKING:
+    from bottle.backend import Bottle, BottleBackend, LaunchSpec
     from bottle.backend.smolmachines import SmolmachinesBottle
 
 __all__ = ["main"]
@@ -76,7 +80,9 @@ def _add_env(p: argparse.ArgumentParser) -> None:
 def _add_agent(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", default="claude", help="agent provider (default: claude)")
     p.add_argument("--agent-command", help="program to run (default: the provider's)")
-    p.add_argument("--workdir", help="guest directory the agent starts in (default: user's home)")
+    p.add_argument(
+        "--workdir", help="guest directory the agent starts in (default: the user's home)"
+    )
     p.add_argument("--user", default="node", help="guest user running the agent (default: node)")
     p.add_argument("--title", default="", help="terminal title for the session")
     p.add_argument("--color", default="", help="terminal background colour (#rgb, #rrggbb, name)")
@@ -94,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each smolvm call")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress display while launching"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -109,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="OCI image for the machine")
     p.add_argument("--cpus", type=_positive_int, help="virtual CPUs")
     p.add_argument("--memory", type=_positive_int, metavar="MIB", help="memory in MiB")
-    p.add_argument("--net", action="store_true", help="enable networking (off by default)")
+    p.add_argument(
+        "--net",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="networking (default: on for a registry image, off for a local one)",
+    )
     p.add_argument("--prompt-file", help="host file copied into the guest as the system prompt")
     _add_agent(p)
 
@@ -137,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_name(p)
     p.add_argument("-u", "--user", default="node", help="guest user (default: node)")
+    p.add_argument("-w", "--workdir", help="guest directory the script runs in")
     _add_env(p)
     p.add_argument("script", metavar="SCRIPT", help="POSIX shell script, or '-' for stdin")
 
@@ -170,7 +185,7 @@ def _secrets(names: Sequence[str]) -> dict[str, str]:
 
 def _agent_bottle(ns: argparse.Namespace) -> SmolmachinesBottle:
     from bottle.agent_provider import get_provider
-    from bottle.backend.smolmachines import SmolmachinesBottle, home_for
+    from bottle.backend.smolmachines import SmolmachinesBottle
 
     provider = get_provider(ns.provider)
     return SmolmachinesBottle(
@@ -183,7 +198,7 @@ def _agent_bottle(ns: argparse.Namespace) -> SmolmachinesBottle:
         agent_provider_template=provider.name,
         terminal_title=ns.title,
         terminal_color=ns.color,
-        agent_workdir=ns.workdir or home_for(ns.user),
+        agent_workdir=ns.workdir,
         agent_user=ns.user,
     )
 
@@ -225,8 +240,83 @@ def _cmd_launch(ns: argparse.Namespace, agent_args: list[str]) -> int:
         terminal_color=ns.color,
     )
     backend = get_backend(ns.backend)
-    with _teardown_on_signals(), backend.launch(spec) as bottle:
+    display = _ProgressDisplay(enabled=not ns.quiet and sys.stderr.isatty())
+    with _teardown_on_signals(), display, _launch(backend, spec, display) as bottle:
+        display.close()  # the session owns the terminal from here
         return bottle.run_agent(agent_args, tty=not ns.no_tty).check().returncode
+
+
+def _launch(
+    backend: BottleBackend, spec: LaunchSpec, display: _ProgressDisplay
+) -> AbstractContextManager[Bottle]:
+    from bottle.backend.smolmachines import SmolmachinesBottleBackend
+
+    if isinstance(backend, SmolmachinesBottleBackend):
+        return backend.launch(spec, progress=display.update)
+    return backend.launch(spec)
+
+
+class _ProgressDisplay:
+    """On a terminal: the running step and its elapsed time on one stderr line, redrawn each
+    second, with smolvm's own progress lines printed above it."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._status = ""
+        self._began = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _ProgressDisplay:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            self._clear()
+            self._status = ""
+
+    def update(self, event: Progress) -> None:
+        if not self.enabled or self._stop.is_set():
+            return
+        with self._lock:
+            self._clear()
+            if event.line is not None:
+                sys.stderr.write(f"  {event.line}\n")
+            if event.done:
+                sys.stderr.write(f"{PROG}: {event.step} {event.machine!r}: done in "
+                                 f"{event.elapsed:.0f} s\n")  # fmt: skip
+                self._status = ""
+            else:
+                self._status = f"{PROG}: {event.step} {event.machine!r}"
+                self._began = time.monotonic() - event.elapsed
+            self._draw()
+
+    def _clear(self) -> None:
+        if self._status:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+    def _draw(self) -> None:
+        if self._status:
+            sys.stderr.write(f"{self._status} … {time.monotonic() - self._began:.0f} s")
+        sys.stderr.flush()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                self._clear()
+                self._draw()
 
 
 def _cmd_agent(ns: argparse.Namespace, agent_args: list[str]) -> int:
@@ -240,7 +330,7 @@ def _cmd_exec(ns: argparse.Namespace) -> int:
     script = sys.stdin.read() if ns.script == "-" else ns.script
     bottle = SmolmachinesBottle(ns.name, guest_env=dict(ns.env), secret_env=_secrets(ns.secret_env))
     with bottle:
-        result = bottle.exec(script, user=ns.user)
+        result = bottle.exec(script, user=ns.user, workdir=ns.workdir)
     if result.error is not None or result.retry_exhausted:
         # smolvm's failure, or every attempt killed: say so precisely.
         result.check(f"exec in machine {ns.name!r}")
