@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import logging
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from bottle.errors import (
     SmolvmError,
     SmolvmNotExecutableError,
     SmolvmNotFoundError,
+    SmolvmTimeoutError,
     SmolvmTooOldError,
     SmolvmUsageError,
     SmolvmVersionError,
@@ -43,7 +47,10 @@ def test_create_args_minimal_and_full() -> None:
     [
         ({"cpus": 0}, "cpus"),
         ({"cpus": True}, "cpus"),
+        # clap types of smolvm's create: --cpus u8, --mem u32 (src/cli/machine.rs, CreateCmd)
+        ({"cpus": 256}, "cpus must be an integer from 1 to 255"),
         ({"memory_mib": -1}, "memory"),
+        ({"memory_mib": 2**32}, "memory .MiB. must be an integer from 1 to 4294967295"),
         ({"image": "-x"}, "image"),
         ({"image": "a\0b"}, "NUL"),
     ],
@@ -53,6 +60,30 @@ def test_create_args_rejects_bad_values(kwargs: dict[str, object], needle: str) 
         sv.create_args("m1", **kwargs)  # type: ignore[arg-type]
 
 
+def test_create_args_largest_values_smolvm_takes() -> None:
+    args = sv.create_args("m1", cpus=255, memory_mib=2**32 - 1)
+    assert args[-4:] == ["--cpus", "255", "--mem", "4294967295"]
+
+
+@pytest.mark.parametrize(
+    ("image", "registry"),
+    [
+        ("node:22", True),
+        ("ghcr.io/org/agent@sha256:abc", True),
+        ("mydir", True),  # no ./ prefix: smolvm reads a registry reference
+        ("-", False),
+        ("/srv/agent.tar", False),
+        ("./agent", False),
+        ("../agent.tgz", False),
+        ("agent.tar.gz", False),
+        ("local:0123", False),
+        ("local-dir:/srv/x", False),
+    ],
+)
+def test_is_registry_image_follows_smolvms_classify(image: str, registry: bool) -> None:
+    assert sv.is_registry_image(image) is registry
+
+
 def test_lifecycle_args_exact() -> None:
     assert sv.start_args("a") == ["machine", "start", "-n", "a"]
     assert sv.stop_args("a") == ["machine", "stop", "-n", "a"]
@@ -60,6 +91,11 @@ def test_lifecycle_args_exact() -> None:
     assert sv.status_args("a") == ["machine", "status", "-n", "a", "--json"]
     assert sv.ls_args() == ["machine", "ls", "--json"]
     assert sv.cp_args("/h/f", "a", "/g/f") == ["machine", "cp", "/h/f", "a:/g/f"]
+    assert sv.cp_args("/h/f", "a", "/g/f", uid=1000, gid=0) == [
+        "machine", "cp", "--uid", "1000", "--gid", "0", "/h/f", "a:/g/f",
+    ]  # fmt: skip
+    with pytest.raises(InvalidInputError, match="--uid must be a non-negative integer"):
+        sv.cp_args("/h/f", "a", "/g/f", uid=-1)
 
 
 def test_exec_args_long_name_options_before_dashdash() -> None:
@@ -68,6 +104,17 @@ def test_exec_args_long_name_options_before_dashdash() -> None:
         "machine", "exec", "--name", "a", "-i", "-t", "-e", "K", "-e", "L",
         "--", "-x", "--name", "b",
     ]  # fmt: skip
+
+
+def test_exec_args_interactive_workdir_and_user() -> None:
+    assert sv.exec_args("a", ["x"], interactive=True, workdir="/w d") == [
+        "machine", "exec", "--name", "a", "-i", "-w", "/w d", "--", "x",
+    ]  # fmt: skip
+    assert sv.exec_args("a", ["x"], tty=True, interactive=True, user="node") == [
+        "machine", "exec", "--name", "a", "-i", "-t", "--user", "node", "--", "x",
+    ]  # fmt: skip
+    with pytest.raises(InvalidInputError, match="absolute"):
+        sv.exec_args("a", ["x"], workdir="rel")
 
 
 def test_exec_args_refuses_empty_command_nul_and_bad_env_name() -> None:
@@ -199,6 +246,22 @@ def test_too_old_smolvm_is_refused_naming_the_minimum(tmp_path: Path, old: str) 
     assert info.value.minimum == (1, 0, 2)
 
 
+@pytest.mark.parametrize(
+    ("version", "warned"), [("1.8.0", True), ("1.0.2", True), ("1.8.1", False)]
+)
+def test_warn_once_below_1_8_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, version: str, warned: bool
+) -> None:
+    exe = _exe(tmp_path / "smolvm", f"#!/bin/sh\necho 'smolvm {version}'\n")
+    caplog.set_level(logging.WARNING, logger="bottle.smolvm")
+    for _ in range(3):
+        assert sv.Smolvm(str(exe)).version_text == version
+    warnings = [r.getMessage() for r in caplog.records if "older than 1.8.1" in r.getMessage()]
+    assert len(warnings) == (1 if warned else 0)
+    if warned:
+        assert "large paste" in warnings[0]
+
+
 def test_minimum_version_is_accepted(tmp_path: Path) -> None:
     exe = _exe(tmp_path / "smolvm", "#!/bin/sh\necho 'smolvm 1.0.2'\n")
     assert sv.Smolvm(str(exe)).path == str(exe)
@@ -248,6 +311,51 @@ def test_exit_1_with_smolvm_error_line(stderr: str, cls: type[SmolvmError]) -> N
     assert stderr.strip()[len("Error: ") :] in str(err)
 
 
+# Every Display prefix of smolvm's Error enum, src/data/errors.rs at v1.9.3.
+ERRORS_RS = [
+    "vm creation failed: boom",
+    "hypervisor not available: no kvm",
+    "invalid vm state: expected running, got stopped",
+    "rootfs operation failed: x",
+    "rootfs not found: /r",
+    "storage operation failed: resize: full",
+    "disk not found: /d",
+    "mount operation failed: bind: x",
+    "invalid mount path: relative",
+    "mount source not found: /src",
+    "config operation failed: cp: bad",
+    "database operation failed: open: locked",
+    "database not available: x",
+    "command 'crun' failed: exit 1",
+    "agent operation failed: vm exec: failed to spawn command: x",
+    "kvm not available: x",
+    "kvm permission denied: /dev/kvm",
+    "io operation failed: Broken pipe (os error 32)",
+]
+
+
+@pytest.mark.parametrize("message", ERRORS_RS)
+def test_every_smolvm_error_prefix_is_smolvms_failure(message: str) -> None:
+    err = sv.classify_failure(ARGV, 1, f"guest output\nError: {message}\n", guest=True)
+    assert type(err) is SmolvmError, message
+    assert message in str(err)
+
+
+def test_vm_dying_mid_captured_exec_is_connection_lost() -> None:
+    # The client's read fails: Error::Io's Display (smolvm-cli.md, corrections).
+    err = sv.classify_failure(ARGV, 1, "Error: io operation failed: connection closed\n",
+                              machine="m", guest=True)  # fmt: skip
+    assert type(err) is ConnectionLostError
+
+
+def test_guest_usage_error_stays_the_guests() -> None:
+    # A clap-based guest tool (uv, ruff, rg) exits 2 with its own usage text.
+    stderr = "error: unexpected argument '--frob' found\n\nUsage: uv pip install [OPTIONS]\n"
+    assert sv.classify_failure(ARGV, 2, stderr, guest=True) is None
+    stderr = "error: unexpected argument '-n' found\n\nUsage: smolvm machine exec [OPTIONS]\n"
+    assert isinstance(sv.classify_failure(ARGV, 2, stderr, guest=True), SmolvmUsageError)
+
+
 def test_guest_exit_1_is_not_smolvm_error() -> None:
     assert sv.classify_failure(ARGV, 1, "", guest=True) is None
     # A guest program's own "Error:" line is not smolvm's shape.
@@ -275,3 +383,66 @@ def test_lifecycle_failure_without_error_line() -> None:
 def test_success_is_not_classified() -> None:
     assert sv.classify_failure(ARGV, 0, "Error: vm not found: m") is None
 
+
+
+# --- the runner: timeouts and progress lines ------------------------------------------------
+
+
+def test_run_captured_reports_stderr_lines_as_they_come(tmp_path: Path) -> None:
+    # smolvm redraws its pull progress with "\r" (src/cli/mod.rs): each redraw is a line.
+    script = (
+        "printf 'Pulling image a... [==  ]\\rPulling image a... [====]\\r"
+        "Pulling image a... done.\\n' >&2; echo out; printf tail >&2; exit 3"
+    )
+    lines: list[str] = []
+    ran = sv.run_captured(["sh", "-c", script], on_line=lines.append, timeout=30)
+    assert ran is not None
+    status, out, err = ran
+    assert (status, out) == (3, "out\n")
+    assert err.endswith("done.\ntail")
+    assert lines == [
+        "Pulling image a... [==  ]", "Pulling image a... [====]", "Pulling image a... done.",
+        "tail",
+    ]  # fmt: skip
+
+
+def test_run_captured_timeout_kills_the_whole_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    # A child that keeps the pipes open after the parent is gone must not stall the read.
+    script = f"sleep 300 & echo $! > {pidfile}; echo started >&2; wait"
+    began = time.monotonic()
+    assert sv.run_captured(["sh", "-c", script], timeout=1.5) is None
+    assert time.monotonic() - began < 60  # a hang guard, not a timing assertion
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1][0] != "Z"
+
+
+def test_lifecycle_timeout_is_an_error_naming_the_step(tmp_path: Path) -> None:
+    exe = _exe(tmp_path / "smolvm", "#!/bin/sh\n[ \"$1\" = --version ] && "
+               "{ echo 'smolvm 1.9.3'; exit 0; }\nexec sleep 300\n")  # fmt: skip
+    s = sv.Smolvm(str(exe), timeouts=sv.Timeouts(stop=0.5, delete=0.5))
+    with pytest.raises(SmolvmTimeoutError, match=r"smolvm machine stop for machine 'm' did not "
+                       r"finish within 0\.5 s"):  # fmt: skip
+        s.stop("m")
+    with pytest.raises(SmolvmTimeoutError, match="machine delete"):
+        s.delete("m")
+
+
+def test_default_timeouts_are_long_enough_for_a_pull_and_bound_teardown() -> None:
+    t = sv.DEFAULT_TIMEOUTS
+    assert t.create is not None and t.create >= 600
+    assert t.start is not None and t.start >= 600
+    assert t.stop is not None and t.delete is not None and t.status is not None
+    assert max(t.stop, t.delete, t.status) <= 120
