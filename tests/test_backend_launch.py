@@ -1,0 +1,164 @@
+"""launch against the fake smolvm: what it refuses before any smolvm call, the network an image
+gets, progress reports, and time limits that keep every step (teardown above all) from hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import pytest
+from backend_helpers import run_in_pty
+
+from bottle import smolvm as sv
+from bottle.backend import LaunchSpec, Progress
+from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottleBackend
+from bottle.errors import InvalidInputError, SmolvmTimeoutError
+
+FAST = RetryPolicy(attempts=2, delay=0.01)
+BOTTLE = [sys.executable, "-m", "bottle"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_version_cache() -> None:
+    sv.clear_version_cache()
+
+
+def _backend(**timeouts: float) -> SmolmachinesBottleBackend:
+    return SmolmachinesBottleBackend(
+        smolvm=sv.Smolvm(timeouts=sv.Timeouts(**timeouts)), retry=FAST
+    )
+
+
+# --- refused before any smolvm call -----------------------------------------------------------
+
+
+def test_registry_image_without_network_is_refused_saying_how_to_go_local(
+    fake_smolvm: Any,
+) -> None:
+    spec = LaunchSpec("m1", image="node:22", network=False)
+    with pytest.raises(InvalidInputError) as info, _backend().launch(spec):
+        pytest.fail("body must not run")
+    message = str(info.value)
+    assert "'node:22' is pulled from a registry" in message
+    assert "docker save node:22 -o image.tar" in message
+    assert "image='./image.tar'" in message
+    assert fake_smolvm.calls() == []
+
+
+def test_no_image_is_refused_unless_the_agent_runs_as_root(fake_smolvm: Any) -> None:
+    refused = pytest.raises(InvalidInputError, match="only user is root")
+    with refused as info, _backend().launch(LaunchSpec("m1")):
+        pytest.fail("body must not run")
+    assert "cannot run as 'node'" in str(info.value)
+    assert fake_smolvm.calls() == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"cpus": 256}, "cpus must be an integer from 1 to 255"),
+        ({"memory_mib": 2**32}, "memory"),
+        ({"secret_env": {"PATH": "/evil"}}, "'PATH' is reserved"),
+        ({"secret_env": {"LD_PRELOAD": "/evil.so"}}, "'LD_PRELOAD' is reserved"),
+        ({"secret_env": {"PYTHONPATH": "/evil"}}, "'PYTHONPATH' is reserved"),
+        ({"secret_env": {"DYLD_INSERT_LIBRARIES": "x"}}, "reserved"),
+        ({"secret_env": {"SMOLVM_DATA_DIR": "/x"}}, "reserved"),
+        ({"env": {"HOME": "/x"}}, "guest_env name 'HOME' is reserved"),
+        ({"env": {"USER": "x"}}, "guest_env name 'USER' is reserved"),
+    ],
+)
+def test_bad_resources_and_reserved_names_are_refused_first(
+    fake_smolvm: Any, kwargs: dict[str, Any], needle: str
+) -> None:
+    spec = LaunchSpec("m1", agent_user="root", **kwargs)
+    with pytest.raises(InvalidInputError, match=needle), _backend().launch(spec):
+        pytest.fail("body must not run")
+    assert fake_smolvm.calls() == []
+
+
+def test_guest_env_may_set_path(fake_smolvm: Any) -> None:
+    # Only secrets reach the host smolvm process's environment; guest_env is the guest's.
+    spec = LaunchSpec("m1", agent_user="root", env={"PATH": "/opt/x/bin:/usr/bin:/bin"})
+    with _backend().launch(spec) as bottle:
+        assert bottle.exec('printf %s "$PATH"', user="root").stdout == "/opt/x/bin:/usr/bin:/bin"
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+
+def test_progress_reports_each_step_and_smolvms_lines(
+    fake_smolvm: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bottle.backend.smolmachines")
+    events: list[Progress] = []
+    with _backend().launch(LaunchSpec("m1", agent_user="root"), progress=events.append):
+        pass
+    steps = [(e.step, e.done) for e in events if e.line is None]
+    assert steps == [
+        ("creating", False), ("creating", True),
+        ("starting", False), ("starting", True),
+        ("provisioning", False), ("provisioning", True),
+    ]  # fmt: skip
+    lines = [e.line for e in events if e.line is not None and e.step == "starting"]
+    assert "Starting machine 'm1'..." in lines  # smolvm's own stderr line, as it came
+    assert all(e.machine == "m1" and e.elapsed >= 0 for e in events)
+    logged = [r.getMessage() for r in caplog.records]
+    for step in ("creating", "starting", "provisioning"):
+        assert f"{step} machine 'm1'" in logged
+        assert any(m.startswith(f"{step} machine 'm1': done in ") for m in logged)
+
+
+def test_bottle_launch_shows_progress_on_a_terminal(fake_smolvm: Any) -> None:
+    fake_smolvm.set_fault(START_DELAY=2.5)
+    run = run_in_pty(
+        [*BOTTLE, "launch", "-n", "m1", "--user", "root", "--agent-command", "/bin/sh",
+         "--", "-c", "echo agent-here"],
+    )  # fmt: skip
+    assert run.status == 0, run.output
+    out = run.output
+    assert b"bottle: starting 'm1'" in out
+    assert b"Starting machine 'm1'..." in out
+    assert b"bottle: starting 'm1' \xe2\x80\xa6 1 s" in out  # the elapsed time, redrawn
+    assert b"bottle: starting 'm1': done in" in out
+    assert out.index(b"done in") < out.index(b"agent-here")
+    quiet = run_in_pty(
+        [*BOTTLE, "-q", "launch", "-n", "m2", "--user", "root", "--agent-command", "/bin/sh",
+         "--", "-c", "echo agent-here"],
+    )  # fmt: skip
+    assert quiet.status == 0
+    assert b"bottle: starting" not in quiet.output
+    assert b"Starting machine" not in quiet.output
+
+
+def test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal(fake_smolvm: Any) -> None:
+    import subprocess
+
+    proc = subprocess.run(
+        [*BOTTLE, "launch", "-n", "m1", "--user", "root", "--no-tty", "--agent-command",
+         "/bin/sh", "--", "-c", "echo agent-here"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "agent-here\n"
+    assert proc.stderr == ""
+
+
+# --- time limits --------------------------------------------------------------------------------
+
+
+def test_start_that_outlives_its_limit_is_an_error_naming_it_and_is_torn_down(
+    fake_smolvm: Any,
+) -> None:
+    fake_smolvm.set_fault(START_DELAY=30)
+    backend = _backend(start=1.0)
+    expired = pytest.raises(
+        SmolvmTimeoutError, match=r"smolvm machine start for machine 'm1' did not finish within 1 s"
+    )
+    with expired, backend.launch(LaunchSpec("m1", agent_user="root")):
+        pytest.fail("body must not run")
+    assert fake_smolvm.machine("m1") is None
+    assert fake_smolvm.subcommands()[-1] == "delete"
+
+
