@@ -720,7 +720,18 @@ class SmolmachinesBottleBackend(BottleBackend):
                 f"creating guest directories in machine {bottle.name!r}"
             )
         if prompt_src is not None and guest_prompt is not None:
-            bottle.cp_in(prompt_src, guest_prompt, owner=user)
+            try:
+                bottle.cp_in(prompt_src, guest_prompt, owner=user)
+            except GuestUserError as exc:
+                # smolvm 1.6.0 to 1.8.x on an image whose USER is not root: no cp --uid and
+                # no root to chown. The agent only reads its prompt, so a root-owned copy it
+                # can read will do.
+                bottle.cp_in(prompt_src, guest_prompt)
+                readable = bottle.exec(f"test -r {shlex.quote(guest_prompt)}", user=user)
+                if not readable.ok:
+                    raise exc from None
+                log.info("prompt file %s stays owned by root, readable by %r: %s",
+                         guest_prompt, user, exc)  # fmt: skip
 
     def _remove_leftover(self, name: str) -> None:
         try:
