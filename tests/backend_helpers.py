@@ -1,4 +1,4 @@
-"""Helpers for the backend tests: a /proc scanner for secrets and a pty runner."""
+"""Helpers for the backend tests: test images, a /proc scanner for secrets and a pty runner."""
 
 from __future__ import annotations
 
@@ -15,6 +15,43 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bottle.backend import LaunchSpec
+
+# Images in the fake smolvm's image table (registry references, so launch turns networking on).
+# ROOT_IMAGE is like docker's node:22: no USER (commands run as root), a `node` user inside, so
+# bottle switches with runuser. AGENT_IMAGE is the agent image this backend serves: USER node.
+ROOT_IMAGE = "bottle-test/node22:1"
+AGENT_IMAGE = "bottle-test/agent:1"
+# `bottle launch` of machine m1 on ROOT_IMAGE.
+LAUNCH = ["launch", "-n", "m1", "--image", ROOT_IMAGE]
+
+
+def add_test_images(fake_smolvm: Any) -> None:
+    """Register ROOT_IMAGE and AGENT_IMAGE with the fake."""
+    fake_smolvm.add_image(ROOT_IMAGE)
+    fake_smolvm.add_image(AGENT_IMAGE, user="node", workdir="/home/node")
+
+
+@pytest.fixture(autouse=True)
+def _test_images(request: pytest.FixtureRequest) -> None:
+    """Import into a test module: every test there using the fake gets the test images."""
+    if "fake_smolvm" in request.fixturenames:
+        add_test_images(request.getfixturevalue("fake_smolvm"))
+
+
+def root_spec(name: str = "m1", **kw: Any) -> LaunchSpec:
+    """A LaunchSpec on ROOT_IMAGE (agent user node, reached with runuser)."""
+    return LaunchSpec(name, image=ROOT_IMAGE, **kw)
+
+
+def image_machine(fake_smolvm: Any, name: str, *, image: str = ROOT_IMAGE, **fields: Any) -> None:
+    """Pre-seed a running machine on one of the test images (registered on first use)."""
+    add_test_images(fake_smolvm)
+    fake_smolvm.create(name, image=image, **fields)
 
 
 def _read(path: str) -> bytes:

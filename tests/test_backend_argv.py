@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backend_helpers import image_machine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,9 +31,9 @@ AS_NODE = ["runuser", "-u", "node", "--", "env", "HOME=/home/node", "USER=node"]
 
 @pytest.fixture
 def machine(fake_smolvm: Any) -> str:
-    """A running machine whose guest commands run as root (a bare VM)."""
+    """A running machine whose guest commands run as root, with a `node` user (like node:22)."""
     sv.clear_version_cache()
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     return "m"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backend_helpers import ROOT_IMAGE, _test_images, image_machine, root_spec  # noqa: F401
 
 from bottle import smolvm as sv
 from bottle.backend import (
@@ -74,6 +75,7 @@ def test_launch_lifecycle(fake_smolvm: Any, backend: SmolmachinesBottleBackend,
     workdir = shared_dir / "work dir"
     spec = LaunchSpec(
         "m1",
+        image=ROOT_IMAGE,
         cpus=2,
         memory_mib=1024,
         network=True,
@@ -113,7 +115,7 @@ def test_body_exception_tears_down_and_propagates(
     fake_smolvm: Any, backend: SmolmachinesBottleBackend
 ) -> None:
     fake_smolvm.create("other")
-    with pytest.raises(RuntimeError, match="agent crashed"), backend.launch(LaunchSpec("m1")):
+    with pytest.raises(RuntimeError, match="agent crashed"), backend.launch(root_spec()):
         raise RuntimeError("agent crashed")
     assert fake_smolvm.machine("m1") is None
     assert fake_smolvm.machine("other")["state"] == "running"
@@ -123,7 +125,7 @@ def test_body_exception_tears_down_and_propagates(
 def test_keyboard_interrupt_in_body_tears_down(
     fake_smolvm: Any, backend: SmolmachinesBottleBackend
 ) -> None:
-    with pytest.raises(KeyboardInterrupt), backend.launch(LaunchSpec("m1")) as bottle:
+    with pytest.raises(KeyboardInterrupt), backend.launch(root_spec()) as bottle:
         _interrupt_after(0.3)
         bottle.exec("sleep 5")
     assert fake_smolvm.machine("m1") is None
@@ -132,7 +134,7 @@ def test_keyboard_interrupt_in_body_tears_down(
 def test_teardown_errors_are_logged_and_never_hide_the_first_error(
     fake_smolvm: Any, backend: SmolmachinesBottleBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with pytest.raises(RuntimeError, match="first"), backend.launch(LaunchSpec("m1")):
+    with pytest.raises(RuntimeError, match="first"), backend.launch(root_spec()):
         fake_smolvm.set_fault(FAIL_STOP="stop broke", FAIL_DELETE="delete broke")
         raise RuntimeError("first")
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -143,7 +145,7 @@ def test_teardown_errors_are_logged_and_never_hide_the_first_error(
 def test_teardown_error_without_first_error_is_logged(
     fake_smolvm: Any, backend: SmolmachinesBottleBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with backend.launch(LaunchSpec("m1")):
+    with backend.launch(root_spec()):
         fake_smolvm.set_fault(FAIL_DELETE="delete broke")
     assert any("delete broke" in r.getMessage() for r in caplog.records)
 
@@ -160,7 +162,7 @@ def test_keyboard_interrupt_just_after_create(fake_smolvm: Any, monkeypatch: Any
         return proc
 
     monkeypatch.setattr(sv.Smolvm, "run", run)
-    with pytest.raises(KeyboardInterrupt), SmolmachinesBottleBackend().launch(LaunchSpec("m1")):
+    with pytest.raises(KeyboardInterrupt), SmolmachinesBottleBackend().launch(root_spec()):
         pytest.fail("body must not run")
     assert fake_smolvm.machine("m1") is None
     assert fake_smolvm.subcommands()[-1] == "delete"
@@ -176,7 +178,7 @@ def test_keyboard_interrupt_before_create_ran(fake_smolvm: Any, monkeypatch: Any
         return real_run(self, args, **kw)
 
     monkeypatch.setattr(sv.Smolvm, "run", run)
-    with pytest.raises(KeyboardInterrupt), SmolmachinesBottleBackend().launch(LaunchSpec("m1")):
+    with pytest.raises(KeyboardInterrupt), SmolmachinesBottleBackend().launch(root_spec()):
         pytest.fail("body must not run")
     # Nothing was created, so nothing is stopped or deleted.
     assert "delete" not in fake_smolvm.subcommands()
@@ -189,7 +191,7 @@ def test_keyboard_interrupt_during_start(
     fake_smolvm.create("other")
     fake_smolvm.set_fault(START_DELAY=10)
     _interrupt_after(0.5)
-    with pytest.raises(KeyboardInterrupt), backend.launch(LaunchSpec("m1")):
+    with pytest.raises(KeyboardInterrupt), backend.launch(root_spec()):
         pytest.fail("body must not run")
     assert fake_smolvm.machine("m1") is None
     assert fake_smolvm.subcommands()[-1] == "delete"
@@ -202,7 +204,7 @@ def test_keyboard_interrupt_during_provisioning(fake_smolvm: Any, shared_dir: Pa
     fake_smolvm.set_fault(KILL_EXECS=1)
     prompt = shared_dir / "p.md"
     prompt.write_text("x")
-    spec = LaunchSpec("m1", prompt_file=str(prompt), prompt_guest_path=str(shared_dir / "g/p"))
+    spec = root_spec(prompt_file=str(prompt), prompt_guest_path=str(shared_dir / "g/p"))
     backend = SmolmachinesBottleBackend(retry=RetryPolicy(delay=30))
     _interrupt_after(0.8)
     with pytest.raises(KeyboardInterrupt), backend.launch(spec):
@@ -217,7 +219,7 @@ def test_provisioning_failure_tears_down(fake_smolvm: Any, backend: Smolmachines
     prompt = shared_dir / "p.md"
     prompt.write_text("x")
     fake_smolvm.set_fault(FAIL_CP="disk full")
-    spec = LaunchSpec("m1", prompt_file=str(prompt), prompt_guest_path=str(shared_dir / "g/p"))
+    spec = root_spec(prompt_file=str(prompt), prompt_guest_path=str(shared_dir / "g/p"))
     with pytest.raises(SmolvmError, match="disk full"), backend.launch(spec):
         pytest.fail("body must not run")
     assert fake_smolvm.machine("m1") is None
@@ -227,7 +229,7 @@ def test_create_failure_leaves_nothing_to_undo(
     fake_smolvm: Any, backend: SmolmachinesBottleBackend
 ) -> None:
     fake_smolvm.set_fault(FAIL_CREATE="image pull failed")
-    with pytest.raises(SmolvmError, match="image pull failed"), backend.launch(LaunchSpec("m1")):
+    with pytest.raises(SmolvmError, match="image pull failed"), backend.launch(root_spec()):
         pytest.fail("body must not run")
     assert not {"start", "stop", "delete"} & set(fake_smolvm.subcommands())
 
@@ -235,7 +237,7 @@ def test_create_failure_leaves_nothing_to_undo(
 def test_start_failure_deletes(fake_smolvm: Any, backend: SmolmachinesBottleBackend) -> None:
     fake_smolvm.set_fault(START_FAIL=1)
     with pytest.raises(SmolvmError, match="did not become ready"), backend.launch(
-        LaunchSpec("m1")
+        root_spec()
     ):
         pytest.fail("body must not run")
     assert fake_smolvm.machine("m1") is None
@@ -248,7 +250,7 @@ def test_preexisting_machine_is_never_touched(fake_smolvm: Any,
                                               running: bool) -> None:  # fmt: skip
     before = fake_smolvm.create("m1", running=running)
     with pytest.raises(MachineExistsError, match="already exists"), backend.launch(
-        LaunchSpec("m1")
+        root_spec()
     ):
         pytest.fail("body must not run")
     assert fake_smolvm.machine("m1") == before
@@ -259,7 +261,7 @@ def test_create_collision_is_never_torn_down(
     fake_smolvm: Any, backend: SmolmachinesBottleBackend
 ) -> None:
     fake_smolvm.set_fault(CREATE_COLLIDE=1)
-    with pytest.raises(MachineExistsError), backend.launch(LaunchSpec("m1")):
+    with pytest.raises(MachineExistsError), backend.launch(root_spec()):
         pytest.fail("body must not run")
     assert not {"stop", "delete"} & set(fake_smolvm.subcommands())
 
@@ -267,11 +269,11 @@ def test_create_collision_is_never_torn_down(
 def test_bad_spec_input_runs_nothing(fake_smolvm: Any, backend: SmolmachinesBottleBackend,
                                      tmp_path: Path) -> None:  # fmt: skip
     cases: list[tuple[LaunchSpec, str]] = [
-        (LaunchSpec("m1", prompt_file=str(tmp_path / "missing.md")), "does not exist"),
-        (LaunchSpec("m1", prompt_file=str(tmp_path)), "directory"),
-        (LaunchSpec("m1", agent_provider="nope"), "unknown agent provider"),
-        (LaunchSpec("m1", cpus=0), "cpus"),
-        (LaunchSpec("m1", terminal_color="#12"), "colour"),
+        (root_spec(prompt_file=str(tmp_path / "missing.md")), "does not exist"),
+        (root_spec(prompt_file=str(tmp_path)), "directory"),
+        (root_spec(agent_provider="nope"), "unknown agent provider"),
+        (root_spec(cpus=0), "cpus"),
+        (root_spec(terminal_color="#12"), "colour"),
     ]
     for spec, needle in cases:
         with pytest.raises(ValueError, match=needle), backend.launch(spec):
@@ -284,7 +286,7 @@ def test_bad_spec_input_runs_nothing(fake_smolvm: Any, backend: SmolmachinesBott
 
 def test_exec_as_node_and_root_with_real_runuser(fake_smolvm: Any,
                                                  require_node_user: Any) -> None:  # fmt: skip
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     b = SmolmachinesBottle("m", guest_env={"B": "2", "A": "x y"}, retry=FAST)
     node = b.exec('id -un; id -u; echo "$HOME|$USER|$A|$B"')
     assert node.stdout == f"node\n{require_node_user.pw_uid}\n/home/node|node|x y|2\n"
@@ -297,7 +299,7 @@ def test_exec_as_node_and_root_with_real_runuser(fake_smolvm: Any,
 
 
 def test_exec_output_status_and_bad_bytes(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     b = SmolmachinesBottle("m", retry=FAST)
     r = b.exec("printf 'a\\377b\\n'; echo oops >&2; exit 5")
     assert r == ExecResult(5, "a\ufffdb\n", "oops\n")
@@ -308,7 +310,7 @@ def test_exec_output_status_and_bad_bytes(fake_smolvm: Any) -> None:
 
 
 def test_guest_failure_is_a_result_not_a_smolvm_error(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     r = SmolmachinesBottle("m").exec("echo 'Error: no config' >&2; exit 1")
     assert r == ExecResult(1, "", "Error: no config\n")
     assert SmolmachinesBottle("m").exec("exit 2").returncode == 2
@@ -316,7 +318,7 @@ def test_guest_failure_is_a_result_not_a_smolvm_error(fake_smolvm: Any) -> None:
 
 def test_137_is_retried_once_and_logged(fake_smolvm: Any,
                                         caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(KILL_EXECS=1)
     caplog.set_level(logging.WARNING)
     r = SmolmachinesBottle("m", retry=FAST).exec("echo ok")
@@ -328,14 +330,14 @@ def test_137_is_retried_once_and_logged(fake_smolvm: Any,
 
 
 def test_default_policy_retries_after_a_settle(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(KILL_EXECS=1)
     assert SmolmachinesBottle("m").exec("echo ok").stdout == "ok\n"
     assert fake_smolvm.subcommands().count("exec") == 2
 
 
 def test_retry_exhausted_returns_the_last_result_and_check_raises(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(KILL_EXECS=2)
     result = SmolmachinesBottle("m", retry=FAST).exec("echo never")
     assert result == ExecResult(137, "", "")
@@ -349,7 +351,7 @@ def test_retry_exhausted_returns_the_last_result_and_check_raises(fake_smolvm: A
 
 
 def test_retry_policy_is_data(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(KILL_EXECS=3)
     policy = RetryPolicy(attempts=4, delay=0, statuses=frozenset({137}))
     assert SmolmachinesBottle("m", retry=policy).exec("echo fine").stdout == "fine\n"
@@ -374,7 +376,7 @@ def test_exec_error_classes(fake_smolvm: Any) -> None:
     fake_smolvm.create("idle", running=False)
     with pytest.raises(MachineNotRunningError):
         SmolmachinesBottle("idle").exec("true").check()
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(DIE_AFTER=0.3)
     lost = SmolmachinesBottle("m").exec("sleep 10")
     assert lost.returncode == 1
@@ -390,7 +392,7 @@ def _agent_bottle(name: str, **kw: Any) -> SmolmachinesBottle:
 
 
 def test_exec_agent_returns_the_agents_status(fake_smolvm: Any, shared_dir: Path) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     out = shared_dir / "out"
     b = _agent_bottle("m", agent_workdir=str(shared_dir))
     assert b.exec_agent(["-c", f'pwd > {out}; id -un >> {out}; exit 3'], tty=False) == 3
@@ -411,7 +413,7 @@ def test_exec_agent_on_missing_or_stopped_machine(fake_smolvm: Any) -> None:
 
 
 def test_exec_agent_connection_lost(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(DIE_AFTER=0.3)
     outcome = _agent_bottle("m").run_agent(["-c", "sleep 10"], tty=False)
     assert outcome.returncode == 1
@@ -426,7 +428,7 @@ def test_exec_agent_connection_lost(fake_smolvm: Any) -> None:
 
 
 def test_cp_in(fake_smolvm: Any, shared_dir: Path, tmp_path: Path) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     b = SmolmachinesBottle("m")
     src = tmp_path / "a:b c.txt"  # ':' would make smolvm read a download from machine "a"
     src.write_bytes(b"\x00\xffdata")
@@ -440,7 +442,7 @@ def test_cp_in(fake_smolvm: Any, shared_dir: Path, tmp_path: Path) -> None:
 
 
 def test_cp_in_refuses_bad_input_before_running(fake_smolvm: Any, tmp_path: Path) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     b = SmolmachinesBottle("m")
     f = tmp_path / "f"
     f.write_text("x")
@@ -463,7 +465,7 @@ def test_cp_in_refuses_bad_input_before_running(fake_smolvm: Any, tmp_path: Path
 
 
 def test_close_is_idempotent_and_final(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     b = SmolmachinesBottle("m")
     with b:
         assert not b.closed

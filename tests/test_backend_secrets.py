@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import ProcScan, child_argv, run_in_pty, wait_for
+from backend_helpers import (  # noqa: F401
+    ROOT_IMAGE,
+    ProcScan,
+    _test_images,
+    child_argv,
+    image_machine,
+    run_in_pty,
+    wait_for,
+)
 
 from bottle import smolvm as sv
 from bottle.backend import LaunchSpec
@@ -53,6 +61,7 @@ def test_whole_session_keeps_the_secret_off_every_command_line(
     prompt.write_text("prompt\n")
     spec = LaunchSpec(
         "m1",
+        image=ROOT_IMAGE,
         env={"PLAIN": "visible"},
         secret_env={"BOTTLE_TOKEN": secret},
         prompt_file=str(prompt),
@@ -106,7 +115,7 @@ def test_whole_session_keeps_the_secret_off_every_command_line(
 
 
 def test_secret_not_in_errors(fake_smolvm: Any, secret: str) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(DIE_AFTER=0.3)
     b = SmolmachinesBottle("m", secret_env={"BOTTLE_TOKEN": secret})
     with pytest.raises(ConnectionLostError) as info:
@@ -125,7 +134,7 @@ def test_secret_not_in_errors(fake_smolvm: Any, secret: str) -> None:
 def test_tty_session_keeps_the_secret_off_every_command_line(
     fake_smolvm: Any, shared_dir: Path, secret: str
 ) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     d = shared_dir
     out = d / "tty-hash"
     env = {

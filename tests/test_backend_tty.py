@@ -11,7 +11,7 @@ import tempfile
 from typing import Any
 
 import pytest
-from backend_helpers import child_argv, run_in_pty
+from backend_helpers import ROOT_IMAGE, _test_images, child_argv, image_machine, run_in_pty  # noqa: F401
 
 from bottle import smolvm as sv
 from bottle.backend import terminal
@@ -30,7 +30,7 @@ def _env(**cfg: Any) -> dict[str, str]:
 def test_tty_session_decorates_restores_and_returns_the_agents_status(
     fake_smolvm: Any, require_node_user: Any
 ) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     title = "proj \x1b]0;evil\x07 \x9b2J"
     run = run_in_pty(
         child_argv(["-c", 'echo "in guest as $(id -un), tty: $(tty)"; stty size; exit 7']),
@@ -53,7 +53,7 @@ def test_tty_session_decorates_restores_and_returns_the_agents_status(
 
 
 def test_tty_session_without_decoration_writes_no_escape(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     run = run_in_pty(child_argv(["-c", "echo plain"]), _env(machine="m"))
     assert b"RESULT=STATUS:0" in run.output
     assert b"\x1b]0;" not in run.output
@@ -61,7 +61,7 @@ def test_tty_session_without_decoration_writes_no_escape(fake_smolvm: Any) -> No
 
 
 def test_tty_connection_lost_is_an_error_and_the_terminal_is_restored(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(DIE_AFTER=0.8)
     run = run_in_pty(child_argv(["-c", "sleep 20"]), _env(machine="m", title="t"))
     assert b"RESULT=ERROR:ConnectionLostError:connection to the VM lost" in run.output
@@ -72,7 +72,7 @@ def test_tty_connection_lost_is_an_error_and_the_terminal_is_restored(fake_smolv
 
 
 def test_tty_session_in_a_workdir(fake_smolvm: Any, require_node_user: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     with tempfile.TemporaryDirectory(prefix="bottle-tty-") as base:
         os.chmod(base, 0o755)  # node must be able to reach it
         workdir = os.path.join(base, "a b$c 'd'")
@@ -85,7 +85,7 @@ def test_tty_session_in_a_workdir(fake_smolvm: Any, require_node_user: Any) -> N
 
 
 def test_relay_argv_is_one_runnable_command_line(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     b = SmolmachinesBottle(
         "m",
         agent_command="/bin/sh",
@@ -103,7 +103,7 @@ def test_relay_argv_is_one_runnable_command_line(fake_smolvm: Any) -> None:
 
 
 def test_non_tty_exec_agent_does_not_touch_the_terminal(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     code = (
         "from bottle.backend.smolmachines import SmolmachinesBottle as B; import sys; "
         "sys.exit(B('m', agent_command='/bin/sh', agent_prompt_mode='none', "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backend_helpers import ROOT_IMAGE, _test_images, image_machine  # noqa: F401
 from hardening_helpers import agent_session, user_terminal, wait_status
 
 from bottle import smolvm as sv
@@ -42,7 +43,7 @@ def _fresh_version_cache() -> None:
 def test_window_change_reaches_the_guest(
     fake_smolvm: Any, shared_dir: Path, impl: str, route: str
 ) -> None:
-    fake_smolvm.create("m1")
+    image_machine(fake_smolvm, "m1")
     done = shared_dir / "done"
     argv, env = agent_session(route, "m1", GUEST.format(done=done))
     env.pop("BOTTLE_NO_EXTENSIONS", None)

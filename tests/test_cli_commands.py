@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend_helpers import run_in_pty, wait_for
+from backend_helpers import LAUNCH, ROOT_IMAGE, _test_images, image_machine, run_in_pty, wait_for  # noqa: F401
 
 BOTTLE = [sys.executable, "-m", "bottle"]
 
@@ -130,7 +130,7 @@ def test_usage_errors_exit_2() -> None:
 def test_exec_prints_output_and_exits_with_the_scripts_status(
     fake_smolvm: Any, require_node_user: Any
 ) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     proc = bottle("exec", "-n", "m", "-e", "A=x y", 'id -un; echo "$A"; echo warn >&2; exit 4')
     assert (proc.returncode, proc.stdout, proc.stderr) == (4, "node\nx y\n", "warn\n")
     proc = bottle("exec", "-n", "m", "-u", "root", "id -un")
@@ -140,7 +140,7 @@ def test_exec_prints_output_and_exits_with_the_scripts_status(
 
 
 def test_exec_secret_env_passes_by_name(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     env = {**os.environ, "MY_TOKEN": "hunter2-secret"}
     proc = bottle("exec", "-n", "m", "--secret-env", "MY_TOKEN", 'echo "len=${#MY_TOKEN}"',
                   env=env)  # fmt: skip
@@ -159,13 +159,13 @@ def test_exec_errors_are_one_line(fake_smolvm: Any) -> None:
     assert_one_line_error(bottle("exec", "-n", "bad name", "true"), "invalid machine name")
     assert_one_line_error(bottle("exec", "-n", "m", "--user=-x", "true"), "invalid user name")
     assert_one_line_error(bottle("exec", "-n", "m", "-e", "1X=2", "true"), "variable name")
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(DIE_AFTER=0.3)
     assert_one_line_error(bottle("exec", "-n", "m", "sleep 5"), "connection to VM lost")
 
 
 def test_exec_retry_exhausted(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(KILL_EXECS=2)
     proc = bottle("exec", "-n", "m", "echo hi")
     assert proc.returncode == 137
@@ -192,7 +192,7 @@ def test_missing_and_too_old_smolvm(fake_smolvm: Any, tmp_path: Path) -> None:
 
 
 def test_cp(fake_smolvm: Any, shared_dir: Path, tmp_path: Path) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     src = tmp_path / "f.txt"
     src.write_text("hello\n")
     dst = shared_dir / "sub" / "f.txt"
@@ -213,7 +213,7 @@ def test_launch_runs_the_agent_and_tears_down(fake_smolvm: Any, shared_dir: Path
     prompt.write_text("p")
     out = shared_dir / "out"
     proc = bottle(
-        "launch", "-n", "m1", "--cpus", "2", "--memory", "512", "--no-tty",
+        *LAUNCH, "--cpus", "2", "--memory", "512", "--no-tty",
         "--agent-command", "/bin/sh", "--workdir", str(shared_dir),
         "--", "-c", f'pwd > {out}; id -un >> {out}; exit 6',
     )  # fmt: skip
@@ -225,7 +225,7 @@ def test_launch_runs_the_agent_and_tears_down(fake_smolvm: Any, shared_dir: Path
 
 def test_launch_in_a_terminal(fake_smolvm: Any) -> None:
     run = run_in_pty(
-        [*BOTTLE, "launch", "-n", "m1", "--agent-command", "/bin/sh", "--title", "work",
+        [*BOTTLE, *LAUNCH, "--agent-command", "/bin/sh", "--title", "work",
          "--color", "navy", "--", "-c", "echo agent-here; exit 2"],
     )  # fmt: skip
     assert run.status == 2
@@ -237,27 +237,27 @@ def test_launch_in_a_terminal(fake_smolvm: Any) -> None:
 
 def test_launch_refuses_an_existing_machine(fake_smolvm: Any) -> None:
     before = fake_smolvm.create("m1")
-    proc = bottle("launch", "-n", "m1", "--no-tty")
+    proc = bottle(*LAUNCH, "--no-tty")
     assert_one_line_error(proc, "already exists")
     assert fake_smolvm.machine("m1") == before
 
 
 def test_launch_bad_input(fake_smolvm: Any, tmp_path: Path) -> None:
-    proc = bottle("launch", "-n", "m1", "--provider", "gpt")
+    proc = bottle(*LAUNCH, "--provider", "gpt")
     assert_one_line_error(proc, "unknown agent provider")
-    assert_one_line_error(bottle("launch", "-n", "m1", "--color", "\x1b[31m"), "colour")
-    assert_one_line_error(bottle("launch", "-n", "m1", "--workdir", "rel"), "absolute")
-    assert_one_line_error(bottle("launch", "-n", "m1", "--prompt-file", str(tmp_path)),
+    assert_one_line_error(bottle(*LAUNCH, "--color", "\x1b[31m"), "colour")
+    assert_one_line_error(bottle(*LAUNCH, "--workdir", "rel"), "absolute")
+    assert_one_line_error(bottle(*LAUNCH, "--prompt-file", str(tmp_path)),
                           "directory")  # fmt: skip
-    assert_one_line_error(bottle("launch", "-n", "m1", "--backend", "qemu"), "known backends")
-    assert bottle("launch", "-n", "m1", "--cpus", "0").returncode == 2
+    assert_one_line_error(bottle(*LAUNCH, "--backend", "qemu"), "known backends")
+    assert bottle(*LAUNCH, "--cpus", "0").returncode == 2
     assert fake_smolvm.calls() == []
 
 
 def test_launch_sigterm_tears_down(fake_smolvm: Any, shared_dir: Path) -> None:
     ready = shared_dir / "ready"
     proc = subprocess.Popen(
-        [*BOTTLE, "launch", "-n", "m1", "--no-tty", "--agent-command", "/bin/sh",
+        [*BOTTLE, *LAUNCH, "--no-tty", "--agent-command", "/bin/sh",
          "--", "-c", f"touch {ready}; sleep 60"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -298,7 +298,7 @@ def test_agent_on_a_stopped_machine(fake_smolvm: Any) -> None:
 
 
 def test_agent_connection_lost(fake_smolvm: Any) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(DIE_AFTER=0.5)
     start = time.monotonic()
     proc = bottle("agent", "-n", "m", "--no-tty", "--agent-command", "/bin/sh", "--",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import run_in_pty
+from backend_helpers import ROOT_IMAGE, _test_images, image_machine, run_in_pty  # noqa: F401
 
 from bottle import smolvm as sv
 from bottle.agent_provider import prompt_args
@@ -40,8 +40,9 @@ def _fresh_version_cache() -> None:
 
 
 def _machine(fake_smolvm: Any, name: str = "m", **fields: Any) -> None:
-    """A running machine that can take the replaced class's default user, node."""
-    fake_smolvm.create(name, **fields)
+    """A running machine that can take the replaced class's default user, node (an image like
+    node:22: commands run as root, and runuser reaches node)."""
+    image_machine(fake_smolvm, name, **fields)
 
 
 def _args_printer(directory: Path) -> str:
@@ -59,7 +60,7 @@ def test_name_is_the_machine_name(fake_smolvm: Any, shared_dir: Path) -> None:
     bottle = SmolmachinesBottle("proj-1")
     assert bottle.name == "proj-1"
     backend = SmolmachinesBottleBackend(retry=FAST)
-    with backend.launch(LaunchSpec("proj-2")) as launched:
+    with backend.launch(LaunchSpec("proj-2", image=ROOT_IMAGE)) as launched:
         assert launched.name == "proj-2"
         assert fake_smolvm.machine(launched.name)["state"] == "running"
 
@@ -294,7 +295,8 @@ def test_missing_smolvm_is_caught_as_file_not_found(
             assert "smolvm not found on PATH" in str(exc)
         else:
             pytest.fail("no FileNotFoundError")
-    with pytest.raises(FileNotFoundError), SmolmachinesBottleBackend().launch(LaunchSpec("m")):
+    launch = SmolmachinesBottleBackend().launch(LaunchSpec("m", image=ROOT_IMAGE))
+    with pytest.raises(FileNotFoundError), launch:
         pytest.fail("body must not run")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backend_helpers import LAUNCH, ROOT_IMAGE, _test_images, image_machine  # noqa: F401
 from hardening_helpers import BOTTLE, ProcWatch, terminal_on_stdio, user_terminal, wait_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -149,7 +150,7 @@ def test_bad_input_is_refused_before_anything_runs(
     error: type[Exception],
     needle: str,
 ) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     with pytest.raises(error) as info:
         action(files)
     assert needle in str(info.value), f"{what}: unclear message {str(info.value)!r}"
@@ -194,7 +195,7 @@ def test_non_executable_smolvm_is_a_clear_error(
     fake_smolvm: Any, unexecutable: Path, tmp_path: Path, what: str,
     action: Callable[[Path], object],
 ) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     host_file = tmp_path / "f"
     host_file.write_text("x")
     with pytest.raises(SmolvmNotExecutableError) as info:
@@ -211,7 +212,7 @@ def test_non_executable_smolvm_on_path(fake_smolvm: Any, unexecutable: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.delenv("BOTTLE_SMOLVM")
     monkeypatch.setenv("PATH", f"{unexecutable.parent}:/usr/bin:/bin")
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     with pytest.raises(SmolvmNotExecutableError, match=f"smolvm found at {unexecutable} but it "
                        "is not executable"):  # fmt: skip
         _bottle().exec("true")
@@ -223,7 +224,7 @@ def test_tty_session_with_bad_input_leaves_the_terminal_alone(
 ) -> None:
     """In process, a decorated tty session refused before it starts: not one byte (no title
     sequence) reaches the terminal and its settings are unchanged."""
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     bottle = _bottle(terminal_title="t", terminal_color="navy")
     with terminal_on_stdio() as term:
         with pytest.raises(SmolvmNotExecutableError):
@@ -245,11 +246,11 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["agent", "-n", "m", "--secret-env", "A-B"], "invalid environment variable name 'A-B'"),
     (["agent", "-n", "m", "--secret-env", "UNSET_FOR_SURE_42"], "UNSET_FOR_SURE_42 is not set"),
     (["agent", "-n", "m", "--workdir", "rel"], "workdir 'rel' must be absolute"),
-    (["launch", "-n", "m1", "--workdir", "/a/../b"], "must not contain '.' or '..'"),
+    ([*LAUNCH, "--workdir", "/a/../b"], "must not contain '.' or '..'"),
     (["agent", "-n", "m", "--provider", "gpt"], "unknown agent provider 'gpt'"),
-    (["launch", "-n", "m1", "--backend", "qemu"], "unknown backend 'qemu'"),
-    (["launch", "-n", "m1", "--prompt-file", "/nonexistent/p.md"], "does not exist"),
-    (["launch", "-n", "m1", "--prompt-file", "/etc"], "is a directory"),
+    ([*LAUNCH, "--backend", "qemu"], "unknown backend 'qemu'"),
+    ([*LAUNCH, "--prompt-file", "/nonexistent/p.md"], "does not exist"),
+    ([*LAUNCH, "--prompt-file", "/etc"], "is a directory"),
     (["cp", "-n", "m", "/etc", "/x"], "is a directory; only regular files can be copied"),
     (["cp", "-n", "m", "/nonexistent/f", "/x"], "does not exist"),
     (["cp", "-n", "m", "/etc/passwd", "../x"], "must be absolute"),
@@ -261,7 +262,7 @@ CLI_CASES: list[tuple[list[str], str]] = [
 def test_cli_bad_input_on_a_terminal(fake_smolvm: Any, args: list[str], needle: str) -> None:
     """One line `bottle: error: …` naming the problem, exit 1, no smolvm call, no process
     left, and the terminal exactly as it was."""
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     argv = [*BOTTLE, *args]
     if args[0] in ("agent", "launch"):
         argv += ["--agent-command", "/bin/sh", "--", "-c", "echo must-not-run"]
@@ -281,7 +282,7 @@ def test_cli_bad_input_on_a_terminal(fake_smolvm: Any, args: list[str], needle: 
 
 
 def test_cli_non_executable_smolvm_on_a_terminal(fake_smolvm: Any, unexecutable: Path) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     argv = [*BOTTLE, "agent", "-n", "m", "--title", "t", "--agent-command", "/bin/sh"]
     with user_terminal() as term:
         status = wait_status(term.spawn(argv, dict(os.environ)))
@@ -318,7 +319,7 @@ def test_any_workdir_env_secret_and_argument_survive_the_whole_exec_path(
     """What the validators accept arrives unchanged: through smolvm's argument parsing, `-e`
     name forwarding, runuser, env and the `sh -lc` workdir trampoline, as the agent's user."""
     if fake_smolvm.machine("m") is None:
-        fake_smolvm.create("m")
+        image_machine(fake_smolvm, "m")
     with tempfile.TemporaryDirectory(prefix="bottle-hyp-") as base:
         os.chmod(base, 0o777)
         workdir = os.path.join(base, name)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backend_helpers import LAUNCH, ROOT_IMAGE, _test_images, image_machine, root_spec  # noqa: F401
 from hardening_helpers import (
     BOTTLE,
     POP_TITLE,
@@ -36,7 +37,7 @@ from hardening_helpers import (
 )
 
 from bottle import smolvm as sv
-from bottle.backend import ExecResult, LaunchSpec
+from bottle.backend import ExecResult
 from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottleBackend
 from bottle.errors import RetryExhaustedError
 
@@ -70,7 +71,7 @@ def _alive(pid: int) -> bool:
 def test_vm_dies_mid_session(fake_smolvm: Any, require_node_user: Any, route: str) -> None:
     """A clear "connection to the VM lost" error, termios restored exactly, status non-zero,
     the title popped again, no process left."""
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(DIE_AFTER=1.5)
     argv, env = agent_session(route, "m", GUEST_UP, title="work")
     with user_terminal() as term:
@@ -110,7 +111,7 @@ def test_smolvm_killed_mid_session(fake_smolvm: Any, require_node_user: Any, rou
                                    sig: signal.Signals) -> None:  # fmt: skip
     """The relay exits at once with 128+N (the guest would have slept 60 s), the terminal is
     restored exactly and nothing is left running."""
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     argv, env = agent_session(route, "m", GUEST_UP, title="work")
     with user_terminal() as term:
         proc = term.spawn(argv, env)
@@ -145,7 +146,7 @@ def test_retry_exhausted_while_provisioning_tears_down(fake_smolvm: Any,
     other = fake_smolvm.create("other")
     fake_smolvm.set_fault(KILL_EXECS=2)
     backend = SmolmachinesBottleBackend(retry=RetryPolicy(attempts=2, delay=0.01))
-    spec = LaunchSpec("m1", workdir=str(shared_dir / "work"))  # provisioning runs a mkdir
+    spec = root_spec(workdir=str(shared_dir / "work"))  # provisioning runs a mkdir
     with pytest.raises(RetryExhaustedError) as info, backend.launch(spec):
         pytest.fail("the body must not run")
     err = info.value
@@ -198,7 +199,7 @@ def test_ctrl_c_during_launch(fake_smolvm: Any, shared_dir: Path, tmp_path: Path
         # that exec or in the settle before its retry (1 s by default).
         env["FAKE_SMOLVM_KILL_EXECS"] = "1"
         ready = lambda: "exec" in fake_smolvm.subcommands()  # noqa: E731
-    argv = [*BOTTLE, "launch", "-n", "m1", "--agent-command", "/bin/sh",
+    argv = [*BOTTLE, *LAUNCH, "--agent-command", "/bin/sh",
             "--workdir", str(workdir), "--", "-c", f"touch {agent_ran}"]  # fmt: skip
     with user_terminal() as term:
         proc = term.spawn(argv, env)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backend_helpers import LAUNCH, ROOT_IMAGE, _test_images, image_machine  # noqa: F401
 from hardening_helpers import (
     BOTTLE,
     ProcWatch,
@@ -104,6 +105,7 @@ def test_interactive_launch_session_keeps_the_secret_hidden(
     prompt.write_text("be careful\n")
     spec = LaunchSpec(
         "m1",
+        image=ROOT_IMAGE,
         env={"PLAIN": "visible"},
         secret_env={NAME: secret},
         prompt_file=str(prompt),
@@ -167,7 +169,7 @@ def test_cli_launch_session_keeps_the_secret_hidden(
     too, and the value shows up in none of it nor on any command line."""
     d = shared_dir
     env = {**os.environ, NAME: secret}
-    argv = [*BOTTLE, "-v", "launch", "-n", "m1", "--secret-env", NAME, "--title", "t",
+    argv = [*BOTTLE, "-v", *LAUNCH, "--secret-env", NAME, "--title", "t",
             "--workdir", str(d / "work"), "--agent-command", "/bin/sh",
             "--", "-c", _guest_script(d)]  # fmt: skip
     with user_terminal() as term:

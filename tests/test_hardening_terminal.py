@@ -13,6 +13,7 @@ import subprocess
 from typing import Any
 
 import pytest
+from backend_helpers import LAUNCH, ROOT_IMAGE, _test_images, image_machine, root_spec  # noqa: F401
 from hardening_helpers import (
     BOTTLE,
     POP_TITLE,
@@ -29,7 +30,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bottle import smolvm as sv
-from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import SmolmachinesBottle, SmolmachinesBottleBackend
 from bottle.errors import InvalidInputError
 
@@ -76,7 +76,7 @@ HOSTILE_TITLES = [
 @pytest.mark.parametrize(("title", "visible"), HOSTILE_TITLES)
 def test_hostile_title_reaches_the_terminal_defused(fake_smolvm: Any, title: str,
                                                     visible: str) -> None:  # fmt: skip
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     out = _session(fake_smolvm, "api", title=title)
     if visible:
         rest = _strip_once(out, PUSH_TITLE + set_title(visible))
@@ -92,7 +92,7 @@ def test_hostile_title_reaches_the_terminal_defused(fake_smolvm: Any, title: str
 def test_hostile_title_through_the_cli(fake_smolvm: Any, title: str, visible: str) -> None:
     """The same through `bottle agent --title` (argv cannot carry NUL, so that case is API
     only), with a valid colour alongside."""
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     out = _session(fake_smolvm, "cli", title=title, color="#0a0b0c")
     start = (PUSH_TITLE + set_title(visible) if visible else b"") + set_bg("#0a0b0c")
     reset = RESET_BG + (POP_TITLE if visible else b"")
@@ -113,7 +113,7 @@ def test_any_title_only_ever_emits_bottles_sequences(fake_smolvm: Any, title: st
     """Property: OSC 0 with a control-free body at the start, one pop at the end, and no other
     control character anywhere (the fake machine is shared by the examples; it stays running)."""
     if fake_smolvm.machine("m") is None:
-        fake_smolvm.create("m")
+        image_machine(fake_smolvm, "m")
     out = _session(fake_smolvm, "api", title=title)
     m = _OUR_START.match(out)
     assert m is not None, f"output does not start with bottle's title sequence: {out!r}"
@@ -124,7 +124,7 @@ def test_any_title_only_ever_emits_bottles_sequences(fake_smolvm: Any, title: st
 
 @pytest.mark.parametrize("color", ["#abc", "#0a0B0c", "navy", "DarkSlateGray4"])
 def test_valid_colours_are_emitted_exactly(fake_smolvm: Any, color: str) -> None:
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     out = _session(fake_smolvm, "api", color=color)
     assert out.startswith(set_bg(color))
     rest = _strip_once(_strip_once(out, set_bg(color)), RESET_BG)
@@ -152,12 +152,12 @@ def test_hostile_colour_is_refused_before_anything_runs(fake_smolvm: Any, color:
     """API: InvalidInputError naming the colour, from the bottle and from launch; no smolvm
     call. CLI on a terminal: one error line without a control character, exit 1, the terminal
     untouched."""
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     with pytest.raises(InvalidInputError, match="invalid terminal colour") as info:
         SmolmachinesBottle("m", terminal_color=color)
     assert control_characters(str(info.value).encode()) == []
     with pytest.raises(InvalidInputError, match="invalid terminal colour"), \
-            SmolmachinesBottleBackend().launch(LaunchSpec("m1", terminal_color=color)):  # fmt: skip
+            SmolmachinesBottleBackend().launch(root_spec(terminal_color=color)):  # fmt: skip
         pytest.fail("the body must not run")
     assert fake_smolvm.calls() == []
     argv, env = agent_session("cli", "m", GUEST, color=color)
@@ -196,8 +196,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[bytes]:
         ["agent", "-n", "m", "--prompt-path", EVIL],
         ["agent", "-n", "m", "--user", EVIL],
         ["agent", "-n", "m", "--secret-env", EVIL],
-        ["launch", "-n", "m1", "--backend", EVIL],
-        ["launch", "-n", "m1", "--prompt-file", f"/nonexistent/{EVIL}"],
+        [*LAUNCH, "--backend", EVIL],
+        [*LAUNCH, "--prompt-file", f"/nonexistent/{EVIL}"],
         ["cp", "-n", "m", f"/nonexistent/{EVIL}", "/x"],
         ["cp", "-n", "m", "/etc/passwd", EVIL],
         ["cp", "-n", "m", "--owner", EVIL, "/etc/passwd", "/x"],
@@ -208,7 +208,7 @@ def test_bad_input_errors_never_echo_control_characters(fake_smolvm: Any,
                                                         args: list[str]) -> None:  # fmt: skip
     """A host CLI may pass untrusted text to bottle; the error bottle prints for it must not
     turn that text into escape sequences on the user's terminal (it shows them escaped)."""
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     proc = _cli(*args)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith(b"bottle: error: "), proc.stderr
