@@ -52,21 +52,55 @@ class FakeSmolvm:
         data: dict[str, Any] = json.loads(path.read_text())
         return data
 
-    def create(self, name: str, *, running: bool = True, **fields: Any) -> dict[str, Any]:
-        """Pre-seed machine `name` (state running or created; `fields` override the record)."""
+    def add_image(
+        self,
+        ref: str,
+        *,
+        user: str | None = None,
+        workdir: str | None = None,
+        env: list[str] | None = None,
+    ) -> None:
+        """Put image `ref` (exactly as given to `--image`) in the fake's image table
+        ($FAKE_SMOLVM_IMAGES) with that USER, WORKDIR and ENV ("K=V" strings)."""
+        path = self.state_dir / "images.json"
+        with self._locked():
+            table = json.loads(path.read_text()) if path.exists() else {}
+            table[ref] = {"user": user, "workdir": workdir, "env": list(env or [])}
+            path.write_text(json.dumps(table, indent=1, sort_keys=True))
+        self._mp.setenv("FAKE_SMOLVM_IMAGES", str(path))
+
+    def create(
+        self, name: str, *, running: bool = True, image: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Pre-seed machine `name` (state running or created; `fields` override the record).
+
+        `image`: an image machine of that ref, as if created with `--image ref` and started once;
+        a registry ref must be in the image table (add_image) first.
+        """
+        config = None
+        if image is not None:
+            path = self.state_dir / "images.json"
+            table = json.loads(path.read_text()) if path.exists() else {}
+            if image not in table:
+                pytest.fail(f"fake_smolvm.create(image={image!r}): call add_image({image!r}) first")
+            config = table[image]
         rec: dict[str, Any] = {
             "name": name,
             "state": "running" if running else "created",
             "pid": 4242 if running else None,
             "cpus": 4,
             "memory_mib": 8192,
-            "image": None,
+            "image": image,
+            "image_key": image,
+            "image_local": False,
+            "image_config": config,
+            "init_completed": image is not None,
             "created_at": int(time.time()),
             "storage_gb": None,
             "overlay_gb": None,
             "volumes": [],
             "ports": [],
-            "network": False,
+            "network": image is not None,
             "init": [],
             "env": [],
             "workdir": None,

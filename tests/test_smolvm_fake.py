@@ -26,7 +26,7 @@ def _fresh_version_cache() -> None:
 def test_lifecycle_calls_and_state(fake_smolvm) -> None:
     s = sv.Smolvm()
     assert s.path == str(fake_smolvm.path)
-    assert s.version == (1, 9, 2)
+    assert s.version == (1, 9, 3)
     assert s.state("m1") is None
     s.create("m1", cpus=2, memory_mib=512, network=True)
     assert s.state("m1") in ("created", "stopped")
