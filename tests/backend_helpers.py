@@ -54,6 +54,11 @@ def image_machine(fake_smolvm: Any, name: str, *, image: str = ROOT_IMAGE, **fie
     fake_smolvm.create(name, image=image, **fields)
 
 
+def guest_execs(fake_smolvm: Any) -> list[list[str]]:
+    """The `machine exec` calls that ran a guest command (not `exec --help`)."""
+    return [c for c in fake_smolvm.calls() if c[1:2] == ["exec"] and "--" in c]
+
+
 def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as f:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import ROOT_IMAGE, _test_images, image_machine, root_spec  # noqa: F401
+from backend_helpers import ROOT_IMAGE, _test_images, guest_execs, image_machine, root_spec  # noqa: F401
 
 from bottle import smolvm as sv
 from bottle.backend import (
@@ -106,9 +106,8 @@ def test_launch_lifecycle(fake_smolvm: Any, backend: SmolmachinesBottleBackend,
     subs = fake_smolvm.subcommands()
     assert subs[:4] == ["--version", "status", "create", "start"]
     assert subs[-2:] == ["stop", "delete"]
-    assert ["machine", "create", "-n", "m1", "--cpus", "2", "--mem", "1024", "--net"] in (
-        fake_smolvm.calls()
-    )
+    create = ["machine", "create", "-n", "m1", "-I", ROOT_IMAGE, "--cpus", "2", "--mem", "1024"]
+    assert [*create, "--net"] in fake_smolvm.calls()
 
 
 def test_body_exception_tears_down_and_propagates(
@@ -290,12 +289,15 @@ def test_exec_as_node_and_root_with_real_runuser(fake_smolvm: Any,
     b = SmolmachinesBottle("m", guest_env={"B": "2", "A": "x y"}, retry=FAST)
     node = b.exec('id -un; id -u; echo "$HOME|$USER|$A|$B"')
     assert node.stdout == f"node\n{require_node_user.pw_uid}\n/home/node|node|x y|2\n"
+    call = guest_execs(fake_smolvm)[-1]
+    assert call[call.index("--") + 1 :][:7] == [
+        "runuser", "-u", "node", "--", "env", "HOME=/home/node", "USER=node",
+    ]  # fmt: skip
     root = b.exec('id -un; echo "$HOME|$USER"', user="root")
     assert root.stdout == "root\n/root|root\n"
-    call = fake_smolvm.calls()[-1]
-    assert call[call.index("--") + 1 :][:7] == [
-        "runuser", "-u", "root", "--", "env", "HOME=/root", "USER=root",
-    ]  # fmt: skip
+    # The guest already runs as root: no switch, HOME and USER still set.
+    call = guest_execs(fake_smolvm)[-1]
+    assert call[call.index("--") + 1 :][:3] == ["env", "HOME=/root", "USER=root"]
 
 
 def test_exec_output_status_and_bad_bytes(fake_smolvm: Any) -> None:
@@ -319,11 +321,14 @@ def test_guest_failure_is_a_result_not_a_smolvm_error(fake_smolvm: Any) -> None:
 def test_137_is_retried_once_and_logged(fake_smolvm: Any,
                                         caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     image_machine(fake_smolvm, "m")
+    b = SmolmachinesBottle("m", retry=FAST)
+    b.guest_user()  # learnt first, so the fault hits the command itself
     fake_smolvm.set_fault(KILL_EXECS=1)
     caplog.set_level(logging.WARNING)
-    r = SmolmachinesBottle("m", retry=FAST).exec("echo ok")
+    before = len(guest_execs(fake_smolvm))
+    r = b.exec("echo ok")
     assert r == ExecResult(0, "ok\n", "")
-    assert fake_smolvm.subcommands().count("exec") == 2
+    assert len(guest_execs(fake_smolvm)) - before == 2
     warnings = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "status 137 (attempt 1 of 2)" in warnings[0]
@@ -332,8 +337,11 @@ def test_137_is_retried_once_and_logged(fake_smolvm: Any,
 def test_default_policy_retries_after_a_settle(fake_smolvm: Any) -> None:
     image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(KILL_EXECS=1)
+    # The first exec (learning who the guest runs as) is killed and run again after the settle.
     assert SmolmachinesBottle("m").exec("echo ok").stdout == "ok\n"
-    assert fake_smolvm.subcommands().count("exec") == 2
+    guest = [c[c.index("--") + 1 :] for c in guest_execs(fake_smolvm)]
+    assert guest[:2] == [["id"], ["id"]]
+    assert len(guest) == 3
 
 
 def test_retry_exhausted_returns_the_last_result_and_check_raises(fake_smolvm: Any) -> None:
@@ -352,10 +360,13 @@ def test_retry_exhausted_returns_the_last_result_and_check_raises(fake_smolvm: A
 
 def test_retry_policy_is_data(fake_smolvm: Any) -> None:
     image_machine(fake_smolvm, "m")
-    fake_smolvm.set_fault(KILL_EXECS=3)
     policy = RetryPolicy(attempts=4, delay=0, statuses=frozenset({137}))
-    assert SmolmachinesBottle("m", retry=policy).exec("echo fine").stdout == "fine\n"
-    assert fake_smolvm.subcommands().count("exec") == 4
+    b = SmolmachinesBottle("m", retry=policy)
+    b.guest_user()
+    fake_smolvm.set_fault(KILL_EXECS=3)
+    before = len(guest_execs(fake_smolvm))
+    assert b.exec("echo fine").stdout == "fine\n"
+    assert len(guest_execs(fake_smolvm)) - before == 4
     # Other statuses, other policy: 137 is not retried, 7 is.
     policy = RetryPolicy(attempts=3, delay=0, statuses=frozenset({7}))
     fake_smolvm.set_fault(KILL_EXECS=5)

@@ -42,7 +42,8 @@ def _version(fake_smolvm: Any, version: str) -> None:
 
 
 def _execs(fake_smolvm: Any) -> list[list[str]]:
-    return [c for c in fake_smolvm.calls() if c[1:2] == ["exec"]]
+    """Guest commands run (not bottle's `machine exec --help` look for a --user option)."""
+    return [c for c in fake_smolvm.calls() if c[1:2] == ["exec"] and "--help" not in c]
 
 
 def _guest_part(call: list[str]) -> list[str]:

@@ -53,7 +53,8 @@ def _bottle(**kw: Any) -> SmolmachinesBottle:
 
 
 def _launch(**kw: Any) -> None:
-    with SmolmachinesBottleBackend().launch(LaunchSpec(**{"machine_name": "m1", **kw})):
+    spec = LaunchSpec(**{"machine_name": "m1", "image": ROOT_IMAGE, **kw})
+    with SmolmachinesBottleBackend().launch(spec):
         pytest.fail("the body must not run")
 
 
@@ -137,7 +138,8 @@ CASES: list[Case] = [
      "invalid user name '-root'"),
     ("bad cp owner", lambda f: _bottle().cp_in(f["file"], "/x", owner="a b"),
      InvalidInputError, "invalid user name 'a b'"),
-    ("no cpus", lambda f: _launch(cpus=0), InvalidInputError, "cpus must be a positive"),
+    ("no cpus", lambda f: _launch(cpus=0), InvalidInputError,
+     "cpus must be an integer from 1 to 255"),
 ]
 
 

@@ -84,7 +84,8 @@ def test_vm_dies_mid_session(fake_smolvm: Any, require_node_user: Any, route: st
         term.assert_restored()
     guest = _guest_pid(out)
     # smolvm's own line reached the user, then bottle's error.
-    assert b"Error: agent operation failed: vm exec interactive: connection to VM lost" in out
+    # An image machine's session (crun) says "run interactive" (src/agent/client.rs).
+    assert b"Error: agent operation failed: run interactive: connection to VM lost" in out
     if route == "api":
         assert status == 99
         assert b"RESULT=ERROR:ConnectionLostError:connection to the VM lost: machine 'm' is " \
@@ -117,7 +118,9 @@ def test_smolvm_killed_mid_session(fake_smolvm: Any, require_node_user: Any, rou
         proc = term.spawn(argv, env)
         with ProcWatch(proc.pid) as watch:
             term.expect(b"guest-up")
-            execs = [c for c in call_log(fake_smolvm.state_dir) if c["argv"][1:2] == ["exec"]]
+            # The session's exec (before it: bottle's `exec --help` and `id` look-ups).
+            execs = [c for c in call_log(fake_smolvm.state_dir)
+                     if c["argv"][1:2] == ["exec"] and "-t" in c["argv"]]  # fmt: skip
             assert len(execs) == 1, execs
             smolvm_pid = execs[0]["pid"]
             assert smolvm_pid in watch.seen, "the exec's pid is not a descendant of the session"
@@ -212,7 +215,9 @@ def test_ctrl_c_during_launch(fake_smolvm: Any, shared_dir: Path, tmp_path: Path
         term.assert_restored()
     assert status == 130, out
     # (The ^C itself is echoed by the terminal, raw since ECHOCTL is off.)
-    assert out.rstrip().splitlines()[-1].lstrip(b"\x03") == b"bottle: interrupted", out
+    # The last line the terminal shows (the progress display erased its own line first).
+    last = out.rstrip().splitlines()[-1].lstrip(b"\x03").removeprefix(b"\x1b[K")
+    assert last == b"bottle: interrupted", out
     assert b"Traceback" not in out
     assert not agent_ran.exists()
     assert fake_smolvm.machine("m1") is None

@@ -262,9 +262,18 @@ _VERSION = re.compile(r"\bsmolvm\s+v?(\d+)\.(\d+)\.(\d+)")
 _version_cache: dict[tuple[str, int, int, int], tuple[int, int, int]] = {}
 
 
+_exec_user_cache: dict[tuple[str, int, int, int], bool] = {}
+
+
+def _cache_key(path: str) -> tuple[str, int, int, int]:
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def clear_version_cache() -> None:
-    """Forget every cached `smolvm --version` answer (for tests that swap versions)."""
+    """Forget every cached answer of an installed smolvm (for tests that swap versions)."""
     _version_cache.clear()
+    _exec_user_cache.clear()
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -603,11 +612,15 @@ class Smolvm:
     def has_exec_user_option(self) -> bool:
         """Whether `smolvm machine exec --help` offers `--user` (no release up to 1.9.3 does)."""
         if self._exec_user_option is None:
-            ran = run_captured(
-                [self.path, "machine", "exec", "--help"], timeout=self.timeouts.probe
-            )
-            text = ran[1] if ran is not None and ran[0] == 0 else ""
-            self._exec_user_option = re.search(r"^\s*(-u, )?--user\b", text, re.M) is not None
+            key = _cache_key(self.path)
+            if key not in _exec_user_cache:
+                ran = run_captured(
+                    [self.path, "machine", "exec", "--help"], timeout=self.timeouts.probe
+                )
+                text = ran[1] if ran is not None and ran[0] == 0 else ""
+                found = re.search(r"^\s*(-u, )?--user\b", text, re.M) is not None
+                _exec_user_cache[key] = found
+            self._exec_user_option = _exec_user_cache[key]
         return self._exec_user_option
 
     def call(

@@ -70,10 +70,11 @@ _GUEST_RESERVED = frozenset({"HOME", "USER", "LOGNAME", "SHELL"})
 # A secret is put in the environment of the host smolvm process (and of the relay, a Python
 # process) before smolvm hands it to the guest, so these would change how those host processes
 # run: where programs are found, what the loader injects, where smolvm keeps its state.
-_HOST_RESERVED = frozenset({"PATH", "GLIBC_TUNABLES", "TMPDIR", "IFS"})
-_HOST_RESERVED_PREFIXES = (
-    "LD_", "DYLD_", "PYTHON", "SMOLVM_", "RUST_", "XDG_", "BOTTLE_", "MALLOC_",
+_HOST_RESERVED = frozenset(
+    {"PATH", "GLIBC_TUNABLES", "TMPDIR", "IFS", "BOTTLE_SMOLVM", "BOTTLE_NO_EXTENSIONS",
+     "BOTTLE_REQUIRE_EXTENSION"}
 )  # fmt: skip
+_HOST_RESERVED_PREFIXES = ("LD_", "DYLD_", "PYTHON", "SMOLVM_", "RUST_", "XDG_", "MALLOC_")
 # Guest commands run as the image's USER for `-i`/`-t` since smolvm 1.3.0 (commit 5bbffccf) and
 # for captured exec since 1.6.0 (957bd755); in between the two kinds can differ.
 _INTERACTIVE_USER_SINCE = (1, 3, 0)
