@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import run_in_pty
+from backend_helpers import AGENT_IMAGE, ROOT_IMAGE, _test_images, run_in_pty  # noqa: F401
 
 from bottle import smolvm as sv
 from bottle.backend import LaunchSpec, Progress
@@ -85,6 +86,44 @@ def test_guest_env_may_set_path(fake_smolvm: Any) -> None:
         assert bottle.exec('printf %s "$PATH"', user="root").stdout == "/opt/x/bin:/usr/bin:/bin"
 
 
+# --- the network an image gets -------------------------------------------------------------
+
+
+def _create_call(fake_smolvm: Any) -> list[str]:
+    return next(c for c in fake_smolvm.calls() if c[1:2] == ["create"])
+
+
+def test_registry_image_gets_networking_by_default(fake_smolvm: Any) -> None:
+    with _backend().launch(LaunchSpec("m1", image=AGENT_IMAGE)) as bottle:
+        assert bottle.exec("id -un").stdout == "node\n"
+    assert _create_call(fake_smolvm)[-1] == "--net"
+
+
+def test_local_image_stays_offline_unless_asked(fake_smolvm: Any, tmp_path: Path) -> None:
+    archive = tmp_path / "agent.tar"
+    archive.write_bytes(b"not really a tar; the fake reads its config from the table")
+    fake_smolvm.add_image(str(archive), user="node", workdir="/home/node")
+    with _backend().launch(LaunchSpec("m1", image=str(archive))) as bottle:
+        assert bottle.exec("id -un").stdout == "node\n"
+    assert "--net" not in _create_call(fake_smolvm)
+    with _backend().launch(LaunchSpec("m2", image=str(archive), network=True)):
+        pass
+    assert [c for c in fake_smolvm.calls() if c[1:2] == ["create"]][-1][-1] == "--net"
+
+
+def test_cli_no_net_with_a_registry_image_is_one_clear_line(fake_smolvm: Any) -> None:
+    import subprocess
+
+    proc = subprocess.run(
+        [*BOTTLE, "launch", "-n", "m1", "--image", AGENT_IMAGE, "--no-net", "--no-tty"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("bottle: error: image 'bottle-test/agent:1' is pulled from a ")
+    assert len(proc.stderr.splitlines()) == 1
+    assert fake_smolvm.calls() == []
+
+
 # --- progress ----------------------------------------------------------------------------------
 
 
@@ -108,6 +147,16 @@ def test_progress_reports_each_step_and_smolvms_lines(
     for step in ("creating", "starting", "provisioning"):
         assert f"{step} machine 'm1'" in logged
         assert any(m.startswith(f"{step} machine 'm1': done in ") for m in logged)
+
+
+def test_progress_carries_smolvms_image_pull_lines(fake_smolvm: Any) -> None:
+    events: list[Progress] = []
+    with _backend().launch(LaunchSpec("m1", image=ROOT_IMAGE), progress=events.append):
+        pass
+    pulled = [e.line for e in events if e.line and e.line.startswith("Pulling image")]
+    # Each redraw of smolvm's progress bar (src/cli/mod.rs) is a line of its own.
+    assert any("50%" in line for line in pulled)
+    assert pulled[-1].startswith(f"Pulling image {ROOT_IMAGE}... done.")
 
 
 def test_bottle_launch_shows_progress_on_a_terminal(fake_smolvm: Any) -> None:
@@ -162,3 +211,17 @@ def test_start_that_outlives_its_limit_is_an_error_naming_it_and_is_torn_down(
     assert fake_smolvm.subcommands()[-1] == "delete"
 
 
+
+
+def test_teardown_never_hangs_on_a_wedged_smolvm(
+    fake_smolvm: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = _backend(stop=1.0, delete=1.0)
+    failed = pytest.raises(RuntimeError, match="the agent failed")
+    with failed, backend.launch(LaunchSpec("m1", agent_user="root")):
+        fake_smolvm.set_fault(DELAY_STOP=60, DELAY_DELETE=60)
+        raise RuntimeError("the agent failed")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("teardown: stop of machine 'm1' failed" in m and "within 1 s" in m for m in errors)
+    assert any("teardown: delete of machine 'm1' failed" in m for m in errors)
+    assert fake_smolvm.subcommands()[-2:] == ["stop", "delete"]
