@@ -1,7 +1,8 @@
 """Shared pytest fixtures: the fake smolvm (tests/fake_smolvm/) and the guest user check.
 
 `fake_smolvm` gives each test its own fake smolvm, first on PATH, with an empty state directory.
-Faults are FAKE_SMOLVM_* variables, documented in tests/fake_smolvm/README.md.
+Faults and the image table are FAKE_SMOLVM_* variables, documented in
+tests/fake_smolvm/README.md (which also says what the fake rests on in smolvm's source).
 """
 
 from __future__ import annotations

@@ -827,6 +827,75 @@ def test_tty_raw_mode_only_after_delay_and_type_ahead_discarded(
     assert b"got early" not in out  # TCSAFLUSH dropped the type-ahead
 
 
+def test_tty_raw_mode_is_smolvms_exactly(fake_smolvm: FakeSmolvm, terminal: Any) -> None:
+    # src/agent/terminal.rs RawModeGuard::new: clears BRKINT ICRNL INPCK ISTRIP IXON, OPOST,
+    # ECHO ICANON IEXTEN ISIG; sets CS8; VMIN 1, VTIME 0; TCSAFLUSH. Nothing else: bits a
+    # cfmakeraw would also clear (INLCR, ECHONL, PARENB) stay as they were.
+    running(fake_smolvm)
+    fake_smolvm.set_fault(TTY_DELAY=0)
+    term = terminal()
+    attrs = termios.tcgetattr(term.slave)
+    attrs[0] |= termios.INLCR | termios.ISTRIP
+    attrs[2] |= termios.PARENB
+    attrs[3] |= termios.ECHONL
+    termios.tcsetattr(term.slave, termios.TCSANOW, attrs)
+    before = termios.tcgetattr(term.slave)
+    proc = term.spawn(["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
+                       "echo started; read x; echo got $x"])
+    term.read_until(b"started")
+    wait_for(term.is_raw, "raw mode")
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = before
+    cc = list(cc)
+    cc[termios.VMIN], cc[termios.VTIME] = 1, 0
+    assert termios.tcgetattr(term.slave) == [
+        iflag & ~(termios.BRKINT | termios.ICRNL | termios.INPCK | termios.ISTRIP | termios.IXON),
+        oflag & ~termios.OPOST,
+        cflag | termios.CS8,
+        lflag & ~(termios.ECHO | termios.ICANON | termios.IEXTEN | termios.ISIG),
+        ispeed, ospeed, cc,
+    ]
+    os.write(term.master, b"x\r")
+    term.read_until(b"got x")
+    assert proc.wait(timeout=20) == 0
+    assert termios.tcgetattr(term.slave) == before  # restored with TCSAFLUSH
+
+
+def test_tty_end_of_input_before_raw_mode_is_lost(fake_smolvm: FakeSmolvm, terminal: Any) -> None:
+    # A line and its EOF (^D) typed before the TCSAFLUSH are discarded by the kernel: the guest
+    # never sees either, and keeps reading.
+    running(fake_smolvm)
+    fake_smolvm.set_fault(TTY_DELAY=2)
+    term = terminal()
+    term.spawn(["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
+                "echo ready; cat; echo cat-ended"])
+    wait_for(lambda: len(fake_smolvm.calls()) == 1, "the fake to start")
+    os.write(term.master, b"early\r\x04")
+    wait_for(term.is_raw, "raw mode")
+    term.read_until(b"ready")
+    os.write(term.master, b"late\r")
+    term.read_until(b"late\r\nlate")  # the guest pty's echo, then cat's copy
+    os.write(term.master, b"\x04")
+    out = term.read_until(b"cat-ended")
+    # Only the host terminal's own (cooked-mode) echo of "early", before the session started.
+    assert out.count(b"early") == 1 and out.index(b"early") < out.index(b"ready")
+    assert out.index(b"late") < out.index(b"cat-ended")  # cat was still reading: EOF lost
+
+
+def test_tty_piped_input_and_its_end_reach_the_guest(fake_smolvm: FakeSmolvm) -> None:
+    # With a pipe as stdin there is no raw mode and no flush: smolvm reads it after the guest
+    # started and forwards it; its end becomes VEOF twice in the guest pty.
+    running(fake_smolvm)
+    fake_smolvm.set_fault(TTY_DELAY=1)
+    r = subprocess.run(
+        [str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "-t", "--", "sh", "-c",
+         "stty -echo; cat; echo done"],
+        input=b"written before the guest started\n", capture_output=True, check=False,
+        timeout=60,
+    )
+    assert r.returncode == 0
+    assert r.stdout.endswith(b"written before the guest started\r\ndone\r\n")
+
+
 def test_tty_non_tty_stdin_no_raw_no_resize_merged_stderr(fake_smolvm: FakeSmolvm) -> None:
     running(fake_smolvm)
     r = subprocess.run(
