@@ -123,7 +123,7 @@ cdef long long _now_ms() noexcept nogil:
     return _now_us() // 1000
 
 
-cdef void _child(const char *path, char **argv, char **envp, int slave, int errfd,
+cdef void _child(const char *path, char **argv, char **envp, int slave, int out, int errfd,
                  int maxfd) noexcept nogil:
     # Between fork and exec: async-signal-safe calls only (the parent may have threads).
     cdef int i
@@ -143,7 +143,11 @@ cdef void _child(const char *path, char **argv, char **envp, int slave, int errf
         report[0] = STAGE_CTTY
         if ioctl(slave, TIOCSCTTY, 0) >= 0:
             report[0] = STAGE_DUP
-            if dup2(slave, 0) >= 0 and dup2(slave, 1) >= 0 and dup2(slave, 2) >= 0:
+            if out < 0:
+                out = slave
+            elif out <= 2:  # like the slave: clear of the dup2s below
+                out = fcntl(out, F_DUPFD_CLOEXEC, 3)
+            if out >= 0 and dup2(slave, 0) >= 0 and dup2(out, 1) >= 0 and dup2(out, 2) >= 0:
                 close(slave)
                 bottle_cloexec_from(3, maxfd)
                 report[0] = STAGE_EXEC
@@ -174,11 +178,12 @@ cdef char **_cstrings(list items, list keep) except NULL:
     return out
 
 
-def spawn(bytes path, list argv, list envp, int slave_fd):
+def spawn(bytes path, list argv, list envp, int slave_fd, int out_fd=-1):
     """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid.
 
     The child is a session leader with the pty as its controlling terminal, stdin, stdout and
     stderr (and no other descriptor), default signal dispositions and an empty signal mask.
+    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty.
     A failure before or at exec raises OSError in the parent, with ``args[2]`` naming the
     stage that failed (see STAGES) when it is not exec itself.
     """
@@ -210,7 +215,7 @@ def spawn(bytes path, list argv, list envp, int slave_fd):
         pthread_sigmask(SIG_SETMASK, &all_signals, &old_mask)
         pid = fork()
         if pid == 0:
-            _child(c_path, c_argv, c_envp, slave_fd, wfd, maxfd)
+            _child(c_path, c_argv, c_envp, slave_fd, out_fd, wfd, maxfd)
         fork_errno = errno
         pthread_sigmask(SIG_SETMASK, &old_mask, NULL)
         close(wfd)

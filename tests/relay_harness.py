@@ -34,6 +34,7 @@ import pytest
 PY = sys.executable
 RELAY_ARGV = (PY, "-m", "bottle.relay")
 IMPLEMENTATIONS = ("native", "pure")
+OUTPUTS = ("copy", "direct")
 MARK_VAR = "BOTTLE_TEST_MARK"
 DEFAULT_TIMEOUT = 20.0
 
@@ -576,12 +577,27 @@ class Session:
         self.terminal.close()
 
 
+@pytest.fixture(params=OUTPUTS)
+def mode(request: pytest.FixtureRequest) -> str:
+    """The relay's output mode under test ("copy", the default, or "direct")."""
+    name: str = request.param
+    return name
+
+
+def output_args(mode: str) -> list[str]:
+    """Command-line options selecting ``mode`` (none for the default, so that it is tested)."""
+    return [] if mode == "copy" else ["--output", mode]
+
+
 @pytest.fixture
-def spawn(impl: str, tmp_path: Path) -> Iterator[Callable[..., Session]]:
-    """Start relay sessions for the implementation under test; everything is cleaned up."""
+def spawn(impl: str, mode: str, tmp_path: Path) -> Iterator[Callable[..., Session]]:
+    """Start relay sessions for the implementation and output mode under test; everything is
+    cleaned up. A session started with an explicit ``argv`` chooses its mode itself."""
     sessions: list[Session] = []
 
     def start(cmd: Sequence[str] = (), **kwargs: Any) -> Session:
+        if kwargs.get("argv") is None:
+            kwargs["relay_args"] = [*output_args(mode), *kwargs.get("relay_args", ())]
         session = Session(cmd, impl=impl, tmp=tmp_path, **kwargs)
         sessions.append(session)
         return session

@@ -1,7 +1,11 @@
 """Black-box conformance of the PTY relay: issue 3's twelve behaviours, on real ptys.
 
 Every test runs against both implementations (the ``impl`` fixture): the native extension
-(forced with BOTTLE_REQUIRE_EXTENSION=1) and the pure-Python twin (BOTTLE_NO_EXTENSIONS=1).
+(forced with BOTTLE_REQUIRE_EXTENSION=1) and the pure-Python twin (BOTTLE_NO_EXTENSIONS=1),
+and in both output modes (the ``mode`` fixture): copy, where the relay copies the child's
+output from its pty, and direct, where the child writes to the user's terminal itself.
+Expectations on output fold CR LF to LF (``Session.text``): only copy mode passes the child's
+output through its pty's ``\n`` → ``\r\n`` processing; `TestOutputModes` pins that down.
 The test plays the user's terminal: it owns the master of the pty whose slave is the relay's
 stdin, stdout, stderr and controlling terminal.
 """
@@ -40,6 +44,7 @@ from relay_harness import (  # noqa: E402
     implementation_env,
     make_blob,
     native_built,
+    output_args,
     proc_state,
     raw_violations,
     read_ints,
@@ -47,7 +52,7 @@ from relay_harness import (  # noqa: E402
     wait_until,
 )
 
-# The fixtures ``impl`` and ``spawn`` come from the harness.
+# The fixtures ``impl``, ``mode`` and ``spawn`` come from the harness.
 pytest_plugins = ("relay_harness",)
 
 Spawn = Callable[..., Session]
@@ -489,16 +494,16 @@ class TestStatus:
         assert_restored(s)
         assert_no_leftovers(s)
 
-    def test_python_api_returns_the_status(self, spawn: Spawn) -> None:
+    def test_python_api_returns_the_status(self, spawn: Spawn, mode: str) -> None:
         s = spawn(argv=[PY, "-c", "import sys, bottle.relay as r; "
-                        "sys.exit(r.run(['sh', '-c', 'echo API; exit 9']) + 1)"])
+                        f"sys.exit(r.run(['sh', '-c', 'echo API; exit 9'], output={mode!r}) + 1)"])
         assert s.wait() == 10, s.describe()
         assert "API\n" in s.text()
         assert_restored(s)
 
     @pytest.mark.parametrize("exc", ["FileNotFoundError", "PermissionError"])
     def test_python_api_raises_naming_the_program(
-        self, spawn: Spawn, tmp_path: Path, exc: str
+        self, spawn: Spawn, tmp_path: Path, exc: str, mode: str
     ) -> None:
         if exc == "FileNotFoundError":
             prog = str(tmp_path / "missing-prog")
@@ -510,7 +515,7 @@ class TestStatus:
             f"""
             import bottle.relay as r
             try:
-                r.run([{prog!r}])
+                r.run([{prog!r}], output={mode!r})
             except {exc} as e:
                 print("RAISED", e)
             """
@@ -523,7 +528,7 @@ class TestStatus:
         assert_no_leftovers(s)
 
     def test_python_api_resolves_argv0_on_the_env_path(
-        self, spawn: Spawn, tmp_path: Path
+        self, spawn: Spawn, tmp_path: Path, mode: str
     ) -> None:
         bindir = tmp_path / "bin"
         bindir.mkdir()
@@ -533,14 +538,15 @@ class TestStatus:
         code = (
             "import os, sys, bottle.relay as r; "
             f"env = dict(os.environ, PATH={str(bindir) + ':/usr/bin:/bin'!r}, MYVAR='x1'); "
-            "sys.exit(r.run(['only-here-prog'], env=env))"
+            f"sys.exit(r.run(['only-here-prog'], env=env, output={mode!r}))"
         )
         s = spawn(argv=[PY, "-c", code])
         assert s.wait() == 4, s.describe()
         assert "FOUND-x1" in s.text()
 
-    def test_bottle_relay_subcommand(self, spawn: Spawn) -> None:
-        s = spawn(argv=[PY, "-m", "bottle", "relay", "--", "sh", "-c", "echo SUB; exit 6"])
+    def test_bottle_relay_subcommand(self, spawn: Spawn, mode: str) -> None:
+        s = spawn(argv=[PY, "-m", "bottle", "relay", *output_args(mode),
+                        "--", "sh", "-c", "echo SUB; exit 6"])
         assert s.wait() == 6, s.describe()
         assert "SUB\n" in s.text()
 
@@ -602,7 +608,9 @@ class TestWindowChanges:
         assert s.wait() == 0, s.describe()
         assert last_size(report) == final, reported_sizes(report)[-5:]
 
-    def test_resize_during_a_slow_start_is_not_lost(self, spawn: Spawn, tmp_path: Path) -> None:
+    def test_resize_during_a_slow_start_is_not_lost(
+        self, spawn: Spawn, tmp_path: Path, mode: str
+    ) -> None:
         """A resize landing while the relay starts up still reaches the child.
 
         strace holds the relay's first pipe2() for 1.5 s (any start-up step would do: the
@@ -616,7 +624,7 @@ class TestWindowChanges:
         s = spawn(argv=[
             "strace", "-o", "/dev/null", "-e", "trace=pipe2",
             "-e", "inject=pipe2:delay_exit=1500000:when=1",
-            *RELAY_ARGV, "--", *py(WINCH_CHILD, report, gate),
+            *RELAY_ARGV, *output_args(mode), "--", *py(WINCH_CHILD, report, gate),
         ], rows=30, cols=90)
 
         def relay_in_pipe2() -> bool:
@@ -876,3 +884,84 @@ class TestIdle:
         assert s.wait() == 0, s.describe()
         assert "DONE" in s.text()
 
+
+
+# --------------------------------------------------------------------------- 13. output modes
+
+
+class TestOutputModes:
+    def test_where_the_childs_output_goes(self, spawn: Spawn, mode: str) -> None:
+        s = spawn(py(
+            """
+            import os
+            os.write(1, ("OUT %s %s|" % (os.ttyname(0), os.ttyname(1))).encode())
+            os.write(1, b"a\\nb|")
+            with open("/dev/tty", "wb", buffering=0) as tty:
+                tty.write(b"via-tty\\n")
+            """
+        ))
+        assert s.wait() == 0, s.describe()
+        out = s.output()
+        m = re.search(rb"OUT (\S+) (\S+)\|", out)
+        assert m, s.describe()
+        pty, stdout = m.group(1).decode(), m.group(2).decode()
+        assert pty != s.terminal.name
+        if mode == "copy":
+            # The pty is stdout too, and its output processing turns LF into CR LF.
+            assert stdout == pty, s.describe()
+            assert b"a\r\nb|" in out, s.describe()
+        else:
+            # Straight to the user's terminal, which the relay keeps raw: the bytes as written.
+            assert stdout == s.terminal.name, s.describe()
+            assert b"a\nb|" in out, s.describe()
+        # Whatever the child writes to its pty (here through /dev/tty) is copied in both modes.
+        assert b"via-tty\r\n" in out, s.describe()
+        assert_restored(s)
+
+    def test_output_processing_is_the_only_difference(self, spawn: Spawn, mode: str) -> None:
+        # A child that leaves its pty cooked: in copy mode the pty's output processing (OPOST,
+        # ONLCR) applies to every byte, in direct mode nothing does (the terminal is raw).
+        s = spawn(py(
+            """
+            import os
+            os.write(1, b"READY|" + bytes(range(256)) + b"|END")
+            """
+        ))
+        assert s.wait() == 0, s.describe()
+        body = s.output().split(b"READY|", 1)[1]
+        sent = bytes(range(256)) + b"|END"
+        assert body == (sent.replace(b"\n", b"\r\n") if mode == "copy" else sent), s.describe()
+
+    @pytest.mark.parametrize("mode", ["direct"])
+    def test_stopping_the_relay_stops_a_direct_child(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        """Only in direct mode: a stopped copying relay holds the child's output back by itself,
+        but a child that writes to the terminal directly must stop with it, or it would write
+        over the user's shell."""
+        pidfile, gate = tmp_path / "pid", tmp_path / "gate"
+        s = spawn(sh(
+            f"echo $$ > {pidfile}; echo READY; "
+            f"while [ ! -e {gate} ]; do echo tick; sleep 0.02; done"
+        ), jobshell=True)
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        child, relay = read_ints(pidfile)[0], s.relay_pid
+        for _ in range(2):
+            os.kill(relay, signal.SIGTSTP)
+            assert wait_until(lambda: proc_state(relay) == "T", 10), s.describe()
+            assert wait_until(lambda: proc_state(child) == "T", 10), (
+                f"the child runs on while the relay is stopped\n{s.describe()}"
+            )
+            assert_restored(s)
+            s.settle()
+            stopped_at = s.output_len()
+            time.sleep(0.3)
+            assert s.output_len() == stopped_at, "output reached the terminal while stopped"
+            os.kill(relay, signal.SIGCONT)
+            assert wait_until(lambda: proc_state(child) not in ("T", None), 10), s.describe()
+            assert s.terminal.wait_raw(), s.describe()
+            assert s.wait_output_len(stopped_at + 5), "no output after SIGCONT"
+        gate.touch()
+        assert s.wait() == 0, s.describe()
+        assert_restored(s)

@@ -550,6 +550,63 @@ def test_spawn_exec_failure_raises_and_reaps(core: ModuleType, path: bytes, code
         os.waitpid(-1, os.WNOHANG)  # the failed child was reaped
 
 
+# Where its stdio leads: "tty" for the pty's slave, else the inode of a pipe.
+STDIO_PROBE = b"""import os
+for fd in (0, 1, 2):
+    st = os.fstat(fd)
+    print("tty" if os.isatty(fd) else st.st_ino, end=" ")
+"""
+
+
+def test_spawn_out_fd_becomes_stdout_and_stderr(core: ModuleType) -> None:
+    master, slave = os.openpty()
+    r, w = os.pipe()
+    try:
+        pid = core.spawn(sys.executable.encode(), [b"python", b"-c", STDIO_PROBE], [], slave, w)
+        os.close(w)
+        w = -1
+        out = read_exactly(r, 1 << 16)
+        _, status = os.waitpid(pid, 0)
+        pty_out = b"" if quiet(master, 0.1) else os.read(master, 1 << 16)
+    finally:
+        for fd in (master, slave, r, w):
+            if fd >= 0:
+                os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    words = out.split()
+    assert words[0] == b"tty" and words[1] == words[2] != b"tty", out
+    assert pty_out == b"", "the child wrote to its pty although stdout was redirected"
+
+
+@pytest.mark.parametrize("number", [0, 1, 2])
+def test_spawn_out_fd_among_the_low_descriptors(core: ModuleType, number: int) -> None:
+    """out_fd (and the slave) may sit at 0-2 themselves, as the caller's stdout does."""
+    code = f"""
+import os, sys
+from bottle import {core.__name__.rsplit(".", 1)[1]} as core
+master, slave = os.openpty()
+os.dup2(int(sys.argv[1]), {number})  # the pipe to the test lands on fd {number}
+argv = [b"sh", b"-c", b"tty <&0 >&2; echo out; echo err >&2"]
+pid = core.spawn(b"/bin/sh", argv, [], slave, {number})
+os.close({number})
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+    r, w = os.pipe()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(w)], pass_fds=(w,),
+                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+        os.close(w)
+        w = -1
+        out = read_exactly(r, 1 << 16)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert proc.returncode == 0, proc.stderr
+    lines = out.decode().split()
+    assert lines[0].startswith("/dev/pts/") and lines[1:] == ["out", "err"], out
+
+
 def test_spawn_rejects_bad_arguments(core: ModuleType) -> None:
     with pytest.raises(ValueError):
         core.spawn(b"/bin/true", [], [], -1)
@@ -726,6 +783,55 @@ def test_run_bad_arguments(devnull: int) -> None:
     os.close(w)
     with pytest.raises(ValueError, match="stdout_fd"):
         relay.run(["true"], stdin_fd=devnull, stdout_fd=w)
+    with pytest.raises(ValueError, match="output"):
+        relay.run(["true"], stdin_fd=devnull, output="sideways")
+
+
+# The child's view of its stdio in direct mode: fd 1 and 2 the caller's pipe, as it was given.
+DIRECT_PROBE = r"""
+import fcntl, os, sys
+same = os.fstat(1).st_ino == os.fstat(2).st_ino == int(sys.argv[1])
+blocking = not fcntl.fcntl(1, fcntl.F_GETFL) & os.O_NONBLOCK
+os.write(1, b"out:%s:%s\n" % (str(same).encode(), str(blocking).encode()))
+os.write(2, b"err\n")
+with open("/dev/tty", "wb", buffering=0) as tty:
+    tty.write(b"tty\n")
+"""
+
+
+def test_run_direct_output_is_the_callers_descriptor(devnull: int) -> None:
+    r, w = os.pipe()
+    try:
+        flags = fcntl.fcntl(w, fcntl.F_GETFL)
+        with ThreadPoolExecutor(1) as pool:
+            reader = pool.submit(read_exactly, r, 1 << 20)
+            status = relay.run([sys.executable, "-c", DIRECT_PROBE, str(os.fstat(w).st_ino)],
+                               stdin_fd=devnull, stdout_fd=w, output="direct")
+            assert fcntl.fcntl(w, fcntl.F_GETFL) == flags
+            os.close(w)
+            w = -1
+            out = reader.result(WAIT)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert status == 0
+    # Written straight to the pipe: untouched (no CR). Through /dev/tty: copied, from the pty.
+    assert out == b"out:True:True\nerr\ntty\r\n", out
+
+
+def test_run_direct_output_to_a_file(devnull: int, tmp_path: Path) -> None:
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        status = relay.run(["sh", "-c", "echo one; echo two >/dev/tty; echo three >&2"],
+                           stdin_fd=devnull, stdout_fd=fd, output="direct")
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) == flags
+    finally:
+        os.close(fd)
+    assert status == 0
+    assert sorted(path.read_bytes().split(b"\n")) == [b"", b"one", b"three", b"two\r"]
 
 
 @pytest.mark.parametrize(
@@ -785,7 +891,7 @@ def test_exit_status_mapping() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [([], "no command"), (["--machine"], "needs a value"), (["--bogus", "x"], "unknown option"),
-     (["--machine", "m", "--"], "no command")],
+     (["--machine", "m", "--"], "no command"), (["--output", "sideways", "--", "true"], "output")],
 )
 def test_cli_usage_errors(
     capsys: pytest.CaptureFixture[str], argv: list[str], message: str
@@ -797,14 +903,16 @@ def test_cli_usage_errors(
 
 def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert relay_cli.main(["--help"]) == 0
-    assert "--resize-command" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--resize-command" in out and "--output copy|direct" in out
 
 
 def test_cli_parses_options_and_command() -> None:
     options, command = relay_cli._parse(
-        ["--machine=vm", "--resize-command", "x {rows}", "--", "cmd", "--machine", "-x"]
+        ["--machine=vm", "--resize-command", "x {rows}", "--output", "direct", "--", "cmd",
+         "--machine", "-x"]
     )
-    assert options == {"machine": "vm", "resize_command": "x {rows}"}
+    assert options == {"machine": "vm", "resize_command": "x {rows}", "output": "direct"}
     assert command == ["cmd", "--machine", "-x"]
     assert relay_cli._parse(["cmd", "-h"]) == ({}, ["cmd", "-h"])
 

@@ -9,7 +9,9 @@ DEFAULT_BUFSIZE: int
 STAGES: tuple[str, ...]
 MAX_FD_SWEEP: int
 
-def spawn(path: bytes, argv: list[bytes], envp: list[bytes], slave_fd: int) -> int:
+def spawn(
+    path: bytes, argv: list[bytes], envp: list[bytes], slave_fd: int, out_fd: int = -1
+) -> int:
     """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid."""
 
 class Pump:

@@ -57,7 +57,9 @@ def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
-def _child(path: bytes, argv: list[bytes], envp: list[bytes], slave: int, errfd: int) -> None:
+def _child(
+    path: bytes, argv: list[bytes], envp: list[bytes], slave: int, out: int, errfd: int
+) -> None:
     stage = _STAGE_SETSID
     try:
         for sig in signal.valid_signals():
@@ -74,8 +76,13 @@ def _child(path: bytes, argv: list[bytes], envp: list[bytes], slave: int, errfd:
         stage = _STAGE_CTTY
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
         stage = _STAGE_DUP
-        for fd in (0, 1, 2):
-            os.dup2(slave, fd, inheritable=True)
+        if out < 0:
+            out = slave
+        elif out <= 2:
+            out = fcntl.fcntl(out, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.dup2(slave, 0, inheritable=True)
+        os.dup2(out, 1, inheritable=True)
+        os.dup2(out, 2, inheritable=True)
         os.close(slave)
         # The child inherits only its stdio (the report pipe closes itself at exec).
         maxfd = min(os.sysconf("SC_OPEN_MAX"), MAX_FD_SWEEP)
@@ -97,11 +104,14 @@ def _child(path: bytes, argv: list[bytes], envp: list[bytes], slave: int, errfd:
         os._exit(127)
 
 
-def spawn(path: bytes, argv: list[bytes], envp: list[bytes], slave_fd: int) -> int:
+def spawn(
+    path: bytes, argv: list[bytes], envp: list[bytes], slave_fd: int, out_fd: int = -1
+) -> int:
     """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid.
 
     The child is a session leader with the pty as its controlling terminal, stdin, stdout and
     stderr (and no other descriptor), default signal dispositions and an empty signal mask.
+    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty.
     A failure before or at exec raises OSError in the parent, with ``args[2]`` naming the
     stage that failed (see STAGES) when it is not exec itself.
     """
@@ -121,7 +131,7 @@ def spawn(path: bytes, argv: list[bytes], envp: list[bytes], slave_fd: int) -> i
         pid = os.fork()
         if pid == 0:
             os.close(rfd)
-            _child(path, argv, envp, slave_fd, wfd)
+            _child(path, argv, envp, slave_fd, out_fd, wfd)
     finally:
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["IMPLEMENTATION", "run"]
+__all__ = ["IMPLEMENTATION", "OUTPUTS", "run"]
 
 
 def _flag(name: str) -> bool:
@@ -52,6 +52,8 @@ else:
         from bottle import _ptyrelay_py as _core
 
 IMPLEMENTATION: str = "pure" if _core.__name__.endswith("_py") else "native"
+# Ways to carry the child's output (see `run`); the first is the default.
+OUTPUTS = ("copy", "direct")
 
 # Signals the relay catches while it runs (main thread only). The first four are forwarded to
 # the child's process group; the others drive window size, job control and the child's exit.
@@ -79,6 +81,7 @@ def run(
     stdout_fd: int = 1,
     machine: str | None = None,
     resize_command: str | None = None,
+    output: str = "copy",
 ) -> int:
     """Run ``argv`` on a new pty relayed to ``stdin_fd``/``stdout_fd``; return its exit status.
 
@@ -89,6 +92,13 @@ def run(
     loop, at most one at a time, latest size wins) after each window change, with ``{rows}``,
     ``{cols}`` and ``{machine}`` replaced.
 
+    ``output="copy"`` makes the pty the child's stdout and stderr, and the relay copies what it
+    writes (with the pty's own output processing, e.g. ``\n`` to ``\r\n``). ``"direct"`` gives
+    the child ``stdout_fd`` itself as stdout and stderr, untouched and uncopied: the pty is only
+    its stdin and controlling terminal (what it writes to ``/dev/tty`` is still copied). That
+    suits terminal clients that run raw and write finished output, like ``smolvm machine exec
+    -i -t``, and costs the relay nothing for everything they print.
+
     Thread rule: Python only lets the main thread install signal handlers. Called from the main
     thread, `run` takes over SIGWINCH, SIGCHLD, SIGTSTP, SIGCONT, SIGTERM, SIGHUP, SIGINT and
     SIGQUIT (and the `signal.set_wakeup_fd`) while it runs, and restores the previous ones.
@@ -98,8 +108,10 @@ def run(
     Raises:
         FileNotFoundError, PermissionError: the program cannot be executed (named in the error).
         ValueError: empty ``argv``, an ``env`` name that is empty or holds ``=``, a bad
-            ``resize_command`` or a closed ``stdout_fd``.
+            ``resize_command``, an unknown ``output`` or a closed ``stdout_fd``.
     """
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
     args = [os.fsencode(arg) for arg in argv]
     if not args:
         raise ValueError("nothing to run: argv is empty")
@@ -109,7 +121,9 @@ def run(
     resize = None
     if resize_command is not None:
         resize = _resize_argv(resize_command, machine)
-    session = _Session(path, args, envp, stdin_fd, stdout_fd, environ, machine, resize)
+    session = _Session(
+        path, args, envp, stdin_fd, stdout_fd, environ, machine, resize, output == "direct"
+    )
     return session.run()
 
 
@@ -359,8 +373,10 @@ class _Session:
         environ: Mapping[str, str],
         machine: str | None,
         resize: list[str] | None,
+        direct: bool,
     ) -> None:
         self._path = path
+        self._direct = direct
         self._args = args
         self._envp = envp
         self._stdin_fd = stdin_fd
@@ -404,6 +420,13 @@ class _Session:
                 size_fd = fd
                 break
         rows, cols = size or _DEFAULT_SIZE
+        # Raw before the child starts: in direct mode its first output goes straight to the
+        # terminal and must meet the same settings as the rest.
+        if in_tty:
+            self._saved_attrs = termios.tcgetattr(in_fd)
+            saved = self._saved_attrs
+            termios.tcsetattr(in_fd, termios.TCSANOW, _raw(saved))
+            self._undo.append(lambda: termios.tcsetattr(in_fd, termios.TCSANOW, saved))
 
         master, slave = os.openpty()
         self._undo.append(lambda: os.close(master))
@@ -416,7 +439,9 @@ class _Session:
                 except (OSError, ValueError):
                     pass
             try:
-                pid = _core.spawn(self._path, self._args, self._envp, slave)
+                pid = _core.spawn(
+                    self._path, self._args, self._envp, slave, out_fd if self._direct else -1
+                )
             except OSError as exc:
                 raise _spawn_error(exc, self._args[0]) from None
         finally:
@@ -424,11 +449,6 @@ class _Session:
         child = _Child(pid, threaded=wake_fd < 0)
         self._undo.append(child.end)
 
-        if in_tty:
-            self._saved_attrs = termios.tcgetattr(in_fd)
-            saved = self._saved_attrs
-            termios.tcsetattr(in_fd, termios.TCSANOW, _raw(saved))
-            self._undo.append(lambda: termios.tcsetattr(in_fd, termios.TCSANOW, saved))
         loop_in, loop_out = self._nonblocking(in_fd, out_fd, in_tty, out_tty)
         os.set_blocking(master, False)
         if self._resize is not None and wake_fd >= 0:
@@ -466,8 +486,10 @@ class _Session:
         """Descriptors for the loop, non-blocking without leaving O_NONBLOCK on shared ones.
 
         A terminal is reopened by name: the new open file description is private, so its
-        O_NONBLOCK is invisible to other processes. Anything else gets O_NONBLOCK for the run
-        and its exact original flags back afterwards.
+        O_NONBLOCK is invisible to other processes. In direct mode the child's own output goes
+        to ``out_fd`` too, so a pipe or device there is reopened privately as well (see
+        `_private_writer`). Anything else gets O_NONBLOCK for the run and its exact original
+        flags back afterwards.
         """
         private: dict[int, int] = {}  # device → reopened fd
 
@@ -488,6 +510,12 @@ class _Session:
 
         loop_in = (reopen(in_fd) if in_tty else None) if in_fd >= 0 else -1
         loop_out = reopen(out_fd) if out_tty else None
+        if loop_out is None and self._direct:
+            # The child writes to out_fd itself and must find it exactly as it was given
+            # (O_NONBLOCK there would make its writes fail with EAGAIN).
+            loop_out = _private_writer(out_fd)
+            if loop_out is not None and loop_out != out_fd:
+                self._undo.append(functools.partial(os.close, loop_out))
         shared = [fd for fd, new in ((in_fd, loop_in), (out_fd, loop_out)) if new is None]
         originals = {fd: fcntl.fcntl(fd, fcntl.F_GETFL) for fd in shared}
 
@@ -525,9 +553,9 @@ class _Session:
             elif sig == signal.SIGWINCH:
                 self._resized(pump)
             elif sig == signal.SIGTSTP:
-                self._suspend()
+                self._suspend(child)
             elif sig == signal.SIGCONT:
-                self._continue(pump)
+                self._continue(pump, child)
         return status
 
     def _resized(self, pump: _core.Pump) -> None:
@@ -535,19 +563,25 @@ class _Session:
         if size is not None and self._worker is not None:
             self._worker.post(size)
 
-    def _suspend(self) -> None:
+    def _suspend(self, child: _Child) -> None:
         """SIGTSTP: give the user their terminal back, then stop until SIGCONT."""
+        if self._direct:
+            # A copying relay that stops stops the child's output with it; a child writing to
+            # the terminal itself must be stopped too, or it would write over the user's shell.
+            child.signal(signal.SIGSTOP)
         if self._saved_attrs is not None:
             with contextlib.suppress(termios.error):
                 termios.tcsetattr(self._stdin_fd, termios.TCSANOW, self._saved_attrs)
         os.kill(os.getpid(), signal.SIGSTOP)
 
-    def _continue(self, pump: _core.Pump) -> None:
+    def _continue(self, pump: _core.Pump, child: _Child) -> None:
         """SIGCONT: raw mode again, and the size (it may have changed while stopped)."""
         if self._saved_attrs is not None:
             with contextlib.suppress(termios.error):
                 termios.tcsetattr(self._stdin_fd, termios.TCSANOW, _raw(self._saved_attrs))
         self._resized(pump)
+        if self._direct:
+            child.signal(signal.SIGCONT)
 
     def _hang_up(self, child: _Child) -> int:
         """The user's terminal went away: end the child (SIGHUP, then SIGKILL)."""
@@ -558,6 +592,32 @@ class _Session:
             status = child.wait(None)
         assert status is not None
         return status
+
+
+def _private_writer(fd: int) -> int | None:
+    """A descriptor for the relay's own non-blocking writes to ``fd``, leaving ``fd``'s flags be.
+
+    ``fd`` itself for a regular file (writes to it never wait); a new open file description for
+    a pipe, FIFO or device, reopened through /proc; None where that cannot be had (a socket, or
+    no /proc), and then the relay shares ``fd`` as in copy mode.
+    """
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return fd
+    try:
+        new = os.open(
+            f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+        )
+    except OSError:
+        return None
+    mine = os.fstat(new)
+    if (mine.st_dev, mine.st_ino) != (st.st_dev, st.st_ino):
+        os.close(new)
+        return None
+    return new
 
 
 def _spawn_error(exc: OSError, program: bytes) -> OSError:

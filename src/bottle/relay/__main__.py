@@ -1,4 +1,4 @@
-"""Command line: ``python -m bottle.relay [--machine NAME] [--resize-command T] -- CMD [ARG…]``.
+"""Command line: ``python -m bottle.relay [OPTIONS] -- CMD [ARG…]`` (see HELP for the options).
 
 Exits with the command's status (128+N when signal N killed it), 127 when it cannot be found,
 126 when it cannot be executed, 2 on a usage error. Kept free of heavy imports: the relay's
@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: bottle relay [--machine NAME] [--resize-command TEMPLATE] -- CMD [ARG...]"
+USAGE = (
+    "usage: bottle relay [--output copy|direct] [--machine NAME] [--resize-command TEMPLATE]"
+    " -- CMD [ARG...]"
+)
 HELP = f"""{USAGE}
 
 Run CMD on a new pseudo-terminal relayed to this terminal; exit with its status.
 
 options:
+  --output copy|direct       copy (default): CMD writes to the pty and the relay copies it;
+                             direct: CMD writes to this terminal itself, the pty is only its
+                             input and controlling terminal (for raw terminal clients such as
+                             smolvm machine exec -i -t)
   --machine NAME             machine name, for {{machine}} in the resize command
   --resize-command TEMPLATE  run after each window change, off the copy loop (one at a time,
                              the latest size wins); {{rows}}, {{cols}} and {{machine}} are
@@ -30,7 +37,7 @@ class _UsageError(Exception):
 
 def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     options: dict[str, str] = {}
-    names = {"--machine": "machine", "--resize-command": "resize_command"}
+    names = {"--machine": "machine", "--resize-command": "resize_command", "--output": "output"}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -72,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             command,
             machine=options.get("machine"),
             resize_command=options.get("resize_command"),
+            output=options.get("output", "copy"),
         )
     except FileNotFoundError as exc:
         sys.stderr.write(f"bottle relay: {exc.filename}: command not found ({exc.strerror})\n")
