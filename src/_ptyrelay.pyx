@@ -469,12 +469,13 @@ cdef class Pump:
 
     cdef int _read_in(self, short revents) noexcept nogil:
         # Returns EV_HUP when the user's terminal went away, 0 otherwise, -1 on error.
-        cdef ssize_t r
+        cdef ssize_t r, want
         if self.in_tty and revents & (POLLHUP | POLLERR):
             return C_EV_HUP
         _make_room(self.ibuf, &self.ihead, &self.itail, self.bufsize)
         while self.itail < self.bufsize:
-            r = read(self.in_fd, self.ibuf + self.itail, self.bufsize - self.itail)
+            want = self.bufsize - self.itail
+            r = read(self.in_fd, self.ibuf + self.itail, want)
             if r > 0:
                 if self.hold_active and self.held_at < 0:
                     self.held_at = _now_ms()
@@ -483,6 +484,10 @@ cdef class Pump:
                 self.any_in = True
                 if not self.master_blocked and self._write_master() < 0:
                     return -1
+                if r < want:
+                    # A terminal or pipe hands over all it holds: a short read drained it, and
+                    # reading again would only return EAGAIN (one syscall per keystroke saved).
+                    break
             elif r == 0:
                 if self.in_tty:
                     return C_EV_HUP

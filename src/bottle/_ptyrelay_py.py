@@ -440,8 +440,9 @@ class Pump:
             return True
         ibuf = self._ibuf
         while len(ibuf) < self._bufsize:
+            want = self._bufsize - len(ibuf)
             try:
-                data = os.read(self._in_fd, self._bufsize - len(ibuf))
+                data = os.read(self._in_fd, want)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -461,6 +462,8 @@ class Pump:
             self._last_in = data[-1]
             if not self._master_blocked:
                 self._write_master()
+            if len(data) < want:  # drained (see the native twin)
+                break
         return False
 
     def _write_master(self) -> None:
