@@ -829,7 +829,7 @@ class TestTypeAhead:
             while len(data) < want and select.select([0], [], [], 20)[0]:
                 data += os.read(0, 1024)
             open(sys.argv[2], "wb").write(data)
-            """, started, got, len(typed)))
+            """, started, got, len(typed)), relay_args=["--hold-until-raw"])
         assert wait_until(lambda: started.exists()), s.describe()
         assert s.terminal.wait_raw(), s.describe()
         s.send(typed)
@@ -853,7 +853,7 @@ class TestTypeAhead:
             while len(data) < want and select.select([0], [], [], 20)[0]:
                 data += os.read(0, 1024)
             open(sys.argv[1], "wb").write(data)
-            """, got, len(early) + len(late)), typeahead=early)
+            """, got, len(early) + len(late)), typeahead=early, relay_args=["--hold-until-raw"])
         s.expect(b"RAW")
         s.send(late)
         assert s.wait(40) == 0, s.describe()
