@@ -128,8 +128,9 @@ def run(
     resize = None
     if resize_command is not None:
         resize = _resize_argv(resize_command, machine)
-    session = _Session(path, args, envp, stdin_fd, stdout_fd, environ, machine, resize)
-    session.hold = hold_until_raw
+    session = _Session(
+        path, args, envp, stdin_fd, stdout_fd, environ, machine, resize, hold_until_raw
+    )
     return session.run()
 
 
@@ -384,6 +385,7 @@ class _Session:
         environ: Mapping[str, str],
         machine: str | None,
         resize: list[str] | None,
+        hold: bool,
     ) -> None:
         self._path = path
         self._args = args
@@ -393,7 +395,7 @@ class _Session:
         self._environ = environ
         self._machine = machine
         self._resize = resize
-        self.hold = False
+        self._hold = hold
         self._undo: list[Callable[[], object]] = []
         self._saved_attrs: list[Any] | None = None
         self._released = False  # the terminal was given back before the end
@@ -474,7 +476,7 @@ class _Session:
 
         pump = _core.Pump(
             loop_in, loop_out, master, wake_fd, child.fd, size_fd,
-            winch=self._worker is None, in_tty=in_tty, hold_ms=_HOLD_MS if self.hold else 0,
+            winch=self._worker is None, in_tty=in_tty, hold_ms=_HOLD_MS if self._hold else 0,
         )
         return self._relay(pump, child)
 
