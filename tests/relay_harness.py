@@ -277,7 +277,7 @@ class Terminal:
             os.close(self.slave)
 
 
-def _acquire_controlling_tty() -> None:
+def _acquire_controlling_tty(close_stdin: bool = False) -> None:
     # Runs in the child after setsid(): the first terminal among stdio becomes the controlling
     # terminal, so the relay (or the job shell) is the session leader of the user's terminal.
     # Start it as a terminal would, with default dispositions: under `nohup` or as a background
@@ -285,6 +285,8 @@ def _acquire_controlling_tty() -> None:
     # before the relay installs its handlers would then be dropped instead of ending it.
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    if close_stdin:
+        os.close(0)
     for fd in (0, 1, 2):
         if os.isatty(fd):
             fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
@@ -363,7 +365,10 @@ class Session:
         if jobshell:
             relay = [PY, "-c", JOBSHELL, str(self.info), *relay]
         slave = self.terminal.slave
-        stdin_arg: Any = slave if stdin == "tty" else subprocess.PIPE
+        # stdin: "tty", bytes (piped, then closed), "devnull" or "closed" (no fd 0 at all).
+        kinds: dict[Any, Any] = {"tty": slave, "devnull": subprocess.DEVNULL,
+                                 "closed": subprocess.DEVNULL}
+        stdin_arg: Any = kinds.get(stdin, subprocess.PIPE)
         self.stdout_is_tty = stdout == "tty"
         stdout_arg: Any = slave if self.stdout_is_tty else subprocess.PIPE
         self.stderr_path = tmp / f"stderr-{self.mark}"
@@ -380,7 +385,7 @@ class Session:
             stderr=stderr_arg,
             env=env,
             start_new_session=True,
-            preexec_fn=_acquire_controlling_tty,
+            preexec_fn=functools.partial(_acquire_controlling_tty, stdin == "closed"),
         )
         self._spawn(self._read_master if self.stdout_is_tty else self._read_pipe)
         if isinstance(stdin, bytes):

@@ -140,9 +140,10 @@ def run(
     resize = None
     if resize_command is not None:
         resize = _resize_argv(resize_command, machine)
-    session = _Session(path, args, envp, stdin_fd, stdout_fd, environ, machine, resize)
-    session.hold = hold_until_raw
-    session.direct = output == "direct"
+    session = _Session(
+        path, args, envp, stdin_fd, stdout_fd, environ, machine, resize, hold_until_raw,
+        output == "direct",
+    )
     return session.run()
 
 
@@ -397,6 +398,8 @@ class _Session:
         environ: Mapping[str, str],
         machine: str | None,
         resize: list[str] | None,
+        hold: bool,
+        direct: bool,
     ) -> None:
         self._path = path
         self._args = args
@@ -406,8 +409,8 @@ class _Session:
         self._environ = environ
         self._machine = machine
         self._resize = resize
-        self.hold = False
-        self.direct = False
+        self._hold = hold
+        self._direct = direct
         self._undo: list[Callable[[], object]] = []
         self._saved_attrs: list[Any] | None = None
         self._released = False  # the terminal was given back before the end
@@ -475,7 +478,7 @@ class _Session:
                     pass
             try:
                 pid = _core.spawn(
-                    self._path, self._args, self._envp, slave, out_fd if self.direct else -1
+                    self._path, self._args, self._envp, slave, out_fd if self._direct else -1
                 )
             except OSError as exc:
                 raise _spawn_error(exc, self._args[0]) from None
@@ -492,7 +495,7 @@ class _Session:
 
         pump = _core.Pump(
             loop_in, loop_out, master, wake_fd, child.fd, size_fd,
-            winch=self._worker is None, in_tty=in_tty, hold_ms=_HOLD_MS if self.hold else 0,
+            winch=self._worker is None, in_tty=in_tty, hold_ms=_HOLD_MS if self._hold else 0,
         )
         return self._relay(pump, child)
 
@@ -564,7 +567,7 @@ class _Session:
 
         loop_in = (reopen(in_fd) if in_tty else None) if in_fd >= 0 else -1
         loop_out = reopen(out_fd) if out_tty else None
-        if loop_out is None and self.direct:
+        if loop_out is None and self._direct:
             # The child writes to out_fd itself and must find it exactly as it was given
             # (O_NONBLOCK there would make its writes fail with EAGAIN).
             loop_out = _private_writer(out_fd)
@@ -652,7 +655,7 @@ class _Session:
         than leaving the relay stopped with nobody to continue it. Either way the terminal is
         set up again once the kill returns.
         """
-        if self.direct:
+        if self._direct:
             # A copying relay that stops stops the child's output with it; a child writing to
             # the terminal itself must be stopped too, or it would write over the user's shell.
             child.signal(signal.SIGSTOP)
@@ -672,7 +675,7 @@ class _Session:
             with contextlib.suppress(termios.error):
                 termios.tcsetattr(self._stdin_fd, termios.TCSANOW, _raw(self._saved_attrs))
         self._resized(pump)
-        if self.direct:
+        if self._direct:
             child.signal(signal.SIGCONT)
 
     def _hang_up(self, child: _Child) -> int:
