@@ -32,7 +32,7 @@ def test_quick_run_prints_ratios_and_writes_json(
         assert got["throughput_cpu_s_per_gib"] > 0
     else:
         assert "skipped script: script(1) is not installed" in text
-    assert "targets (native relay)" in text
+    assert "targets (issue 12" in text
 
 
 def test_missing_peer_is_skipped_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,38 +44,51 @@ def test_missing_peer_is_skipped_with_a_message(monkeypatch: pytest.MonkeyPatch)
     assert "skipped script: script(1) is not installed" in bench.format_report(report)
 
 
-def test_targets_compare_native_with_script_and_no_relay() -> None:
+def test_targets_follow_issue_12() -> None:
     """Ratios and verdicts follow the issue's targets; a missing figure is n/a, not a pass."""
     results = {
         "native": {
-            "throughput_cpu_s_per_gib": 1.0,
-            "throughput_mib_s": 90.0,
-            "echo_p50_us": 50.0,
-            "echo_p99_us": 120.0,
+            "throughput_cpu_s_per_gib": 3.0,
+            "many_cpu_s_per_gib": 5.0,
+            "resize_p99_us": 90.0,
             "idle_wakeups_s": 0.0,
+        },
+        "direct": {
+            "throughput_cpu_s_per_gib": 0.1,
+            "throughput_mib_s": 90.0,
+            "echo_p50_us": 30.0,
+            "many_cpu_s_per_gib": 0.4,
+            "idle_wakeups_s": 0.0,
+            "inproc_startup_p50_ms": 4.0,
         },
         "script": {
             "throughput_cpu_s_per_gib": 4.0,
+            "many_cpu_s_per_gib": 4.0,
             "echo_p50_us": 50.0,
-            "echo_p99_us": 100.0,
             "resize_p99_us": 100.0,
+            "startup_p50_ms": 3.0,
         },
         "none": {"throughput_mib_s": 100.0},
     }
     verdicts = {t["target"]: t for t in bench.evaluate_targets(results)}
-    cpu = verdicts["native relay CPU/GiB <= 0.5x script"]
-    assert (cpu["ratio"], cpu["met"]) == (0.25, True)
-    assert verdicts["native throughput >= 1.0x no relay"]["met"] is False
-    assert verdicts["native echo p50 <= 0.9x script"]["met"] is False
-    assert verdicts["native echo p99 <= 1.0x script"]["met"] is False
-    assert verdicts["native resize p99 <= 1.0x script"]["met"] is None
+    cpu = verdicts["direct relay CPU/GiB <= 0.05x script"]
+    assert (cpu["ratio"], cpu["met"]) == (0.025, True)
+    assert verdicts["direct throughput >= 0.95x no relay"]["met"] is False
+    assert verdicts["direct echo p50 <= 0.8x script"]["met"] is True
+    assert verdicts["direct 16 sessions CPU/GiB <= 0.05x script"]["met"] is False
+    assert verdicts["native relay CPU/GiB <= 0.85x script"]["met"] is True
+    assert verdicts["native 16 sessions CPU/GiB <= 1.0x script"]["met"] is False
+    assert verdicts["native resize p99 <= 1.0x script"]["met"] is True
+    assert verdicts["direct resize p99 <= 1.0x script"]["met"] is None
     assert verdicts["native idle: 0 wake-ups/s"]["met"] is True
+    start = verdicts["direct relay.run start-up <= 1.5x script start-up"]
+    assert (round(start["ratio"], 2), start["met"]) == (1.33, True)
     text = bench.format_report(
         {"machine": bench.machine_info(), "settings": {"runs": 1}, "skipped": {},
          "results": results, "targets": list(verdicts.values())}
     )
-    assert "MISS  native throughput >= 1.0x no relay: 90 vs 100, ratio 0.90x" in text
-    assert "n/a   native resize p99 <= 1.0x script" in text
+    assert "MISS  direct throughput >= 0.95x no relay: 90 vs 100, ratio 0.90x" in text
+    assert "n/a   direct resize p99 <= 1.0x script" in text
 
 
 def test_runs_combine_as_medians() -> None:
@@ -110,12 +123,12 @@ def test_bad_arguments_fail_early(
 def test_target_ratio_is_the_median_of_paired_runs() -> None:
     """Runs are paired (measured back to back): the verdict uses the median per-run ratio."""
     per_run = {
-        "native": [{"echo_p50_us": 40.0}, {"echo_p50_us": 90.0}, {"echo_p50_us": 60.0}],
+        "direct": [{"echo_p50_us": 35.0}, {"echo_p50_us": 75.0}, {"echo_p50_us": 60.0}],
         "script": [{"echo_p50_us": 50.0}, {"echo_p50_us": 100.0}, {"echo_p50_us": 48.0}],
     }
     results = {name: bench.median_metrics(list(runs)) for name, runs in per_run.items()}
     (echo,) = [t for t in bench.evaluate_targets(results, per_run) if "p50" in t["target"]]
-    # Medians alone (60 vs 50) would say 1.2, a miss; the pairs say 0.80, 0.90, 1.25.
-    assert [round(r, 2) for r in echo["run_ratios"]] == [0.8, 0.9, 1.25]
-    assert echo["ratio"] == 0.9
+    # Medians alone (60 vs 50) would say 1.2, a miss; the pairs say 0.70, 0.75, 1.25.
+    assert [round(r, 2) for r in echo["run_ratios"]] == [0.7, 0.75, 1.25]
+    assert echo["ratio"] == 0.75
     assert echo["met"] is True

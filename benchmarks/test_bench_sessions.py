@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bottle import bench
@@ -42,6 +43,23 @@ def test_startup(
         p50_ms=statistics.median(times),
         relay_cpu_ms=statistics.median(cpu) if relay.is_relay else None,
     )
+
+
+@pytest.mark.parametrize("relay", ["native", "direct"], indirect=True)
+def test_startup_in_process(
+    benchmark: BenchmarkFixture, relay: bench.Relay, settings: bench.Settings, measuring: bool
+) -> None:
+    """relay.run called in a process that has bottle imported (the backend's path): request ->
+    the child's first byte, and the caller's CPU per run."""
+    results: list[bench.StartupResult] = []
+    spawns = settings.startup_spawns if measuring else 2
+    benchmark.pedantic(
+        lambda: results.append(bench.measure_startup_inprocess(relay, spawns)), rounds=1
+    )
+    (r,) = results
+    assert r.spawns == len(r.samples_ms) == spawns
+    assert r.cpu_ms is not None and r.cpu_ms > 0
+    benchmark.extra_info.update(p50_ms=r.p50_ms, cpu_ms=r.cpu_ms)
 
 
 def test_many_sessions(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bottle import bench
@@ -48,6 +49,20 @@ def test_throughput(
         ),
         wait4_cpu_s=[r.wait4_cpu_s for r in results],
     )
+
+
+@pytest.mark.parametrize("relay", ["direct"], indirect=True)
+def test_throughput_interleaved_takes_turns_and_checks_every_byte(
+    relay: bench.Relay, payloads: bench.Payloads
+) -> None:
+    """Blocks go to each relay in turn; each payload arrives whole (sha256) over the blocks."""
+    relays = [relay, bench.RELAYS["none"]]
+    payload = payloads.get(bench.SMOKE.stream_bytes)
+    results = bench.measure_throughput_interleaved(relays, payload, 4)
+    assert list(results) == ["direct", "none"]
+    for r in results.values():
+        assert r.bytes == payload.size and r.mib_s > 0
+    assert results["direct"].cpu_s is not None and results["none"].cpu_s is None
 
 
 def test_relay_cpu_excludes_what_the_child_burns() -> None:

@@ -9,6 +9,7 @@ The orchestration (terminal modes, signal handlers, waiting for the child) lives
 
 import os
 
+cimport cython
 from libc.errno cimport EAGAIN, EINTR, EIO, EPIPE, EINVAL, EBADF, errno
 from libc.signal cimport SIG_DFL, SIGCHLD, SIGCONT, SIGWINCH, signal
 from libc.stdlib cimport free, malloc
@@ -100,7 +101,8 @@ EV_HUP = C_EV_HUP
 EV_CHILD = C_EV_CHILD
 
 DEFAULT_BUFSIZE = 128 * 1024
-# While typed-ahead input is held, the child's termios is re-checked at this interval.
+# While input (or its end) is held, the child's termios is re-checked at this interval; with
+# nothing held the loop sets no timer at all.
 cdef int HOLD_POLL_MS = 10
 
 # Stages of the child between fork and exec, reported with errno through the exec pipe.
@@ -123,7 +125,7 @@ cdef long long _now_ms() noexcept nogil:
     return _now_us() // 1000
 
 
-cdef void _child(const char *path, char **argv, char **envp, int slave, int errfd,
+cdef void _child(const char *path, char **argv, char **envp, int slave, int out, int errfd,
                  int maxfd) noexcept nogil:
     # Between fork and exec: async-signal-safe calls only (the parent may have threads).
     cdef int i
@@ -143,7 +145,11 @@ cdef void _child(const char *path, char **argv, char **envp, int slave, int errf
         report[0] = STAGE_CTTY
         if ioctl(slave, TIOCSCTTY, 0) >= 0:
             report[0] = STAGE_DUP
-            if dup2(slave, 0) >= 0 and dup2(slave, 1) >= 0 and dup2(slave, 2) >= 0:
+            if out < 0:
+                out = slave
+            elif out <= 2:  # like the slave: clear of the dup2s below
+                out = fcntl(out, F_DUPFD_CLOEXEC, 3)
+            if out >= 0 and dup2(slave, 0) >= 0 and dup2(out, 1) >= 0 and dup2(out, 2) >= 0:
                 close(slave)
                 bottle_cloexec_from(3, maxfd)
                 report[0] = STAGE_EXEC
@@ -153,7 +159,9 @@ cdef void _child(const char *path, char **argv, char **envp, int slave, int errf
     _exit(127)
 
 
-cdef char **_cstrings(list items, list keep) except NULL:
+cdef char **_cstrings(tuple items, list keep) except NULL:
+    # A tuple, not a list: nothing another thread does can change its length under the loop
+    # (free-threaded builds run without the GIL).
     cdef Py_ssize_t i, n = len(items)
     cdef bytes item
     cdef char **out = <char **>malloc((n + 1) * sizeof(char *))
@@ -164,7 +172,7 @@ cdef char **_cstrings(list items, list keep) except NULL:
         if not isinstance(obj, bytes):
             free(out)
             raise TypeError(f"expected bytes, got {type(obj).__name__}")
-        item = obj
+        item = <bytes>obj  # a subclass too, as in the twin
         if b"\0" in item:
             free(out)
             raise ValueError("embedded null byte")
@@ -174,11 +182,12 @@ cdef char **_cstrings(list items, list keep) except NULL:
     return out
 
 
-def spawn(bytes path, list argv, list envp, int slave_fd):
+def spawn(bytes path, argv, envp, int slave_fd, int out_fd=-1):
     """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid.
 
     The child is a session leader with the pty as its controlling terminal, stdin, stdout and
     stderr (and no other descriptor), default signal dispositions and an empty signal mask.
+    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty.
     A failure before or at exec raises OSError in the parent, with ``args[2]`` naming the
     stage that failed (see STAGES) when it is not exec itself.
     """
@@ -190,19 +199,23 @@ def spawn(bytes path, list argv, list envp, int slave_fd):
     cdef pid_t pid
     cdef int fork_errno = 0, status, got = 0, r, rfd, wfd, maxfd
     cdef int report[2]
+    cdef tuple args = tuple(argv), env = tuple(envp)
     if b"\0" in path:
         raise ValueError("embedded null byte")
-    if not argv:
+    if not args:
         raise ValueError("argv must not be empty")
     c_path = path
-    c_argv = _cstrings(argv, keep)
+    maxfd = min(os.sysconf("SC_OPEN_MAX"), MAX_FD_SWEEP)
+    # Before the arrays are allocated: nothing to free when it fails (EMFILE).
+    rfd, wfd = os.pipe()  # close-on-exec: EOF on it means exec succeeded
     try:
-        c_envp = _cstrings(envp, keep)
+        c_argv = _cstrings(args, keep)
+        c_envp = _cstrings(env, keep)
     except BaseException:
         free(c_argv)
+        os.close(rfd)
+        os.close(wfd)
         raise
-    maxfd = min(os.sysconf("SC_OPEN_MAX"), MAX_FD_SWEEP)
-    rfd, wfd = os.pipe()  # close-on-exec: EOF on it means exec succeeded
     with nogil:
         # Block every signal across fork so no handler of ours runs in the child before the
         # dispositions are reset (Python's handler would write to the shared wakeup fd).
@@ -210,7 +223,7 @@ def spawn(bytes path, list argv, list envp, int slave_fd):
         pthread_sigmask(SIG_SETMASK, &all_signals, &old_mask)
         pid = fork()
         if pid == 0:
-            _child(c_path, c_argv, c_envp, slave_fd, wfd, maxfd)
+            _child(c_path, c_argv, c_envp, slave_fd, out_fd, wfd, maxfd)
         fork_errno = errno
         pthread_sigmask(SIG_SETMASK, &old_mask, NULL)
         close(wfd)
@@ -236,12 +249,23 @@ def spawn(bytes path, list argv, list envp, int slave_fd):
     return pid
 
 
-cdef inline void _make_room(char *buf, size_t *head, size_t *tail, size_t size) noexcept nogil:
+cdef inline bint _has_room(size_t head, size_t tail, size_t size,
+                           size_t slide_at) noexcept nogil:
+    # Whether _make_room leaves room to read into: a full buffer takes more once ``slide_at``
+    # (>= 1) bytes of it have gone out. Output waits for half the buffer: under a stream a
+    # terminal frees a few KiB per write, and sliding the ~124 KiB still unsent before every
+    # read cost more than the copy itself (a sixth of the relay's CPU, in memmove). Input
+    # slides at once, as before.
+    return tail < size or head >= slide_at or head == tail
+
+
+cdef inline void _make_room(char *buf, size_t *head, size_t *tail, size_t size,
+                            size_t slide_at) noexcept nogil:
     # Before reading into buf[tail:size]: rewind an empty buffer, or slide a full one's unsent
-    # bytes to the front so the read has room.
+    # bytes to the front (see _has_room for when).
     if head[0] == tail[0]:
         head[0] = tail[0] = 0
-    elif tail[0] == size and head[0] > 0:
+    elif tail[0] == size and head[0] >= slide_at:
         memmove(buf, buf + head[0], tail[0] - head[0])
         tail[0] -= head[0]
         head[0] = 0
@@ -254,21 +278,22 @@ cdef class Pump:
     non-blocking (``in_fd`` may be -1: no input, end-of-input at once). ``wake_fd`` is the
     read end of the `signal.set_wakeup_fd` pipe, ``child_fd`` becomes readable when the child
     exits (both -1 when unused). ``size_fd`` is the user's terminal, read on SIGWINCH.
-    With ``winch`` the loop applies SIGWINCH itself and never reports it. ``in_tty`` makes
-    end-of-input a hang-up; otherwise it sends VEOF to the child. ``hold_ms`` > 0 holds
-    typed-ahead input while the child's pty is in canonical mode, at most that long.
+    With ``winch`` the loop applies SIGWINCH itself (reporting it only when the pty refuses
+    the size). ``in_tty`` makes end-of-input a hang-up; otherwise it sends VEOF to the child.
+    ``hold_ms`` > 0 holds all input and its end while the child's pty is in canonical mode,
+    for at most that long from the Pump's creation. One thread at a time may run or drain it.
     """
 
     cdef int in_fd, out_fd, master_fd, wake_fd, child_fd, size_fd
     cdef bint winch, in_tty, hold_active, in_eof, master_eof, eof_reported, any_in
-    cdef bint out_blocked, master_blocked
+    cdef bint out_blocked, master_blocked, busy
     cdef int hold_ms, veof_pending, nsigs, err
     cdef long long held_at
     cdef unsigned char last_in
     cdef unsigned char sigs[NSIG + 1]
     cdef char *ibuf
     cdef char *obuf
-    cdef size_t bufsize, ihead, itail, ohead, otail
+    cdef size_t bufsize, ihead, itail, ohead, otail, out_slide
 
     def __cinit__(self, int in_fd, int out_fd, int master_fd, int wake_fd=-1, int child_fd=-1,
                   int size_fd=-1, *, bint winch=True, bint in_tty=False, int hold_ms=0,
@@ -285,8 +310,9 @@ cdef class Pump:
         self.in_tty = in_tty
         self.hold_ms = hold_ms
         self.hold_active = hold_ms > 0
-        self.held_at = -1
+        self.held_at = _now_ms()  # the front creates the Pump as the child starts
         self.bufsize = bufsize
+        self.out_slide = (bufsize + 1) // 2  # see _has_room
         self.ibuf = <char *>malloc(bufsize)
         self.obuf = <char *>malloc(bufsize)
         if self.ibuf == NULL or self.obuf == NULL:
@@ -306,8 +332,12 @@ cdef class Pump:
         keep waiting for signals, the child and a hang-up.
         """
         cdef int ev
-        with nogil:
-            ev = self._run()
+        self._enter()
+        try:
+            with nogil:
+                ev = self._run()
+        finally:
+            self.busy = False
         if ev < 0:
             raise OSError(self.err, os.strerror(self.err))
         return ev
@@ -322,8 +352,15 @@ cdef class Pump:
         SIGCONT interrupts the flush.
         """
         cdef int ev
-        with nogil:
-            ev = self._drain(idle_ms, cap_ms)
+        if idle_ms < 0 or cap_ms < 0:
+            raise ValueError(f"drain: idle_ms and cap_ms must not be negative "
+                             f"(got {idle_ms}, {cap_ms})")
+        self._enter()
+        try:
+            with nogil:
+                ev = self._drain(idle_ms, cap_ms)
+        finally:
+            self.busy = False
         if ev < 0:
             raise OSError(self.err, os.strerror(self.err))
         return ev
@@ -335,14 +372,19 @@ cdef class Pump:
         return out
 
     def resize(self):
-        """Copy the user's terminal size to the pty; return (rows, cols), None when unknown."""
+        """Copy the user's terminal size to the pty; return (rows, cols), None when unknown.
+
+        Raises OSError when the pty refuses the size.
+        """
         cdef winsize ws
+        cdef int err
         if self.size_fd < 0 or ioctl(self.size_fd, TIOCGWINSZ, &ws) < 0:
             return None
         if ws.ws_row == 0 or ws.ws_col == 0:
             return None
         if ioctl(self.master_fd, TIOCSWINSZ, &ws) < 0:
-            return None
+            err = errno
+            raise OSError(err, os.strerror(err))
         return (ws.ws_row, ws.ws_col)
 
     @property
@@ -357,12 +399,25 @@ cdef class Pump:
 
     # ---------------------------------------------------------------- C helpers
 
-    cdef void _resize_c(self) noexcept nogil:
+    cdef int _enter(self) except -1:
+        # Two loops on one Pump would share its buffers and silently corrupt the stream. The
+        # critical section makes test-and-set atomic on free-threaded builds (the GIL does
+        # elsewhere).
+        with cython.critical_section(self):
+            if self.busy:
+                raise RuntimeError("this Pump is already running in another thread")
+            self.busy = True
+        return 0
+
+    cdef int _resize_c(self) noexcept nogil:
+        # -1 when the pty refuses the size (Python reports it), 0 otherwise.
         cdef winsize ws
         if self.size_fd < 0 or ioctl(self.size_fd, TIOCGWINSZ, &ws) < 0:
-            return
+            return 0
         if ws.ws_row != 0 and ws.ws_col != 0:
-            ioctl(self.master_fd, TIOCSWINSZ, &ws)
+            if ioctl(self.master_fd, TIOCSWINSZ, &ws) < 0:
+                return -1
+        return 0
 
     cdef void _add_signal(self, unsigned char sig) noexcept nogil:
         cdef int i
@@ -399,8 +454,9 @@ cdef class Pump:
             else:
                 self.err = errno
                 return -1
-        if winch and not drain_mode:
-            self._resize_c()
+        if winch and not drain_mode and self._resize_c() < 0:
+            self._add_signal(SIGWINCH)
+            report = True
         return 1 if report else 0
 
     cdef int _read_master(self) noexcept nogil:
@@ -409,7 +465,7 @@ cdef class Pump:
         # Returns EV_HUP when the user's side is gone, 0 otherwise, -1 on error.
         cdef ssize_t r
         cdef int w
-        _make_room(self.obuf, &self.ohead, &self.otail, self.bufsize)
+        _make_room(self.obuf, &self.ohead, &self.otail, self.bufsize, self.out_slide)
         while self.otail < self.bufsize:
             r = read(self.master_fd, self.obuf + self.otail, self.bufsize - self.otail)
             if r > 0:
@@ -457,20 +513,23 @@ cdef class Pump:
 
     cdef int _read_in(self, short revents) noexcept nogil:
         # Returns EV_HUP when the user's terminal went away, 0 otherwise, -1 on error.
-        cdef ssize_t r
+        cdef ssize_t r, want
         if self.in_tty and revents & (POLLHUP | POLLERR):
             return C_EV_HUP
-        _make_room(self.ibuf, &self.ihead, &self.itail, self.bufsize)
+        _make_room(self.ibuf, &self.ihead, &self.itail, self.bufsize, 1)
         while self.itail < self.bufsize:
-            r = read(self.in_fd, self.ibuf + self.itail, self.bufsize - self.itail)
+            want = self.bufsize - self.itail
+            r = read(self.in_fd, self.ibuf + self.itail, want)
             if r > 0:
-                if self.hold_active and self.held_at < 0:
-                    self.held_at = _now_ms()
                 self.itail += r
                 self.last_in = <unsigned char>self.ibuf[self.itail - 1]
                 self.any_in = True
                 if not self.master_blocked and self._write_master() < 0:
                     return -1
+                if r < want:
+                    # A terminal or pipe hands over all it holds: a short read drained it, and
+                    # reading again would only return EAGAIN (one syscall per keystroke saved).
+                    break
             elif r == 0:
                 if self.in_tty:
                     return C_EV_HUP
@@ -528,8 +587,8 @@ cdef class Pump:
         return 0
 
     cdef int _hold_timeout(self) noexcept nogil:
-        # Poll timeout while input is held; releases the hold once the child left canonical
-        # mode or the bounded wait is over.
+        # Poll timeout while input (or its end) is held; releases the hold once the child left
+        # canonical mode or the bound, counted from the child's start, is over.
         cdef termios t
         cdef long long left
         if tcgetattr(self.master_fd, &t) < 0 or not (t.c_lflag & ICANON):
@@ -547,7 +606,8 @@ cdef class Pump:
         cdef short ev
         while True:
             timeout = -1
-            if self.hold_active and self.itail > self.ihead:
+            if self.hold_active and (self.itail > self.ihead or
+                                     (self.in_eof and self.veof_pending > 0)):
                 timeout = self._hold_timeout()
                 if not self.hold_active:
                     if self._write_master() < 0:
@@ -566,11 +626,12 @@ cdef class Pump:
                 n += 1
             if not self.master_eof:
                 ev = 0
-                if self.otail - self.ohead < self.bufsize:
+                if _has_room(self.ohead, self.otail, self.bufsize, self.out_slide):
                     ev |= POLLIN
                 if self.itail > self.ihead and not self.hold_active:
                     ev |= POLLOUT
-                elif self.in_eof and self.veof_pending > 0 and self.itail == self.ihead:
+                elif (self.in_eof and self.veof_pending > 0 and self.itail == self.ihead
+                      and not self.hold_active):
                     ev |= POLLOUT
                 if ev:
                     fds[n].fd = self.master_fd
@@ -583,7 +644,7 @@ cdef class Pump:
                 io = n
                 n += 1
             if self.in_fd >= 0 and not self.in_eof:
-                if not self.master_eof and self.itail - self.ihead < self.bufsize:
+                if not self.master_eof and _has_room(self.ihead, self.itail, self.bufsize, 1):
                     fds[n].fd = self.in_fd
                     fds[n].events = POLLIN
                     ii = n
@@ -651,12 +712,13 @@ cdef class Pump:
             n = 0
             iw = im = io = -1
             timeout = -1
-            if reading and self.otail - self.ohead < self.bufsize:
+            if reading and _has_room(self.ohead, self.otail, self.bufsize, self.out_slide):
                 fds[n].fd = self.master_fd
                 fds[n].events = POLLIN
                 im = n
                 n += 1
-                timeout = <int>((budget + 999) // 1000) if budget < idle_ms * 1000 else idle_ms
+                timeout = (<int>((budget + 999) // 1000) if budget < <long long>idle_ms * 1000
+                           else idle_ms)
             if self.otail > self.ohead:
                 fds[n].fd = self.out_fd
                 fds[n].events = POLLOUT

@@ -34,6 +34,7 @@ import pytest
 PY = sys.executable
 RELAY_ARGV = (PY, "-m", "bottle.relay")
 IMPLEMENTATIONS = ("native", "pure")
+OUTPUTS = ("copy", "direct")
 MARK_VAR = "BOTTLE_TEST_MARK"
 DEFAULT_TIMEOUT = 20.0
 
@@ -276,7 +277,7 @@ class Terminal:
             os.close(self.slave)
 
 
-def _acquire_controlling_tty() -> None:
+def _acquire_controlling_tty(close_stdin: bool = False) -> None:
     # Runs in the child after setsid(): the first terminal among stdio becomes the controlling
     # terminal, so the relay (or the job shell) is the session leader of the user's terminal.
     # Start it as a terminal would, with default dispositions: under `nohup` or as a background
@@ -284,6 +285,8 @@ def _acquire_controlling_tty() -> None:
     # before the relay installs its handlers would then be dropped instead of ending it.
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    if close_stdin:
+        os.close(0)
     for fd in (0, 1, 2):
         if os.isatty(fd):
             fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
@@ -362,7 +365,10 @@ class Session:
         if jobshell:
             relay = [PY, "-c", JOBSHELL, str(self.info), *relay]
         slave = self.terminal.slave
-        stdin_arg: Any = slave if stdin == "tty" else subprocess.PIPE
+        # stdin: "tty", bytes (piped, then closed), "devnull" or "closed" (no fd 0 at all).
+        kinds: dict[Any, Any] = {"tty": slave, "devnull": subprocess.DEVNULL,
+                                 "closed": subprocess.DEVNULL}
+        stdin_arg: Any = kinds.get(stdin, subprocess.PIPE)
         self.stdout_is_tty = stdout == "tty"
         stdout_arg: Any = slave if self.stdout_is_tty else subprocess.PIPE
         self.stderr_path = tmp / f"stderr-{self.mark}"
@@ -379,7 +385,7 @@ class Session:
             stderr=stderr_arg,
             env=env,
             start_new_session=True,
-            preexec_fn=_acquire_controlling_tty,
+            preexec_fn=functools.partial(_acquire_controlling_tty, stdin == "closed"),
         )
         self._spawn(self._read_master if self.stdout_is_tty else self._read_pipe)
         if isinstance(stdin, bytes):
@@ -576,12 +582,27 @@ class Session:
         self.terminal.close()
 
 
+@pytest.fixture(params=OUTPUTS)
+def mode(request: pytest.FixtureRequest) -> str:
+    """The relay's output mode under test ("copy", the default, or "direct")."""
+    name: str = request.param
+    return name
+
+
+def output_args(mode: str) -> list[str]:
+    """Command-line options selecting ``mode`` (none for the default, so that it is tested)."""
+    return [] if mode == "copy" else ["--output", mode]
+
+
 @pytest.fixture
-def spawn(impl: str, tmp_path: Path) -> Iterator[Callable[..., Session]]:
-    """Start relay sessions for the implementation under test; everything is cleaned up."""
+def spawn(impl: str, mode: str, tmp_path: Path) -> Iterator[Callable[..., Session]]:
+    """Start relay sessions for the implementation and output mode under test; everything is
+    cleaned up. A session started with an explicit ``argv`` chooses its mode itself."""
     sessions: list[Session] = []
 
     def start(cmd: Sequence[str] = (), **kwargs: Any) -> Session:
+        if kwargs.get("argv") is None:
+            kwargs["relay_args"] = [*output_args(mode), *kwargs.get("relay_args", ())]
         session = Session(cmd, impl=impl, tmp=tmp_path, **kwargs)
         sessions.append(session)
         return session

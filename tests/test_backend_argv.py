@@ -120,7 +120,8 @@ def test_secret_names_go_before_dashdash_and_values_nowhere(machine: str) -> Non
 def test_relay_argv_single_command_line(fake_smolvm, machine: str) -> None:
     b = SmolmachinesBottle("m")
     assert b.relay_argv(["x"]) == [
-        sys.executable, "-m", "bottle.relay", "--machine", "m", "--",
+        sys.executable, "-m", "bottle.relay", "--output", "direct", "--machine", "m",
+        "--hold-until-raw", "--",
         str(fake_smolvm.path), *b.agent_argv(["x"])[1:],
     ]  # fmt: skip
 

@@ -8,6 +8,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,3 +117,41 @@ def test_non_tty_exec_agent_does_not_touch_the_terminal(fake_smolvm: Any) -> Non
     )
     assert proc.returncode == 5
     assert proc.stdout == b"plain\n"
+
+
+# Run in the guest: report the pid of the smolvm client it runs under (its nearest ancestor
+# with smolvm as program or script), then wait for the gate file.
+SMOLVM_PID = """
+p=$$
+while [ "$p" -gt 1 ] && ! tr '\\0' '\\n' < /proc/$p/cmdline | head -2 | grep -qx '.*smolvm'; do
+    p=$(cut -d' ' -f4 /proc/$p/stat)
+done
+echo $p > "$0/pid"
+while [ ! -e "$0/gate" ]; do sleep 0.02; done
+"""
+
+
+def test_tty_session_output_goes_straight_to_the_users_terminal(fake_smolvm: Any) -> None:
+    """exec_agent runs the relay in direct mode: smolvm's stdin is the relay's pty, its stdout
+    (what the agent prints) the user's terminal itself, never copied by the relay."""
+    fake_smolvm.create("m")
+    with tempfile.TemporaryDirectory(prefix="bottle-tty-") as shared:
+        os.chmod(shared, 0o777)  # the guest may run as node
+        with ThreadPoolExecutor(1) as pool:
+            session = pool.submit(
+                run_in_pty, child_argv(["-c", SMOLVM_PID, shared]), _env(machine="m")
+            )
+            pidfile = os.path.join(shared, "pid")
+            deadline = time.monotonic() + 60
+            while not os.path.exists(pidfile) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            try:
+                pid = int(Path(pidfile).read_text())
+                stdin, stdout = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1))
+            finally:
+                Path(shared, "gate").touch()
+            run = session.result(120)
+    assert b"RESULT=STATUS:0" in run.output, run.output
+    assert stdin.startswith("/dev/pts/") and stdout.startswith("/dev/pts/"), (stdin, stdout)
+    assert stdin != stdout, f"smolvm writes to the relay's pty {stdin}"
+    assert run.termios_after == run.termios_before

@@ -25,6 +25,7 @@ pytest.register_assert_rewrite("relay_harness")
 
 from relay_harness import (  # noqa: E402
     ECHO_CHILD,
+    OUTPUTS,
     PY,
     RELAY_ARGV,
     Session,
@@ -32,6 +33,7 @@ from relay_harness import (  # noqa: E402
     assert_restored,
     describe_pids,
     echo_roundtrip,
+    output_args,
     wait_until,
 )
 
@@ -118,13 +120,14 @@ def _storm_run(impl: str, tmp: Path, rnd: random.Random) -> tuple[str, list[str]
     """One run: start, signal at a random moment, check the aftermath; (label, problems)."""
     sig = rnd.choice(STORM_SIGNALS)
     child = rnd.choice(sorted(STORM_CHILDREN))
+    mode = rnd.choice(OUTPUTS)
     # Half of the signals land anywhere in start-up (before or after raw mode and the fork),
     # half while the session is relaying.
     early = rnd.random() < 0.5
     delay = rnd.uniform(0, 0.15) if early else rnd.uniform(0, 0.05)
-    label = f"{sig.name}/{child}/{'startup' if early else 'relaying'}"
+    label = f"{sig.name}/{child}/{mode}/{'startup' if early else 'relaying'}"
     problems: list[str] = []
-    s = Session(STORM_CHILDREN[child], impl=impl, tmp=tmp)
+    s = Session(STORM_CHILDREN[child], impl=impl, tmp=tmp, relay_args=output_args(mode))
     try:
         if not early:
             if not wait_until(lambda: b"READY" in s.output(), 20, 0.005):
@@ -173,8 +176,8 @@ def _interrupted_interpreter_startup(rc: int, sig: int, s: Session) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_signal_storm(impl: str, tmp_path: Path) -> None:
-    """SIGTERM/SIGHUP/SIGINT/SIGQUIT at random moments: terminal restored, child gone,
-    status 128+N (or the relay itself killed by N)."""
+    """SIGTERM/SIGHUP/SIGINT/SIGQUIT at random moments, in either output mode: terminal
+    restored, child gone, status 128+N (or the relay itself killed by N)."""
     rnd = random.Random(20260821)
     failures: list[tuple[str, list[str]]] = []
     seen: collections.Counter[str] = collections.Counter()
@@ -191,7 +194,7 @@ def test_signal_storm(impl: str, tmp_path: Path) -> None:
         pytest.fail(
             f"{len(failures)} of {sum(seen.values())} runs went wrong: {dict(by_label)}\n{first}"
         )
-    assert len(seen) >= 12, f"the storm did not cover the combinations: {dict(seen)}"
+    assert len(seen) >= 24, f"the storm did not cover the combinations: {dict(seen)}"
 
 
 # --------------------------------------------------------------------------- bad input
@@ -212,6 +215,7 @@ cases = {
     "unknown-placeholder": (touch, {"resize_command": "echo {rows} {foo}", "machine": "m"}),
     "machine-without-name": (touch, {"resize_command": "echo {machine}"}),
     "unbalanced-quote": (touch, {"resize_command": "echo 'x", "machine": "m"}),
+    "unknown-output": (touch, {"output": "sideways"}),
 }
 results = {}
 for name, (argv, kwargs) in cases.items():
@@ -233,6 +237,7 @@ BAD_CALL_NAMES = {
     "unknown-placeholder": "{foo}",
     "machine-without-name": "machine",
     "unbalanced-quote": "quot",
+    "unknown-output": "sideways",
 }
 
 
@@ -263,6 +268,8 @@ def test_bad_calls_are_clear_errors_before_anything_runs(impl: str, tmp_path: Pa
         (["--bogus", "--", "true"], "--bogus"),
         (["--machine"], "--machine"),
         (["--resize-command", "x {nope}", "--machine", "m", "--", "true"], "{nope}"),
+        (["--output", "sideways", "--", "true"], "sideways"),
+        (["--output"], "--output"),
     ],
 )
 def test_bad_command_lines(impl: str, tmp_path: Path, args: list[str], names: str) -> None:

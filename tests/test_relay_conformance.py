@@ -1,7 +1,11 @@
 """Black-box conformance of the PTY relay: issue 3's twelve behaviours, on real ptys.
 
 Every test runs against both implementations (the ``impl`` fixture): the native extension
-(forced with BOTTLE_REQUIRE_EXTENSION=1) and the pure-Python twin (BOTTLE_NO_EXTENSIONS=1).
+(forced with BOTTLE_REQUIRE_EXTENSION=1) and the pure-Python twin (BOTTLE_NO_EXTENSIONS=1),
+and in both output modes (the ``mode`` fixture): copy, where the relay copies the child's
+output from its pty, and direct, where the child writes to the user's terminal itself.
+Expectations on output fold CR LF to LF (``Session.text``): only copy mode passes the child's
+output through its pty's ``\n`` → ``\r\n`` processing; `TestOutputModes` pins that down.
 The test plays the user's terminal: it owns the master of the pty whose slave is the relay's
 stdin, stdout, stderr and controlling terminal.
 """
@@ -12,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -40,6 +45,7 @@ from relay_harness import (  # noqa: E402
     implementation_env,
     make_blob,
     native_built,
+    output_args,
     proc_state,
     raw_violations,
     read_ints,
@@ -47,7 +53,7 @@ from relay_harness import (  # noqa: E402
     wait_until,
 )
 
-# The fixtures ``impl`` and ``spawn`` come from the harness.
+# The fixtures ``impl``, ``mode`` and ``spawn`` come from the harness.
 pytest_plugins = ("relay_harness",)
 
 Spawn = Callable[..., Session]
@@ -63,6 +69,33 @@ def sh(script: str) -> list[str]:
 def py(code: str, *args: object) -> list[str]:
     """A Python child."""
     return [PY, "-c", textwrap.dedent(code), *map(str, args)]
+
+
+# Canonical; on SIGINT it looks (without waiting) whether a whole line is on its pty. With
+# "then-raw" it then goes raw as smolvm does (TCSAFLUSH) and reports the line it reads.
+PROBE_CHILD = """
+import os, select, signal, sys, termios, tty
+def probe(*_):
+    ready = select.select([0], [], [], 0)[0]
+    os.write(1, b"KEY-ARRIVED\\n" if ready else b"KEY-MISSING\\n")
+    if sys.argv[1:] == ["then-raw"]:
+        tty.setraw(0, termios.TCSAFLUSH)
+        data = b""
+        while not data.endswith(b"\\r") and select.select([0], [], [], 20)[0]:
+            data += os.read(0, 100)
+        os.write(1, b"GOT:" + data + b"\\n")
+    os._exit(0)
+signal.signal(signal.SIGINT, probe)
+os.write(1, b"READY\\n")
+while True:
+    signal.pause()
+"""
+
+
+def cpu_ticks(pid: int) -> int:
+    """User plus system CPU time of ``pid`` in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def last_size(report: Path) -> tuple[int, int] | None:
@@ -198,9 +231,22 @@ class TestSessionAndSignals:
     def test_child_inherits_no_relay_descriptor(self, spawn: Spawn) -> None:
         # A leaked pty master or wake-up pipe would keep the pty open or the relay's signal
         # path alive in the child; the relay was started with nothing but its stdio open.
-        s = spawn(sh("ls /proc/$$/fd | tr '\\n' ' '; echo END"))
+        # The child checks its own descriptors with fstat, which opens none (a shell listing
+        # /proc/$$/fd through a pipeline could catch its own pipe before closing it).
+        s = spawn(py(
+            """
+            import os
+            def is_open(fd):
+                try:
+                    os.fstat(fd)
+                except OSError:
+                    return False
+                return True
+            print("FDS", *[fd for fd in range(4096) if is_open(fd)], "END")
+            """
+        ))
         assert s.wait() == 0, s.describe()
-        m = re.search(r"([0-9 ]*)END", s.text())
+        m = re.search(r"FDS ([0-9 ]*)END", s.text())
         assert m, s.describe()
         assert m.group(1).split() == ["0", "1", "2"], f"open in the child: {m.group(1)}"
 
@@ -489,16 +535,16 @@ class TestStatus:
         assert_restored(s)
         assert_no_leftovers(s)
 
-    def test_python_api_returns_the_status(self, spawn: Spawn) -> None:
+    def test_python_api_returns_the_status(self, spawn: Spawn, mode: str) -> None:
         s = spawn(argv=[PY, "-c", "import sys, bottle.relay as r; "
-                        "sys.exit(r.run(['sh', '-c', 'echo API; exit 9']) + 1)"])
+                        f"sys.exit(r.run(['sh', '-c', 'echo API; exit 9'], output={mode!r}) + 1)"])
         assert s.wait() == 10, s.describe()
         assert "API\n" in s.text()
         assert_restored(s)
 
     @pytest.mark.parametrize("exc", ["FileNotFoundError", "PermissionError"])
     def test_python_api_raises_naming_the_program(
-        self, spawn: Spawn, tmp_path: Path, exc: str
+        self, spawn: Spawn, tmp_path: Path, exc: str, mode: str
     ) -> None:
         if exc == "FileNotFoundError":
             prog = str(tmp_path / "missing-prog")
@@ -510,7 +556,7 @@ class TestStatus:
             f"""
             import bottle.relay as r
             try:
-                r.run([{prog!r}])
+                r.run([{prog!r}], output={mode!r})
             except {exc} as e:
                 print("RAISED", e)
             """
@@ -523,7 +569,7 @@ class TestStatus:
         assert_no_leftovers(s)
 
     def test_python_api_resolves_argv0_on_the_env_path(
-        self, spawn: Spawn, tmp_path: Path
+        self, spawn: Spawn, tmp_path: Path, mode: str
     ) -> None:
         bindir = tmp_path / "bin"
         bindir.mkdir()
@@ -533,14 +579,15 @@ class TestStatus:
         code = (
             "import os, sys, bottle.relay as r; "
             f"env = dict(os.environ, PATH={str(bindir) + ':/usr/bin:/bin'!r}, MYVAR='x1'); "
-            "sys.exit(r.run(['only-here-prog'], env=env))"
+            f"sys.exit(r.run(['only-here-prog'], env=env, output={mode!r}))"
         )
         s = spawn(argv=[PY, "-c", code])
         assert s.wait() == 4, s.describe()
         assert "FOUND-x1" in s.text()
 
-    def test_bottle_relay_subcommand(self, spawn: Spawn) -> None:
-        s = spawn(argv=[PY, "-m", "bottle", "relay", "--", "sh", "-c", "echo SUB; exit 6"])
+    def test_bottle_relay_subcommand(self, spawn: Spawn, mode: str) -> None:
+        s = spawn(argv=[PY, "-m", "bottle", "relay", *output_args(mode),
+                        "--", "sh", "-c", "echo SUB; exit 6"])
         assert s.wait() == 6, s.describe()
         assert "SUB\n" in s.text()
 
@@ -602,7 +649,9 @@ class TestWindowChanges:
         assert s.wait() == 0, s.describe()
         assert last_size(report) == final, reported_sizes(report)[-5:]
 
-    def test_resize_during_a_slow_start_is_not_lost(self, spawn: Spawn, tmp_path: Path) -> None:
+    def test_resize_during_a_slow_start_is_not_lost(
+        self, spawn: Spawn, tmp_path: Path, mode: str
+    ) -> None:
         """A resize landing while the relay starts up still reaches the child.
 
         strace holds the relay's first pipe2() for 1.5 s (any start-up step would do: the
@@ -616,7 +665,7 @@ class TestWindowChanges:
         s = spawn(argv=[
             "strace", "-o", "/dev/null", "-e", "trace=pipe2",
             "-e", "inject=pipe2:delay_exit=1500000:when=1",
-            *RELAY_ARGV, "--", *py(WINCH_CHILD, report, gate),
+            *RELAY_ARGV, *output_args(mode), "--", *py(WINCH_CHILD, report, gate),
         ], rows=30, cols=90)
 
         def relay_in_pipe2() -> bool:
@@ -821,7 +870,7 @@ class TestTypeAhead:
             while len(data) < want and select.select([0], [], [], 20)[0]:
                 data += os.read(0, 1024)
             open(sys.argv[2], "wb").write(data)
-            """, started, got, len(typed)))
+            """, started, got, len(typed)), relay_args=["--hold-until-raw"])
         assert wait_until(lambda: started.exists()), s.describe()
         assert s.terminal.wait_raw(), s.describe()
         s.send(typed)
@@ -845,28 +894,119 @@ class TestTypeAhead:
             while len(data) < want and select.select([0], [], [], 20)[0]:
                 data += os.read(0, 1024)
             open(sys.argv[1], "wb").write(data)
-            """, got, len(early) + len(late)), typeahead=early)
+            """, got, len(early) + len(late)), typeahead=early, relay_args=["--hold-until-raw"])
         s.expect(b"RAW")
         s.send(late)
         assert s.wait(40) == 0, s.describe()
         assert got.read_bytes() == early + late
 
     def test_keys_reach_a_child_that_stays_canonical(self, spawn: Spawn) -> None:
-        s = spawn(sh("echo READY; read line; echo \"got:$line\""))
+        # Without --hold-until-raw a key goes through at once. Checked by causality, not a
+        # stopwatch: the test waits until the relay has taken the key off the terminal, then
+        # sends SIGINT, which the relay forwards only after it has written what it read; the
+        # child then looks (select with no timeout: the kernel first pushes what is in flight)
+        # whether the line is already on its pty.
+        s = spawn(py(PROBE_CHILD))
         s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
         s.send(b"abc\r")
-        assert s.wait(30) == 0, s.describe()
-        assert "got:abc" in s.text(), s.describe()
+        assert wait_until(lambda: not select.select([s.terminal.slave], [], [], 0)[0]), (
+            f"the relay never read the key\n{s.describe()}"
+        )
+        os.kill(s.relay_pid, signal.SIGINT)
+        s.expect(b"KEY-")
+        assert b"KEY-ARRIVED" in s.output(), f"the key was held back\n{s.describe()}"
+        assert s.wait() == 0, s.describe()
+
+    def test_keys_are_held_until_raw_with_the_option(self, spawn: Spawn) -> None:
+        s = spawn(py(PROBE_CHILD, "then-raw"), relay_args=["--hold-until-raw"])
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        s.send(b"abc\r")
+        assert wait_until(lambda: not select.select([s.terminal.slave], [], [], 0)[0]), (
+            f"the relay never read the key\n{s.describe()}"
+        )
+        os.kill(s.relay_pid, signal.SIGINT)
+        s.expect(b"GOT:")
+        assert b"KEY-MISSING" in s.output(), f"a canonical child got the key\n{s.describe()}"
+        s.expect(b"GOT:abc\r")  # released once the child went raw (TCSAFLUSH), not lost
+        assert s.wait() == 0, s.describe()
+
+    @pytest.mark.parametrize(
+        ("stdin", "expected"),
+        [(b"hello\n", b"hello\n\x04"), (b"part", b"part\x04\x04"), ("devnull", b"\x04"),
+         ("closed", b"\x04")],
+        ids=["pipe-line", "pipe-partial", "devnull", "closed"],
+    )
+    def test_input_and_its_end_are_held_whatever_stdin_is(
+        self, spawn: Spawn, tmp_path: Path, stdin: str | bytes, expected: bytes
+    ) -> None:
+        # What smolvm does: canonical while the VM starts, then raw with TCSAFLUSH, which
+        # discards whatever reached its pty before; the end of input (VEOF) included.
+        got, gate = tmp_path / "got", tmp_path / "gate"
+        s = spawn(py(
+            """
+            import os, select, sys, termios, time, tty
+            got, gate, want = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
+            os.write(1, b"READY\\n")
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+            tty.setraw(0, termios.TCSAFLUSH)
+            data = b""
+            while not data.endswith(want) and select.select([0], [], [], 20)[0]:
+                data += os.read(0, 1024)
+            open(got, "wb").write(data)
+            """, got, gate, expected.hex()), stdin=stdin, relay_args=["--hold-until-raw"])
+        s.expect(b"READY")
+        relay = s.relay_pid
+        before = cpu_ticks(relay)
+        time.sleep(1.0)  # the input is read and held meanwhile; no test of time here
+        spent = cpu_ticks(relay) - before
+        gate.touch()
+        assert s.wait(40) == 0, s.describe()
+        assert got.read_bytes() == expected
+        # Holding costs a check every 10 ms, not a spinning loop (100 ticks = a whole CPU).
+        assert spent < 30, f"the relay used {spent} CPU ticks in 1 s while holding"
+
+    def test_held_keys_outlast_a_slow_start(self, spawn: Spawn, tmp_path: Path) -> None:
+        # smolvm on an image machine can take longer than 3 s to go raw.
+        got = tmp_path / "got"
+        s = spawn(py(
+            """
+            import os, select, sys, termios, time, tty
+            os.write(1, b"READY\\n")
+            time.sleep(4)
+            tty.setraw(0, termios.TCSAFLUSH)
+            data = b""
+            while not data.endswith(b"\\r") and select.select([0], [], [], 20)[0]:
+                data += os.read(0, 1024)
+            open(sys.argv[1], "wb").write(data)
+            """, got), relay_args=["--hold-until-raw"])
+        s.expect(b"READY")
+        s.send(b"early\r")
+        assert s.wait(40) == 0, s.describe()
+        assert got.read_bytes() == b"early\r"
 
 
 # --------------------------------------------------------------------------- 12. idle
 
 
 class TestIdle:
-    def test_idle_relay_does_not_wake_up(self, spawn: Spawn) -> None:
-        s = spawn(sh("echo READY; sleep 4; echo DONE"))
+    @pytest.mark.parametrize("hold", [False, True], ids=["plain", "hold-over"])
+    def test_idle_relay_does_not_wake_up(self, spawn: Spawn, hold: bool) -> None:
+        if hold:  # the end of input was held, then released when the child went raw
+            s = spawn(py("""
+                import os, time, tty
+                tty.setraw(0)
+                assert os.read(0, 1) == b"\\x04"
+                os.write(1, b"READY\\n")
+                time.sleep(4)
+                os.write(1, b"DONE\\n")
+                """), stdin="devnull", relay_args=["--hold-until-raw"])
+        else:
+            s = spawn(sh("echo READY; sleep 4; echo DONE"))
         s.expect(b"READY")
-        assert s.terminal.wait_raw(), s.describe()
+        assert hold or s.terminal.wait_raw(), s.describe()  # with /dev/null: no raw mode
         relay = s.relay_pid
         time.sleep(0.5)
         before = context_switches(relay)
@@ -876,3 +1016,263 @@ class TestIdle:
         assert s.wait() == 0, s.describe()
         assert "DONE" in s.text()
 
+
+# --------------------------------------------------------------------------- 13. output modes
+
+
+class TestOutputModes:
+    def test_where_the_childs_output_goes(self, spawn: Spawn, mode: str) -> None:
+        s = spawn(py(
+            """
+            import os
+            os.write(1, ("OUT %s %s|" % (os.ttyname(0), os.ttyname(1))).encode())
+            os.write(1, b"a\\nb|")
+            with open("/dev/tty", "wb", buffering=0) as tty:
+                tty.write(b"via-tty\\n")
+            """
+        ))
+        assert s.wait() == 0, s.describe()
+        out = s.output()
+        m = re.search(rb"OUT (\S+) (\S+)\|", out)
+        assert m, s.describe()
+        pty, stdout = m.group(1).decode(), m.group(2).decode()
+        assert pty != s.terminal.name
+        if mode == "copy":
+            # The pty is stdout too, and its output processing turns LF into CR LF.
+            assert stdout == pty, s.describe()
+            assert b"a\r\nb|" in out, s.describe()
+        else:
+            # Straight to the user's terminal, which the relay keeps raw: the bytes as written.
+            assert stdout == s.terminal.name, s.describe()
+            assert b"a\nb|" in out, s.describe()
+        # Whatever the child writes to its pty (here through /dev/tty) is copied in both modes.
+        assert b"via-tty\r\n" in out, s.describe()
+        assert_restored(s)
+
+    def test_output_processing_is_the_only_difference(self, spawn: Spawn, mode: str) -> None:
+        # A child that leaves its pty cooked: in copy mode the pty's output processing (OPOST,
+        # ONLCR) applies to every byte, in direct mode nothing does (the terminal is raw).
+        s = spawn(py(
+            """
+            import os
+            os.write(1, b"READY|" + bytes(range(256)) + b"|END")
+            """
+        ))
+        assert s.wait() == 0, s.describe()
+        body = s.output().split(b"READY|", 1)[1]
+        sent = bytes(range(256)) + b"|END"
+        assert body == (sent.replace(b"\n", b"\r\n") if mode == "copy" else sent), s.describe()
+
+    @pytest.mark.parametrize("mode", ["direct"])
+    def test_stopping_the_relay_stops_a_direct_child(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        """Only in direct mode: a stopped copying relay holds the child's output back by itself,
+        but a child that writes to the terminal directly must stop with it, or it would write
+        over the user's shell."""
+        pidfile, gate = tmp_path / "pid", tmp_path / "gate"
+        s = spawn(sh(
+            f"echo $$ > {pidfile}; echo READY; "
+            f"while [ ! -e {gate} ]; do echo tick; sleep 0.02; done"
+        ), jobshell=True)
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        child, relay = read_ints(pidfile)[0], s.relay_pid
+        for _ in range(2):
+            os.kill(relay, signal.SIGTSTP)
+            assert wait_until(lambda: proc_state(relay) == "T", 10), s.describe()
+            assert wait_until(lambda: proc_state(child) == "T", 10), (
+                f"the child runs on while the relay is stopped\n{s.describe()}"
+            )
+            assert_restored(s)
+            s.settle()
+            stopped_at = s.output_len()
+            time.sleep(0.3)
+            assert s.output_len() == stopped_at, "output reached the terminal while stopped"
+            os.kill(relay, signal.SIGCONT)
+            assert wait_until(lambda: proc_state(child) not in ("T", None), 10), s.describe()
+            assert s.terminal.wait_raw(), s.describe()
+            assert s.wait_output_len(stopped_at + 5), "no output after SIGCONT"
+        gate.touch()
+        assert s.wait() == 0, s.describe()
+        assert_restored(s)
+
+
+# --------------------------------------------------------------------------- review (issue 11)
+
+# A raw-mode echo that ends on "q".
+RAW_ECHO_CHILD = """
+import os, tty
+tty.setraw(0)
+os.write(1, b"READY\\n")
+while True:
+    data = os.read(0, 100)
+    os.write(1, data)
+    if not data or b"q" in data:
+        break
+"""
+
+
+class TestReview:
+    def test_sigpipe_at_default_in_the_host_is_only_the_end_of_output(
+        self, spawn: Spawn
+    ) -> None:
+        # A host CLI that puts SIGPIPE back to its default, whose output reader is gone.
+        host = """
+            import os, signal, sys
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            import bottle.relay as relay
+            r, w = os.pipe()
+            os.close(r)
+            status = relay.run(["sh", "-c", "echo into-the-void; sleep 30"], stdout_fd=w)
+            os.write(2, b"STATUS %d\\\\n" % status)
+            """
+        s = spawn(argv=py(host))
+        rc = s.wait()
+        assert rc == 0, f"the host died (status {rc})\n{s.describe()}"
+        assert f"STATUS {128 + signal.SIGHUP}" in s.text(), s.describe()  # child ended
+        assert_restored(s)
+        assert_no_leftovers(s)
+
+    def test_tstp_in_an_orphaned_group_does_not_stop_the_relay_for_good(
+        self, spawn: Spawn
+    ) -> None:
+        # Without a job shell the relay leads its own session: its process group is orphaned,
+        # where the kernel discards a stop from SIGTSTP (nobody could continue it).
+        s = spawn(py(RAW_ECHO_CHILD))
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        os.kill(s.relay_pid, signal.SIGTSTP)
+        s.send(b"ping")
+        s.expect(b"ping", timeout=10)
+        assert proc_state(s.relay_pid) != "T", s.describe()
+        assert s.terminal.wait_raw(), "the terminal was not set up again"
+        assert raw_violations(s.terminal.attrs()) == []
+        s.send(b"q")
+        assert s.wait() == 0, s.describe()
+        assert_restored(s)
+
+    def test_terminal_given_back_when_the_child_lets_go_of_its_pty(self, spawn: Spawn) -> None:
+        s = spawn(sh("echo READY; exec sleep 30 </dev/null >/dev/null 2>&1"))
+        s.expect(b"READY")
+        assert wait_until(lambda: s.terminal.attrs() == s.terminal.saved), (
+            f"the terminal stayed raw after the child closed its pty\n{s.describe()}"
+        )
+        s.send(b"\x03")  # Ctrl-C on a cooked terminal: SIGINT, forwarded to the child
+        assert s.wait(10) == 128 + signal.SIGINT, s.describe()
+        assert_restored(s)
+        assert_no_leftovers(s)
+
+    @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["INT", "HUP"])
+    def test_signal_ignored_on_entry_stays_ignored(self, spawn: Spawn, sig: int) -> None:
+        child = """
+            import os, signal, sys
+            def got(signum, frame):
+                os.write(1, b"GOT-%d\\\\n" % signum)
+            signal.signal(signal.SIGINT, got)
+            signal.signal(signal.SIGHUP, got)
+            os.write(1, b"READY\\\\n")
+            sys.stdin.readline()
+            os.write(1, b"LINE\\\\n")
+            sys.stdin.readline()
+            """
+        # As under `trap '' INT` or `nohup`: the relay starts with the signal ignored.
+        s = spawn(argv=["sh", "-c", f"trap '' {signal.Signals(sig).name[3:]}; exec \"$@\"",
+                        "sh", *RELAY_ARGV, "--", *py(child)])
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        os.kill(s.relay_pid, sig)
+        s.send(b"x\r")  # reaches the child after a forwarded signal would have
+        s.expect(b"LINE")
+        assert b"GOT-" not in s.output(), f"an ignored signal was forwarded\n{s.describe()}"
+        # The terminal's own hang-up is still seen on the terminal, and still ends the child.
+        s.terminal.close_master()
+        s.wait(10)
+        assert_no_leftovers(s)
+
+    @pytest.mark.parametrize("front", ["module", "bottle-relay"])
+    def test_ctrl_c_during_start_up_exits_130_quietly(self, spawn: Spawn, front: str) -> None:
+        # strace delivers SIGINT at the relay's first pipe2(), before its handlers exist.
+        if shutil.which("strace") is None:
+            pytest.fail("strace is missing: the test delivers the signal with it")
+        relay = list(RELAY_ARGV) if front == "module" else [
+            PY, "-c", "import sys; from bottle.cli import main; sys.exit(main())", "relay"]
+        s = spawn(argv=["strace", "-qq", "-o", "/dev/null", "-e", "trace=pipe2",
+                        "-e", "inject=pipe2:signal=SIGINT:when=1",
+                        *relay, "--", *sh("echo SHOULD-NOT-RUN; sleep 30")])
+        rc = s.wait()
+        assert rc == 130, f"status {rc}\n{s.describe()}"
+        assert "Traceback" not in s.text() and "KeyboardInterrupt" not in s.text(), s.describe()
+        assert_restored(s)
+        assert_no_leftovers(s)
+
+
+# Makes TIOCSWINSZ fail with ENOTTY after the first FAIL_TIOCSWINSZ_AFTER calls, for the
+# relay (Python's fcntl.ioctl and the native core alike call libc's ioctl).
+IOCTL_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+
+int ioctl(int fd, unsigned long request, ...) {
+    static int (*real)(int, unsigned long, ...);
+    static int calls;
+    const char *after = getenv("FAIL_TIOCSWINSZ_AFTER");
+    va_list ap;
+    void *arg;
+    va_start(ap, request);
+    arg = va_arg(ap, void *);
+    va_end(ap);
+    if (!real)
+        real = (int (*)(int, unsigned long, ...))dlsym(RTLD_NEXT, "ioctl");
+    if (request == TIOCSWINSZ && after && calls++ >= atoi(after)) {
+        errno = ENOTTY;
+        return -1;
+    }
+    return real(fd, request, arg);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def ioctl_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.fail("no C compiler: the test builds a small ioctl shim (needed for the build too)")
+    src = tmp_path_factory.mktemp("shim") / "shim.c"
+    src.write_text(IOCTL_SHIM)
+    lib = src.with_suffix(".so")
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"], check=True)
+    return lib
+
+
+class TestRefusedWindowSize:
+    WARNING = b"refused the window size"
+
+    def test_refused_at_start_the_session_runs(self, spawn: Spawn, ioctl_shim: Path) -> None:
+        s = spawn(sh("echo RAN; exit 7"),
+                  extra_env={"LD_PRELOAD": str(ioctl_shim), "FAIL_TIOCSWINSZ_AFTER": "0"})
+        assert s.wait() == 7, s.describe()
+        assert b"RAN" in s.output(), s.describe()
+        assert s.output().count(self.WARNING) == 1, s.describe()
+        assert_restored(s)
+
+    def test_refused_later_logged_once(
+        self, spawn: Spawn, tmp_path: Path, ioctl_shim: Path
+    ) -> None:
+        report, gate = tmp_path / "sizes", tmp_path / "gate"
+        s = spawn(py(WINCH_CHILD, report, gate), rows=30, cols=90,
+                  extra_env={"LD_PRELOAD": str(ioctl_shim), "FAIL_TIOCSWINSZ_AFTER": "1"})
+        s.expect(b"READY")
+        s.terminal.resize(40, 100)
+        s.expect(self.WARNING)
+        s.terminal.resize(50, 120)
+        s.send(b"after\r")  # still relaying: the child's pty echoes it back
+        s.expect(b"after")
+        gate.touch()
+        assert s.wait() == 0, s.describe()
+        assert s.output().count(self.WARNING) == 1, s.describe()
+        assert reported_sizes(report)[0] == (30, 90)

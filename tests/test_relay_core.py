@@ -7,12 +7,14 @@ behaviour suite (python -m bottle.relay on real ptys) is tests/test_relay_confor
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
 import importlib
 import os
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -267,14 +269,21 @@ def test_backpressure_child_not_reading_does_not_stall_output(rig: Callable[...,
     fut = r.start()
     pushed = 0
     deadline = time.monotonic() + WAIT
-    # Paste far more than every buffer on the way holds; the child never reads it.
-    while time.monotonic() < deadline:
+    # Paste until nothing more fits anywhere: the child never reads, the pty's input queue is
+    # full, the relay holds a full buffer and the pipe before it is full. Then the count stops
+    # growing for good.
+    while True:
+        assert time.monotonic() < deadline, f"input never backed up ({pushed} bytes taken)"
         try:
             pushed += os.write(r.in_w, b"p" * 65536)
+            continue
         except BlockingIOError:
-            if pushed > 4 * bufsize and quiet(r.in_w, 0.05):
-                break
-            time.sleep(0.01)
+            pass
+        if r.pump.buffered[0] == bufsize:
+            break
+        time.sleep(0.01)  # the relay is still moving input into the pty
+    assert pushed > bufsize  # more than the relay's buffer: the pty and the pipe filled too
+    # Output still flows, in full, while input is stalled.
     out = b"o" * (1 << 20)
     writer = threading.Thread(target=os.write, args=(r.slave, out))
     writer.start()
@@ -282,8 +291,10 @@ def test_backpressure_child_not_reading_does_not_stall_output(rig: Callable[...,
     writer.join()
     r.wake(signal.SIGUSR1)
     assert fut.result(WAIT) == r.core.EV_SIGNAL
-    held_in, held_out = r.pump.buffered
-    assert held_in <= bufsize and held_out == 0
+    # The input side stayed bounded and nothing was dropped to make room.
+    assert r.pump.buffered == (bufsize, 0)
+    with pytest.raises(BlockingIOError):
+        os.write(r.in_w, b"p")
 
 
 def test_slow_user_terminal_bounds_output_buffer(rig: Callable[..., Rig]) -> None:
@@ -396,28 +407,37 @@ def test_drain_stops_when_a_grandchild_keeps_the_pty_quiet(rig: Callable[..., Ri
 
 def test_drain_is_capped_when_a_grandchild_keeps_writing(rig: Callable[..., Rig]) -> None:
     r = rig()
+    os.set_blocking(r.slave, False)
     stop = threading.Event()
+    lines = [0]
 
-    def chatter() -> None:
+    def chatter() -> None:  # writes without a pause: the pty is never idle, never ends
         while not stop.is_set():
-            with contextlib.suppress(OSError):
-                os.write(r.slave, b"still here\n")
-            time.sleep(0.005)
+            try:
+                os.write(r.slave, b"line %d\n" % lines[0])
+                lines[0] += 1
+            except BlockingIOError:
+                select.select([], [r.slave], [], 0.05)
 
     def sink() -> None:
         while not stop.is_set():
-            if select.select([r.out_r], [], [], 0.1)[0]:
-                os.read(r.out_r, 65536)
+            if select.select([r.out_r], [], [], 0.05)[0]:
+                received.extend(os.read(r.out_r, 65536))
 
+    received = bytearray()
     threads = [threading.Thread(target=chatter), threading.Thread(target=sink)]
     for t in threads:
         t.start()
     try:
+        # Neither EOF nor an idle second can end this drain: only its 300 ms cap can.
         assert r.start(lambda: r.pump.drain(1000, 300)).result(WAIT) == r.core.EV_DONE
+        assert threads[0].is_alive(), "the writer stopped: the drain did not end on its cap"
+        written_at_return = lines[0]
     finally:
         stop.set()
         for t in threads:
             t.join()
+    assert written_at_return > 0 and b"line 0\n" in received  # it did copy while it ran
 
 
 def test_drain_keeps_what_the_pty_holds_while_the_terminal_stalls(
@@ -548,6 +568,63 @@ def test_spawn_exec_failure_raises_and_reaps(core: ModuleType, path: bytes, code
     assert len(info.value.args) == 2  # exec itself failed, not an earlier step
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)  # the failed child was reaped
+
+
+# Where its stdio leads: "tty" for the pty's slave, else the inode of a pipe.
+STDIO_PROBE = b"""import os
+for fd in (0, 1, 2):
+    st = os.fstat(fd)
+    print("tty" if os.isatty(fd) else st.st_ino, end=" ")
+"""
+
+
+def test_spawn_out_fd_becomes_stdout_and_stderr(core: ModuleType) -> None:
+    master, slave = os.openpty()
+    r, w = os.pipe()
+    try:
+        pid = core.spawn(sys.executable.encode(), [b"python", b"-c", STDIO_PROBE], [], slave, w)
+        os.close(w)
+        w = -1
+        out = read_exactly(r, 1 << 16)
+        _, status = os.waitpid(pid, 0)
+        pty_out = b"" if quiet(master, 0.1) else os.read(master, 1 << 16)
+    finally:
+        for fd in (master, slave, r, w):
+            if fd >= 0:
+                os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    words = out.split()
+    assert words[0] == b"tty" and words[1] == words[2] != b"tty", out
+    assert pty_out == b"", "the child wrote to its pty although stdout was redirected"
+
+
+@pytest.mark.parametrize("number", [0, 1, 2])
+def test_spawn_out_fd_among_the_low_descriptors(core: ModuleType, number: int) -> None:
+    """out_fd (and the slave) may sit at 0-2 themselves, as the caller's stdout does."""
+    code = f"""
+import os, sys
+from bottle import {core.__name__.rsplit(".", 1)[1]} as core
+master, slave = os.openpty()
+os.dup2(int(sys.argv[1]), {number})  # the pipe to the test lands on fd {number}
+argv = [b"sh", b"-c", b"tty <&0 >&2; echo out; echo err >&2"]
+pid = core.spawn(b"/bin/sh", argv, [], slave, {number})
+os.close({number})
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+    r, w = os.pipe()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(w)], pass_fds=(w,),
+                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+        os.close(w)
+        w = -1
+        out = read_exactly(r, 1 << 16)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert proc.returncode == 0, proc.stderr
+    lines = out.decode().split()
+    assert lines[0].startswith("/dev/pts/") and lines[1:] == ["out", "err"], out
 
 
 def test_spawn_rejects_bad_arguments(core: ModuleType) -> None:
@@ -726,6 +803,55 @@ def test_run_bad_arguments(devnull: int) -> None:
     os.close(w)
     with pytest.raises(ValueError, match="stdout_fd"):
         relay.run(["true"], stdin_fd=devnull, stdout_fd=w)
+    with pytest.raises(ValueError, match="output"):
+        relay.run(["true"], stdin_fd=devnull, output="sideways")
+
+
+# The child's view of its stdio in direct mode: fd 1 and 2 the caller's pipe, as it was given.
+DIRECT_PROBE = r"""
+import fcntl, os, sys
+same = os.fstat(1).st_ino == os.fstat(2).st_ino == int(sys.argv[1])
+blocking = not fcntl.fcntl(1, fcntl.F_GETFL) & os.O_NONBLOCK
+os.write(1, b"out:%s:%s\n" % (str(same).encode(), str(blocking).encode()))
+os.write(2, b"err\n")
+with open("/dev/tty", "wb", buffering=0) as tty:
+    tty.write(b"tty\n")
+"""
+
+
+def test_run_direct_output_is_the_callers_descriptor(devnull: int) -> None:
+    r, w = os.pipe()
+    try:
+        flags = fcntl.fcntl(w, fcntl.F_GETFL)
+        with ThreadPoolExecutor(1) as pool:
+            reader = pool.submit(read_exactly, r, 1 << 20)
+            status = relay.run([sys.executable, "-c", DIRECT_PROBE, str(os.fstat(w).st_ino)],
+                               stdin_fd=devnull, stdout_fd=w, output="direct")
+            assert fcntl.fcntl(w, fcntl.F_GETFL) == flags
+            os.close(w)
+            w = -1
+            out = reader.result(WAIT)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert status == 0
+    # Written straight to the pipe: untouched (no CR). Through /dev/tty: copied, from the pty.
+    assert out == b"out:True:True\nerr\ntty\r\n", out
+
+
+def test_run_direct_output_to_a_file(devnull: int, tmp_path: Path) -> None:
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        status = relay.run(["sh", "-c", "echo one; echo two >/dev/tty; echo three >&2"],
+                           stdin_fd=devnull, stdout_fd=fd, output="direct")
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) == flags
+    finally:
+        os.close(fd)
+    assert status == 0
+    assert sorted(path.read_bytes().split(b"\n")) == [b"", b"one", b"three", b"two\r"]
 
 
 @pytest.mark.parametrize(
@@ -785,7 +911,7 @@ def test_exit_status_mapping() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [([], "no command"), (["--machine"], "needs a value"), (["--bogus", "x"], "unknown option"),
-     (["--machine", "m", "--"], "no command")],
+     (["--machine", "m", "--"], "no command"), (["--output", "sideways", "--", "true"], "output")],
 )
 def test_cli_usage_errors(
     capsys: pytest.CaptureFixture[str], argv: list[str], message: str
@@ -797,16 +923,20 @@ def test_cli_usage_errors(
 
 def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert relay_cli.main(["--help"]) == 0
-    assert "--resize-command" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--resize-command" in out and "--output copy|direct" in out
 
 
 def test_cli_parses_options_and_command() -> None:
-    options, command = relay_cli._parse(
-        ["--machine=vm", "--resize-command", "x {rows}", "--", "cmd", "--machine", "-x"]
+    options, flags, command = relay_cli._parse(
+        ["--machine=vm", "--resize-command", "x {rows}", "--output", "direct", "--", "cmd",
+         "--machine", "-x"]
     )
-    assert options == {"machine": "vm", "resize_command": "x {rows}"}
+    assert options == {"machine": "vm", "resize_command": "x {rows}", "output": "direct"}
     assert command == ["cmd", "--machine", "-x"]
-    assert relay_cli._parse(["cmd", "-h"]) == ({}, ["cmd", "-h"])
+    assert flags == set()
+    assert relay_cli._parse(["cmd", "-h"]) == ({}, set(), ["cmd", "-h"])
+    assert relay_cli._parse(["--hold-until-raw", "cmd"]) == ({}, {"hold_until_raw"}, ["cmd"])
 
 
 def _cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -854,3 +984,246 @@ def test_implementation_selection() -> None:
     if _native() is not None:
         default = _implementation({})
         assert (default.returncode, default.stdout.strip()) == (0, "native")
+
+
+# ------------------------------------------------------------------------------ review (issue 11)
+
+
+def test_end_of_input_is_held_with_the_keys(rig: Callable[..., Rig]) -> None:
+    r = rig(raw_child=False, hold_ms=60_000)
+    fut = r.start()
+    os.write(r.in_w, b"piped")
+    os.close(r.in_w)
+    r.in_w = -1
+    # A VEOF written now would be flushed by the child's switch to raw mode, and it would wait
+    # for an end of input that never comes.
+    assert quiet(r.slave, 0.4), "input or its end reached a canonical-mode child"
+    tty.setraw(r.slave, termios.TCSAFLUSH)
+    assert read_exactly(r.slave, 7) == b"piped\x04\x04"  # raw: the VEOFs arrive as bytes
+    r.wake(signal.SIGUSR1)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+
+
+def test_no_input_at_all_is_held_too(core: ModuleType) -> None:
+    master, slave = os.openpty()
+    out_r, out_w = os.pipe()
+    wake_r, wake_w = os.pipe()
+    try:
+        for fd in (master, out_w, wake_r):
+            os.set_blocking(fd, False)
+        pump = core.Pump(-1, out_w, master, wake_r, hold_ms=60_000)
+        with ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(pump.run)
+            assert quiet(slave, 0.4), "the end of input reached a canonical-mode child"
+            tty.setraw(slave, termios.TCSAFLUSH)
+            assert read_exactly(slave, 1) == b"\x04"
+            os.write(wake_w, bytes([signal.SIGUSR1]))
+            assert fut.result(WAIT) == core.EV_SIGNAL
+    finally:
+        for fd in (master, slave, out_r, out_w, wake_r, wake_w):
+            os.close(fd)
+
+
+def test_hold_is_timed_from_the_start_not_the_first_key(rig: Callable[..., Rig]) -> None:
+    r = rig(raw_child=False, hold_ms=200)
+    attrs = termios.tcgetattr(r.slave)
+    attrs[3] &= ~termios.ECHO
+    termios.tcsetattr(r.slave, termios.TCSANOW, attrs)
+    time.sleep(0.4)  # the child has been canonical for longer than the whole hold
+    fut = r.start()
+    os.write(r.in_w, b"late\n")
+    while select.select([r.in_r], [], [], 0)[0]:  # until the pump has read it
+        assert not fut.done()
+        time.sleep(0.005)
+    r.wake(signal.SIGUSR1)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+    # The pump has returned: the key was written at once, not held for another 200 ms.
+    assert select.select([r.slave], [], [], 0)[0], "a key typed after the hold was held"
+    assert os.read(r.slave, 10) == b"late\n"
+
+
+def test_second_concurrent_run_is_refused(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    barrier = threading.Barrier(2)
+
+    def run() -> int:
+        barrier.wait(WAIT)
+        return int(r.pump.run())
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(run) for _ in range(2)]
+        try:
+            done = next(iter(concurrent.futures.as_completed(futures, WAIT)))
+            with pytest.raises(RuntimeError, match="already running"):
+                done.result()
+            with pytest.raises(RuntimeError, match="already running"):
+                r.pump.drain(10, 10)
+        finally:
+            r.wake(signal.SIGUSR1)
+            r.wake(signal.SIGUSR2)  # frees a second loop, if one was let in
+        other = futures[1] if done is futures[0] else futures[0]
+        assert other.result(WAIT) == r.core.EV_SIGNAL
+    # Free again once the loop has returned.
+    r.wake(signal.SIGUSR1)
+    assert r.pump.run() == r.core.EV_SIGNAL
+
+
+def test_drain_rejects_negative_arguments(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    os.close(r.slave)  # a drain that wrongly accepts them still ends (pty EOF)
+    r.slave = -1
+    for idle_ms, cap_ms in [(-1, 100), (100, -1)]:
+        with pytest.raises(ValueError, match="negative"):
+            r.pump.drain(idle_ms, cap_ms)
+
+
+def test_drain_with_a_huge_idle_time_still_keeps_the_cap(rig: Callable[..., Rig]) -> None:
+    r = rig()  # the slave stays open and quiet: only the cap ends the drain
+    fut = r.start(lambda: r.pump.drain(3_000_000, 100))  # idle_ms * 1000 overflows an int
+    try:
+        assert fut.result(WAIT) == r.core.EV_DONE
+    finally:
+        if not fut.done():
+            r.wake(signal.SIGTERM)
+
+
+# A spawn whose fork (clone) or report pipe (pipe2) fails, many times, under strace's fault
+# injection: nothing may stay behind (descriptors, or the C argv/envp arrays: peak RSS).
+FAILING_SPAWN = r"""
+import importlib, os, resource, sys
+core = importlib.import_module(sys.argv[1])
+argv = [b"x%d" % i for i in range(200_000)]  # 1.6 MB of pointers per call
+fds = len(os.listdir("/proc/self/fd"))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+errors = set()
+for _ in range(30):
+    try:
+        core.spawn(b"/bin/true", argv, [], 0)
+    except OSError as exc:
+        errors.add(exc.errno)
+print(sorted(errors), len(os.listdir("/proc/self/fd")) - fds,
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss)
+"""
+
+
+@pytest.mark.parametrize("syscall", ["clone", "pipe2"])
+def test_failed_spawn_leaks_nothing(core: ModuleType, syscall: str) -> None:
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.fail("strace is missing: the test injects the failure with it")
+    inject = "clone,clone3" if syscall == "clone" else "pipe2"
+    proc = subprocess.run(
+        [strace, "-qq", "-o", "/dev/null", "-e", f"trace={inject}",
+         "-e", f"inject={inject}:error=EAGAIN" if syscall == "clone" else
+         f"inject={inject}:error=EMFILE", sys.executable, "-c", FAILING_SPAWN, core.__name__],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    errors, fd_growth, rss_growth_kib = proc.stdout.rsplit("]", 1)[0] + "]", *map(
+        int, proc.stdout.rsplit("]", 1)[1].split())
+    expected = errno.EAGAIN if syscall == "clone" else errno.EMFILE
+    assert errors == f"[{expected}]", proc.stdout  # the failure really was injected
+    assert fd_growth == 0, f"{fd_growth} descriptors leaked over 30 failed spawns"
+    assert rss_growth_kib < 16 * 1024, f"{rss_growth_kib} KiB more after 30 failed spawns"
+
+
+# A bytes subclass whose `in` empties the argv list it sits in: spawn must run the argv it
+# was given, never what the list turned into.
+SHRINKING_ARGV = r"""
+import importlib, os, sys
+core = importlib.import_module(sys.argv[1])
+argv = []
+class Shrinking(bytes):
+    def __contains__(self, item):
+        argv.clear()
+        return False
+argv += [b"echo", Shrinking(b"kept"), b"whole"]
+master, slave = os.openpty()
+try:
+    pid = core.spawn(b"/bin/echo", argv, [], slave)
+finally:
+    os.close(slave)
+out = b""
+while True:
+    try:
+        chunk = os.read(master, 100)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+os.waitpid(pid, 0)
+print("ran:", out.decode().strip())
+"""
+
+
+def test_spawn_uses_a_snapshot_of_argv(core: ModuleType) -> None:
+    proc = subprocess.run([sys.executable, "-c", SHRINKING_ARGV, core.__name__],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr  # a crash (out-of-bounds read) fails here
+    assert proc.stdout.strip() == "ran: kept whole", proc.stdout + proc.stderr
+
+
+def test_spawn_while_another_thread_mutates_the_lists(core: ModuleType) -> None:
+    """Free-threaded builds: spawn reads a snapshot, so a list changed meanwhile is harmless."""
+    code = r"""
+import importlib, os, sys, threading
+core = importlib.import_module(sys.argv[1])
+argv = [b"true"] * 64
+stop = threading.Event()
+def churn():
+    while not stop.is_set():
+        argv.append(b"x"); argv.pop(); del argv[32:]; argv.extend([b"true"] * 32)
+t = threading.Thread(target=churn); t.start()
+try:
+    for _ in range(200):
+        master, slave = os.openpty()
+        try:
+            pid = core.spawn(b"/bin/true", argv, [], slave)
+            os.waitpid(pid, 0)
+        except ValueError:
+            pass  # argv seen empty: refused, which is fine
+        finally:
+            os.close(master); os.close(slave)
+finally:
+    stop.set(); t.join()
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code, core.__name__],
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "ok"), proc.stderr
+
+
+def test_run_negative_stdin_is_no_input(devnull: int) -> None:
+    status, out = run_captured(["sh", "-c", "cat; echo after-eof"], -1)
+    assert status == 0
+    assert out.strip() == b"after-eof"
+
+
+def test_waiter_never_writes_into_a_reused_descriptor(
+    devnull: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Widen the waiter's window between reaping the child and writing its notify byte, as a
+    # loaded machine can: the pipe it writes to must still be its own by then.
+    real_write = os.write
+
+    def slow_write(fd: int, data: Any) -> int:
+        if threading.current_thread().name == "bottle-relay-wait" and data == b"x":
+            time.sleep(0.3)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", slow_write)
+    pid = os.posix_spawn("/bin/true", ["true"], os.environ)
+    child = relay._Child(pid, threaded=True)
+    while child.poll() is None:  # the status is set before the byte is written
+        time.sleep(0.001)
+    child.end()
+    r, w = os.pipe()  # takes the numbers end() just released
+    try:
+        for thread in threading.enumerate():
+            if thread.name == "bottle-relay-wait":
+                thread.join(WAIT)
+        assert not select.select([r], [], [], 0)[0], "the waiter wrote into an unrelated pipe"
+    finally:
+        os.close(r)
+        os.close(w)

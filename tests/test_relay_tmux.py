@@ -2,7 +2,8 @@
 
 ``tmux resize-window`` changes the size of the terminal the relay sits in; the programs'
 own view of their size (a curses program's ``getmaxyx`` after KEY_RESIZE, vim's ``&lines``
-and ``&columns``) must follow.
+and ``&columns``) must follow, in both output modes (in direct mode they draw on the pane
+themselves).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from relay_harness import (  # noqa: E402
     implementation_env,
     kill_quietly,
     marked_pids,
+    output_args,
     wait_until,
 )
 
@@ -58,7 +60,8 @@ CURSES_PROGRAM = textwrap.dedent(
 class Tmux:
     """A private tmux server whose one pane runs a command under the relay."""
 
-    def __init__(self, impl: str, tmp: Path) -> None:
+    def __init__(self, impl: str, mode: str, tmp: Path) -> None:
+        self.mode = mode
         self.socket = f"bottle-test-{uuid.uuid4().hex[:12]}"
         self.mark = uuid.uuid4().hex
         self.tmp = tmp
@@ -77,7 +80,7 @@ class Tmux:
 
     def start(self, program: list[str], status: Path) -> None:
         """Start the session: the relay runs ``program``, its status goes to ``status``."""
-        relay = shlex.join([*RELAY_ARGV, "--", *program])
+        relay = shlex.join([*RELAY_ARGV, *output_args(self.mode), "--", *program])
         shell = f"{relay}; echo $? > {shlex.quote(str(status))}; sleep 60"
         self.tmux("new-session", "-d", "-s", "main", "-x", "100", "-y", "30", shell)
         self.tmux("set-option", "-g", "status", "off")
@@ -100,10 +103,10 @@ class Tmux:
 
 
 @pytest.fixture
-def tmux_session(impl: str, tmp_path: Path) -> Iterator[Tmux]:
+def tmux_session(impl: str, mode: str, tmp_path: Path) -> Iterator[Tmux]:
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed (scripts/bootstrap installs it)")
-    session = Tmux(impl, tmp_path)
+    session = Tmux(impl, mode, tmp_path)
     yield session
     session.close()
 
@@ -117,6 +120,10 @@ def wait_screen(t: Tmux, predicate: Callable[[str], object], what: str) -> str:
     return t.screen()
 
 
+# Copy mode only: ncurses sets its terminal modes (cbreak, noecho) on the terminal behind its
+# stdout, which in direct mode is the user's and not the pty it reads keys from. Direct mode is
+# for clients that set their modes on stdin, like smolvm -i -t (and vim, below).
+@pytest.mark.parametrize("mode", ["copy"])
 def test_curses_program_follows_resize(tmux_session: Tmux, tmp_path: Path) -> None:
     t = tmux_session
     program, status = tmp_path / "sizes.py", tmp_path / "status"

@@ -1,5 +1,7 @@
 """Native core of the PTY relay (src/_ptyrelay.pyx); bottle._ptyrelay_py is its twin."""
 
+from collections.abc import Sequence
+
 EV_DONE: int
 EV_SIGNAL: int
 EV_EOF: int
@@ -9,7 +11,9 @@ DEFAULT_BUFSIZE: int
 STAGES: tuple[str, ...]
 MAX_FD_SWEEP: int
 
-def spawn(path: bytes, argv: list[bytes], envp: list[bytes], slave_fd: int) -> int:
+def spawn(
+    path: bytes, argv: Sequence[bytes], envp: Sequence[bytes], slave_fd: int, out_fd: int = -1
+) -> int:
     """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid."""
 
 class Pump:
@@ -30,13 +34,16 @@ class Pump:
         bufsize: int = ...,
     ) -> None: ...
     def run(self) -> int:
-        """Relay until an event needs Python; return it."""
+        """Relay until an event needs Python; return it (RuntimeError if already running)."""
     def drain(self, idle_ms: int, cap_ms: int) -> int:
         """After the child's exit: copy its remaining output, then flush it."""
     def signals(self) -> bytes:
         """Return the signal numbers received since the last call."""
     def resize(self) -> tuple[int, int] | None:
-        """Copy the user's terminal size to the pty; return (rows, cols), None when unknown."""
+        """Copy the user's terminal size to the pty; return (rows, cols), None when unknown.
+
+        Raises OSError when the pty refuses the size.
+        """
     @property
     def holding(self) -> bool:
         """Whether typed-ahead input is still being held back."""

@@ -13,7 +13,9 @@ import select
 import signal
 import struct
 import termios
+import threading
 import time
+from collections.abc import Sequence
 
 __all__ = [
     "DEFAULT_BUFSIZE",
@@ -35,6 +37,8 @@ EV_HUP = 3
 EV_CHILD = 4
 
 DEFAULT_BUFSIZE = 128 * 1024
+# While input (or its end) is held, the child's termios is re-checked at this interval; with
+# nothing held the loop sets no timer at all.
 _HOLD_POLL_MS = 10
 
 STAGES = ("exec", "setsid", "TIOCSCTTY", "dup2")
@@ -57,7 +61,9 @@ def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
-def _child(path: bytes, argv: list[bytes], envp: list[bytes], slave: int, errfd: int) -> None:
+def _child(
+    path: bytes, argv: list[bytes], envp: list[bytes], slave: int, out: int, errfd: int
+) -> None:
     stage = _STAGE_SETSID
     try:
         for sig in signal.valid_signals():
@@ -74,8 +80,13 @@ def _child(path: bytes, argv: list[bytes], envp: list[bytes], slave: int, errfd:
         stage = _STAGE_CTTY
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
         stage = _STAGE_DUP
-        for fd in (0, 1, 2):
-            os.dup2(slave, fd, inheritable=True)
+        if out < 0:
+            out = slave
+        elif out <= 2:
+            out = fcntl.fcntl(out, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.dup2(slave, 0, inheritable=True)
+        os.dup2(out, 1, inheritable=True)
+        os.dup2(out, 2, inheritable=True)
         os.close(slave)
         # The child inherits only its stdio (the report pipe closes itself at exec).
         maxfd = min(os.sysconf("SC_OPEN_MAX"), MAX_FD_SWEEP)
@@ -97,14 +108,19 @@ def _child(path: bytes, argv: list[bytes], envp: list[bytes], slave: int, errfd:
         os._exit(127)
 
 
-def spawn(path: bytes, argv: list[bytes], envp: list[bytes], slave_fd: int) -> int:
+def spawn(
+    path: bytes, argv: Sequence[bytes], envp: Sequence[bytes], slave_fd: int, out_fd: int = -1
+) -> int:
     """Start ``path`` on the pty whose slave is ``slave_fd``; return its pid.
 
     The child is a session leader with the pty as its controlling terminal, stdin, stdout and
     stderr (and no other descriptor), default signal dispositions and an empty signal mask.
+    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty.
     A failure before or at exec raises OSError in the parent, with ``args[2]`` naming the
     stage that failed (see STAGES) when it is not exec itself.
     """
+    # Snapshots: what was checked is what runs, whatever another thread does to the lists.
+    argv, envp = list(argv), list(envp)
     for item in (path, *argv, *envp):
         if not isinstance(item, bytes):
             raise TypeError(f"expected bytes, got {type(item).__name__}")
@@ -121,11 +137,13 @@ def spawn(path: bytes, argv: list[bytes], envp: list[bytes], slave_fd: int) -> i
         pid = os.fork()
         if pid == 0:
             os.close(rfd)
-            _child(path, argv, envp, slave_fd, wfd)
+            _child(path, argv, envp, slave_fd, out_fd, wfd)
     finally:
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(wfd)
+            if pid < 0:  # fork() raised: nobody will read the report
+                os.close(rfd)
     try:
         report = b""
         while len(report) < _REPORT.size:
@@ -151,9 +169,10 @@ class Pump:
     non-blocking (``in_fd`` may be -1: no input, end-of-input at once). ``wake_fd`` is the
     read end of the `signal.set_wakeup_fd` pipe, ``child_fd`` becomes readable when the child
     exits (both -1 when unused). ``size_fd`` is the user's terminal, read on SIGWINCH.
-    With ``winch`` the loop applies SIGWINCH itself and never reports it. ``in_tty`` makes
-    end-of-input a hang-up; otherwise it sends VEOF to the child. ``hold_ms`` > 0 holds
-    typed-ahead input while the child's pty is in canonical mode, at most that long.
+    With ``winch`` the loop applies SIGWINCH itself (reporting it only when the pty refuses
+    the size). ``in_tty`` makes end-of-input a hang-up; otherwise it sends VEOF to the child.
+    ``hold_ms`` > 0 holds all input and its end while the child's pty is in canonical mode,
+    for at most that long from the Pump's creation. One thread at a time may run or drain it.
     """
 
     def __init__(
@@ -182,7 +201,8 @@ class Pump:
         self._in_tty = in_tty
         self._hold_ms = hold_ms
         self._holding = hold_ms > 0
-        self._held_at = -1
+        self._held_at = _now_ms()  # the front creates the Pump as the child starts
+        self._busy = threading.Lock()
         self._bufsize = bufsize
         self._ibuf = bytearray()
         self._obuf = bytearray()
@@ -205,9 +225,16 @@ class Pump:
         EV_EOF (the child side closed the pty, output flushed) is returned once; later calls
         keep waiting for signals, the child and a hang-up.
         """
+        self._enter()
+        try:
+            return self._run()
+        finally:
+            self._busy.release()
+
+    def _run(self) -> int:
         while True:
             timeout = -1
-            if self._holding and self._ibuf:
+            if self._holding and (self._ibuf or (self._in_eof and self._veof_pending)):
                 timeout = self._hold_timeout()
                 if not self._holding:
                     self._write_master()
@@ -220,8 +247,8 @@ class Pump:
                 ev = 0
                 if len(self._obuf) < self._bufsize:
                     ev |= _POLLIN
-                if (self._ibuf and not self._holding) or (
-                    self._in_eof and self._veof_pending and not self._ibuf
+                if not self._holding and (
+                    self._ibuf or (self._in_eof and self._veof_pending)
                 ):
                     ev |= _POLLOUT
                 if ev:
@@ -274,6 +301,17 @@ class Pump:
         the user's side is gone, or EV_SIGNAL when a signal other than SIGWINCH, SIGCHLD or
         SIGCONT interrupts the flush.
         """
+        if idle_ms < 0 or cap_ms < 0:
+            raise ValueError(
+                f"drain: idle_ms and cap_ms must not be negative (got {idle_ms}, {cap_ms})"
+            )
+        self._enter()
+        try:
+            return self._drain(idle_ms, cap_ms)
+        finally:
+            self._busy.release()
+
+    def _drain(self, idle_ms: int, cap_ms: int) -> int:
         # Only time spent waiting for the pty counts against the cap: while a stalled
         # terminal blocks the output, what is already in the pty must not be dropped.
         budget = cap_ms * 1000  # microseconds
@@ -324,17 +362,20 @@ class Pump:
         return out
 
     def resize(self) -> tuple[int, int] | None:
-        """Copy the user's terminal size to the pty; return (rows, cols), None when unknown."""
+        """Copy the user's terminal size to the pty; return (rows, cols), None when unknown.
+
+        Raises OSError when the pty refuses the size.
+        """
         if self._size_fd < 0:
             return None
         try:
             packed = fcntl.ioctl(self._size_fd, termios.TIOCGWINSZ, bytes(_WINSIZE.size))
-            rows, cols, _, _ = _WINSIZE.unpack(packed)
-            if rows == 0 or cols == 0:
-                return None
-            fcntl.ioctl(self._master_fd, termios.TIOCSWINSZ, packed)
         except OSError:
             return None
+        rows, cols, _, _ = _WINSIZE.unpack(packed)
+        if rows == 0 or cols == 0:
+            return None
+        fcntl.ioctl(self._master_fd, termios.TIOCSWINSZ, packed)
         return rows, cols
 
     @property
@@ -348,6 +389,11 @@ class Pump:
         return len(self._ibuf), len(self._obuf)
 
     # ------------------------------------------------------------------ helpers
+
+    def _enter(self) -> None:
+        # Two loops on one Pump would share its buffers and silently corrupt the stream.
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this Pump is already running in another thread")
 
     def _wait(self, want: dict[int, int], timeout: int) -> list[tuple[int, int]]:
         registered = self._registered
@@ -383,7 +429,11 @@ class Pump:
                     self._add_signal(sig)
                     report = True
         if winch and not drain_mode:
-            self.resize()
+            try:
+                self.resize()
+            except OSError:  # the pty refused the size: Python reports it
+                self._add_signal(signal.SIGWINCH)
+                report = True
         return report
 
     def _read_master(self) -> bool:
@@ -430,8 +480,9 @@ class Pump:
             return True
         ibuf = self._ibuf
         while len(ibuf) < self._bufsize:
+            want = self._bufsize - len(ibuf)
             try:
-                data = os.read(self._in_fd, self._bufsize - len(ibuf))
+                data = os.read(self._in_fd, want)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -445,12 +496,12 @@ class Pump:
                 # A partial line needs one VEOF to be delivered and a second to read as EOF.
                 self._veof_pending = 2 if self._last_in not in (-1, 10) else 1
                 break
-            if self._holding and self._held_at < 0:
-                self._held_at = _now_ms()
             ibuf += data
             self._last_in = data[-1]
             if not self._master_blocked:
                 self._write_master()
+            if len(data) < want:  # drained (see the native twin)
+                break
         return False
 
     def _write_master(self) -> None:

@@ -298,7 +298,10 @@ class SmolmachinesBottle(Bottle):
         """
         full = self.agent_argv(argv, tty=True)
         full[0] = self._smolvm.path
-        return [sys.executable, "-m", "bottle.relay", "--machine", self.machine_name, "--", *full]
+        return [
+            sys.executable, "-m", "bottle.relay", "--output", "direct",
+            "--machine", self.machine_name, "--hold-until-raw", "--", *full,
+        ]
 
     def child_env(self) -> dict[str, str]:
         """The environment for host smolvm processes: os.environ plus the secrets."""
@@ -411,10 +414,14 @@ class SmolmachinesBottle(Bottle):
 
         deco = terminal.decoration(self.terminal_title, self.terminal_color)
         if deco is None or not os.isatty(1):
-            return relay.run(full, env=env, machine=self.machine_name)
+            return relay.run(
+                full, env=env, machine=self.machine_name, hold_until_raw=True, output="direct"
+            )
         _write_all(1, deco.start.encode())
         try:
-            return relay.run(full, env=env, machine=self.machine_name)
+            return relay.run(
+                full, env=env, machine=self.machine_name, hold_until_raw=True, output="direct"
+            )
         finally:
             with contextlib.suppress(OSError):
                 _write_all(1, deco.reset.encode())

@@ -1,25 +1,36 @@
-"""Command line: ``python -m bottle.relay [--machine NAME] [--resize-command T] -- CMD [ARG…]``.
+"""Command line: ``python -m bottle.relay [OPTIONS] -- CMD [ARG…]`` (also ``bottle relay``).
 
 Exits with the command's status (128+N when signal N killed it), 127 when it cannot be found,
-126 when it cannot be executed, 2 on a usage error. Kept free of heavy imports: the relay's
-own CPU time is what gets measured.
+126 when it cannot be executed, 2 on a usage error, 130 (quietly) on Ctrl-C before the relay
+has taken over its signals. Kept free of heavy imports: the relay's own CPU time is what gets
+measured.
 """
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: bottle relay [--machine NAME] [--resize-command TEMPLATE] -- CMD [ARG...]"
+USAGE = (
+    "usage: bottle relay [--output copy|direct] [--machine NAME] [--resize-command TEMPLATE]"
+    " [--hold-until-raw] -- CMD [ARG...]"
+)
 HELP = f"""{USAGE}
 
 Run CMD on a new pseudo-terminal relayed to this terminal; exit with its status.
 
 options:
+  --output copy|direct       copy (default): CMD writes to the pty and the relay copies it;
+                             direct: CMD writes to this terminal itself, the pty is only its
+                             input and controlling terminal (for raw terminal clients such as
+                             smolvm machine exec -i -t)
   --machine NAME             machine name, for {{machine}} in the resize command
   --resize-command TEMPLATE  run after each window change, off the copy loop (one at a time,
                              the latest size wins); {{rows}}, {{cols}} and {{machine}} are
                              replaced. For smolvm builds whose resizes never reach image-machine
                              ptys (0.5.1 to 0.8.0).
+  --hold-until-raw           hold input and its end from CMD's start until its terminal
+                             leaves canonical mode (at most 30 s): for clients that flush
+                             their input when they go raw, like smolvm -i -t
   -h, --help                 show this help
 """
 
@@ -28,17 +39,25 @@ class _UsageError(Exception):
     pass
 
 
-def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+def _parse(argv: list[str]) -> tuple[dict[str, str], set[str], list[str]]:
     options: dict[str, str] = {}
-    names = {"--machine": "machine", "--resize-command": "resize_command"}
+    flags: set[str] = set()
+    names = {"--machine": "machine", "--resize-command": "resize_command", "--output": "output"}
+    switches = {"--hold-until-raw": "hold_until_raw"}
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
-            return options, argv[i + 1 :]
+            return options, flags, argv[i + 1 :]
         if not arg.startswith("-") or arg == "-":
-            return options, argv[i:]
+            return options, flags, argv[i:]
+        if arg in switches:
+            flags.add(switches[arg])
+            i += 1
+            continue
         name, eq, value = arg.partition("=")
+        if name in switches:
+            raise _UsageError(f"{name} takes no value")
         if name not in names:
             raise _UsageError(f"unknown option {arg!r}")
         if not eq:
@@ -48,17 +67,25 @@ def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             value = argv[i]
         options[names[name]] = value
         i += 1
-    return options, []
+    return options, flags, []
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the relay command line; return the exit status."""
-    args = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before the relay's handlers exist (or after they are gone) is the user
+        # ending the command, not a crash: no traceback.
+        return 130
+
+
+def _main(args: list[str]) -> int:
     if args and args[0] in ("-h", "--help"):
         sys.stdout.write(HELP)
         return 0
     try:
-        options, command = _parse(args)
+        options, flags, command = _parse(args)
         if not command:
             raise _UsageError("no command given")
     except _UsageError as exc:
@@ -72,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             command,
             machine=options.get("machine"),
             resize_command=options.get("resize_command"),
+            hold_until_raw="hold_until_raw" in flags,
+            output=options.get("output", "copy"),
         )
     except FileNotFoundError as exc:
         sys.stderr.write(f"bottle relay: {exc.filename}: command not found ({exc.strerror})\n")
