@@ -10,6 +10,7 @@ import os
 import pwd
 import signal
 import threading
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,27 @@ def _interrupt_after(seconds: float) -> threading.Timer:
     timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     return timer
+
+
+def _interrupt_when(ready: Any, settle: float = 0.2) -> threading.Thread:
+    """Deliver SIGINT once `ready()` holds (then `settle` s later), whatever the machine's load.
+
+    A fixed timer lands in a different lifecycle step on a loaded machine; this waits for the
+    step itself. Gives up silently after 60 s (the test then fails on its own assertions).
+    """
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if ready():
+                time.sleep(settle)
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
 
 
 # --- lifecycle -----------------------------------------------------------------------------
@@ -189,7 +211,8 @@ def test_keyboard_interrupt_during_start(
 ) -> None:
     fake_smolvm.create("other")
     fake_smolvm.set_fault(START_DELAY=10)
-    _interrupt_after(0.5)
+    # While smolvm's start is under way (it sleeps 10 s after its first line).
+    _interrupt_when(lambda: "start" in fake_smolvm.subcommands(), settle=0.3)
     with pytest.raises(KeyboardInterrupt), backend.launch(root_spec()):
         pytest.fail("body must not run")
     assert fake_smolvm.machine("m1") is None
@@ -205,7 +228,9 @@ def test_keyboard_interrupt_during_provisioning(fake_smolvm: Any, shared_dir: Pa
     prompt.write_text("x")
     spec = root_spec(prompt_file=str(prompt), prompt_guest_path=str(shared_dir / "g/p"))
     backend = SmolmachinesBottleBackend(retry=RetryPolicy(delay=30))
-    _interrupt_after(0.8)
+    # Once the killed exec has been answered: provisioning now waits 30 s before its retry.
+    kills = fake_smolvm.state_dir / "exec_kills"
+    _interrupt_when(lambda: kills.exists() and kills.read_text().strip() not in ("", "0"))
     with pytest.raises(KeyboardInterrupt), backend.launch(spec):
         pytest.fail("body must not run")
     assert fake_smolvm.machine("m1") is None

@@ -134,7 +134,7 @@ while [ ! -e "$0/gate" ]; do sleep 0.02; done
 def test_tty_session_output_goes_straight_to_the_users_terminal(fake_smolvm: Any) -> None:
     """exec_agent runs the relay in direct mode: smolvm's stdin is the relay's pty, its stdout
     (what the agent prints) the user's terminal itself, never copied by the relay."""
-    fake_smolvm.create("m")
+    image_machine(fake_smolvm, "m")
     with tempfile.TemporaryDirectory(prefix="bottle-tty-") as shared:
         os.chmod(shared, 0o777)  # the guest may run as node
         with ThreadPoolExecutor(1) as pool:
