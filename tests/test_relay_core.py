@@ -270,18 +270,25 @@ def test_backpressure_child_not_reading_does_not_stall_output(rig: Callable[...,
     pushed = 0
     deadline = time.monotonic() + WAIT
     # Paste until nothing more fits anywhere: the child never reads, the pty's input queue is
-    # full, the relay holds a full buffer and the pipe before it is full. Then the count stops
-    # growing for good.
+    # full, the relay holds a full buffer and the pipe before it is full. The kernel moves pty
+    # input on in a worker after the write returns, so room can still appear for a moment after
+    # the first refusal: the count must stay put for a while (0.3 s of refused writes).
+    quiet_since = None
     while True:
         assert time.monotonic() < deadline, f"input never backed up ({pushed} bytes taken)"
         try:
             pushed += os.write(r.in_w, b"p" * 65536)
+            quiet_since = None
             continue
         except BlockingIOError:
             pass
-        if r.pump.buffered[0] == bufsize:
+        if r.pump.buffered[0] != bufsize:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= 0.3:
             break
-        time.sleep(0.01)  # the relay is still moving input into the pty
+        time.sleep(0.01)  # the relay may still be moving input into the pty
     assert pushed > bufsize  # more than the relay's buffer: the pty and the pipe filled too
     # Output still flows, in full, while input is stalled.
     out = b"o" * (1 << 20)
