@@ -31,6 +31,13 @@ REFUSED = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _smolvm_1_9_3(fake_smolvm: FakeSmolvm) -> None:
+    """These tests describe smolvm 1.9.3 whatever --fake-smolvm-version says; the ones about
+    older releases pick theirs."""
+    fake_smolvm.set_fault(VERSION=None)
+
+
 def node_image(fake: FakeSmolvm, ref: str = "node:22", workdir: str | None = "/home/node") -> None:
     fake.add_image(ref, user="node", workdir=workdir, env=NODE_ENV)
 
