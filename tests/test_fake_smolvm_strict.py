@@ -201,6 +201,15 @@ def test_image_machine_runs_as_image_user(fake_smolvm: FakeSmolvm, shared_dir: P
     assert (shared_dir / "x").stat().st_uid == node.pw_uid  # really that user on this host
 
 
+def test_tty_of_an_image_user_is_theirs(fake_smolvm: FakeSmolvm, require_node_user: Any) -> None:
+    # crun hands the console to the container user: the guest can reopen its own tty.
+    node_image(fake_smolvm)
+    fake_smolvm.create("m", image="node:22")
+    r = run_raw("machine", "exec", "--name", "m", "-t", "--", "sh", "-c",
+                "stat -c %U $(tty); echo hi > /dev/tty")
+    assert r.stdout == "node\r\nhi\r\n"
+
+
 def test_runuser_fails_for_a_non_root_guest(fake_smolvm: FakeSmolvm) -> None:
     node_image(fake_smolvm)
     fake_smolvm.create("m", image="node:22")

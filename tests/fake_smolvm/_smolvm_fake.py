@@ -1641,6 +1641,8 @@ def exec_tty(s: Session) -> int:
     time.sleep(delay)  # connecting to the agent and spawning takes a while; SIGWINCH is ignored
     master, slave = os.openpty()
     set_winsize(master, 24, 80)  # the agent's open_pty(80, 24)
+    if s.identity is not None and os.geteuid() == 0:
+        os.fchown(slave, s.identity.uid, s.identity.gid)  # the console belongs to the guest user
 
     try:
         done = s.spawn(ctty=True, stdin=slave, stdout=slave, stderr=slave)
