@@ -210,6 +210,22 @@ def test_tty_of_an_image_user_is_theirs(fake_smolvm: FakeSmolvm, require_node_us
     assert r.stdout == "node\r\nhi\r\n"
 
 
+@pytest.mark.parametrize(("version", "term"), [("1.9.3", "xterm-256color"), ("1.7.5", "unset")])
+def test_image_tty_term(fake_smolvm: FakeSmolvm, version: str, term: str) -> None:
+    # with_term_default (v1.7.6) adds TERM to a -t exec's env unless that env (the image's ENV
+    # included) has one; crun exec passes nothing else.
+    fake_smolvm.add_image("plain")
+    fake_smolvm.add_image("screen", env=["TERM=screen"])
+    fake_smolvm.create("m", image="plain")
+    fake_smolvm.create("s", image="screen")
+    fake_smolvm.set_fault(VERSION=version)
+    show = ["-t", "--", "sh", "-c", "echo ${TERM-unset}"]
+    assert run_raw("machine", "exec", "--name", "m", *show).stdout == f"{term}\r\n"
+    assert run_raw("machine", "exec", "--name", "s", *show).stdout == "screen\r\n"
+    assert run_raw("machine", "exec", "--name", "m", "-e", "TERM=dumb", *show).stdout == (
+        "dumb\r\n")
+
+
 def test_runuser_fails_for_a_non_root_guest(fake_smolvm: FakeSmolvm) -> None:
     node_image(fake_smolvm)
     fake_smolvm.create("m", image="node:22")

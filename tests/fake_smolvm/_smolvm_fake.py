@@ -1734,6 +1734,7 @@ def cmd_exec(store: Store, a: dict[str, Any]) -> int:
     is_image = bool(rec.get("image"))
     requested_user = a.get("user")
     accounts = None
+    env_pairs: list[list[str]] = []
     if is_image:
         conf = rec.get("image_config") or image_config(rec.get("image_key") or rec["image"]) or {}
         # vm_common::resolve_image_runtime_defaults: image ENV < record env + secrets < -e;
@@ -1766,8 +1767,11 @@ def cmd_exec(store: Store, a: dict[str, Any]) -> int:
         if requested_user is not None and requested_user != "root":
             raise agent_err("vm exec", f"user '{requested_user}' not found in container rootfs")
         identity = resolve_identity(None)
-    if tty and since(1, 7, 6) and "TERM" not in dict(merge_env(record_env, cli_env)):
-        env["TERM"] = GUEST_TERM  # src/agent/client.rs with_term_default (b27b52d7)
+    # src/agent/client.rs with_term_default (b27b52d7) looks at the env it sends (for an image
+    # machine that includes the image's ENV); a bare VM's agent has TERM set anyway.
+    sent = env_pairs if is_image else merge_env(record_env, cli_env)
+    if tty and since(1, 7, 6) and "TERM" not in dict(sent):
+        env["TERM"] = GUEST_TERM
     if os.geteuid() != 0:
         if identity.uid != os.geteuid():
             raise FakeSetupError(
