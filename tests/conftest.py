@@ -20,9 +20,22 @@ from fakevm import FAKE_DIR, FakeSmolvm
 GUEST_USER = "node"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fake-smolvm-version",
+        default=None,
+        metavar="X.Y.Z",
+        help="smolvm release the fake smolvm fakes unless a test picks one (default: 1.9.3); "
+        "run the suite at 1.0.2, 1.6.0 and 1.9.3",
+    )
+
+
 @pytest.fixture
-def fake_smolvm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSmolvm:
-    """A fresh fake smolvm first on PATH; BOTTLE_SMOLVM and inherited FAKE_SMOLVM_* cleared."""
+def fake_smolvm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> FakeSmolvm:
+    """A fresh fake smolvm first on PATH; BOTTLE_SMOLVM and inherited FAKE_SMOLVM_* cleared;
+    the release given by --fake-smolvm-version, if any."""
     state = tmp_path / "smolvm-state"
     state.mkdir()
     for var in list(os.environ):
@@ -31,6 +44,9 @@ def fake_smolvm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSmolvm:
     monkeypatch.delenv("BOTTLE_SMOLVM", raising=False)
     monkeypatch.setenv("PATH", f"{FAKE_DIR}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("FAKE_SMOLVM_STATE", str(state))
+    version = request.config.getoption("--fake-smolvm-version")
+    if version:
+        monkeypatch.setenv("FAKE_SMOLVM_VERSION", version)
     return FakeSmolvm(state, monkeypatch)
 
 

@@ -22,6 +22,13 @@ HELP = ("h", "help", None)
 OPTION_LINE = re.compile(r"^  (?:-(\S), |    )--([a-z0-9-]+)(?: <([^>]+)>)?")
 
 
+@pytest.fixture(autouse=True)
+def _smolvm_1_9_3(fake_smolvm: FakeSmolvm) -> None:
+    """These tests describe smolvm 1.9.3 whatever --fake-smolvm-version says; the ones about
+    older releases pick theirs."""
+    fake_smolvm.set_fault(VERSION=None)
+
+
 def options_in_help(text: str) -> set[tuple[str | None, str, str | None]]:
     """(short, long, metavar) of every option in clap-style help output."""
     lines = text.splitlines()

@@ -34,6 +34,13 @@ CORE_KEYS = {"name", "state", "cpus", "memory_mib", "pid", "image", "mounts", "p
              "created_at", "network", "labels"}
 
 
+@pytest.fixture(autouse=True)
+def _smolvm_1_9_3(fake_smolvm: FakeSmolvm) -> None:
+    """These tests describe smolvm 1.9.3 whatever --fake-smolvm-version says; the ones about
+    older releases pick theirs."""
+    fake_smolvm.set_fault(VERSION=None)
+
+
 def wait_for(predicate: Any, what: str, timeout: float = 20.0) -> None:
     """Poll `predicate` until true; fail (no hang) after `timeout` seconds."""
     deadline = time.monotonic() + timeout

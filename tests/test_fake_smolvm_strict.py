@@ -31,6 +31,13 @@ REFUSED = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _smolvm_1_9_3(fake_smolvm: FakeSmolvm) -> None:
+    """These tests describe smolvm 1.9.3 whatever --fake-smolvm-version says; the ones about
+    older releases pick theirs."""
+    fake_smolvm.set_fault(VERSION=None)
+
+
 def node_image(fake: FakeSmolvm, ref: str = "node:22", workdir: str | None = "/home/node") -> None:
     fake.add_image(ref, user="node", workdir=workdir, env=NODE_ENV)
 
@@ -192,6 +199,31 @@ def test_image_machine_runs_as_image_user(fake_smolvm: FakeSmolvm, shared_dir: P
     assert sorted(int(g) for g in all_groups.split()) == sorted({node.pw_gid, *groups})
     assert (home, cwd, path, term) == (node.pw_dir, str(shared_dir), NODE_ENV[0][5:], "unset")
     assert (shared_dir / "x").stat().st_uid == node.pw_uid  # really that user on this host
+
+
+def test_tty_of_an_image_user_is_theirs(fake_smolvm: FakeSmolvm, require_node_user: Any) -> None:
+    # crun hands the console to the container user: the guest can reopen its own tty.
+    node_image(fake_smolvm)
+    fake_smolvm.create("m", image="node:22")
+    r = run_raw("machine", "exec", "--name", "m", "-t", "--", "sh", "-c",
+                "stat -c %U $(tty); echo hi > /dev/tty")
+    assert r.stdout == "node\r\nhi\r\n"
+
+
+@pytest.mark.parametrize(("version", "term"), [("1.9.3", "xterm-256color"), ("1.7.5", "unset")])
+def test_image_tty_term(fake_smolvm: FakeSmolvm, version: str, term: str) -> None:
+    # with_term_default (v1.7.6) adds TERM to a -t exec's env unless that env (the image's ENV
+    # included) has one; crun exec passes nothing else.
+    fake_smolvm.add_image("plain")
+    fake_smolvm.add_image("screen", env=["TERM=screen"])
+    fake_smolvm.create("m", image="plain")
+    fake_smolvm.create("s", image="screen")
+    fake_smolvm.set_fault(VERSION=version)
+    show = ["-t", "--", "sh", "-c", "echo ${TERM-unset}"]
+    assert run_raw("machine", "exec", "--name", "m", *show).stdout == f"{term}\r\n"
+    assert run_raw("machine", "exec", "--name", "s", *show).stdout == "screen\r\n"
+    assert run_raw("machine", "exec", "--name", "m", "-e", "TERM=dumb", *show).stdout == (
+        "dumb\r\n")
 
 
 def test_runuser_fails_for_a_non_root_guest(fake_smolvm: FakeSmolvm) -> None:

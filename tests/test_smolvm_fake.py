@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fakevm import FakeSmolvm
 
 from bottle import smolvm as sv
 from bottle.errors import (
@@ -19,8 +20,9 @@ from bottle.errors import (
 
 
 @pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
+def _fresh_version_cache(fake_smolvm: FakeSmolvm) -> None:
     sv.clear_version_cache()
+    fake_smolvm.set_fault(VERSION=None)  # these tests describe 1.9.3
 
 
 def test_lifecycle_calls_and_state(fake_smolvm) -> None:
