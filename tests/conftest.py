@@ -1,4 +1,7 @@
-"""Shared pytest fixtures: the fake smolvm (tests/fake_smolvm/) and the guest user check.
+"""Shared pytest fixtures: the fake smolvm (tests/fake_smolvm/), the test images registered in
+it, and the guest user check. Helpers live in tests/harness/ (on sys.path through pyproject's
+`pythonpath`): `terminal` (the user's terminal on a pty), `relay` (relay sessions), `backend`
+(sessions, /proc scanners, images), `fakevm` (the fake's handle).
 
 `fake_smolvm` gives each test its own fake smolvm, first on PATH, with an empty state directory.
 Faults and the image table are FAKE_SMOLVM_* variables, documented in
@@ -15,7 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakevm import FAKE_DIR, FakeSmolvm
+
+pytest.register_assert_rewrite("harness")
+
+from harness.backend import add_test_images  # noqa: E402
+from harness.fakevm import FAKE_DIR, FakeSmolvm  # noqa: E402
 
 GUEST_USER = "node"
 
@@ -48,6 +55,14 @@ def fake_smolvm(
     if version:
         monkeypatch.setenv("FAKE_SMOLVM_VERSION", version)
     return FakeSmolvm(state, monkeypatch)
+
+
+@pytest.fixture
+def test_images(request: pytest.FixtureRequest) -> None:
+    """`pytestmark = pytest.mark.usefixtures("test_images")` in a test module: every test there
+    using the fake gets harness.backend's test images in its image table."""
+    if "fake_smolvm" in request.fixturenames:
+        add_test_images(request.getfixturevalue("fake_smolvm"))
 
 
 def node_user_or_fail() -> pwd.struct_passwd:

@@ -20,15 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import LAUNCH, ROOT_IMAGE, _test_images, image_machine  # noqa: F401
-from hardening_helpers import (
-    BOTTLE,
-    ProcWatch,
-    terminal_on_stdio,
-    user_terminal,
-    wait_for,
-    wait_status,
-)
+from harness.backend import BOTTLE, LAUNCH, ROOT_IMAGE, ProcWatch, wait_for
+from harness.terminal import terminal_on_stdio, user_terminal, wait_status
 
 from bottle import smolvm as sv
 from bottle.backend import LaunchSpec
@@ -41,6 +34,8 @@ from bottle.errors import (
 )
 
 NAME = "BOTTLE_TOKEN"
+
+pytestmark = pytest.mark.usefixtures("test_images")
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakevm import FAKE_SMOLVM, FakeSmolvm
+from harness.fakevm import FAKE_SMOLVM, FakeSmolvm
 
 NODE_ENV = [
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/node/bin",

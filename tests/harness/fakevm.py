@@ -1,6 +1,6 @@
 """The fake smolvm's location and the handle tests use on it (see tests/fake_smolvm/README.md).
 
-Kept out of conftest.py so test modules can import it by a unique name.
+Kept out of conftest.py so that test modules can import it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-FAKE_DIR = Path(__file__).parent / "fake_smolvm"
+FAKE_DIR = Path(__file__).parents[1] / "fake_smolvm"
 FAKE_SMOLVM = FAKE_DIR / "smolvm"
 
 

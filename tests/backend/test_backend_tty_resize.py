@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import ROOT_IMAGE, _test_images, image_machine  # noqa: F401
-from hardening_helpers import agent_session, user_terminal, wait_status
+from harness.backend import agent_session, image_machine
+from harness.terminal import user_terminal, wait_status
 
 from bottle import smolvm as sv
 
@@ -31,6 +31,8 @@ GUEST = (
     'echo "START $(stty size)"; '
     "while [ ! -e {done} ]; do sleep 0.05; done; exit 7"
 )
+
+pytestmark = pytest.mark.usefixtures("test_images")
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import wait_for
+from harness.backend import wait_for_file
 
 from bottle import smolvm as sv
 from bottle.backend.smolmachines import SmolmachinesBottle
@@ -41,7 +41,7 @@ def _exec_pid(fake_smolvm: Any, marker: str) -> int:
 
 
 def _kill_smolvm_when_ready(fake_smolvm: Any, ready: Path, marker: str, sig: int) -> None:
-    wait_for(ready)
+    wait_for_file(ready)
     os.kill(_exec_pid(fake_smolvm, marker), sig)
 
 

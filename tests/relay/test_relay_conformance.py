@@ -26,10 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-pytest.register_assert_rewrite("relay_harness")
-
-from relay_harness import (  # noqa: E402
+from harness.relay import (
     BLOB_WRITER_CHILD,
     ECHO_CHILD,
     PY,
@@ -54,7 +51,6 @@ from relay_harness import (  # noqa: E402
 )
 
 # The fixtures ``impl``, ``mode`` and ``spawn`` come from the harness.
-pytest_plugins = ("relay_harness",)
 
 Spawn = Callable[..., Session]
 

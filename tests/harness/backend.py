@@ -1,28 +1,143 @@
-"""Helpers for the hardening tests (tests/test_hardening_*.py, not the relay's).
-
-The test plays the user's terminal: `UserTerminal` owns a fresh pty, runs a session with the
-slave as its stdio and controlling terminal, and reads the master. `ProcWatch` records every
-descendant of a process while a session runs (to find leftovers afterwards) and, given a
-secret, scans every process's command line for it.
+"""Helpers for the backend and CLI tests: test images, sessions of `exec_agent` and `bottle
+agent` in a process of their own, /proc scanners (secrets on command lines, processes left
+behind), the exact sequences of terminal decoration, and the fake smolvm's call log.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import select
 import signal
-import struct
-import subprocess
 import sys
-import termios
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bottle.backend import LaunchSpec
+
+# Images in the fake smolvm's image table (registry references, so launch turns networking on).
+# ROOT_IMAGE is like docker's node:22: no USER (commands run as root), a `node` user inside, so
+# bottle switches with runuser. AGENT_IMAGE is the agent image this backend serves: USER node.
+ROOT_IMAGE = "bottle-test/node22:1"
+AGENT_IMAGE = "bottle-test/agent:1"
+# `bottle launch` of machine m1 on ROOT_IMAGE.
+LAUNCH = ["launch", "-n", "m1", "--image", ROOT_IMAGE]
+
+
+def add_test_images(fake_smolvm: Any) -> None:
+    """Register ROOT_IMAGE and AGENT_IMAGE with the fake."""
+    fake_smolvm.add_image(ROOT_IMAGE)
+    fake_smolvm.add_image(AGENT_IMAGE, user="node", workdir="/home/node")
+
+
+def root_spec(name: str = "m1", **kw: Any) -> LaunchSpec:
+    """A LaunchSpec on ROOT_IMAGE (agent user node, reached with runuser)."""
+    return LaunchSpec(name, image=ROOT_IMAGE, **kw)
+
+
+def image_machine(fake_smolvm: Any, name: str, *, image: str = ROOT_IMAGE, **fields: Any) -> None:
+    """Pre-seed a running machine on one of the test images (registered on first use)."""
+    add_test_images(fake_smolvm)
+    fake_smolvm.create(name, image=image, **fields)
+
+
+def guest_execs(fake_smolvm: Any) -> list[list[str]]:
+    """The `machine exec` calls that ran a guest command (not `exec --help`)."""
+    return [c for c in fake_smolvm.calls() if c[1:2] == ["exec"] and "--" in c]
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:  # the process went away, or is not ours to read
+        return b""
+
+
+@dataclass
+class ProcScan:
+    """Scans every process's command line (and, to prove the scan saw the secret in flight,
+    its environment) for a secret, in a background thread, until stopped."""
+
+    secret: bytes
+    cmdline_hits: list[tuple[int, bytes]] = field(default_factory=list)
+    environ_pids: set[int] = field(default_factory=set)
+    rounds: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def scan_once(self) -> None:
+        me = os.getpid()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            cmdline = _read(f"/proc/{pid}/cmdline")
+            if self.secret in cmdline:
+                self.cmdline_hits.append((pid, cmdline))
+            if pid != me and self.secret in _read(f"/proc/{pid}/environ"):
+                self.environ_pids.add(pid)
+        self.rounds += 1
+
+    def wait_rounds(self, n: int, timeout: float = 30.0) -> None:
+        """Block until `n` more full scans have finished."""
+        target = self.rounds + n
+        deadline = time.monotonic() + timeout
+        while self.rounds < target:
+            assert time.monotonic() < deadline, "the /proc scan thread stalled"
+            time.sleep(0.005)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.scan_once()
+            time.sleep(0.005)
+
+    def __enter__(self) -> ProcScan:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(10)
+
+
+def wait_for_file(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)
+
+
+CHILD = """
+import os, sys, json
+from bottle.backend.smolmachines import SmolmachinesBottle
+cfg = json.loads(os.environ["BOTTLE_TEST_CFG"])
+secret = os.environ.get("BOTTLE_TEST_SECRET_SRC")
+b = SmolmachinesBottle(
+    cfg["machine"], agent_command="/bin/sh", agent_prompt_mode="none",
+    terminal_title=cfg.get("title", ""), terminal_color=cfg.get("color", ""),
+    agent_workdir=cfg.get("workdir", "/home/node"),
+    secret_env={"BOTTLE_TOKEN": secret} if secret else None,
+)
+try:
+    status = b.run_agent(sys.argv[1:], tty=True).check().returncode
+except Exception as exc:
+    print(f"\\r\\nRESULT=ERROR:{type(exc).__name__}:{exc}", flush=True)
+    sys.exit(99)
+print(f"\\r\\nRESULT=STATUS:{status}", flush=True)
+"""
+
+
+def child_argv(agent_args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-c", CHILD, *agent_args]
+
 
 PY = sys.executable
 BOTTLE = (PY, "-m", "bottle")
@@ -60,160 +175,6 @@ def control_characters(data: bytes) -> list[str]:
     return found
 
 
-# --------------------------------------------------------------------------- the terminal
-
-
-def _take_controlling_tty() -> None:
-    # In the child, after setsid() (start_new_session): stdin, the slave, becomes the controlling
-    # terminal, so the session leader's group is the terminal's foreground group (^C reaches it).
-    # Default dispositions, as a terminal gives them: pytest may inherit signals ignored (nohup,
-    # a script's background job), and ignored-on-entry signals stay ignored in shells.
-    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-class UserTerminal:
-    """A pty standing for the user's terminal; the test holds the master and a slave fd."""
-
-    def __init__(self, rows: int = 30, cols: int = 100) -> None:
-        self.master, self.slave = os.openpty()
-        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        attrs = termios.tcgetattr(self.slave)
-        # Unusual but cooked settings: restoring "some sane mode" cannot pass for restoring
-        # exactly what the user had. ISIG and VINTR stay, so ^C still means SIGINT.
-        attrs[3] &= ~termios.ECHOCTL
-        attrs[4] = attrs[5] = termios.B38400
-        attrs[6][termios.VKILL] = b"\x0b"
-        attrs[6][termios.VWERASE] = b"\x02"
-        termios.tcsetattr(self.slave, termios.TCSANOW, attrs)
-        self.before = termios.tcgetattr(self.slave)
-        self.flags_before = fcntl.fcntl(self.slave, fcntl.F_GETFL)
-        self._out = bytearray()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self.master], [], [], 0.05)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(self.master, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            with self._lock:
-                self._out += chunk
-
-    def spawn(
-        self, argv: Sequence[str], env: Mapping[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        """Start `argv` as a session leader whose stdio and controlling terminal is the slave."""
-        return subprocess.Popen(
-            list(argv),
-            stdin=self.slave,
-            stdout=self.slave,
-            stderr=self.slave,
-            env=None if env is None else dict(env),
-            start_new_session=True,
-            preexec_fn=_take_controlling_tty,
-        )
-
-    def output(self) -> bytes:
-        with self._lock:
-            return bytes(self._out)
-
-    def expect(self, needle: bytes, timeout: float = TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in self.output():
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{needle!r} did not appear within {timeout} s; output: {self.output()!r}"
-                )
-            time.sleep(0.01)
-
-    def send(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    def settle(self, quiet: float = 0.3, timeout: float = 10) -> bytes:
-        """Wait until no output arrived for `quiet` seconds (after a session ended)."""
-        deadline = time.monotonic() + timeout
-        seen = len(self.output())
-        since = time.monotonic()
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            now = len(self.output())
-            if now != seen:
-                seen, since = now, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                break
-        return self.output()
-
-    def attrs(self) -> list[Any]:
-        return termios.tcgetattr(self.slave)
-
-    def flags(self) -> int:
-        """File status flags of the open file description the session shared with us."""
-        return fcntl.fcntl(self.slave, fcntl.F_GETFL)
-
-    def assert_restored(self) -> None:
-        after = self.attrs()
-        assert after == self.before, (
-            f"the user's terminal was not restored exactly:\nbefore {self.before}\nafter  {after}"
-        )
-        assert self.flags() == self.flags_before, (
-            f"file status flags changed: {self.flags_before:#o} -> {self.flags():#o}"
-        )
-
-    def close(self) -> None:
-        self._stop.set()
-        self._reader.join(5)
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-@contextlib.contextmanager
-def user_terminal(rows: int = 30, cols: int = 100) -> Iterator[UserTerminal]:
-    term = UserTerminal(rows, cols)
-    try:
-        yield term
-    finally:
-        term.close()
-
-
-@contextlib.contextmanager
-def terminal_on_stdio() -> Iterator[UserTerminal]:
-    """Put a fresh user terminal on this process's fds 0 and 1 (for in-process sessions)."""
-    term = UserTerminal()
-    saved = [os.dup(0), os.dup(1)]
-    try:
-        os.dup2(term.slave, 0)
-        os.dup2(term.slave, 1)
-        yield term
-    finally:
-        os.dup2(saved[0], 0)
-        os.dup2(saved[1], 1)
-        for fd in saved:
-            os.close(fd)
-        term.close()
-
-
-def wait_status(proc: subprocess.Popen[bytes], timeout: float = TIMEOUT) -> int:
-    """The exit status (128+N for signal N); kills the process if it hangs."""
-    try:
-        rc = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"the session did not end within {timeout} s") from None
-    return 128 - rc if rc < 0 else rc
-
-
 # --------------------------------------------------------------------------- processes
 
 
@@ -226,14 +187,6 @@ def _stat(pid: int) -> tuple[int, int, str] | None:
         return None
     fields = data[data.rindex(b")") + 2 :].split()
     return int(fields[1]), int(fields[19]), fields[0].decode()
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 def _pids() -> list[int]:

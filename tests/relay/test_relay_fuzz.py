@@ -18,12 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-pytest.register_assert_rewrite("relay_harness")
-
-from relay_harness import (  # noqa: E402
+from harness.relay import (
     ECHO_CHILD,
     OUTPUTS,
     PY,
@@ -36,8 +31,8 @@ from relay_harness import (  # noqa: E402
     output_args,
     wait_until,
 )
-
-pytest_plugins = ("relay_harness",)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PROPERTY_SETTINGS = settings(
     max_examples=20,

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import LAUNCH, ROOT_IMAGE, _test_images, image_machine  # noqa: F401
-from hardening_helpers import BOTTLE, ProcWatch, terminal_on_stdio, user_terminal, wait_status
+from harness.backend import BOTTLE, LAUNCH, ROOT_IMAGE, ProcWatch, image_machine
+from harness.terminal import terminal_on_stdio, user_terminal, wait_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +31,8 @@ from bottle.errors import (
     UnknownBackendError,
     UnknownProviderError,
 )
+
+pytestmark = pytest.mark.usefixtures("test_images")
 
 
 @pytest.fixture(autouse=True)

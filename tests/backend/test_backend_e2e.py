@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import ROOT_IMAGE, _test_images, guest_execs, image_machine, root_spec  # noqa: F401
+from harness.backend import ROOT_IMAGE, guest_execs, image_machine, root_spec
 
 from bottle import smolvm as sv
 from bottle.backend import (
@@ -46,6 +46,8 @@ from bottle.errors import (
 )
 
 FAST = RetryPolicy(attempts=2, delay=0.01)
+
+pytestmark = pytest.mark.usefixtures("test_images")
 
 
 @pytest.fixture(autouse=True)

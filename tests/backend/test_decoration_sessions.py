@@ -13,19 +13,20 @@ import subprocess
 from typing import Any
 
 import pytest
-from backend_helpers import LAUNCH, ROOT_IMAGE, _test_images, image_machine, root_spec  # noqa: F401
-from hardening_helpers import (
+from harness.backend import (
     BOTTLE,
+    LAUNCH,
     POP_TITLE,
     PUSH_TITLE,
     RESET_BG,
     agent_session,
     control_characters,
+    image_machine,
+    root_spec,
     set_bg,
     set_title,
-    user_terminal,
-    wait_status,
 )
+from harness.terminal import user_terminal, wait_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,8 @@ from bottle.backend.smolmachines import SmolmachinesBottle, SmolmachinesBottleBa
 from bottle.errors import InvalidInputError
 
 GUEST = "echo guest-said-hello"
+
+pytestmark = pytest.mark.usefixtures("test_images")
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakevm import FakeSmolvm
+from harness.fakevm import FakeSmolvm
 
 from bottle import smolvm as sv
 from bottle.errors import (

@@ -23,18 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import LAUNCH, ROOT_IMAGE, _test_images, image_machine, root_spec  # noqa: F401
-from hardening_helpers import (
+from harness.backend import (
     BOTTLE,
+    LAUNCH,
     POP_TITLE,
     ProcWatch,
     agent_session,
     call_log,
+    image_machine,
     machines_named,
-    user_terminal,
+    root_spec,
     wait_for,
-    wait_status,
 )
+from harness.terminal import user_terminal, wait_status
 
 from bottle import smolvm as sv
 from bottle.backend import ExecResult
@@ -43,6 +44,8 @@ from bottle.errors import RetryExhaustedError
 
 ROUTES = ("api", "cli")
 GUEST_UP = 'echo "guest-up pid=$$"; exec sleep 60'
+
+pytestmark = pytest.mark.usefixtures("test_images")
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,10 @@
-"""Harness for the relay tests: the test plays the user's terminal on a real pty.
+"""Harness for the relay tests: the test plays the user's terminal (harness.terminal) on a real pty.
 
 The relay runs as ``python -m bottle.relay -- CMD…`` with the slave of a fresh pty as its
 stdin, stdout and stderr and as its controlling terminal; the test keeps the master (what a
 terminal emulator holds) and a second descriptor of the slave, through which it inspects the
-termios state and file status flags the relay leaves behind.  Every process a session starts
+termios state and file status flags the relay leaves behind. The fixtures ``impl``, ``mode``
+and ``spawn`` are in tests/relay/conftest.py.  Every process a session starts
 carries a unique marker in its environment, so the test can find (and clean up) every
 descendant, including ones the relay should have ended.
 """
@@ -11,25 +12,32 @@ descendant, including ones the relay should have ended.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import importlib.util
 import os
-import select
 import signal
-import struct
 import subprocess
 import sys
 import termios
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from harness.terminal import (  # re-exported: the relay tests take them from here
+    Terminal,
+    get_winsize,
+    is_canonical,
+    set_winsize,
+    wait_until,
+)
+
+__all__ = ["Terminal", "get_winsize", "is_canonical", "set_winsize", "wait_until"]
 
 PY = sys.executable
 RELAY_ARGV = (PY, "-m", "bottle.relay")
@@ -85,40 +93,7 @@ def require_implementation(impl: str) -> None:
         )
 
 
-@pytest.fixture(params=IMPLEMENTATIONS)
-def impl(request: pytest.FixtureRequest) -> str:
-    """The relay implementation under test ("native" or "pure")."""
-    name: str = request.param
-    require_implementation(name)
-    return name
-
-
 # --------------------------------------------------------------------------- small helpers
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, interval: float = 0.01
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return that, or None on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
-
-
-def get_winsize(fd: int) -> tuple[int, int]:
-    """(rows, cols) of the terminal behind ``fd``."""
-    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)))
-    return rows, cols
-
-
-def set_winsize(fd: int, rows: int, cols: int) -> None:
-    """Set the window size; on a master this signals the slave's foreground group."""
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
 RAW_CLEARED = {
@@ -139,11 +114,6 @@ def raw_violations(attrs: list[Any]) -> list[str]:
             if attrs[_FLAG_INDEX[field]] & bit:
                 bad.append(name)
     return bad
-
-
-def is_canonical(attrs: list[Any]) -> bool:
-    """Whether ICANON is set."""
-    return bool(attrs[3] & termios.ICANON)
 
 
 def proc_state(pid: int) -> str | None:
@@ -226,71 +196,7 @@ def read_ints(path: Path) -> list[int]:
         return []
 
 
-# --------------------------------------------------------------------------- the user's terminal
-
-
-class Terminal:
-    """The user's terminal: a pty whose slave becomes the relay's stdio and controlling tty."""
-
-    def __init__(self, rows: int = 24, cols: int = 80) -> None:
-        self.master, self.slave = os.openpty()
-        self.name = os.ttyname(self.slave)
-        set_winsize(self.master, rows, cols)
-        attrs = termios.tcgetattr(self.slave)
-        # Distinctive settings, so that restoring "some sane mode" cannot pass for restoring
-        # exactly what the user had.
-        attrs[3] &= ~termios.ECHOCTL
-        attrs[4] = attrs[5] = termios.B19200
-        attrs[6][termios.VKILL] = b"\x0b"
-        attrs[6][termios.VREPRINT] = b"\x01"
-        termios.tcsetattr(self.slave, termios.TCSANOW, attrs)
-        self.saved = termios.tcgetattr(self.slave)
-        os.set_blocking(self.master, False)
-        self.master_open = True
-
-    def attrs(self) -> list[Any]:
-        """Current termios of the user's terminal."""
-        return termios.tcgetattr(self.slave)
-
-    def slave_nonblocking(self) -> bool:
-        """Whether O_NONBLOCK is set on the open file description the relay shared with us."""
-        return bool(fcntl.fcntl(self.slave, fcntl.F_GETFL) & os.O_NONBLOCK)
-
-    def resize(self, rows: int, cols: int) -> None:
-        """Change the terminal size as a terminal emulator would (SIGWINCH to the foreground)."""
-        set_winsize(self.master, rows, cols)
-
-    def wait_raw(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
-        """Wait until the relay has taken the terminal out of canonical mode."""
-        return bool(wait_until(lambda: not is_canonical(self.attrs()), timeout))
-
-    def close_master(self) -> None:
-        """Hang up: the terminal emulator goes away."""
-        if self.master_open:
-            self.master_open = False
-            os.close(self.master)
-
-    def close(self) -> None:
-        """Release both descriptors."""
-        self.close_master()
-        with contextlib.suppress(OSError):
-            os.close(self.slave)
-
-
-def _acquire_controlling_tty(close_stdin: bool = False) -> None:
-    # Runs in the child after setsid(): the first terminal among stdio becomes the controlling
-    # terminal, so the relay (or the job shell) is the session leader of the user's terminal.
-    # Start it as a terminal would, with default dispositions: under `nohup` or as a background
-    # job of a script, pytest inherits SIGHUP (or SIGINT/SIGQUIT) ignored, and a signal sent
-    # before the relay installs its handlers would then be dropped instead of ending it.
-    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-    if close_stdin:
-        os.close(0)
-    for fd in (0, 1, 2):
-        if os.isatty(fd):
-            fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
-            return
+# --------------------------------------------------------------------------- sessions
 
 
 # A minimal job-control shell: it is the session leader of the terminal and runs the relay as
@@ -346,14 +252,13 @@ class Session:
         self.impl = impl
         self.tmp = tmp
         self.mark = uuid.uuid4().hex
-        self.terminal = Terminal(rows, cols)
+        self.stdout_is_tty = stdout == "tty"
+        # The terminal's reader collects the output; with stdout on a pipe, the pipe's reader.
+        self.terminal = Terminal(rows, cols, read=self.stdout_is_tty)
         if typeahead:  # typed before the relay exists: it waits in the terminal's line buffer
             os.write(self.terminal.master, typeahead)
-        self._lock = threading.Lock()
-        self._buf = bytearray()
+        self.reading = self.terminal.reading
         self._stop = threading.Event()
-        self.reading = threading.Event()
-        self.reading.set()
         self._threads: list[threading.Thread] = []
         self.returncode: int | None = None
         self.info = tmp / f"jobshell-{self.mark}.info"
@@ -364,30 +269,23 @@ class Session:
         self.jobshell = jobshell
         if jobshell:
             relay = [PY, "-c", JOBSHELL, str(self.info), *relay]
-        slave = self.terminal.slave
         # stdin: "tty", bytes (piped, then closed), "devnull" or "closed" (no fd 0 at all).
-        kinds: dict[Any, Any] = {"tty": slave, "devnull": subprocess.DEVNULL,
+        kinds: dict[Any, Any] = {"tty": None, "devnull": subprocess.DEVNULL,
                                  "closed": subprocess.DEVNULL}
         stdin_arg: Any = kinds.get(stdin, subprocess.PIPE)
-        self.stdout_is_tty = stdout == "tty"
-        stdout_arg: Any = slave if self.stdout_is_tty else subprocess.PIPE
+        stdout_arg: Any = None if self.stdout_is_tty else subprocess.PIPE
         self.stderr_path = tmp / f"stderr-{self.mark}"
         self._stderr_file = None
-        if self.stdout_is_tty:
-            stderr_arg: Any = slave
-        else:
+        stderr_arg: Any = None
+        if not self.stdout_is_tty:
             self._stderr_file = open(self.stderr_path, "wb")  # noqa: SIM115
             stderr_arg = self._stderr_file
-        self.proc = subprocess.Popen(
-            relay,
-            stdin=stdin_arg,
-            stdout=stdout_arg,
-            stderr=stderr_arg,
-            env=env,
-            start_new_session=True,
-            preexec_fn=functools.partial(_acquire_controlling_tty, stdin == "closed"),
-        )
-        self._spawn(self._read_master if self.stdout_is_tty else self._read_pipe)
+        self.proc = self.terminal.spawn(
+            relay, env, stdin=stdin_arg, stdout=stdout_arg, stderr=stderr_arg,
+            close_stdin=stdin == "closed",
+        )  # fmt: skip
+        if not self.stdout_is_tty:
+            self._spawn(self._read_pipe)
         if isinstance(stdin, bytes):
             self._spawn(self._feed_pipe, stdin)
 
@@ -399,28 +297,6 @@ class Session:
         self._threads.append(thread)
         return thread
 
-    def _append(self, data: bytes) -> None:
-        with self._lock:
-            self._buf += data
-
-    def _read_master(self) -> None:
-        fd = self.terminal.master
-        while not self._stop.is_set():
-            if not self.reading.wait(0.05):
-                continue
-            ready, _, _ = select.select([fd], [], [], 0.05)
-            if not ready:
-                continue
-            try:
-                data = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            self._append(data)
-
     def _read_pipe(self) -> None:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
@@ -428,7 +304,7 @@ class Session:
             data = os.read(fd, 1 << 16)
             if not data:
                 return
-            self._append(data)
+            self.terminal.record(data)
 
     def _feed_pipe(self, data: bytes) -> None:
         assert self.proc.stdin is not None
@@ -441,8 +317,7 @@ class Session:
 
     def output(self) -> bytes:
         """Everything the relay wrote to the user's terminal so far."""
-        with self._lock:
-            return bytes(self._buf)
+        return self.terminal.output()
 
     def text(self) -> str:
         """Output as text with CR LF folded to LF."""
@@ -450,20 +325,15 @@ class Session:
 
     def output_len(self) -> int:
         """Number of bytes received so far."""
-        with self._lock:
-            return len(self._buf)
+        return self.terminal.output_len()
 
     def expect(self, needle: bytes, timeout: float = DEFAULT_TIMEOUT, start: int = 0) -> int:
         """Wait until ``needle`` appears at or after ``start``; return the offset just after it."""
 
-        def find() -> int:
-            idx = self.output().find(needle, start)
-            return idx + len(needle) + 1 if idx >= 0 else 0
-
-        found = wait_until(find, timeout)
-        if not found:
+        found = self.terminal.find(needle, timeout, start)
+        if found is None:
             pytest.fail(f"{needle!r} never appeared in the output\n{self.describe()}")
-        return int(found) - 1
+        return found
 
     def wait_output_len(self, n: int, timeout: float = DEFAULT_TIMEOUT) -> bool:
         """Wait until at least ``n`` bytes have been received."""
@@ -473,7 +343,7 @@ class Session:
 
     def send(self, data: bytes, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Type ``data`` into the user's terminal (all of it, or fail)."""
-        sent = self._send(data, timeout, self._stop)
+        sent = self.terminal.send(data, timeout, self._stop)
         if sent < len(data):
             pytest.fail(f"typed only {sent} of {len(data)} bytes\n{self.describe()}")
 
@@ -482,31 +352,10 @@ class Session:
         progress = [0]
 
         def run() -> None:
-            progress[0] = self._send(data, 3600, self._stop, progress)
+            progress[0] = self.terminal.send(data, 3600, self._stop, progress)
 
         self._spawn(run)
         return lambda: progress[0]
-
-    def _send(
-        self, data: bytes, timeout: float, stop: threading.Event, progress: list[int] | None = None
-    ) -> int:
-        fd = self.terminal.master
-        view = memoryview(data)
-        sent = 0
-        deadline = time.monotonic() + timeout
-        while sent < len(data) and not stop.is_set() and time.monotonic() < deadline:
-            _, ready, _ = select.select([], [fd], [], 0.05)
-            if not ready:
-                continue
-            try:
-                sent += os.write(fd, view[sent : sent + 4096])
-            except BlockingIOError:
-                continue
-            except OSError:
-                break
-            if progress is not None:
-                progress[0] = sent
-        return sent
 
     # ------------------------------------------------------------------ process
 
@@ -582,34 +431,9 @@ class Session:
         self.terminal.close()
 
 
-@pytest.fixture(params=OUTPUTS)
-def mode(request: pytest.FixtureRequest) -> str:
-    """The relay's output mode under test ("copy", the default, or "direct")."""
-    name: str = request.param
-    return name
-
-
 def output_args(mode: str) -> list[str]:
     """Command-line options selecting ``mode`` (none for the default, so that it is tested)."""
     return [] if mode == "copy" else ["--output", mode]
-
-
-@pytest.fixture
-def spawn(impl: str, mode: str, tmp_path: Path) -> Iterator[Callable[..., Session]]:
-    """Start relay sessions for the implementation and output mode under test; everything is
-    cleaned up. A session started with an explicit ``argv`` chooses its mode itself."""
-    sessions: list[Session] = []
-
-    def start(cmd: Sequence[str] = (), **kwargs: Any) -> Session:
-        if kwargs.get("argv") is None:
-            kwargs["relay_args"] = [*output_args(mode), *kwargs.get("relay_args", ())]
-        session = Session(cmd, impl=impl, tmp=tmp_path, **kwargs)
-        sessions.append(session)
-        return session
-
-    yield start
-    for session in sessions:
-        session.close()
 
 
 def assert_restored(session: Session) -> None:

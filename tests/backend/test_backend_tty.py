@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import ROOT_IMAGE, _test_images, child_argv, image_machine, run_in_pty  # noqa: F401
+from harness.backend import child_argv, image_machine
+from harness.terminal import run_in_pty
 
 from bottle import smolvm as sv
 from bottle.backend import terminal
 from bottle.backend.smolmachines import SmolmachinesBottle
+
+pytestmark = pytest.mark.usefixtures("test_images")
 
 
 @pytest.fixture(autouse=True)

@@ -18,21 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import (  # noqa: F401
+from harness.backend import (
     ROOT_IMAGE,
     ProcScan,
-    _test_images,
     child_argv,
     guest_execs,
     image_machine,
-    run_in_pty,
-    wait_for,
+    wait_for_file,
 )
+from harness.terminal import run_in_pty
 
 from bottle import smolvm as sv
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import SmolmachinesBottle, SmolmachinesBottleBackend
 from bottle.errors import ConnectionLostError
+
+pytestmark = pytest.mark.usefixtures("test_images")
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +80,7 @@ def test_whole_session_keeps_the_secret_off_every_command_line(
             target=lambda: box.setdefault("r", bottle.exec(WAIT.format(d=d) + HASH))
         )
         t.start()
-        wait_for(d / "ready")
+        wait_for_file(d / "ready")
         scan.wait_rounds(3)
         held = set(scan.environ_pids)
         (d / "go").touch()
@@ -96,7 +97,7 @@ def test_whole_session_keeps_the_secret_off_every_command_line(
             )
         )
         t.start()
-        wait_for(d / "ready")
+        wait_for_file(d / "ready")
         scan.wait_rounds(3)
         (d / "go").touch()
         t.join(30)
@@ -156,7 +157,7 @@ def test_tty_session_keeps_the_secret_off_every_command_line(
             )
         )
         t.start()
-        wait_for(d / "ready")
+        wait_for_file(d / "ready")
         scan.wait_rounds(3)
         held = set(scan.environ_pids)
         (d / "go").touch()

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import AGENT_IMAGE, ROOT_IMAGE, _test_images, run_in_pty  # noqa: F401
+from harness.backend import AGENT_IMAGE, ROOT_IMAGE
+from harness.terminal import run_in_pty
 
 from bottle import smolvm as sv
 from bottle.backend import LaunchSpec, Progress
@@ -19,6 +20,8 @@ from bottle.errors import InvalidInputError, SmolvmTimeoutError
 
 FAST = RetryPolicy(attempts=2, delay=0.01)
 BOTTLE = [sys.executable, "-m", "bottle"]
+
+pytestmark = pytest.mark.usefixtures("test_images")
 
 
 @pytest.fixture(autouse=True)

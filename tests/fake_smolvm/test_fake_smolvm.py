@@ -7,13 +7,10 @@ os.openpty(): the fake's stdin (and controlling tty) is the slave, the test hold
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import select
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import termios
@@ -24,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakevm import FAKE_SMOLVM, FakeSmolvm
+from harness.fakevm import FAKE_SMOLVM, FakeSmolvm
+from harness.terminal import Terminal
 
 NOT_RUNNING = (
     "Error: agent operation failed: connect: machine 'm' is not running. "
@@ -719,58 +717,17 @@ for line in sys.stdin:
 """
 
 
-class Terminal:
-    """The test's side of a pty: the fake gets the slave as stdin/stdout and controlling tty."""
+_SPAWNED: list[subprocess.Popen[bytes]] = []
 
-    def __init__(self, rows: int, cols: int) -> None:
-        self.master, self.slave = os.openpty()
-        self.resize(rows, cols)
-        self.initial = termios.tcgetattr(self.slave)
-        self.output = b""
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def resize(self, rows: int, cols: int) -> None:
-        # On the master: the kernel sends SIGWINCH to the tty's foreground process group.
-        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-    def spawn(self, args: list[str], stdout: int | None = None) -> subprocess.Popen[bytes]:
-        slave = self.slave
-
-        def make_controlling() -> None:
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-        self.proc = subprocess.Popen(
-            [str(FAKE_SMOLVM), *args], stdin=slave, stdout=slave if stdout is None else stdout,
-            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=make_controlling,
-        )
-        return self.proc
-
-    def lflag(self) -> int:
-        return int(termios.tcgetattr(self.slave)[3])
-
-    def is_raw(self) -> bool:
-        return not self.lflag() & termios.ICANON
-
-    def read_until(self, token: bytes, timeout: float = 20.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        while token not in self.output:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                pytest.fail(f"timed out waiting for {token!r}; got {self.output!r}")
-            ready, _, _ = select.select([self.master], [], [], left)
-            if ready:
-                try:
-                    self.output += os.read(self.master, 65536)
-                except OSError:
-                    pytest.fail(f"pty closed before {token!r}; got {self.output!r}")
-        return self.output
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self.master)
-        os.close(self.slave)
+def fake_on(
+    term: Terminal, args: list[str], stdout: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Run the fake smolvm with `term` as its stdin, stdout (unless given) and controlling tty,
+    and its stderr on a pipe; killed at the end of the test if still running."""
+    proc = term.spawn([str(FAKE_SMOLVM), *args], stdout=stdout, stderr=subprocess.PIPE)
+    _SPAWNED.append(proc)
+    return proc
 
 
 @pytest.fixture
@@ -782,6 +739,13 @@ def terminal() -> Iterator[Any]:
         return made[-1]
 
     yield make
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
     for t in made:
         t.close()
 
@@ -793,10 +757,10 @@ def test_tty_size_from_stdin_raw_mode_resize_and_restore(
     term = terminal(33, 101)
     # stdout is another pty of a different size: the size must come from stdin (fd 0).
     other = terminal(50, 160)
-    proc = term.spawn(["machine", "exec", "--name", "m", "-it", "--", sys.executable, "-c",
+    proc = fake_on(term, ["machine", "exec", "--name", "m", "-it", "--", sys.executable, "-c",
                        SIZE_GUEST], stdout=other.slave)
-    other.read_until(b"33x101")  # from the "ready" line or the guest's first SIGWINCH
-    assert b"TERM=xterm-256color" in other.output
+    other.expect(b"33x101")  # from the "ready" line or the guest's first SIGWINCH
+    assert b"TERM=xterm-256color" in other.output()
     attrs = termios.tcgetattr(term.slave)
     iflag, oflag, _, lflag, _, _, cc = attrs
     assert not lflag & (termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN)
@@ -804,15 +768,15 @@ def test_tty_size_from_stdin_raw_mode_resize_and_restore(
     assert not iflag & (termios.ICRNL | termios.IXON)
     assert cc[termios.VMIN] == 1
     term.resize(40, 120)
-    other.read_until(b"size 40x120")
+    other.expect(b"size 40x120")
     other.resize(10, 10)  # stdout's size changes are not stdin's: nothing forwarded
     term.resize(41, 121)
-    other.read_until(b"size 41x121")
-    assert b"10x10" not in other.output
+    other.expect(b"size 41x121")
+    assert b"10x10" not in other.output()
     os.write(term.master, b"quit\r")  # raw host stdin; the guest pty's ICRNL makes it a line
-    other.read_until(b"line quit")
+    other.expect(b"line quit")
     assert proc.wait(timeout=20) == 5
-    assert termios.tcgetattr(term.slave) == term.initial  # restored on normal return
+    assert termios.tcgetattr(term.slave) == term.saved  # restored on normal return
 
 
 def test_tty_raw_mode_only_after_delay_and_type_ahead_discarded(
@@ -821,16 +785,16 @@ def test_tty_raw_mode_only_after_delay_and_type_ahead_discarded(
     running(fake_smolvm)
     fake_smolvm.set_fault(TTY_DELAY=3)
     term = terminal()
-    term.spawn(["machine", "exec", "--name", "m", "-t", "--", sys.executable, "-c",
+    fake_on(term, ["machine", "exec", "--name", "m", "-t", "--", sys.executable, "-c",
                 "import sys; print('ready', flush=True); print('got', sys.stdin.readline())"])
     wait_for(lambda: len(fake_smolvm.calls()) == 1, "the fake to start")
     # The fake is running but still "connecting": the terminal is untouched.
     assert not term.is_raw()
     os.write(term.master, b"early\r")
     wait_for(term.is_raw, "raw mode")
-    term.read_until(b"ready")
+    term.expect(b"ready")
     os.write(term.master, b"late\r")
-    out = term.read_until(b"got late")
+    out = term.expect(b"got late")
     assert b"got early" not in out  # TCSAFLUSH dropped the type-ahead
 
 
@@ -847,9 +811,9 @@ def test_tty_raw_mode_is_smolvms_exactly(fake_smolvm: FakeSmolvm, terminal: Any)
     attrs[3] |= termios.ECHONL
     termios.tcsetattr(term.slave, termios.TCSANOW, attrs)
     before = termios.tcgetattr(term.slave)
-    proc = term.spawn(["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
+    proc = fake_on(term, ["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
                        "echo started; read x; echo got $x"])
-    term.read_until(b"started")
+    term.expect(b"started")
     wait_for(term.is_raw, "raw mode")
     iflag, oflag, cflag, lflag, ispeed, ospeed, cc = before
     cc = list(cc)
@@ -862,7 +826,7 @@ def test_tty_raw_mode_is_smolvms_exactly(fake_smolvm: FakeSmolvm, terminal: Any)
         ispeed, ospeed, cc,
     ]
     os.write(term.master, b"x\r")
-    term.read_until(b"got x")
+    term.expect(b"got x")
     assert proc.wait(timeout=20) == 0
     assert termios.tcgetattr(term.slave) == before  # restored with TCSAFLUSH
 
@@ -873,16 +837,16 @@ def test_tty_end_of_input_before_raw_mode_is_lost(fake_smolvm: FakeSmolvm, termi
     running(fake_smolvm)
     fake_smolvm.set_fault(TTY_DELAY=2)
     term = terminal()
-    term.spawn(["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
+    fake_on(term, ["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
                 "echo ready; cat; echo cat-ended"])
     wait_for(lambda: len(fake_smolvm.calls()) == 1, "the fake to start")
     os.write(term.master, b"early\r\x04")
     wait_for(term.is_raw, "raw mode")
-    term.read_until(b"ready")
+    term.expect(b"ready")
     os.write(term.master, b"late\r")
-    term.read_until(b"late\r\nlate")  # the guest pty's echo, then cat's copy
+    term.expect(b"late\r\nlate")  # the guest pty's echo, then cat's copy
     os.write(term.master, b"\x04")
-    out = term.read_until(b"cat-ended")
+    out = term.expect(b"cat-ended")
     # Only the host terminal's own (cooked-mode) echo of "early", before the session started.
     assert out.count(b"early") == 1 and out.index(b"early") < out.index(b"ready")
     assert out.index(b"late") < out.index(b"cat-ended")  # cat was still reading: EOF lost
@@ -943,14 +907,14 @@ def test_tty_machine_dies_mid_session(
     fake_smolvm.set_fault(DIE_AFTER=1, TTY_DELAY=0)
     term = terminal()
     pidfile = tmp_path / "guest.pid"
-    proc = term.spawn(["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
+    proc = fake_on(term, ["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
                        f"echo $$ > {pidfile}; echo started; exec sleep 60"])
-    term.read_until(b"started")
+    term.expect(b"started")
     assert proc.wait(timeout=30) == 1
     assert proc.stderr is not None
     assert proc.stderr.read() == (
         b"Error: agent operation failed: vm exec interactive: connection to VM lost\n")
-    assert termios.tcgetattr(term.slave) == term.initial  # error return restores the terminal
+    assert termios.tcgetattr(term.slave) == term.saved  # error return restores the terminal
     rec = fake_smolvm.machine("m")
     assert rec is not None and rec["state"] == "stopped"
     wait_for(lambda: gone(int(pidfile.read_text())), "the guest to be killed")
@@ -963,9 +927,9 @@ def test_tty_fake_killed_leaves_terminal_raw_and_guest_killed(
     fake_smolvm.set_fault(TTY_DELAY=0)
     term = terminal()
     pidfile = tmp_path / "guest.pid"
-    proc = term.spawn(["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
+    proc = fake_on(term, ["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
                        f"echo $$ > {pidfile}; echo started; exec sleep 60"])
-    term.read_until(b"started")
+    term.expect(b"started")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == -signal.SIGTERM
     # smolvm has no SIGTERM handler in the exec path: the terminal stays raw.
@@ -1000,9 +964,9 @@ def test_tty_ctrl_c_is_a_byte_for_the_guest(fake_smolvm: FakeSmolvm, terminal: A
     running(fake_smolvm)
     fake_smolvm.set_fault(TTY_DELAY=0)
     term = terminal()
-    proc = term.spawn(["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
+    proc = fake_on(term, ["machine", "exec", "--name", "m", "-it", "--", "sh", "-c",
                        "echo started; exec sleep 60"])
-    term.read_until(b"started")
+    term.expect(b"started")
     wait_for(term.is_raw, "raw mode")
     os.write(term.master, b"\x03")  # ISIG is off on the host: the guest pty turns it into SIGINT
     assert proc.wait(timeout=20) == 130

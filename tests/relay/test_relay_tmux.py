@@ -18,10 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-pytest.register_assert_rewrite("relay_harness")
-
-from relay_harness import (  # noqa: E402
+from harness.relay import (
     MARK_VAR,
     PY,
     RELAY_ARGV,
@@ -33,7 +30,6 @@ from relay_harness import (  # noqa: E402
     wait_until,
 )
 
-pytest_plugins = ("relay_harness",)
 pytestmark = pytest.mark.timeout(90)
 
 CURSES_PROGRAM = textwrap.dedent(

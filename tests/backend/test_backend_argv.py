@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import image_machine
+from harness.backend import image_machine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -13,9 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend_helpers import LAUNCH, ROOT_IMAGE, _test_images, image_machine, run_in_pty, wait_for  # noqa: F401
+import pytest
+from harness.backend import LAUNCH, ROOT_IMAGE, image_machine, wait_for_file
+from harness.terminal import run_in_pty
 
 BOTTLE = [sys.executable, "-m", "bottle"]
+
+pytestmark = pytest.mark.usefixtures("test_images")
 
 
 def bottle(*args: str, input: str | None = None, timeout: float = 60,
@@ -267,7 +271,7 @@ def test_launch_sigterm_tears_down(fake_smolvm: Any, shared_dir: Path) -> None:
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for(ready)
+        wait_for_file(ready)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 import pytest
-from fakevm import FAKE_DIR, FakeSmolvm
+from harness.fakevm import FAKE_DIR, FakeSmolvm
 
 REFERENCE = json.loads((FAKE_DIR / "smolvm-1.9.3-options.json").read_text())
 SUBCOMMANDS = sorted(REFERENCE["commands"])

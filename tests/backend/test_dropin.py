@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_helpers import ROOT_IMAGE, _test_images, guest_execs, image_machine, run_in_pty  # noqa: F401
+from harness.backend import ROOT_IMAGE, guest_execs, image_machine
+from harness.terminal import run_in_pty
 
 from bottle import smolvm as sv
 from bottle.agent_provider import prompt_args
@@ -32,6 +33,8 @@ from bottle.errors import (
 )
 
 FAST = RetryPolicy(attempts=2, delay=0.01)
+
+pytestmark = pytest.mark.usefixtures("test_images")
 
 
 @pytest.fixture(autouse=True)
