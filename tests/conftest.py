@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,12 @@ from harness.fakevm import FAKE_DIR, FakeSmolvm  # noqa: E402
 
 GUEST_USER = "node"
 
+# pytest-xdist's workers inherit LINES and COLUMNS from the controller's terminal; programs the
+# tests run (curses above all) would take those over the size of the terminal they are given.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("LINES", None)
+    os.environ.pop("COLUMNS", None)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -37,19 +44,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.fixture(scope="session")
+def python3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory whose `python3` is this interpreter's own executable.
+
+    The fake's `#!/usr/bin/env python3` then starts Python directly instead of through a
+    version manager's shim (pyenv's costs ~50 ms a call; the suite runs the fake thousands of
+    times). Any Python >= 3.10 runs the fake (stdlib only).
+    """
+    path = tmp_path_factory.mktemp("python3-bin")
+    (path / "python3").symlink_to(os.path.realpath(sys.executable))
+    return path
+
+
 @pytest.fixture
 def fake_smolvm(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    python3_dir: Path,
 ) -> FakeSmolvm:
-    """A fresh fake smolvm first on PATH; BOTTLE_SMOLVM and inherited FAKE_SMOLVM_* cleared;
-    the release given by --fake-smolvm-version, if any."""
+    """A fresh fake smolvm first on PATH (with this interpreter as `python3` after it);
+    BOTTLE_SMOLVM and inherited FAKE_SMOLVM_* cleared; the release given by
+    --fake-smolvm-version, if any."""
     state = tmp_path / "smolvm-state"
     state.mkdir()
     for var in list(os.environ):
         if var.startswith("FAKE_SMOLVM_"):
             monkeypatch.delenv(var)
     monkeypatch.delenv("BOTTLE_SMOLVM", raising=False)
-    monkeypatch.setenv("PATH", f"{FAKE_DIR}{os.pathsep}{os.environ.get('PATH', '')}")
+    path = os.pathsep.join([str(FAKE_DIR), str(python3_dir), os.environ.get("PATH", "")])
+    monkeypatch.setenv("PATH", path)
     monkeypatch.setenv("FAKE_SMOLVM_STATE", str(state))
     version = request.config.getoption("--fake-smolvm-version")
     if version:

@@ -284,6 +284,8 @@ _dirname = st.text(
 ).filter(lambda s: s not in (".", "..") and len(s.encode()) < 200)
 
 
+# Slow step only: test_awkward_workdirs_reach_the_agent checks fixed awkward examples.
+@pytest.mark.slow
 @settings(
     max_examples=25,
     deadline=None,

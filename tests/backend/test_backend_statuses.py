@@ -2,7 +2,8 @@
 
 smolvm dying of signal N is status 128+N everywhere (API, `bottle exec`, `bottle agent
 --no-tty`); `exec_agent(tty=False)` is `smolvm machine exec -i`: this process's stdin reaches
-the agent, its output appears as it comes and is not capped (smolvm-cli.md §2, "Modes").
+the agent, its output appears as it comes and is not capped (tests/fake_smolvm/README.md,
+"Modes", from `ExecCmd::run` in smolvm's `src/cli/machine.rs`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 smolvm runs an image machine's commands as the image's USER: `-i`/`-t` sessions since 1.3.0
 (commit 5bbffccf), captured exec since 1.6.0 (957bd755); a bare VM runs them as root and has no
-other user; 1.9.3 has no exec option to choose (smolvm-cli.md, "Corrections"). The fake really
+other user; 1.9.3 has no exec option to choose (`ExecCmd` in smolvm's src/cli/machine.rs;
+tests/fake_smolvm/README.md, "Versions"). The fake really
 runs guest commands as that user on this host, so `runuser` really fails when it is not root.
 """
 

@@ -1,4 +1,4 @@
-"""Bad input (issue 6, "Bad input"): each is a clear error naming the problem, raised before
+"""Bad input (README, "Bad input"): each is a clear error naming the problem, raised before
 anything runs, and nothing is left behind: the fake smolvm's call log stays empty (not even
 `smolvm --version` ran), no process is left, the user's terminal is untouched.
 
@@ -313,6 +313,9 @@ _dirname = st.text(
 ).filter(lambda s: s not in (".", ".."))
 
 
+# Slow step only: fixed examples of the same in test_backend_argv.py
+# (test_awkward_workdirs_reach_the_agent) and test_secrets.py (the guest gets the exact secret).
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(name=_dirname, value=_text, secret=_text, args=st.lists(_text, max_size=4))

@@ -1,4 +1,4 @@
-"""Terminal output (issue 6, "Terminal output"): whatever title or colour a caller passes, the
+"""Terminal output (README, "Terminal"): whatever title or colour a caller passes, the
 bytes that reach the user's terminal hold no ESC, BEL, NUL or C1 control except bottle's own
 fixed sequences; and bad input is reported without echoing control characters.
 
@@ -107,6 +107,9 @@ def test_hostile_title_through_the_cli(fake_smolvm: Any, title: str, visible: st
 _OUR_START = re.compile(rb"\A\x1b\[22;0t\x1b\]0;([^\x07]*)\x07")
 
 
+# Slow step only: test_hostile_title_reaches_the_terminal_defused runs sessions with fixed
+# hostile titles, and test_decoration.py checks every title (hypothesis) on the pure function.
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(title=st.text(alphabet=st.characters(codec="utf-8"), max_size=30).map(

@@ -1,4 +1,4 @@
-"""Faults through the whole stack, with the test as the user's terminal (issue 6, "Faults").
+"""Faults through the whole stack, with the test as the user's terminal (README, "Faults").
 
 Each session runs in a process of its own whose controlling terminal is the slave of a fresh
 pty; the test reads the master, compares the terminal's termios before and after, and records
@@ -11,7 +11,7 @@ Already proved elsewhere (not repeated here): KeyboardInterrupt at the API level
 (..._during_start) and provisioning (..._during_provisioning); the 137 retry exhausted on a
 plain exec (test_backend_e2e::test_retry_exhausted_carries_every_result,
 test_cli_commands::test_exec_retry_exhausted); the relay under a signal storm
-(test_hardening_relay::test_signal_storm).
+(relay/test_relay_fuzz.py::test_signal_storm).
 """
 
 from __future__ import annotations

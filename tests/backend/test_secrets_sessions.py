@@ -1,4 +1,4 @@
-"""Secrets (issue 6, "Secrets"): a `secret_env` value is on no command line, in no log, in no
+"""Secrets (README, "Secrets"): a `secret_env` value is on no command line, in no log, in no
 exception message or repr, and not on the user's terminal, through whole interactive sessions;
 yet the guest command has it in its environment.
 

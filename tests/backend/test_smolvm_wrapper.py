@@ -342,7 +342,8 @@ def test_every_smolvm_error_prefix_is_smolvms_failure(message: str) -> None:
 
 
 def test_vm_dying_mid_captured_exec_is_connection_lost() -> None:
-    # The client's read fails: Error::Io's Display (smolvm-cli.md, corrections).
+    # The client's read of the reply fails (`read_exact_retry`): Error::Io's Display, smolvm's
+    # src/data/errors.rs (tests/fake_smolvm/README.md, "The VM dying mid-exec").
     err = sv.classify_failure(ARGV, 1, "Error: io operation failed: connection closed\n",
                               machine="m", guest=True)  # fmt: skip
     assert type(err) is ConnectionLostError

@@ -72,7 +72,7 @@ def test_console_script_is_installed() -> None:
     assert proc.stdout.startswith("bottle ")
 
 
-CI_PATH = Path(__file__).resolve().parents[1] / "scripts" / "ci_path"
+CI_PATH = Path(__file__).resolve().parents[2] / "scripts" / "ci_path"
 
 
 def test_ci_path_keeps_only_the_venvs_bottle(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # CPython 3.10-3.14 plus free-threaded 3.14t, each one wheel per platform and architecture.
 PYTHONS = ["cp310", "cp311", "cp312", "cp313", "cp314", "cp314t"]

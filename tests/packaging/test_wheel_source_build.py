@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PURE_HINT = "BOTTLE_NO_EXTENSIONS=1 pip install agent-bottle"
 
 

@@ -1,4 +1,4 @@
-"""Black-box conformance of the PTY relay: issue 3's twelve behaviours, on real ptys.
+"""Black-box conformance of the PTY relay: the relay contract's behaviours, on real ptys.
 
 Every test runs against both implementations (the ``impl`` fixture): the native extension
 (forced with BOTTLE_REQUIRE_EXTENSION=1) and the pure-Python twin (BOTTLE_NO_EXTENSIONS=1),

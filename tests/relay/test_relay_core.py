@@ -2,7 +2,7 @@
 
 The core tests play both sides by hand: the user's side is a pair of pipes (or a pty), the
 child's side is the slave of a real pty that the test reads and writes. The black-box
-behaviour suite (python -m bottle.relay on real ptys) is tests/test_relay_conformance.py.
+behaviour suite (python -m bottle.relay on real ptys) is tests/relay/test_relay_conformance.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Hardening of the relay (issue 6): random byte streams, and signals at random moments.
+"""The relay under random input: random byte streams, and signals at random moments.
 
 Both run against the native relay and the pure twin, on real ptys, with the test playing the
-user's terminal (see relay_harness).
+user's terminal (see harness/relay.py).
 """
 
 from __future__ import annotations
