@@ -60,13 +60,6 @@ def backend(fake_smolvm: Any) -> SmolmachinesBottleBackend:
     return SmolmachinesBottleBackend(retry=FAST)
 
 
-def _interrupt_after(seconds: float) -> threading.Timer:
-    """Deliver SIGINT to this process (KeyboardInterrupt in the main thread) after a delay."""
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    return timer
-
-
 def _interrupt_when(ready: Any, settle: float = 0.2) -> threading.Thread:
     """Deliver SIGINT once `ready()` holds (then `settle` s later), whatever the machine's load.
 
@@ -148,8 +141,11 @@ def test_body_exception_tears_down_and_propagates(
 def test_keyboard_interrupt_in_body_tears_down(
     fake_smolvm: Any, backend: SmolmachinesBottleBackend
 ) -> None:
+    def in_the_body() -> bool:
+        return any(c[1:2] == ["exec"] and "sleep 5" in c[-1] for c in fake_smolvm.calls())
+
     with pytest.raises(KeyboardInterrupt), backend.launch(root_spec()) as bottle:
-        _interrupt_after(0.3)
+        _interrupt_when(in_the_body)
         bottle.exec("sleep 5")
     assert fake_smolvm.machine("m1") is None
 

@@ -499,13 +499,18 @@ with open(out, "w") as f:
 """
 
 # Reports its pty size to a file at start, on every SIGWINCH and when the gate file appears.
+# SIGWINCH is blocked from reading the size until the line is written: Python runs a handler for
+# a signal that arrives during a handler inside it, and a nested report written between an outer
+# handler's read and write would leave the outer one's older size last in the file.
 WINCH_CHILD = r"""
 import fcntl, os, signal, struct, sys, termios, time
 report, gate = sys.argv[1], sys.argv[2]
 def report_size(*_):
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGWINCH})
     rows, cols = struct.unpack("HHHH", fcntl.ioctl(0, termios.TIOCGWINSZ, bytes(8)))[:2]
     with open(report, "a") as f:
         f.write(f"{rows} {cols}\n")
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGWINCH})
 signal.signal(signal.SIGWINCH, report_size)
 report_size()
 os.write(1, b"READY\n")

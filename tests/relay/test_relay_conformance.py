@@ -989,18 +989,20 @@ class TestTypeAhead:
 
 class TestIdle:
     @pytest.mark.parametrize("hold", [False, True], ids=["plain", "hold-over"])
-    def test_idle_relay_does_not_wake_up(self, spawn: Spawn, hold: bool) -> None:
+    def test_idle_relay_does_not_wake_up(self, spawn: Spawn, hold: bool, tmp_path: Path) -> None:
+        gate = tmp_path / "gate"  # the child ends once the test has measured
         if hold:  # the end of input was held, then released when the child went raw
             s = spawn(py("""
-                import os, time, tty
+                import os, sys, time, tty
                 tty.setraw(0)
                 assert os.read(0, 1) == b"\\x04"
                 os.write(1, b"READY\\n")
-                time.sleep(4)
+                while not os.path.exists(sys.argv[1]):
+                    time.sleep(0.05)
                 os.write(1, b"DONE\\n")
-                """), stdin="devnull", relay_args=["--hold-until-raw"])
+                """, gate), stdin="devnull", relay_args=["--hold-until-raw"])
         else:
-            s = spawn(sh("echo READY; sleep 4; echo DONE"))
+            s = spawn(sh(f"echo READY; {gate_wait(gate)}; echo DONE"))
         s.expect(b"READY")
         assert hold or s.terminal.wait_raw(), s.describe()  # with /dev/null: no raw mode
         relay = s.relay_pid
@@ -1008,6 +1010,7 @@ class TestIdle:
         before = context_switches(relay)
         time.sleep(2.5)
         after = context_switches(relay)
+        gate.touch()
         assert after - before <= 5, f"idle relay was scheduled {after - before} times in 2.5 s"
         assert s.wait() == 0, s.describe()
         assert "DONE" in s.text()
