@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import sys
 import tempfile
+import venv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,15 +46,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(scope="session")
 def python3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory whose `python3` is this interpreter's own executable.
+    """A directory whose `python3` is this interpreter, in a bare venv of its own.
 
     The fake's `#!/usr/bin/env python3` then starts Python directly instead of through a
-    version manager's shim (pyenv's costs ~50 ms a call; the suite runs the fake thousands of
-    times). Any Python >= 3.10 runs the fake (stdlib only).
+    version manager's shim (pyenv's costs ~50 ms a call) and without whatever .pth files the
+    base installation's site-packages run at start-up; the suite runs the fake thousands of
+    times, and it needs the standard library only.
     """
-    path = tmp_path_factory.mktemp("python3-bin")
-    (path / "python3").symlink_to(os.path.realpath(sys.executable))
-    return path
+    path = tmp_path_factory.mktemp("python3-venv")
+    venv.create(path, symlinks=True, with_pip=False)
+    return path / "bin"
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def fake_smolvm(
     request: pytest.FixtureRequest,
     python3_dir: Path,
 ) -> FakeSmolvm:
-    """A fresh fake smolvm first on PATH (with this interpreter as `python3` after it);
+    """A fresh fake smolvm first on PATH (with python3_dir after it);
     BOTTLE_SMOLVM and inherited FAKE_SMOLVM_* cleared; the release given by
     --fake-smolvm-version, if any."""
     state = tmp_path / "smolvm-state"

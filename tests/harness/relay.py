@@ -383,8 +383,14 @@ class Session:
         return rc
 
     def settle(self, quiet: float = 0.03, limit: float = 2.0) -> None:
-        """Let the reader collect what is still queued: wait until output stops growing."""
+        """Let the reader collect what is still queued: everything the terminal (or the pipe)
+        has received, then until output stops growing."""
         deadline = time.monotonic() + limit
+        if self.stdout_is_tty:
+            self.terminal.drain(limit)
+        elif self.proc.poll() is not None:
+            for thread in self._threads[:1]:  # the pipe's reader: done at the pipe's end
+                thread.join(limit)
         last = -1
         while time.monotonic() < deadline:
             now = self.output_len()

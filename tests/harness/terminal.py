@@ -99,6 +99,7 @@ class Terminal:
         self.master_open = True
         self._out = bytearray()
         self._lock = threading.Lock()
+        self._in_flight = False
         self._stop = threading.Event()
         self.reading = threading.Event()
         self.reading.set()
@@ -142,15 +143,38 @@ class Terminal:
             ready, _, _ = select.select([self.master], [], [], 0.05)
             if not ready:
                 continue
+            with self._lock:
+                self._in_flight = True
             try:
                 data = os.read(self.master, 1 << 16)
             except BlockingIOError:
-                continue
+                data = b""
             except OSError:  # EIO: every slave descriptor is closed
+                data = None
+            with self._lock:
+                self._out += data or b""
+                self._in_flight = False
+            if data is None:
                 return
-            if not data:
-                return
-            self.record(data)
+
+    def drain(self, timeout: float = 5.0) -> bool:
+        """Wait until everything written to the terminal so far is in ``output()`` (nothing
+        left unread on the master, no chunk between the reader's read and its record); False
+        when the reader is paused or stopped, or on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.reading.is_set() and self._reader is not None and self._reader.is_alive():
+            with self._lock:
+                try:
+                    unread = struct.unpack("i", fcntl.ioctl(self.master, termios.FIONREAD,
+                                                            b"\0\0\0\0"))[0]
+                except OSError:
+                    return False
+                if not unread and not self._in_flight:
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return False
 
     def record(self, data: bytes) -> None:
         """Add ``data`` to the output (the reader does; so may a test reading elsewhere)."""
@@ -171,7 +195,8 @@ class Terminal:
         None when it did not appear within ``timeout`` seconds."""
 
         def found() -> int:
-            idx = self.output().find(needle, start)
+            with self._lock:  # searched in place: the output can be many MiB
+                idx = self._out.find(needle, start)
             return idx + len(needle) + 1 if idx >= 0 else 0
 
         at = wait_until(found, timeout)
@@ -186,6 +211,7 @@ class Terminal:
     def settle(self, quiet: float = 0.3, timeout: float = 10) -> bytes:
         """Wait until no output arrived for ``quiet`` seconds (after a session ended)."""
         deadline = time.monotonic() + timeout
+        self.drain(timeout)
         seen = self.output_len()
         since = time.monotonic()
         while time.monotonic() < deadline:
