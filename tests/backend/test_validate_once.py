@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fakevm import FakeSmolvm
+from harness.fakevm import FakeSmolvm
 
 from bottle import _validate
 from bottle.backend import LaunchSpec, get_backend
