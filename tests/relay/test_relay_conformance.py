@@ -1100,7 +1100,7 @@ class TestOutputModes:
         assert_restored(s)
 
 
-# --------------------------------------------------------------------------- review (issue 11)
+# --------------------------------------------------------------------------- found in review
 
 # A raw-mode echo that ends on "q".
 RAW_ECHO_CHILD = """
@@ -1116,6 +1116,8 @@ while True:
 
 
 class TestReview:
+    # The relay runs from its own command line (no output option): one mode, not one per `mode`.
+    @pytest.mark.parametrize("mode", ["copy"])
     def test_sigpipe_at_default_in_the_host_is_only_the_end_of_output(
         self, spawn: Spawn
     ) -> None:
@@ -1165,6 +1167,8 @@ class TestReview:
         assert_restored(s)
         assert_no_leftovers(s)
 
+    # The relay runs from its own command line (no output option): one mode, not one per `mode`.
+    @pytest.mark.parametrize("mode", ["copy"])
     @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["INT", "HUP"])
     def test_signal_ignored_on_entry_stays_ignored(self, spawn: Spawn, sig: int) -> None:
         child = """
@@ -1192,6 +1196,8 @@ class TestReview:
         s.wait(10)
         assert_no_leftovers(s)
 
+    # The relay runs from its own command line (no output option): one mode, not one per `mode`.
+    @pytest.mark.parametrize("mode", ["copy"])
     @pytest.mark.parametrize("front", ["module", "bottle-relay"])
     def test_ctrl_c_during_start_up_exits_130_quietly(self, spawn: Spawn, front: str) -> None:
         # strace delivers SIGINT at the relay's first pipe2(), before its handlers exist.

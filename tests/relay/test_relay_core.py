@@ -995,7 +995,7 @@ def test_implementation_selection() -> None:
         assert (default.returncode, default.stdout.strip()) == (0, "native")
 
 
-# ------------------------------------------------------------------------------ review (issue 11)
+# ------------------------------------------------------------------------------ found in review
 
 
 def test_end_of_input_is_held_with_the_keys(rig: Callable[..., Rig]) -> None:
