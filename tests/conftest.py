@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import sys
 import tempfile
 import venv
 from collections.abc import Iterator
@@ -20,6 +21,11 @@ from pathlib import Path
 
 import pytest
 
+# pytest caches each test module's assertion-rewritten bytecode in __pycache__ (ignored by git),
+# unless bytecode writing is off: under PYTHONDONTWRITEBYTECODE every worker would rewrite every
+# module again on every run (about 3 s of CPU each). Only this process writes; its children
+# keep the environment's choice.
+sys.dont_write_bytecode = False
 pytest.register_assert_rewrite("harness")
 
 from harness.backend import add_test_images  # noqa: E402
