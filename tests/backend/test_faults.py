@@ -172,8 +172,8 @@ def test_retry_exhausted_while_provisioning_tears_down(fake_smolvm: Any,
 
 SLOW_CREATE = """#!/bin/sh
 # smolvm whose create has done its work but not returned yet: ^C lands "during create".
-"$HARDENING_REAL_SMOLVM" "$@"; rc=$?
-if [ "$2" = create ]; then touch "$HARDENING_CREATED"; sleep 60; fi
+"$BOTTLE_TEST_REAL_SMOLVM" "$@"; rc=$?
+if [ "$2" = create ]; then touch "$BOTTLE_TEST_CREATED"; sleep 60; fi
 exit $rc
 """
 
@@ -194,8 +194,8 @@ def test_ctrl_c_during_launch(fake_smolvm: Any, shared_dir: Path, tmp_path: Path
         shim = tmp_path / "smolvm"
         shim.write_text(SLOW_CREATE)
         shim.chmod(0o755)
-        env.update(BOTTLE_SMOLVM=str(shim), HARDENING_REAL_SMOLVM=str(fake_smolvm.path),
-                   HARDENING_CREATED=str(created))  # fmt: skip
+        env.update(BOTTLE_SMOLVM=str(shim), BOTTLE_TEST_REAL_SMOLVM=str(fake_smolvm.path),
+                   BOTTLE_TEST_CREATED=str(created))  # fmt: skip
         ready = created.exists
     elif phase == "start":
         env["FAKE_SMOLVM_START_DELAY"] = "60"

@@ -289,12 +289,12 @@ class ProcWatch:
 # --------------------------------------------------------------------------- sessions
 
 # run_agent(argv, tty=True).check() (exec_agent's status, with the precise error raised) in a
-# process of its own: configuration in $HARDENING_CFG (JSON, so
+# process of its own: configuration in $BOTTLE_TEST_SESSION (JSON, so
 # a title may hold any character), the secret (if any) taken from the variable it names.
 AGENT_CHILD = r"""
 import json, os, sys
 from bottle.backend.smolmachines import SmolmachinesBottle
-cfg = json.loads(os.environ.pop("HARDENING_CFG"))
+cfg = json.loads(os.environ.pop("BOTTLE_TEST_SESSION"))
 kw = {}
 if cfg.get("secret_name"):
     kw["secret_env"] = {cfg["secret_name"]: os.environ.pop(cfg["secret_name"])}
@@ -333,7 +333,7 @@ def agent_session(
     if route == "api":
         cfg = {"machine": machine, "argv": ["-c", script], "title": title, "color": color,
                "secret_name": secret_name}  # fmt: skip
-        env["HARDENING_CFG"] = json.dumps(cfg)
+        env["BOTTLE_TEST_SESSION"] = json.dumps(cfg)
         return [PY, "-c", AGENT_CHILD], env
     if route != "cli":
         raise ValueError(route)
