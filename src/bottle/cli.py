@@ -87,6 +87,17 @@ def _add_agent(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title", default="", help="terminal title for the session")
     p.add_argument("--color", default="", help="terminal background colour (#rgb, #rrggbb, name)")
     p.add_argument("--no-tty", action="store_true", help="run without a terminal (no relay)")
+    p.add_argument(
+        "--record",
+        metavar="FILE.cast",
+        help="record the session into a new file (asciicast v2, mode 0600; "
+        "play it with `asciinema play FILE.cast`)",
+    )
+    p.add_argument(
+        "--record-input",
+        action="store_true",
+        help="record typed input too (off by default: typed secrets would land in the file)",
+    )
     _add_env(p)
 
 
@@ -220,9 +231,23 @@ def _teardown_on_signals() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _check_record(ns: argparse.Namespace) -> None:
+    """Refuse a recording that cannot work before any machine is touched."""
+    if ns.record is None:
+        if ns.record_input:
+            raise InvalidInputError("--record-input needs --record FILE.cast")
+        return
+    if ns.no_tty:
+        raise InvalidInputError("--record needs a terminal session (drop --no-tty)")
+    from bottle import _validate
+
+    _validate.new_file(ns.record)
+
+
 def _cmd_launch(ns: argparse.Namespace, agent_args: list[str]) -> int:
     from bottle.backend import LaunchSpec, get_backend
 
+    _check_record(ns)
     spec = LaunchSpec(
         machine_name=ns.name,
         image=ns.image,
@@ -243,7 +268,14 @@ def _cmd_launch(ns: argparse.Namespace, agent_args: list[str]) -> int:
     display = _ProgressDisplay(enabled=not ns.quiet and sys.stderr.isatty())
     with _teardown_on_signals(), display, _launch(backend, spec, display) as bottle:
         display.close()  # the session owns the terminal from here
-        return bottle.run_agent(agent_args, tty=not ns.no_tty).check().returncode
+        return _run_agent(bottle, ns, agent_args)
+
+
+def _run_agent(bottle: Bottle, ns: argparse.Namespace, agent_args: list[str]) -> int:
+    result = bottle.run_agent(
+        agent_args, tty=not ns.no_tty, record=ns.record, record_input=ns.record_input
+    )
+    return result.check().returncode
 
 
 def _launch(
@@ -320,8 +352,9 @@ class _ProgressDisplay:
 
 
 def _cmd_agent(ns: argparse.Namespace, agent_args: list[str]) -> int:
+    _check_record(ns)
     with _agent_bottle(ns) as bottle:
-        return bottle.run_agent(agent_args, tty=not ns.no_tty).check().returncode
+        return _run_agent(bottle, ns, agent_args)
 
 
 def _cmd_exec(ns: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING
 
 from bottle import _validate as check
-from bottle.errors import BottleClosedError, UnknownBackendError
+from bottle.errors import BottleClosedError, InvalidInputError, UnknownBackendError
 from bottle.results import AgentResult, ExecResult, Progress
 
 if TYPE_CHECKING:
@@ -49,11 +49,21 @@ class Bottle(abc.ABC):
     def exec_agent(self, argv: Sequence[str], *, tty: bool = True) -> int:
         """Run the agent with `argv`, interactively when `tty`; return its exit status."""
 
-    def run_agent(self, argv: Sequence[str], *, tty: bool = True) -> AgentResult:
+    def run_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | None = None,
+        record_input: bool = False,
+    ) -> AgentResult:
         """Like `exec_agent`, but the outcome's `check()` raises what went wrong around it.
 
-        Backends that learn more than a status override this; the default knows the status.
+        Backends that learn more than a status override this; the default knows the status
+        and cannot record (``record`` is refused with `InvalidInputError`).
         """
+        if record is not None or record_input:
+            raise InvalidInputError(f"the {type(self).__name__} backend cannot record sessions")
         return AgentResult(self.exec_agent(argv, tty=tty))
 
     @abc.abstractmethod

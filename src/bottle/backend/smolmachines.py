@@ -329,21 +329,44 @@ class SmolmachinesBottle(Bottle):
             )
         return None
 
-    def exec_agent(self, argv: Sequence[str], *, tty: bool = True) -> int:
+    def exec_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | None = None,
+        record_input: bool = False,
+    ) -> int:
         """Run the agent; return smolvm's exit status (128+N when it died of signal N).
 
         Whatever goes wrong once the arguments are accepted (no such machine, a stopped one,
         the VM dying mid-session) is a status, as with the replaced class: 1 for smolvm's
         failures. `run_agent` gives the same status with the precise error.
 
+        ``record`` names a new file that receives the session as an asciicast v2 recording
+        (see `bottle.relay.run`); the relay then copies smolvm's output instead of letting it
+        write to the terminal itself. ``record_input`` records typed input too. Secrets never
+        reach the file: they go to smolvm through its environment, and the header names only
+        ``TERM`` and ``SHELL``.
+
         Raises:
-            InvalidInputError: bad arguments, before anything runs.
+            InvalidInputError: bad arguments (a ``record`` file that exists, a recording
+                without ``tty``), before anything runs.
             SmolvmNotFoundError, SmolvmNotExecutableError: smolvm cannot be run at all (also
                 `FileNotFoundError` / `PermissionError`).
         """
-        return self.run_agent(argv, tty=tty).returncode
+        return self.run_agent(
+            argv, tty=tty, record=record, record_input=record_input
+        ).returncode
 
-    def run_agent(self, argv: Sequence[str], *, tty: bool = True) -> AgentResult:
+    def run_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | None = None,
+        record_input: bool = False,
+    ) -> AgentResult:
         """Run the agent like `exec_agent`; the result's `check()` raises what went wrong.
 
         With `tty`, the session runs in process through `bottle.relay.run`, with the terminal
@@ -356,6 +379,13 @@ class SmolmachinesBottle(Bottle):
         """
         self._ensure_open()
         check.argv(argv)
+        recording = None
+        if record is not None or record_input:
+            if record is None:
+                raise InvalidInputError("record_input needs a recording: give record=FILE")
+            if not tty:
+                raise InvalidInputError("recording needs a terminal session (tty=True)")
+            recording = check.new_file(record)
         refused = self._not_running()
         full: list[str] = []
         if refused is None:
@@ -378,7 +408,7 @@ class SmolmachinesBottle(Bottle):
         log.debug("agent session in %s: %s", self.machine_name, full)
         try:
             if tty:
-                status = self._run_tty(full, env)
+                status = self._run_tty(full, env, recording, record_input)
             else:
                 status = subprocess.run(full, env=env, check=False).returncode
         except PermissionError:
@@ -409,19 +439,34 @@ class SmolmachinesBottle(Bottle):
                 return AgentResult(status, lost)
         return AgentResult(status)
 
-    def _run_tty(self, full: list[str], env: dict[str, str]) -> int:
+    def _run_tty(
+        self, full: list[str], env: dict[str, str], record: str | None, record_input: bool
+    ) -> int:
         from bottle import relay
+
+        def session() -> int:
+            if record is None:
+                return relay.run(
+                    full, env=env, machine=self.machine_name, hold_until_raw=True, output="direct"
+                )
+            # Recording: the relay must see the output, so it copies it.
+            return relay.run(
+                full,
+                env=env,
+                machine=self.machine_name,
+                hold_until_raw=True,
+                output="copy",
+                record=record,
+                record_input=record_input,
+                record_title=self.terminal_title or f"{self.agent_command} in {self.machine_name}",
+            )
 
         deco = terminal.decoration(self.terminal_title, self.terminal_color)
         if deco is None or not os.isatty(1):
-            return relay.run(
-                full, env=env, machine=self.machine_name, hold_until_raw=True, output="direct"
-            )
+            return session()
         _write_all(1, deco.start.encode())
         try:
-            return relay.run(
-                full, env=env, machine=self.machine_name, hold_until_raw=True, output="direct"
-            )
+            return session()
         finally:
             with contextlib.suppress(OSError):
                 _write_all(1, deco.reset.encode())
