@@ -143,7 +143,6 @@ cdef int HOLD_POLL_MS = 10
 REC_BUFSIZE = 256 * 1024
 REC_STALL_MS = 5000
 cdef size_t C_REC_BUFSIZE = 256 * 1024
-cdef long long C_REC_STALL_US = 5000 * 1000
 cdef int REC_PIPE_SIZE = 1 << 20
 cdef size_t REC_CHUNK = 64 * 1024
 # Room always kept free past an event's data: its time and type, the sequence carried from the
@@ -425,15 +424,13 @@ cdef void *_rec_writer_main(void *arg) noexcept nogil:
                 err = errno
                 break
             done += k
-        if err == 0:
-            j = r - 1
-            while j >= 0 and buf[j] != 10:
-                j -= 1
-            if j >= 0:
-                good = total + j + 1
-            total += r
-        else:
-            total += done
+        # The whole events in what did reach the file.
+        j = done - 1
+        while j >= 0 and buf[j] != 10:
+            j -= 1
+        if j >= 0:
+            good = total + j + 1
+        total += done
     close(w.src)
     if total != good and start >= 0:
         ftruncate(w.dst, start + good)
@@ -482,7 +479,9 @@ cdef class Pump:
     header its caller wrote: an ``"o"`` event for what reaches ``out_fd``, ``"r"`` for each
     change of the pty's size and, with ``record_input``, ``"i"`` for what is read from
     ``in_fd``; times count from the Pump's creation. The Pump writes through a thread of its
-    own onto a duplicate of ``record_fd``; `finish_recording` ends it.
+    own onto a duplicate of ``record_fd``; `finish_recording` ends it. When that thread has
+    taken nothing for ``record_stall_ms`` while events wait (a stuck disk), the recording is
+    given up and the relay goes on without it.
     """
 
     cdef int in_fd, out_fd, master_fd, wake_fd, child_fd, size_fd
@@ -498,7 +497,7 @@ cdef class Pump:
     # Recording: rec_fd is the pipe to the writer thread (-1 when not, or no longer, recording)
     cdef int rec_fd, rec_status, rec_err, rec_rows, rec_cols
     cdef bint rec_input, rec_on, rec_finished, rec_resize_pending
-    cdef long long rec_t0, rec_stall_at
+    cdef long long rec_t0, rec_stall_at, rec_stall_us
     cdef char *rbuf
     cdef size_t rhead, rtail
     cdef u8state u8out, u8in
@@ -506,10 +505,13 @@ cdef class Pump:
     def __cinit__(self, int in_fd, int out_fd, int master_fd, int wake_fd=-1, int child_fd=-1,
                   int size_fd=-1, *, bint winch=True, bint in_tty=False, int hold_ms=0,
                   Py_ssize_t bufsize=DEFAULT_BUFSIZE, int record_fd=-1,
-                  bint record_input=False):
+                  bint record_input=False, int record_stall_ms=REC_STALL_MS):
         self.rec_fd = self.rec_status = -1
         if bufsize < 1:
             raise ValueError("bufsize must be positive")
+        if record_stall_ms < 1:
+            raise ValueError("record_stall_ms must be positive")
+        self.rec_stall_us = <long long>record_stall_ms * 1000
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.master_fd = master_fd
@@ -829,7 +831,7 @@ cdef class Pump:
         cdef long long left
         if not self.rec_on or self.rtail == self.rhead or self.rec_stall_at == 0:
             return -1
-        left = self.rec_stall_at + C_REC_STALL_US - _now_us()
+        left = self.rec_stall_at + self.rec_stall_us - _now_us()
         if left <= 0:
             self._rec_stop(ETIMEDOUT)
             return -1

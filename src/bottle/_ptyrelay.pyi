@@ -36,6 +36,7 @@ class Pump:
         bufsize: int = ...,
         record_fd: int = -1,
         record_input: bool = False,
+        record_stall_ms: int = ...,
     ) -> None: ...
     def run(self) -> int:
         """Relay until an event needs Python; return it (RuntimeError if already running)."""

@@ -140,13 +140,12 @@ def _rec_writer_main(src: int, dst: int, status: int) -> None:
             try:
                 while done < len(data):
                     done += os.write(dst, view[done:])
-            except OSError:
+            finally:
+                # The whole events in what did reach the file.
+                last = data.rfind(b"\n", 0, done)
+                if last >= 0:
+                    good = total + last + 1
                 total += done
-                raise
-            last = data.rfind(b"\n")
-            if last >= 0:
-                good = total + last + 1
-            total += len(data)
     except OSError as exc:
         err = exc.errno or errno.EIO
     os.close(src)
@@ -229,7 +228,9 @@ class Pump:
     header its caller wrote: an ``"o"`` event for what reaches ``out_fd``, ``"r"`` for each
     change of the pty's size and, with ``record_input``, ``"i"`` for what is read from
     ``in_fd``; times count from the Pump's creation. The Pump writes through a thread of its
-    own onto a duplicate of ``record_fd``; `finish_recording` ends it.
+    own onto a duplicate of ``record_fd``; `finish_recording` ends it. When that thread has
+    taken nothing for ``record_stall_ms`` while events wait (a stuck disk), the recording is
+    given up and the relay goes on without it.
     """
 
     def __init__(
@@ -247,10 +248,14 @@ class Pump:
         bufsize: int = DEFAULT_BUFSIZE,
         record_fd: int = -1,
         record_input: bool = False,
+        record_stall_ms: int = REC_STALL_MS,
     ) -> None:
         self._rec_fd = self._rec_status = -1
         if bufsize < 1:
             raise ValueError("bufsize must be positive")
+        if record_stall_ms < 1:
+            raise ValueError("record_stall_ms must be positive")
+        self._rec_stall_us = record_stall_ms * 1000
         self._in_fd = in_fd
         self._out_fd = out_fd
         self._master_fd = master_fd
@@ -785,7 +790,7 @@ class Pump:
         """Poll timeout while events wait for the pipe (-1: none); gives up a stalled one."""
         if not self._rec_on or not self._rbuf or not self._rec_stall_at:
             return -1
-        left = self._rec_stall_at + REC_STALL_MS * 1000 - time.monotonic_ns() // 1000
+        left = self._rec_stall_at + self._rec_stall_us - time.monotonic_ns() // 1000
         if left <= 0:
             self._rec_stop(errno.ETIMEDOUT)
             return -1
