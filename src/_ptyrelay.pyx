@@ -310,77 +310,122 @@ cdef inline size_t _put_fffd(char *out) noexcept nogil:
     return 3
 
 
+# What each byte is to the encoder: U8_PLAIN copies as is; U8_ESCAPE needs a JSON escape;
+# 2, 3, 4: the lead byte of a sequence that long; U8_BAD: never valid (a continuation byte
+# alone, C0, C1, F5-FF).
+cdef enum:
+    U8_PLAIN = 0
+    U8_ESCAPE = 1
+    U8_BAD = 5
+cdef unsigned char U8_CLASS[256]
+for _b in range(256):
+    U8_CLASS[_b] = (
+        U8_ESCAPE if _b < 0x20 or _b == 0x22 or _b == 0x5C else
+        U8_PLAIN if _b < 0x80 else
+        2 if 0xC2 <= _b <= 0xDF else
+        3 if 0xE0 <= _b <= 0xEF else
+        4 if 0xF0 <= _b <= 0xF4 else
+        U8_BAD
+    )
+
+
+cdef inline bint _u8_next_ok(unsigned char lead, int pos, unsigned char b) noexcept nogil:
+    # Whether b may follow at position pos (1-3) of a sequence begun by lead (Table 3-7 of
+    # the Unicode standard: no overlongs, no surrogates, nothing past U+10FFFF).
+    if pos == 1:
+        if lead == 0xE0:
+            return 0xA0 <= b <= 0xBF
+        if lead == 0xED:
+            return 0x80 <= b <= 0x9F
+        if lead == 0xF0:
+            return 0x90 <= b <= 0xBF
+        if lead == 0xF4:
+            return 0x80 <= b <= 0x8F
+    return 0x80 <= b <= 0xBF
+
+
+cdef inline size_t _put_escape(unsigned char b, char *out) noexcept nogil:
+    out[0] = 0x5C
+    if b == 0x22 or b == 0x5C:
+        out[1] = b
+    elif b == 0x0A:
+        out[1] = 0x6E  # n
+    elif b == 0x0D:
+        out[1] = 0x72  # r
+    elif b == 0x09:
+        out[1] = 0x74  # t
+    elif b == 0x08:
+        out[1] = 0x62  # b
+    elif b == 0x0C:
+        out[1] = 0x66  # f
+    else:
+        out[1] = 0x75  # u
+        out[2] = 0x30
+        out[3] = 0x30
+        out[4] = HEX[b >> 4]
+        out[5] = HEX[b & 15]
+        return 6
+    return 2
+
+
 cdef size_t _json_utf8(u8state *st, const unsigned char *s, size_t n, char *out) noexcept nogil:
     # Appends s to out as the inside of a JSON string, at most 6 bytes per input byte (plus
     # the carried sequence); returns the bytes written. Invalid UTF-8 becomes U+FFFD, one per
     # maximal ill-formed subpart, exactly as Python's "replace" decoder (which asciinema's own
-    # recorder uses) does; escapes are json.dumps's (ensure_ascii=False).
-    cdef size_t i = 0, o = 0
-    cdef unsigned char b, lo, hi, lead
-    while i < n:
+    # recorder uses) does; escapes are json.dumps's (ensure_ascii=False). A sequence still
+    # open at the end is kept in st for the next call.
+    cdef size_t i = 0, o = 0, j, k, need
+    cdef unsigned char b, c
+    # A sequence carried from the previous call: complete it, or replace what it had.
+    while st.have and i < n:
         b = s[i]
-        if st.have:
-            lo = 0x80
-            hi = 0xBF
-            if st.have == 1:
-                lead = st.pend[0]
-                if lead == 0xE0:
-                    lo = 0xA0
-                elif lead == 0xED:  # no surrogates
-                    hi = 0x9F
-                elif lead == 0xF0:
-                    lo = 0x90
-                elif lead == 0xF4:  # nothing past U+10FFFF
-                    hi = 0x8F
-            if b < lo or b > hi:
-                o += _put_fffd(out + o)
-                st.have = 0
-                continue  # b starts afresh
-            st.pend[st.have] = b
-            st.have += 1
-            i += 1
-            if st.have == st.need:
-                memcpy(out + o, st.pend, st.need)
-                o += st.need
-                st.have = 0
-            continue
-        i += 1
-        if b >= 0x20 and b < 0x80:
-            if b == 0x22 or b == 0x5C:
-                out[o] = 0x5C
-                o += 1
-            out[o] = b
-            o += 1
-        elif b < 0x20:
-            out[o] = 0x5C
-            if b == 0x0A:
-                out[o + 1] = 0x6E  # n
-                o += 2
-            elif b == 0x0D:
-                out[o + 1] = 0x72  # r
-                o += 2
-            elif b == 0x09:
-                out[o + 1] = 0x74  # t
-                o += 2
-            elif b == 0x08:
-                out[o + 1] = 0x62  # b
-                o += 2
-            elif b == 0x0C:
-                out[o + 1] = 0x66  # f
-                o += 2
-            else:
-                out[o + 1] = 0x75  # u
-                out[o + 2] = 0x30
-                out[o + 3] = 0x30
-                out[o + 4] = HEX[b >> 4]
-                out[o + 5] = HEX[b & 15]
-                o += 6
-        elif b >= 0xC2 and b <= 0xF4:
-            st.pend[0] = b
-            st.have = 1
-            st.need = 2 if b < 0xE0 else (3 if b < 0xF0 else 4)
-        else:  # a continuation byte alone, C0, C1, F5-FF
+        if not _u8_next_ok(st.pend[0], st.have, b):
             o += _put_fffd(out + o)
+            st.have = 0
+            break  # b starts afresh below
+        st.pend[st.have] = b
+        st.have += 1
+        i += 1
+        if st.have == st.need:
+            memcpy(out + o, st.pend, st.need)
+            o += st.need
+            st.have = 0
+    while i < n:
+        c = U8_CLASS[s[i]]
+        if c == U8_PLAIN:
+            # Copied while scanned: runs are short in binary output, where a call per run
+            # would cost more than the bytes.
+            out[o] = s[i]
+            o += 1
+            i += 1
+            while i < n and U8_CLASS[s[i]] == U8_PLAIN:
+                out[o] = s[i]
+                o += 1
+                i += 1
+        elif c == U8_ESCAPE:
+            o += _put_escape(s[i], out + o)
+            i += 1
+        elif c == U8_BAD:
+            o += _put_fffd(out + o)
+            i += 1
+        else:
+            need = c
+            k = 1
+            while k < need and i + k < n and _u8_next_ok(s[i], <int>k, s[i + k]):
+                k += 1
+            if k == need:
+                for j in range(need):
+                    out[o + j] = s[i + j]
+                o += need
+                i += need
+            elif i + k == n:  # cut by the end of this read: carried to the next event
+                memcpy(st.pend, s + i, k)
+                st.have = <int>k
+                st.need = <int>need
+                break
+            else:  # the maximal ill-formed subpart is one U+FFFD; the next byte starts afresh
+                o += _put_fffd(out + o)
+                i += k
     return o
 
 
