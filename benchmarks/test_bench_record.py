@@ -46,7 +46,7 @@ def test_report_states_the_cost_of_recording() -> None:
         {"machine": bench.machine_info(), "settings": {"runs": 1}, "skipped": {},
          "results": results, "targets": targets, "recording": cost}
     )  # fmt: skip
-    assert "relay CPU, s/GiB: 4.50 recorded, 3.00 not, +1.50, 1.50x" in text
+    assert "relay CPU, s/GiB (random bytes): 4.50 recorded, 3.00 not, +1.50, 1.50x" in text
     assert bench.recording_cost({"native": results["native"]}) is None
 
 
@@ -61,4 +61,5 @@ def test_quick_run_of_native_and_recorded(
     assert rc == 0, text
     report = json.loads(out.read_text())
     assert report["recording"]["throughput_cpu_s_per_gib_with"] > 0
-    assert re.search(r"relay CPU, s/GiB: [\d.]+ recorded, [\d.]+ not", text), text
+    assert re.search(r"\(terminal text\): [\d.]+ recorded, [\d.]+ not", text), text
+    assert report["results"]["recorded"]["text_cpu_s_per_gib"] > 0

@@ -92,8 +92,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append("")
         lines.append("recording (issue 14; recorded = native with --record FILE.cast)")
         for key, label in (
-            ("throughput_cpu_s_per_gib", "relay CPU, s/GiB"),
-            ("many_cpu_s_per_gib", "16 sessions CPU, s/GiB"),
+            ("throughput_cpu_s_per_gib", "relay CPU, s/GiB (random bytes)"),
+            ("text_cpu_s_per_gib", "relay CPU, s/GiB (terminal text)"),
+            ("many_cpu_s_per_gib", "16 sessions CPU, s/GiB (random bytes)"),
         ):
             if f"{key}_with" in cost:
                 a, b = cost[f"{key}_with"], cost[f"{key}_without"]

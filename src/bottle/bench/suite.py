@@ -31,6 +31,8 @@ METRICS: list[tuple[str, str, str]] = [
     # key, label, format
     ("throughput_mib_s", "throughput, MiB/s", "{:.0f}"),
     ("throughput_cpu_s_per_gib", "relay CPU, s/GiB", "{:.2f}"),
+    ("text_mib_s", "text throughput, MiB/s", "{:.0f}"),
+    ("text_cpu_s_per_gib", "text relay CPU, s/GiB", "{:.2f}"),
     ("echo_p50_us", "echo p50, us", "{:.1f}"),
     ("echo_p99_us", "echo p99, us", "{:.1f}"),
     ("resize_p50_us", "resize p50, us", "{:.1f}"),
@@ -65,6 +67,15 @@ def _throughput_metrics(r: ThroughputResult) -> Metrics:
         "throughput_life_cpu_s": r.life_cpu_s,
         "throughput_wait4_cpu_s": r.wait4_cpu_s,
     }
+
+
+def _text(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
+    # Terminal text instead of random bytes: what a recording mostly encodes (random bytes are
+    # its worst case). Only for the copy loop with and without recording.
+    if relay.name not in ("native", "recorded"):
+        return {}
+    r = measure_throughput(relay, payloads.text(settings.stream_bytes))
+    return {"text_mib_s": r.mib_s, "text_cpu_s_per_gib": r.cpu_s_per_gib}
 
 
 def _echo(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
@@ -120,6 +131,7 @@ def _many(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
 
 MEASUREMENTS: list[tuple[str, Callable[[Relay, Settings, Payloads], Metrics]]] = [
     ("throughput", _throughput),
+    ("text", _text),
     ("echo", _echo),
     ("resize", _resize),
     ("idle", _idle),
@@ -297,13 +309,14 @@ def evaluate_targets(
 
 
 def recording_cost(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float] | None:
-    """What recording costs: relay CPU per GiB (one stream, and 16 sessions) with and without.
+    """What recording costs: relay CPU per GiB (random bytes and text, one stream; 16 sessions)
+    with and without.
 
     None unless both the "native" and the "recorded" relay (the same loop, copy mode) were
     measured.
     """
     out: dict[str, float] = {}
-    for key in ("throughput_cpu_s_per_gib", "many_cpu_s_per_gib", "throughput_mib_s"):
+    for key in ("throughput_cpu_s_per_gib", "text_cpu_s_per_gib", "many_cpu_s_per_gib"):
         without = _num(results.get("native", {}), key)
         with_ = _num(results.get("recorded", {}), key)
         if without is not None and with_ is not None:
