@@ -25,7 +25,7 @@ import pytest
 
 pytest.register_assert_rewrite("relay_harness")
 
-from relay_harness import PY, Session, wait_until  # noqa: E402
+from relay_harness import PY, RELAY_ARGV, Session, wait_until  # noqa: E402
 
 # The fixture ``impl`` comes from the harness.
 pytest_plugins = ("relay_harness",)
@@ -254,3 +254,24 @@ def test_written_as_the_session_goes(start: Start, tmp_path: Path) -> None:
     s.wait()
     assert asciinema_cat(cast) == b"first words\r\n"
     gate.touch()
+
+
+def test_a_failing_disk_ends_the_recording_with_a_warning(impl: str, tmp_path: Path) -> None:
+    # A file size limit (ulimit -f: 10 KiB) makes the recording's writes fail (EFBIG; Python
+    # ignores SIGXFSZ) part-way: the session goes on to its end, the relay says the recording
+    # is incomplete once the terminal is restored, and the file plays back whole events.
+    cast = tmp_path / "s.cast"
+    child = [PY, "-c", "import os\nfor i in range(2000): os.write(1, b'line %04d\\n' % i)"]
+    relay = [*RELAY_ARGV, "--record", str(cast), "--", *child]
+    s = Session([], impl=impl, tmp=tmp_path,
+                argv=["sh", "-c", 'ulimit -f 20; exec "$@"', "sh", *relay])  # fmt: skip
+    try:
+        assert s.wait() == 0, s.describe()
+        assert b"line 1999\r\n" in s.output()
+        assert f"the recording {cast} is incomplete (File too large)" in s.text(), s.describe()
+        assert 0 < cast.stat().st_size <= 20 * 512
+        load(cast)  # whole lines only
+        played = asciinema_cat(cast)
+        assert played and s.output().startswith(played)
+    finally:
+        s.close()
