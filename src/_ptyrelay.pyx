@@ -19,7 +19,7 @@ from posix.fcntl cimport F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, O_NONBLOCK, fcntl
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.types cimport off_t, pid_t, sigset_t
 from posix.unistd cimport (
-    SEEK_CUR, _exit, close, dup2, execve, fork, ftruncate, lseek, pipe, read, setsid, write,
+    SEEK_CUR, _exit, close, dup2, execve, fork, ftruncate, lseek, read, setsid, write,
 )
 from posix.wait cimport waitpid
 
