@@ -20,6 +20,7 @@ import tempfile
 import time
 
 from bottle import bench
+from bottle.bench._procfs import stat_fields
 
 EVENTS = [
     "raw_syscalls:sys_enter",
@@ -65,7 +66,7 @@ class Perf:
 
 def user_sys_ticks(pid: int) -> tuple[int, int]:
     """Return the process's user and system clock ticks so far."""
-    fields = bench._stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[11]), int(fields[12])
 
 

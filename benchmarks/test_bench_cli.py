@@ -37,7 +37,7 @@ def test_quick_run_prints_ratios_and_writes_json(
 
 def test_missing_peer_is_skipped_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
     """A peer that is not installed is left out and the report says why."""
-    monkeypatch.setattr(bench.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
     report = bench.run_bench(bench.SMOKE, ["script", "none"])
     assert list(report["results"]) == ["none"]
     assert "not installed" in report["skipped"]["script"]

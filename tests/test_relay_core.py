@@ -32,6 +32,8 @@ from typing import Any
 import pytest
 
 import bottle.relay as relay
+import bottle.relay._children as relay_children
+import bottle.relay._session as relay_session
 from bottle import _ptyrelay_py
 from bottle.relay import __main__ as relay_cli
 
@@ -649,7 +651,7 @@ def test_spawn_rejects_bad_arguments(core: ModuleType) -> None:
 @pytest.fixture
 def devnull(core: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """/dev/null for stdin; the front runs on the core under test (both twins)."""
-    monkeypatch.setattr(relay, "_core", core)
+    monkeypatch.setattr(relay_session, "core", core)
     fd = os.open(os.devnull, os.O_RDONLY)
     yield fd
     os.close(fd)
@@ -882,7 +884,7 @@ def test_resize_worker_one_in_flight_latest_wins(tmp_path: Path) -> None:
         f'echo "end $1 $2 $3" >> {log}\n'
     )
     words = ["sh", str(script), "{rows}", "{cols}", "{machine}"]
-    worker = relay._ResizeWorker(words, "vm 1", os.environ)
+    worker = relay_children.ResizeWorker(words, "vm 1", os.environ)
 
     def lines() -> list[str]:
         return log.read_text().splitlines() if log.exists() else []
@@ -907,9 +909,9 @@ def test_resize_worker_one_in_flight_latest_wins(tmp_path: Path) -> None:
 
 
 def test_exit_status_mapping() -> None:
-    assert relay._exit_status(3 << 8) == 3
-    assert relay._exit_status(signal.SIGKILL) == 137
-    assert relay._exit_status(signal.SIGSEGV | 0x80) == 128 + signal.SIGSEGV  # core dumped
+    assert relay_children.exit_status(3 << 8) == 3
+    assert relay_children.exit_status(signal.SIGKILL) == 137
+    assert relay_children.exit_status(signal.SIGSEGV | 0x80) == 128 + signal.SIGSEGV  # core dumped
 
 
 # ------------------------------------------------------------------------------ CLI and selection
@@ -1221,7 +1223,7 @@ def test_waiter_never_writes_into_a_reused_descriptor(
 
     monkeypatch.setattr(os, "write", slow_write)
     pid = os.posix_spawn("/bin/true", ["true"], os.environ)
-    child = relay._Child(pid, threaded=True)
+    child = relay_children.Child(pid, threaded=True)
     while child.poll() is None:  # the status is set before the byte is written
         time.sleep(0.001)
     child.end()

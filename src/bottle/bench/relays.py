@@ -1,0 +1,113 @@
+"""The relays under test and how each is started: bottle's loops, script(1), pty.spawn, none."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+RELAY_NAMES = ("native", "direct", "pure", "script", "pty.spawn", "none")
+
+PTY_SPAWN_RUNNER = (
+    "import os, pty, sys\n"
+    "code = os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:]))\n"
+    "sys.exit(code if code >= 0 else 128 - code)\n"
+)
+
+# The resize child blocks SIGWINCH and takes it with sigwait(), so its reaction is one syscall,
+
+
+@dataclass(frozen=True)
+class Relay:
+    """One way of putting a child on a terminal: a relay, a peer, or none at all."""
+
+    name: str
+    description: str
+    env: tuple[tuple[str, str], ...] = ()
+    # For bottle's own relay: which implementation must run, and the options it gets.
+    implementation: str | None = None
+    options: tuple[str, ...] = ()
+
+    def argv(self, child: Sequence[str]) -> list[str]:
+        """Return the argv that runs ``child`` through this relay."""
+        if self.implementation is not None:
+            return [sys.executable, "-m", "bottle.relay", *self.options, "--", *child]
+        if self.name == "script":
+            # script hands its command to $SHELL -c; exec keeps the same process tree depth.
+            return ["script", "-q", "-e", "-f", "-c", "exec " + shlex.join(child), "/dev/null"]
+        if self.name == "pty.spawn":
+            return [sys.executable, "-c", PTY_SPAWN_RUNNER, *child]
+        return list(child)
+
+    @property
+    def is_relay(self) -> bool:
+        """Whether a relay process sits between the child and the outer terminal."""
+        return self.name != "none"
+
+
+_NATIVE_ENV = (("BOTTLE_REQUIRE_EXTENSION", "1"),)
+
+RELAYS: dict[str, Relay] = {
+    "native": Relay("native", "bottle relay, native loop (copy mode)", _NATIVE_ENV, "native"),
+    "direct": Relay(
+        "direct",
+        "bottle relay, native loop, --output direct",
+        _NATIVE_ENV,
+        "native",
+        ("--output", "direct"),
+    ),
+    "pure": Relay(
+        "pure",
+        "bottle relay, pure-Python twin (copy mode)",
+        (("BOTTLE_NO_EXTENSIONS", "1"),),
+        "pure",
+    ),
+    "script": Relay("script", "util-linux script -q -e -f -c CMD /dev/null"),
+    "pty.spawn": Relay("pty.spawn", "Python's pty.spawn"),
+    "none": Relay("none", "no relay: the child straight on the outer terminal"),
+}
+
+
+def base_env(relay: Relay) -> dict[str, str]:
+    """Return the environment a relay runs with (the caller's, minus bottle's switches)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("BOTTLE_NO_EXTENSIONS", "BOTTLE_REQUIRE_EXTENSION")
+    }
+    env["SHELL"] = "/bin/sh"
+    env.update(relay.env)
+    return env
+
+
+def unavailable_reason(relay: Relay) -> str | None:
+    """Return why ``relay`` cannot run here, or None when it can."""
+    if relay.implementation is not None:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import bottle.relay as r; print(r.IMPLEMENTATION)"],
+            env=base_env(relay),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        got = probe.stdout.strip()
+        if probe.returncode != 0:
+            last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+            return f"bottle.relay does not import with {dict(relay.env)}: {last}"
+        if got != relay.implementation:
+            return f"bottle.relay runs the {got!r} implementation, not {relay.implementation!r}"
+        return None
+    if relay.name == "script":
+        exe = shutil.which("script")
+        if exe is None:
+            return "script(1) is not installed (util-linux/bsdutils)"
+        ver = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+        if "util-linux" not in ver.stdout + ver.stderr:
+            return f"{exe} is not util-linux script (needs -q -e -f -c)"
+        return None
+    return None

@@ -1,0 +1,74 @@
+"""How much to measure (`Settings`: FULL, QUICK, SMOKE) and the payloads streamed through."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+
+from bottle.bench._common import MIB
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes and counts of one run; presets below."""
+
+    stream_bytes: int
+    echo_trips: int
+    resize_trips: int
+    resize_burst: int
+    idle_seconds: float
+    startup_spawns: int
+    many_sessions: int
+    many_bytes: int
+    runs: int
+    stream_blocks: int = 8  # throughput takes turns between the relays in this many blocks
+
+
+FULL = Settings(64 * MIB, 5000, 1000, 300, 3.0, 20, 16, 8 * MIB, 3, 8)
+QUICK = Settings(16 * MIB, 1000, 200, 300, 1.0, 5, 16, 1 * MIB, 1, 4)
+SMOKE = Settings(1 * MIB, 50, 20, 50, 0.3, 1, 16, 128 * 1024, 1, 2)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A file of random bytes the producer child cats, with its digest."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+class Payloads:
+    """Random payload files in a scratch directory (tmpfs when there is one)."""
+
+    def __init__(self) -> None:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self._dir = tempfile.TemporaryDirectory(prefix="bottle-bench-", dir=base)
+        self._files: dict[int, Payload] = {}
+
+    def get(self, size: int) -> Payload:
+        """Return a payload of exactly ``size`` random bytes."""
+        if size not in self._files:
+            path = os.path.join(self._dir.name, f"payload-{size}")
+            digest = hashlib.sha256()
+            with open(path, "wb") as f:
+                left = size
+                while left:
+                    chunk = os.urandom(min(left, MIB))
+                    f.write(chunk)
+                    digest.update(chunk)
+                    left -= len(chunk)
+            self._files[size] = Payload(path, size, digest.hexdigest())
+        return self._files[size]
+
+    def close(self) -> None:
+        """Delete the payload files."""
+        self._dir.cleanup()
+
+    def __enter__(self) -> Payloads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
