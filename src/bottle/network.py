@@ -43,6 +43,7 @@ __all__ = [
     "plan",
     "registry_host",
     "registry_pull_hosts",
+    "split_allow_list",
 ]
 
 # src/agent/launcher.rs LaunchFeatures::allow_image_pull_egress, first in v1.3.5 (aa99522a).
@@ -73,7 +74,7 @@ class NetworkMode(str, enum.Enum):
         return format(str(self.value), spec)
 
     @classmethod
-    def parse(cls, value: NetworkMode | str | bool) -> NetworkMode:
+    def parse(cls, value: object) -> NetworkMode:
         """A mode from its name; `True` is `open` and `False` is `off` (the old boolean)."""
         if isinstance(value, NetworkMode):
             return value
@@ -202,6 +203,26 @@ def check_cidrs(cidrs: Iterable[str] | None, what: str = "allow_cidrs") -> tuple
     if isinstance(cidrs, str):
         raise InvalidInputError(f"{what} must be a list of CIDRs, not a string")
     return tuple(dict.fromkeys(check_cidr(c) for c in cidrs))
+
+
+def split_allow_list(entries: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Sort a mixed allow-list into (hosts, CIDRs): an address, or `ADDR/PREFIX`, is a CIDR
+    (so it adds no name to smolvm's DNS allow-list); anything else must be a host name."""
+    if isinstance(entries, str):
+        raise InvalidInputError("an allow-list must be a list of hosts and CIDRs, not a string")
+    hosts, cidrs = [], []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise InvalidInputError(
+                f"allow-list entries must be strings, not {type(entry).__name__}"
+            )
+        try:
+            ipaddress.ip_address(entry.partition("/")[0])
+        except ValueError:
+            hosts.append(entry)
+        else:
+            cidrs.append(entry)
+    return check_hosts(hosts), check_cidrs(cidrs)
 
 
 def registry_host(image: str) -> str:

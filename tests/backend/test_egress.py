@@ -126,6 +126,21 @@ def test_old_boolean_network_keeps_working() -> None:
     assert (spec.allow_hosts, spec.allow_cidrs) == (("github.com",), ("10.0.0.0/8",))
 
 
+def test_a_list_is_the_allow_list_itself() -> None:
+    spec = LaunchSpec("m1", network=["github.com", "10.0.0.0/8", "192.0.2.7", "2001:db8::/32"],
+                      allow_hosts=["pypi.org"])  # fmt: skip
+    assert spec.network is NetworkMode.ALLOW
+    assert spec.allow_hosts == ("pypi.org", "github.com")
+    # Addresses go to the CIDRs: as --allow-host they would turn on smolvm's DNS name filter.
+    assert spec.allow_cidrs == ("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32")
+    with pytest.raises(InvalidInputError, match="not a URL"):
+        LaunchSpec("m1", network=["https://github.com"])
+    with pytest.raises(InvalidInputError, match="invalid allowed CIDR"):
+        LaunchSpec("m1", network=["10.0.0.0/33"])
+    with pytest.raises(InvalidInputError, match="needs allow_hosts or allow_cidrs"):
+        LaunchSpec("m1", network=[])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
@@ -220,10 +235,16 @@ def test_user_additions_are_merged_after_the_providers(fake_smolvm: Any) -> None
 
 
 def test_allow_is_the_users_list_only(fake_smolvm: Any) -> None:
-    spec = LaunchSpec("m1", image=AGENT_IMAGE, network="allow", allow_hosts=["github.com"])
+    spec = LaunchSpec("m1", image=AGENT_IMAGE, network=NetworkMode.ALLOW,
+                      allow_hosts=["github.com"])  # fmt: skip
     with _backend().launch(spec):
         pass
     assert _flags(_create_call(fake_smolvm)) == ["--allow-host", "github.com"]
+    with _backend().launch(LaunchSpec("m2", image=AGENT_IMAGE, network=["github.com", "1.1.1.1"])):
+        pass
+    assert _flags(_create_call(fake_smolvm)) == [
+        "--allow-host", "github.com", "--allow-cidr", "1.1.1.1/32",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("network", "flags"), [("open", ["--net"]), (True, ["--net"]),

@@ -110,8 +110,10 @@ class LaunchSpec:
     `secret_env` values are never shown by `repr` and never placed on a command line.
     `network` is `"open"` (anything; also `True`), `"off"` (no network; also `False`),
     `"agent"` (only the agent provider's API hosts plus `allow_hosts` / `allow_cidrs`) or
-    `"allow"` (only `allow_hosts` / `allow_cidrs`). `None` (the default) is open for a registry
-    image (the pull needs it) and off otherwise; off with a registry image is refused.
+    `"allow"` (only `allow_hosts` / `allow_cidrs`); a list of hosts and CIDRs is `"allow"`
+    with those (addresses and `ADDR/PREFIX` go to `allow_cidrs`). `None` (the default) is
+    open for a registry image (the pull needs it) and off otherwise; off with a registry image
+    is refused.
     `allow_hosts` are DNS names or IP addresses (a name also allows its subdomains, every
     port); `allow_cidrs` are ranges like `10.0.0.0/8`. See `bottle.network`.
     """
@@ -128,7 +130,7 @@ class LaunchSpec:
     agent_command: str | None = None
     prompt_mode: str | None = None
     workdir: str | None = None
-    network: bool | str | None = None
+    network: bool | str | Sequence[str] | None = None
     agent_user: str = "node"
     terminal_title: str = ""
     terminal_color: str = ""
@@ -154,8 +156,16 @@ class LaunchSpec:
         # interprets them (before it starts anything).
 
     def _check_network(self) -> None:
-        object.__setattr__(self, "allow_hosts", net.check_hosts(self.allow_hosts))
-        object.__setattr__(self, "allow_cidrs", net.check_cidrs(self.allow_cidrs))
+        hosts = net.check_hosts(self.allow_hosts)
+        cidrs = net.check_cidrs(self.allow_cidrs)
+        if isinstance(self.network, (list, tuple)):
+            # network=[...]: the allow-list itself.
+            more_hosts, more_cidrs = net.split_allow_list(self.network)
+            hosts = net.check_hosts([*hosts, *more_hosts])
+            cidrs = net.check_cidrs([*cidrs, *more_cidrs])
+            object.__setattr__(self, "network", net.NetworkMode.ALLOW)
+        object.__setattr__(self, "allow_hosts", hosts)
+        object.__setattr__(self, "allow_cidrs", cidrs)
         if self.network is None:
             mode = None
         else:
@@ -175,6 +185,13 @@ class LaunchSpec:
             )
         # What 'agent' allows depends on the provider, and a registry image's pull on the
         # smolvm version: the backend completes the policy (bottle.network.plan).
+
+    @property
+    def network_mode(self) -> net.NetworkMode | None:
+        """`network` as a `NetworkMode` (None: chosen by the image, see above)."""
+        if self.network is None:
+            return None
+        return net.NetworkMode.parse(self.network)
 
     def __repr__(self) -> str:
         shown = []

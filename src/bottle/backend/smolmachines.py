@@ -721,10 +721,11 @@ class SmolmachinesBottleBackend(BottleBackend):
         provider = get_provider(spec.agent_provider)
         registry = spec.image is not None and sv.is_registry_image(spec.image)
         version = (0, 0, 0)
-        if registry and spec.network is not None and NetworkMode.parse(spec.network).restricted:
+        mode = spec.network_mode
+        if registry and mode is not None and mode.restricted:
             version = self.smolvm.version
         return plan(
-            spec.network,
+            mode,
             image=spec.image,
             registry=registry,
             provider_name=provider.name,
