@@ -258,7 +258,8 @@ def registry_pull_hosts(image: str) -> tuple[str, ...]:
 class NetworkPolicy:
     """The network a machine is created with: the mode and, for an allow-list, its entries.
 
-    `allow_hosts` and `allow_cidrs` are what goes on smolvm's command line. `pull_hosts` are
+    `allow_hosts` and `allow_cidrs` are what goes on smolvm's create command line (one
+    `--allow-host` / `--allow-cidr` each, `--net` only for `open`). `pull_hosts` are
     the image's registry hosts that smolvm itself lets the first boot reach (smolvm 1.3.5 and
     later); a bottle's machine boots once, so they stay reachable for the whole session.
     """
@@ -267,22 +268,6 @@ class NetworkPolicy:
     allow_hosts: tuple[str, ...] = ()
     allow_cidrs: tuple[str, ...] = ()
     pull_hosts: tuple[str, ...] = ()
-
-    @property
-    def outbound(self) -> bool:
-        """True when the machine has a network at all."""
-        return self.mode is not NetworkMode.OFF
-
-    def create_args(self) -> list[str]:
-        """The flags of `smolvm machine create` for this policy (an allow flag implies --net)."""
-        if self.mode is NetworkMode.OPEN:
-            return ["--net"]
-        args: list[str] = []
-        for host in self.allow_hosts:
-            args += ["--allow-host", host]
-        for cidr in self.allow_cidrs:
-            args += ["--allow-cidr", cidr]
-        return args
 
     def describe(self) -> str:
         """One line for logs and messages."""
