@@ -201,3 +201,15 @@ def test_an_open_machine_has_no_policy(fake_smolvm: FakeSmolvm) -> None:
     assert code == 0, err
     rec = fake_smolvm.machine("m")
     assert rec is not None and rec["egress"] is None
+
+
+@pytest.mark.parametrize("version", ["1.0.2", "1.6.0"])
+def test_every_faked_release_has_the_flags_and_texts(fake_smolvm: FakeSmolvm, version: str) -> None:
+    # --allow-cidr/--outbound-localhost-only are in v0.2.0, --allow-host since v0.5.0 (6ffaf836).
+    fake_smolvm.set_fault(VERSION=version)
+    code, _, err = _create(fake_smolvm, "--allow-host", "api.anthropic.com",
+                           "--allow-cidr", "10.0.0.0/8", "--outbound-localhost-only")
+    assert code == 0, err
+    code, _, err = _create(fake_smolvm, "--allow-host", "nope.invalid")
+    assert code == 1
+    assert err.startswith("Error: config operation failed: --allow-host: failed to resolve ")
