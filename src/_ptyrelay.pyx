@@ -66,6 +66,9 @@ cdef extern from *:
     #include <unistd.h>
     #if defined(__linux__)
     #include <sys/syscall.h>
+    #ifndef CLOSE_RANGE_CLOEXEC
+    #define CLOSE_RANGE_CLOEXEC (1U << 2)  /* linux/close_range.h, Linux 5.11 */
+    #endif
     #endif
     /* Between fork and exec: mark every descriptor from lowfd up close-on-exec, so the child
        inherits only its stdio. close_range(CLOSE_RANGE_CLOEXEC) on Linux >= 5.11, else a
@@ -73,7 +76,7 @@ cdef extern from *:
     static void bottle_cloexec_from(int lowfd, int maxfd) {
         int fd, flags;
     #if defined(__linux__) && defined(SYS_close_range)
-        if (syscall(SYS_close_range, (unsigned int)lowfd, ~0U, 4U) == 0)
+        if (syscall(SYS_close_range, (unsigned int)lowfd, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
             return;
     #endif
         for (fd = lowfd; fd < maxfd; fd++) {

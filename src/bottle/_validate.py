@@ -1,7 +1,10 @@
 """Input checks shared by the smolvm wrapper and the backends.
 
 Each check raises `InvalidInputError` (a `ValueError`) naming the problem, so bad input is
-refused before any process starts.
+refused before any process starts. Values are checked once, where they enter (the spec, the
+public constructors and methods, the CLI): a machine name, user name or guest path that passed
+comes back as `MachineName`, `UserName` or `GuestPath` (plain `str` subclasses), and a check
+handed one of those again returns it at once, so the layers below pass them on unchecked.
 """
 
 from __future__ import annotations
@@ -23,8 +26,28 @@ _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
 USER_NAME_MAX = 32
 
 
-def machine_name(name: str) -> str:
+class MachineName(str):
+    """A machine name that `machine_name` accepted."""
+
+    __slots__ = ()
+
+
+class UserName(str):
+    """A user name that `user_name` accepted."""
+
+    __slots__ = ()
+
+
+class GuestPath(str):
+    """A guest path that `guest_path` accepted."""
+
+    __slots__ = ()
+
+
+def machine_name(name: str) -> MachineName:
     """Check a machine name against smolvm's rules."""
+    if type(name) is MachineName:
+        return name
     if not isinstance(name, str):
         raise InvalidInputError(f"machine name must be a string, not {type(name).__name__}")
     problem = None
@@ -42,7 +65,7 @@ def machine_name(name: str) -> str:
         problem = "it ends with '-'"
     if problem:
         raise InvalidInputError(f"invalid machine name {name!r}: {problem}")
-    return name
+    return MachineName(name)
 
 
 def no_nul(value: str, what: str) -> str:
@@ -90,8 +113,10 @@ def env_mapping(env: Mapping[str, str] | None, what: str = "env") -> dict[str, s
     return out
 
 
-def user_name(name: str) -> str:
+def user_name(name: str) -> UserName:
     """Check a guest user name."""
+    if type(name) is UserName:
+        return name
     if (
         not isinstance(name, str)
         or len(name) > USER_NAME_MAX
@@ -101,17 +126,19 @@ def user_name(name: str) -> str:
             f"invalid user name {name!r}: use letters, digits, '_', '.', '-' "
             f"(not starting with '-' or a digit, at most {USER_NAME_MAX} characters)"
         )
-    return name
+    return UserName(name)
 
 
-def guest_path(path: str, what: str = "guest path") -> str:
+def guest_path(path: str, what: str = "guest path") -> GuestPath:
     """Check a guest path: absolute, no NUL, no '.' or '..' segments."""
+    if type(path) is GuestPath:
+        return path
     no_nul(path, what)
     if not path.startswith("/"):
         raise InvalidInputError(f"{what} {path!r} must be absolute (start with '/')")
     if any(seg in (".", "..") for seg in path.split("/")):
         raise InvalidInputError(f"{what} {path!r} must not contain '.' or '..' segments")
-    return path
+    return GuestPath(path)
 
 
 def host_file(path: str | os.PathLike[str], what: str = "host file") -> str:

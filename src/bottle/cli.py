@@ -207,23 +207,22 @@ def _secrets(names: Sequence[str]) -> dict[str, str]:
 
 
 def _agent_bottle(ns: argparse.Namespace) -> SmolmachinesBottle:
-    from bottle.agent_provider import get_provider
+    from bottle.backend import LaunchSpec
     from bottle.backend.smolmachines import SmolmachinesBottle
 
-    provider = get_provider(ns.provider)
-    return SmolmachinesBottle(
-        ns.name,
-        prompt_path=ns.prompt_path,
-        guest_env=dict(ns.env),
+    spec = LaunchSpec(
+        machine_name=ns.name,
+        env=dict(ns.env),
         secret_env=_secrets(ns.secret_env),
-        agent_command=ns.agent_command or provider.command,
-        agent_prompt_mode=ns.prompt_mode or provider.prompt_mode,
-        agent_provider_template=provider.name,
+        agent_provider=ns.provider,
+        agent_command=ns.agent_command,
+        prompt_mode=ns.prompt_mode,
+        workdir=ns.workdir,
+        agent_user=ns.user,
         terminal_title=ns.title,
         terminal_color=ns.color,
-        agent_workdir=ns.workdir,
-        agent_user=ns.user,
     )
+    return SmolmachinesBottle.from_spec(spec, prompt_path=ns.prompt_path)
 
 
 @contextmanager

@@ -11,10 +11,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from bottle.results import ExecResult
+from typing import Protocol
 
 __all__ = [
     "BottleClosedError",
@@ -162,10 +159,22 @@ class GuestUserError(BottleError):
         self.version = tuple(version)
 
 
-class GuestCommandError(BottleError):
-    """A command in the guest exited with a non-zero status."""
+class CommandOutcome(Protocol):
+    """What a finished guest command left: `bottle.results.ExecResult` is one. Described here,
+    not imported, so that this bottom module imports nothing of bottle's."""
 
-    def __init__(self, message: str, result: ExecResult) -> None:
+    @property
+    def returncode(self) -> int: ...
+    @property
+    def stdout(self) -> str: ...
+    @property
+    def stderr(self) -> str: ...
+
+
+class GuestCommandError(BottleError):
+    """A command in the guest exited with a non-zero status; `result` is its `ExecResult`."""
+
+    def __init__(self, message: str, result: CommandOutcome) -> None:
         super().__init__(message)
         self.result = result
 
@@ -173,6 +182,6 @@ class GuestCommandError(BottleError):
 class RetryExhaustedError(GuestCommandError):
     """Every attempt of a retried guest command ended with a retryable status."""
 
-    def __init__(self, message: str, results: Sequence[ExecResult]) -> None:
+    def __init__(self, message: str, results: Sequence[CommandOutcome]) -> None:
         super().__init__(message, results[-1])
         self.results = tuple(results)

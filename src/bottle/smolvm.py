@@ -1,8 +1,9 @@
 """The smolvm command line: argv builders, executable lookup, version check, error mapping.
 
-Facts come from shared/smolvm-cli.md (smolvm 1.0.2 and later): `exec --name` is long-only and
-its options must come before `--`; every other subcommand takes `-n NAME`; `delete` prompts
-unless given `-f`; `status` and `ls` have `--json`; `cp SRC NAME:DST` uploads.
+Facts come from smolvm's own command definitions (src/cli/machine.rs, 1.0.2 and later; the
+fake smolvm's tests/fake_smolvm/README.md lists each with its source): `exec --name` is
+long-only and its options must come before `--`; every other subcommand takes `-n NAME`;
+`delete` prompts unless given `-f`; `status` and `ls` have `--json`; `cp SRC NAME:DST` uploads.
 """
 
 from __future__ import annotations

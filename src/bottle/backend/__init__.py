@@ -39,6 +39,11 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "bottle.backends"
 BUILTIN_BACKEND = "smolmachines"
+# The built-in backend is loaded by reference, like any registered one (pyproject.toml declares
+# the same entry point): the contract never imports an implementation.
+_BUILTIN_ENTRY_POINT = metadata.EntryPoint(
+    BUILTIN_BACKEND, "bottle.backend.smolmachines:SmolmachinesBottleBackend", ENTRY_POINT_GROUP
+)
 
 
 class Bottle(abc.ABC):
@@ -138,17 +143,19 @@ class LaunchSpec:
     allow_cidrs: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        check.machine_name(self.machine_name)
+        # Checked here, once: what passes is kept in its checked form (see bottle._validate).
+        object.__setattr__(self, "machine_name", check.machine_name(self.machine_name))
         object.__setattr__(self, "env", _frozen_env(self.env, "env"))
         object.__setattr__(self, "secret_env", _frozen_env(self.secret_env, "secret_env"))
         if self.prompt_file is not None:
             object.__setattr__(self, "prompt_file", os.fspath(self.prompt_file))
             check.no_nul(self.prompt_file, "prompt file")
         if self.prompt_guest_path is not None:
-            check.guest_path(self.prompt_guest_path, "prompt guest path")
+            path = check.guest_path(self.prompt_guest_path, "prompt guest path")
+            object.__setattr__(self, "prompt_guest_path", path)
         if self.workdir is not None:
-            check.guest_path(self.workdir, "workdir")
-        check.user_name(self.agent_user)
+            object.__setattr__(self, "workdir", check.guest_path(self.workdir, "workdir"))
+        object.__setattr__(self, "agent_user", check.user_name(self.agent_user))
         if self.agent_command is not None:
             check.no_nul(self.agent_command, "agent command")
         self._check_network()
@@ -224,20 +231,16 @@ def available_backends() -> list[str]:
 
 def get_backend(name: str) -> BottleBackend:
     """Instantiate the backend registered under `name`."""
-    if name == BUILTIN_BACKEND:
-        from bottle.backend.smolmachines import SmolmachinesBottleBackend
-
-        return SmolmachinesBottleBackend()
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            factory = ep.load()
-            backend = factory()
-            if not isinstance(backend, BottleBackend):
-                raise UnknownBackendError(
-                    f"entry point {ep.value!r} for backend {name!r} did not produce a "
-                    "BottleBackend"
-                )
-            return backend
+    found = [_BUILTIN_ENTRY_POINT] if name == BUILTIN_BACKEND else []
+    found += [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    for ep in found[:1]:
+        factory = ep.load()
+        backend = factory()
+        if not isinstance(backend, BottleBackend):
+            raise UnknownBackendError(
+                f"entry point {ep.value!r} for backend {name!r} did not produce a BottleBackend"
+            )
+        return backend
     raise UnknownBackendError(
         f"unknown backend {name!r}; known backends: {', '.join(available_backends())}"
     )

@@ -1,6 +1,7 @@
 """The smolmachines backend: bottles that are smolvm machines.
 
-Who a guest command runs as is smolvm's choice, not ours (smolvm-cli.md §2 "User"): root on a
+Who a guest command runs as is smolvm's choice, not ours (its `machine exec` in
+src/cli/machine.rs, and the image user applied since commits 5bbffccf and 957bd755): root on a
 bare VM; the image's USER on an image machine (for `-i`/`-t` since smolvm 1.3.0, for captured
 exec since 1.6.0); no released smolvm can pick another. So a bottle learns once who its guest
 commands run as (`id`, run in the guest), runs directly when that is the wanted user, switches
@@ -151,9 +152,9 @@ class SmolmachinesBottle(Bottle):
         retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.machine_name = check.machine_name(machine_name)
-        if prompt_path is not None:
-            check.guest_path(prompt_path, "prompt path")
-        self.prompt_path = prompt_path
+        self.prompt_path = (
+            None if prompt_path is None else check.guest_path(prompt_path, "prompt path")
+        )
         self.guest_env = dict(check.env_mapping(guest_env, "guest_env"))
         _check_names(self.guest_env, "guest_env", host=False)
         secrets = check.env_mapping(secret_env, "secret_env")
@@ -180,6 +181,38 @@ class SmolmachinesBottle(Bottle):
         self._smolvm = smolvm if smolvm is not None else sv.Smolvm()
         self._guest_users: dict[bool, str] = {}
         self._ids: dict[str, tuple[int, int]] = {}
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: LaunchSpec,
+        *,
+        prompt_path: str | None = None,
+        smolvm: sv.Smolvm | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> SmolmachinesBottle:
+        """The bottle for the machine `spec` names: the one place a spec becomes a bottle.
+
+        `launch` uses it for the machine it created; `bottle agent` for one that exists.
+        `prompt_path` is the prompt's path in the guest (the spec's `prompt_file` is a host
+        path that only `launch` copies in); `spec.workdir` defaults to the agent user's home.
+        """
+        provider = get_provider(spec.agent_provider)
+        return cls(
+            spec.machine_name,
+            prompt_path=prompt_path,
+            guest_env=spec.env,
+            secret_env=spec.secret_env,
+            agent_command=spec.agent_command or provider.command,
+            agent_prompt_mode=spec.prompt_mode or provider.prompt_mode,
+            agent_provider_template=provider.name,
+            terminal_title=spec.terminal_title,
+            terminal_color=spec.terminal_color,
+            agent_workdir=spec.workdir,
+            agent_user=spec.agent_user,
+            smolvm=smolvm,
+            retry=retry,
+        )
 
     def __repr__(self) -> str:
         secrets = f", secret_env=<{len(self._secret_env)} hidden>" if self._secret_env else ""
@@ -636,7 +669,6 @@ class SmolmachinesBottleBackend(BottleBackend):
         step (creating, starting, provisioning) is logged and, when given, reported to
         `progress` as it begins, for every line smolvm prints meanwhile, and as it ends.
         """
-        provider = get_provider(spec.agent_provider)
         user = spec.agent_user
         home = home_for(user)
         if spec.image is None and user != "root":
@@ -660,20 +692,8 @@ class SmolmachinesBottleBackend(BottleBackend):
             allow_hosts=policy.allow_hosts,
             allow_cidrs=policy.allow_cidrs,
         )
-        bottle = SmolmachinesBottle(
-            spec.machine_name,
-            prompt_path=guest_prompt,
-            guest_env=spec.env,
-            secret_env=spec.secret_env,
-            agent_command=spec.agent_command or provider.command,
-            agent_prompt_mode=spec.prompt_mode or provider.prompt_mode,
-            agent_provider_template=provider.name,
-            terminal_title=spec.terminal_title,
-            terminal_color=spec.terminal_color,
-            agent_workdir=spec.workdir or home,
-            agent_user=user,
-            smolvm=self.smolvm,
-            retry=self.retry,
+        bottle = SmolmachinesBottle.from_spec(
+            spec, prompt_path=guest_prompt, smolvm=self.smolvm, retry=self.retry
         )
         name = spec.machine_name
         smolvm = self.smolvm
