@@ -89,8 +89,8 @@ class NetworkMode(str, enum.Enum):
                 pass
         valid = ", ".join(repr(m.value) for m in cls)
         raise InvalidInputError(
-            f"unknown network {value!r}; use {valid}, True (open), False (off) or None "
-            "(open for a registry image, off otherwise)"
+            f"unknown network {value!r}; use {valid}, True (open), False (off), a list of "
+            "allowed hosts and CIDRs, or None (open for a registry image, off otherwise)"
         )
 
     @property
