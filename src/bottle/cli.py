@@ -130,10 +130,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=_positive_int, help="virtual CPUs")
     p.add_argument("--memory", type=_positive_int, metavar="MIB", help="memory in MiB")
     p.add_argument(
+        "--network",
+        choices=["open", "off", "agent", "allow"],
+        help="what the machine may reach: anything, nothing, the agent provider's API hosts "
+        "(plus --allow-host/--allow-cidr), or only --allow-host/--allow-cidr (default: open "
+        "for a registry image, off for a local one)",
+    )
+    p.add_argument(
         "--net",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="networking (default: on for a registry image, off for a local one)",
+        help="same as --network open / --network off",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="with --network agent or allow: also allow this host and its subdomains, every "
+        "port (repeatable)",
+    )
+    p.add_argument(
+        "--allow-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="with --network agent or allow: also allow this address range, e.g. 10.0.0.0/8 "
+        "(repeatable)",
     )
     p.add_argument("--prompt-file", help="host file copied into the guest as the system prompt")
     _add_agent(p)
@@ -243,6 +266,21 @@ def _check_record(ns: argparse.Namespace) -> None:
     _validate.new_file(ns.record)
 
 
+def _network(ns: argparse.Namespace) -> bool | str | None:
+    if ns.net is not None and ns.network is not None:
+        raise InvalidInputError(
+            f"--{'' if ns.net else 'no-'}net and --network {ns.network} both choose the "
+            "network; give one"
+        )
+    if (ns.allow_host or ns.allow_cidr) and ns.network not in ("agent", "allow"):
+        raise InvalidInputError(
+            "--allow-host and --allow-cidr need --network agent (the agent provider's hosts "
+            "plus these) or --network allow (these only)"
+        )
+    network: bool | str | None = ns.network if ns.network is not None else ns.net
+    return network
+
+
 def _cmd_launch(ns: argparse.Namespace, agent_args: list[str]) -> int:
     from bottle.backend import LaunchSpec, get_backend
 
@@ -258,10 +296,12 @@ def _cmd_launch(ns: argparse.Namespace, agent_args: list[str]) -> int:
         agent_provider=ns.provider,
         agent_command=ns.agent_command,
         workdir=ns.workdir,
-        network=ns.net,
+        network=_network(ns),
         agent_user=ns.user,
         terminal_title=ns.title,
         terminal_color=ns.color,
+        allow_hosts=ns.allow_host,
+        allow_cidrs=ns.allow_cidr,
     )
     backend = get_backend(ns.backend)
     display = _ProgressDisplay(enabled=not ns.quiet and sys.stderr.isatty())

@@ -49,6 +49,7 @@ from bottle.errors import (
     SmolvmNotExecutableError,
     SmolvmNotFoundError,
 )
+from bottle.network import NetworkMode, NetworkPolicy, plan
 from bottle.results import AgentResult, ExecResult, Progress, exit_status
 
 __all__ = [
@@ -715,21 +716,13 @@ class SmolmachinesBottleBackend(BottleBackend):
         """
         user = spec.agent_user
         home = home_for(user)
-        registry = spec.image is not None and sv.is_registry_image(spec.image)
         if spec.image is None and user != "root":
             raise InvalidInputError(
                 f"a machine without an image is a bare VM whose only user is root, so the agent "
                 f"cannot run as {user!r}: give an image whose USER is {user!r} (or root, with "
                 f"{user!r} in it), or run the agent as root"
             )
-        if registry and spec.network is False:
-            raise InvalidInputError(
-                f"image {spec.image!r} is pulled from a registry, which needs the machine's "
-                "network, and networking is off. Turn it on, or supply the image locally: "
-                f"save it to an archive (`docker save {spec.image} -o image.tar`) and launch "
-                "with image='./image.tar'"
-            )
-        network = registry if spec.network is None else spec.network
+        policy = self.network_policy(spec)
         prompt_src = None
         guest_prompt = None
         if spec.prompt_file is not None:
@@ -740,7 +733,9 @@ class SmolmachinesBottleBackend(BottleBackend):
             image=spec.image,
             cpus=spec.cpus,
             memory_mib=spec.memory_mib,
-            network=network,
+            network=policy.mode is NetworkMode.OPEN,
+            allow_hosts=policy.allow_hosts,
+            allow_cidrs=policy.allow_cidrs,
         )
         bottle = SmolmachinesBottle.from_spec(
             spec, prompt_path=guest_prompt, smolvm=self.smolvm, retry=self.retry
@@ -753,6 +748,8 @@ class SmolmachinesBottleBackend(BottleBackend):
                 "existing ones alone (pick another name, or use the agent command)",
                 machine=name,
             )
+        if policy.mode.restricted:
+            log.info("machine %r: %s", name, policy.describe())
         with ExitStack() as stack:
             try:
                 with _step("creating", name, progress) as on_line:
@@ -775,6 +772,33 @@ class SmolmachinesBottleBackend(BottleBackend):
             with _step("provisioning", name, progress):
                 self._provision(bottle, prompt_src, guest_prompt)
             yield bottle
+
+    def network_policy(self, spec: LaunchSpec) -> NetworkPolicy:
+        """The network `launch` would create `spec`'s machine with (`bottle.network.plan`).
+
+        Asks smolvm for its version when the spec has an allow-list and a registry image
+        (the image pull's hosts depend on it).
+
+        Raises:
+            InvalidInputError: a combination that cannot work (off, or CIDRs only, with a
+                registry image; an allow-list with nothing in it).
+        """
+        provider = get_provider(spec.agent_provider)
+        registry = spec.image is not None and sv.is_registry_image(spec.image)
+        version = (0, 0, 0)
+        mode = spec.network_mode
+        if registry and mode is not None and mode.restricted:
+            version = self.smolvm.version
+        return plan(
+            mode,
+            image=spec.image,
+            registry=registry,
+            provider_name=provider.name,
+            provider_hosts=provider.egress_hosts,
+            allow_hosts=spec.allow_hosts,
+            allow_cidrs=spec.allow_cidrs,
+            smolvm_version=version,
+        )
 
     def _provision(
         self, bottle: SmolmachinesBottle, prompt_src: str | None, guest_prompt: str | None
