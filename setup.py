@@ -90,6 +90,10 @@ if not NO_EXTENSIONS:
             ["src/_ptyrelay.pyx"],
             define_macros=macros,
             py_limited_api=LIMITED_API,
+            # The recording's writer thread: pthread_create lives in libpthread before glibc
+            # 2.34 (manylinux_2_28 has 2.28), so link it rather than hope the interpreter did.
+            extra_compile_args=["-pthread"],
+            extra_link_args=["-pthread"],
         )
     )
     if LIMITED_API:

@@ -28,7 +28,7 @@ def require_relay(name: str) -> bench.Relay:
         return bench.RELAYS[name]
     if name == "script":
         pytest.skip(f"peer not installed: {reason}")
-    if name in ("native", "direct") and _reason("pure") is None:
+    if name in ("native", "recorded", "direct") and _reason("pure") is None:
         if os.environ.get("BOTTLE_REQUIRE_EXTENSION") == "1":
             pytest.fail(f"BOTTLE_REQUIRE_EXTENSION=1 but the native relay is missing: {reason}")
         pytest.skip(f"native extension not built: {reason}")
@@ -37,7 +37,7 @@ def require_relay(name: str) -> bench.Relay:
 
 @pytest.fixture(params=bench.RELAY_NAMES)
 def relay(request: pytest.FixtureRequest) -> bench.Relay:
-    """Each relay in turn: native (copy mode), direct, pure, script, pty.spawn, none."""
+    """Each relay in turn: native (copy mode), recorded, direct, pure, script, pty.spawn, none."""
     return require_relay(request.param)
 
 

@@ -10,6 +10,8 @@ EV_CHILD: int
 DEFAULT_BUFSIZE: int
 STAGES: tuple[str, ...]
 MAX_FD_SWEEP: int
+REC_BUFSIZE: int
+REC_STALL_MS: int
 
 def spawn(
     path: bytes, argv: Sequence[bytes], envp: Sequence[bytes], slave_fd: int, out_fd: int = -1
@@ -32,6 +34,9 @@ class Pump:
         in_tty: bool = False,
         hold_ms: int = 0,
         bufsize: int = ...,
+        record_fd: int = -1,
+        record_input: bool = False,
+        record_stall_ms: int = ...,
     ) -> None: ...
     def run(self) -> int:
         """Relay until an event needs Python; return it (RuntimeError if already running)."""
@@ -44,6 +49,8 @@ class Pump:
 
         Raises OSError when the pty refuses the size.
         """
+    def finish_recording(self, timeout_ms: int) -> int:
+        """End the recording; 0 when the file holds the whole session, else an errno."""
     @property
     def holding(self) -> bool:
         """Whether typed-ahead input is still being held back."""

@@ -65,6 +65,9 @@ class AgentProvider:
     read_prompt: tuple[str, ...] = (
         "Before anything else, read the instructions in the file {path} and follow them.",
     )
+    #: The hosts the agent needs to work: what `network="agent"` allows (a host also allows
+    #: its subdomains). Telemetry, error reporting and update checks are left out.
+    egress_hosts: tuple[str, ...] = ()
 
 
 PROVIDERS: Mapping[str, AgentProvider] = MappingProxyType(
@@ -74,6 +77,10 @@ PROVIDERS: Mapping[str, AgentProvider] = MappingProxyType(
             command="claude",
             prompt_mode=PromptMode.APPEND_FILE,
             append_flag="--append-system-prompt-file",
+            # The Messages API (also the OAuth profile and API-key calls of a claude.ai or
+            # Console login), and the OAuth token endpoint a login and its refresh use. The
+            # authorize page opens in the user's browser, on the host.
+            egress_hosts=("api.anthropic.com", "platform.claude.com"),
         ),
         # codex takes an initial prompt as its positional argument and has no flag that
         # appends a file to the system prompt, so it is asked to read the file.
@@ -81,6 +88,9 @@ PROVIDERS: Mapping[str, AgentProvider] = MappingProxyType(
             name="codex",
             command="codex",
             prompt_mode=PromptMode.READ_PROMPT_FILE,
+            # The API (an API key), the OAuth issuer that signs in and refreshes a ChatGPT
+            # login, and the ChatGPT backend a ChatGPT-plan session talks to.
+            egress_hosts=("api.openai.com", "auth.openai.com", "chatgpt.com"),
         ),
     }
 )

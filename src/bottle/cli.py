@@ -87,6 +87,17 @@ def _add_agent(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title", default="", help="terminal title for the session")
     p.add_argument("--color", default="", help="terminal background colour (#rgb, #rrggbb, name)")
     p.add_argument("--no-tty", action="store_true", help="run without a terminal (no relay)")
+    p.add_argument(
+        "--record",
+        metavar="FILE.cast",
+        help="record the session into a new file (asciicast v2, mode 0600; "
+        "play it with `asciinema play FILE.cast`)",
+    )
+    p.add_argument(
+        "--record-input",
+        action="store_true",
+        help="record typed input too (off by default: typed secrets would land in the file)",
+    )
     _add_env(p)
 
 
@@ -119,10 +130,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=_positive_int, help="virtual CPUs")
     p.add_argument("--memory", type=_positive_int, metavar="MIB", help="memory in MiB")
     p.add_argument(
+        "--network",
+        choices=["open", "off", "agent", "allow"],
+        help="what the machine may reach: anything, nothing, the agent provider's API hosts "
+        "(plus --allow-host/--allow-cidr), or only --allow-host/--allow-cidr (default: open "
+        "for a registry image, off for a local one)",
+    )
+    p.add_argument(
         "--net",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="networking (default: on for a registry image, off for a local one)",
+        help="same as --network open / --network off",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="with --network agent or allow: also allow this host and its subdomains, every "
+        "port (repeatable)",
+    )
+    p.add_argument(
+        "--allow-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="with --network agent or allow: also allow this address range, e.g. 10.0.0.0/8 "
+        "(repeatable)",
     )
     p.add_argument("--prompt-file", help="host file copied into the guest as the system prompt")
     _add_agent(p)
@@ -219,9 +253,38 @@ def _teardown_on_signals() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _check_record(ns: argparse.Namespace) -> None:
+    """Refuse a recording that cannot work before any machine is touched."""
+    if ns.record is None:
+        if ns.record_input:
+            raise InvalidInputError("--record-input needs --record FILE.cast")
+        return
+    if ns.no_tty:
+        raise InvalidInputError("--record needs a terminal session (drop --no-tty)")
+    from bottle import _validate
+
+    _validate.new_file(ns.record)
+
+
+def _network(ns: argparse.Namespace) -> bool | str | None:
+    if ns.net is not None and ns.network is not None:
+        raise InvalidInputError(
+            f"--{'' if ns.net else 'no-'}net and --network {ns.network} both choose the "
+            "network; give one"
+        )
+    if (ns.allow_host or ns.allow_cidr) and ns.network not in ("agent", "allow"):
+        raise InvalidInputError(
+            "--allow-host and --allow-cidr need --network agent (the agent provider's hosts "
+            "plus these) or --network allow (these only)"
+        )
+    network: bool | str | None = ns.network if ns.network is not None else ns.net
+    return network
+
+
 def _cmd_launch(ns: argparse.Namespace, agent_args: list[str]) -> int:
     from bottle.backend import LaunchSpec, get_backend
 
+    _check_record(ns)
     spec = LaunchSpec(
         machine_name=ns.name,
         image=ns.image,
@@ -233,16 +296,25 @@ def _cmd_launch(ns: argparse.Namespace, agent_args: list[str]) -> int:
         agent_provider=ns.provider,
         agent_command=ns.agent_command,
         workdir=ns.workdir,
-        network=ns.net,
+        network=_network(ns),
         agent_user=ns.user,
         terminal_title=ns.title,
         terminal_color=ns.color,
+        allow_hosts=ns.allow_host,
+        allow_cidrs=ns.allow_cidr,
     )
     backend = get_backend(ns.backend)
     display = _ProgressDisplay(enabled=not ns.quiet and sys.stderr.isatty())
     with _teardown_on_signals(), display, _launch(backend, spec, display) as bottle:
         display.close()  # the session owns the terminal from here
-        return bottle.run_agent(agent_args, tty=not ns.no_tty).check().returncode
+        return _run_agent(bottle, ns, agent_args)
+
+
+def _run_agent(bottle: Bottle, ns: argparse.Namespace, agent_args: list[str]) -> int:
+    result = bottle.run_agent(
+        agent_args, tty=not ns.no_tty, record=ns.record, record_input=ns.record_input
+    )
+    return result.check().returncode
 
 
 def _launch(
@@ -319,8 +391,9 @@ class _ProgressDisplay:
 
 
 def _cmd_agent(ns: argparse.Namespace, agent_args: list[str]) -> int:
+    _check_record(ns)
     with _agent_bottle(ns) as bottle:
-        return bottle.run_agent(agent_args, tty=not ns.no_tty).check().returncode
+        return _run_agent(bottle, ns, agent_args)
 
 
 def _cmd_exec(ns: argparse.Namespace) -> int:

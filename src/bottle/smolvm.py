@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bottle import _validate as check
+from bottle import network as net
 from bottle.errors import (
     ConnectionLostError,
     InvalidInputError,
@@ -109,8 +110,15 @@ def create_args(
     cpus: int | None = None,
     memory_mib: int | None = None,
     network: bool = False,
+    allow_hosts: Sequence[str] = (),
+    allow_cidrs: Sequence[str] = (),
 ) -> list[str]:
-    """Arguments of `smolvm machine create`."""
+    """Arguments of `smolvm machine create`.
+
+    `network` is `--net` (anything reachable). `allow_hosts` / `allow_cidrs` are
+    `--allow-host` / `--allow-cidr`, one per entry: they imply `--net` and limit it to those
+    (smolvm resolves each host at create; see `bottle.network`), even alongside `--net`.
+    """
     check.machine_name(name)
     args = ["machine", "create", "-n", name]
     if image is not None:
@@ -124,6 +132,10 @@ def create_args(
         args += ["--mem", str(memory_mib)]
     if network:
         args.append("--net")
+    for host in net.check_hosts(allow_hosts):
+        args += ["--allow-host", host]
+    for cidr in net.check_cidrs(allow_cidrs):
+        args += ["--allow-cidr", cidr]
     return args
 
 
@@ -697,11 +709,22 @@ class Smolvm:
         cpus: int | None = None,
         memory_mib: int | None = None,
         network: bool = False,
+        allow_hosts: Sequence[str] = (),
+        allow_cidrs: Sequence[str] = (),
         on_line: Callable[[str], None] | None = None,
     ) -> None:
         """Create a machine (raises `MachineExistsError` if the name is taken)."""
+        args = create_args(
+            name,
+            image=image,
+            cpus=cpus,
+            memory_mib=memory_mib,
+            network=network,
+            allow_hosts=allow_hosts,
+            allow_cidrs=allow_cidrs,
+        )
         self.run(
-            create_args(name, image=image, cpus=cpus, memory_mib=memory_mib, network=network),
+            args,
             machine=name,
             timeout=self.timeouts.create,
             on_line=on_line,

@@ -325,6 +325,36 @@ def image_arg(text: str) -> str:
     return text
 
 
+def _rust_ip(text: str) -> Any:
+    """std::net::IpAddr's FromStr: dotted quad without leading zeros, or IPv6 without a zone."""
+    import ipaddress  # only here: imports are paid by every invocation
+
+    if "%" in text:
+        raise ValueError(text)
+    return ipaddress.ip_address(text)
+
+
+def cidr(text: str) -> str:
+    # src/smolfile.rs parse_cidr (re-exported by src/cli/parsers.rs): `IpNet` (`ADDR/LEN`, LEN
+    # decimal and within the address width), else a bare `IpAddr` (full-length prefix); the
+    # result is ipnet's Display, which keeps host bits (10.1.2.3/8 stays so).
+    addr, slash, prefix = text.partition("/")
+    try:
+        ip = _rust_ip(addr)
+        if slash:
+            if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 3):
+                raise ValueError(text)
+            bits = int(prefix)
+            if bits > ip.max_prefixlen:
+                raise ValueError(text)
+        else:
+            bits = ip.max_prefixlen
+    except ValueError:
+        raise ValueError(
+            f"invalid CIDR '{text}': expected format like 10.0.0.0/8 or 1.1.1.1") from None
+    return f"{ip}/{bits}"
+
+
 # humantime::parse_duration (src/cli/parsers.rs parse_duration wraps it and rejects zero).
 _DURATION_UNITS = {
     "nanos": 1e-9, "nsec": 1e-9, "ns": 1e-9,
@@ -574,6 +604,186 @@ def resolve_image(image: str) -> tuple[str, bool]:
     return f"local:{h.hexdigest()}", True
 
 
+# --------------------------------------------------------------------------- egress
+
+RESOLVE_TIMEOUT_S = 10  # src/smolfile.rs resolve_host_to_cidrs: recv_timeout(10 s)
+
+
+def load_hosts_table() -> dict[str, list[str] | None]:
+    """FAKE_SMOLVM_HOSTS: {"name": ["ip", …] | null}; null fails like an unknown name."""
+    path = env_flag("FAKE_SMOLVM_HOSTS")
+    if path is None:
+        return {}
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FakeSetupError(f"FAKE_SMOLVM_HOSTS={path}: {e}") from None
+    ok = isinstance(table, dict) and all(
+        v is None or (isinstance(v, list) and all(isinstance(ip, str) for ip in v))
+        for v in table.values())
+    if not ok:
+        raise FakeSetupError(f'FAKE_SMOLVM_HOSTS={path}: expected {{"name": ["ip", ...] | null}}')
+    return {k.lower().rstrip("."): v for k, v in table.items()}
+
+
+def _system_resolve(host: str) -> list[str]:
+    """`format!("{host}:0").to_socket_addrs()` (getaddrinfo, SOCK_STREAM) in a thread, given
+    RESOLVE_TIMEOUT_S as smolvm gives it."""
+    import socket
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["addrs"] = [ai[4][0] for ai in socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)]
+        except OSError as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(RESOLVE_TIMEOUT_S)
+    if t.is_alive():
+        raise ValueError(
+            f"DNS resolution for '{host}' timed out after {RESOLVE_TIMEOUT_S} seconds")
+    if "error" in box:
+        e = box["error"]
+        # Rust's LookupHost error: "failed to lookup address information: <gai_strerror>".
+        detail = e.strerror if isinstance(e, socket.gaierror) else os_error_text(e)
+        raise ValueError(
+            f"failed to resolve '{host}': failed to lookup address information: {detail}")
+    return [a.split("%", 1)[0] for a in box["addrs"]]
+
+
+def resolve_host_to_cidrs(host: str) -> list[str]:
+    """src/smolfile.rs resolve_host_to_cidrs; ValueError(reason) on failure."""
+    try:
+        ip = _rust_ip(host)
+    except ValueError:
+        pass
+    else:
+        return [f"{ip}/{ip.max_prefixlen}"]
+    if ":" in host:
+        raise ValueError(
+            f"invalid hostname '{host}': port suffixes are not supported. Use the hostname only "
+            "(all ports are allowed to resolved IPs).")
+    table = load_hosts_table()
+    key = host.lower().rstrip(".")
+    if key in table:
+        addrs = table[key]
+        if addrs is None:
+            # glibc's gai_strerror(EAI_NONAME)
+            raise ValueError(f"failed to resolve '{host}': failed to lookup address "
+                             "information: Name or service not known")
+    else:
+        addrs = _system_resolve(host)
+    if not addrs:
+        raise ValueError(f"'{host}' resolved to no addresses")
+    out_cidrs = []
+    for a in addrs:
+        ip = _rust_ip(a)
+        out_cidrs.append(f"{ip}/{ip.max_prefixlen}")
+    return out_cidrs
+
+
+def resolve_egress_flags(a: dict[str, Any]) -> tuple[list[str], bool, list[str] | None]:
+    """src/cli/machine.rs resolve_egress_flags: (allowed CIDRs, net, DNS filter hosts). A name
+    that does not resolve fails the create: `config operation failed: --allow-host: …`."""
+    allow_cidr = list(a["allow_cidr"])
+    for host in a["allow_host"]:
+        try:
+            allow_cidr += resolve_host_to_cidrs(host)
+        except ValueError as e:
+            raise config_err("--allow-host", str(e)) from None
+    if a["outbound_localhost_only"]:
+        allow_cidr += ["127.0.0.0/8", "::1/128"]
+    net = bool(a["net"] or allow_cidr)
+    return allow_cidr, net, (list(a["allow_host"]) or None)
+
+
+def extract_registry(image: str) -> str:
+    # src/registry.rs extract_registry
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first):
+        return first
+    return "docker.io"
+
+
+def registry_pull_hosts(image: str) -> list[str]:
+    # src/registry.rs registry_pull_hosts (the port of "host:5000" stays, as in smolvm)
+    host = extract_registry(image)
+    if host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+        return ["docker.io", "docker.com"]
+    if host.endswith("smolmachines.com"):
+        return ["smolmachines.com"]
+    return [host]
+
+
+def hostname_allowed(name: str, allowed: list[str]) -> bool:
+    # crates/smolvm-network/src/dns.rs hostname_allowed/normalize_hostname: exact or subdomain
+    name = name.rstrip(".").lower()
+    norm = [h.rstrip(".").lower() for h in allowed if h.rstrip(".")]
+    return any(name == h or name.endswith("." + h) for h in norm)
+
+
+def launch_egress(rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The egress policy `start` boots the machine with, or None when unrestricted.
+
+    src/cli/vm_common.rs start_vm_named_with_db: the stored names are resolved again (a
+    failure only warns) and added to the stored CIDRs; on a first boot that pulls a registry
+    image the registry's hosts join the DNS allow-list (LaunchFeatures::allow_image_pull_egress,
+    src/agent/launcher.rs, since 1.3.5) — for this boot only, the record keeps the user's list.
+    """
+    hosts = rec.get("dns_filter_hosts")
+    cidrs = rec.get("allowed_cidrs")
+    if not cidrs and not hosts:
+        return None
+    enforced = list(cidrs or [])
+    for host in hosts or []:
+        try:
+            enforced += resolve_host_to_cidrs(host)
+        except ValueError as e:
+            err(f"Warning: could not resolve '{host}' for egress policy: {e}")
+    dns = list(hosts) if hosts else None
+    pulls = (rec.get("image") and not rec.get("image_local") and not rec.get("init_completed"))
+    if since(1, 3, 5) and dns and pulls:
+        for host in registry_pull_hosts(rec["image"]):
+            if not any(h.lower() == host.lower() for h in dns):
+                dns.append(host)
+    return {"cidrs": enforced, "hosts": dns}
+
+
+def pull_blocked(image: str, egress: dict[str, Any] | None) -> str | None:
+    """Why the guest's pull cannot reach the registry under `egress` (crane's text is
+    illustrative), or None. With an allow-list of names, only allowed names resolve in the
+    guest; with CIDRs only, the registry's addresses (from FAKE_SMOLVM_HOSTS only: no real
+    DNS) must be inside one."""
+    if egress is None:
+        return None
+    host = extract_registry(image)
+    endpoint = "index.docker.io" if host == "docker.io" else host
+    name = endpoint.rsplit(":", 1)[0] if endpoint.count(":") == 1 else endpoint
+    fetching = f'Error: fetching manifest {image}: Get "https://{endpoint}/v2/": dial tcp: '
+    if egress["hosts"] is not None:
+        if hostname_allowed(name, egress["hosts"]):
+            return None
+        return f"{fetching}lookup {name}: no such host"
+    import ipaddress
+
+    addrs = load_hosts_table().get(name.lower()) or []
+    nets = []
+    for c in egress["cidrs"]:
+        with contextlib.suppress(ValueError):
+            nets.append(ipaddress.ip_network(c, strict=False))
+    for a in addrs:
+        ip = ipaddress.ip_address(a)
+        if any(ip.version == n.version and ip in n for n in nets):
+            return None
+    first = addrs[0] if addrs else "0.0.0.0"
+    return f"{fetching}connect {first}:443: connection refused"
+
+
 def has_network(rec: dict[str, Any]) -> bool:
     # src/network/launch.rs plan_launch_network: --net, a published port, an egress policy or a
     # named network all give the machine a network (--dns and --allow-* imply --net at create).
@@ -604,7 +814,7 @@ CREATE = Spec(
         Opt("net-backend", None, "NET_BACKEND", parse=net_backend),
         Opt("dns", None, "IP", parse=ipv4, since=(1, 2, 5)),
         Opt("network", None, "NAME", since=(1, 8, 3)),
-        Opt("allow-cidr", None, "CIDR", multiple=True),
+        Opt("allow-cidr", None, "CIDR", multiple=True, parse=cidr),
         Opt("allow-host", None, "HOSTNAME", multiple=True),
         Opt("outbound-localhost-only"),
         Opt("gpu"),
@@ -787,10 +997,8 @@ def cmd_create(store: Store, a: dict[str, Any]) -> int:
         err(f"note: {', '.join(stray)} came after `--`, so "
             f"{'it was' if len(stray) == 1 else 'they were'} passed to the workload and did not "
             "configure the machine. Machine options go before `--`.")
-    allow_cidr = list(a["allow_cidr"])
-    if a["outbound_localhost_only"]:
-        allow_cidr += ["127.0.0.0/8", "::1/128"]
-    net = bool(a["net"] or allow_cidr or a["allow_host"] or a.get("dns"))
+    allow_cidr, net, dns_filter_hosts = resolve_egress_flags(a)
+    net = net or bool(a.get("dns"))
     name = a["name"] or f"vm-{os.urandom(4).hex()}"
     image = image_local = None
     if a["image"] is not None:
@@ -837,6 +1045,7 @@ def cmd_create(store: Store, a: dict[str, Any]) -> int:
         "ports": a["port"],
         "network": net,
         "allowed_cidrs": allow_cidr,
+        "dns_filter_hosts": dns_filter_hosts,
         "network_name": a.get("network"),
         "init": a["init"],
         "env": parse_env_list(a["env"]),
@@ -879,7 +1088,9 @@ def cmd_create(store: Store, a: dict[str, Any]) -> int:
     return 0
 
 
-def pull_image(image: str, key: str, rec: dict[str, Any]) -> dict[str, Any]:
+def pull_image(
+    image: str, key: str, rec: dict[str, Any], egress: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """src/cli/mod.rs pull_with_progress around the guest's crane pull (crates/smolvm-agent/src/
     storage.rs pull_image_with_progress_and_auth): progress on stderr, the image's config back."""
     sys.stderr.write(f"Pulling image {image}...")
@@ -893,6 +1104,8 @@ def pull_image(image: str, key: str, rec: dict[str, Any]) -> dict[str, Any]:
             '"https://index.docker.io/v2/": dial tcp: lookup index.docker.io on 1.1.1.1:53: '
             "dial udp 1.1.1.1:53: connect: network is unreachable\n"
         )
+    elif (blocked := pull_blocked(image, egress)) is not None:
+        failure = f"crane manifest failed: {blocked}\n"
     elif conf is None:
         failure = (
             f"crane manifest failed: Error: fetching manifest {image}: GET "
@@ -932,6 +1145,7 @@ def cmd_start(store: Store, a: dict[str, Any]) -> int:
         if rec["state"] == "running":
             out(f"Machine '{name}' already running (PID: {rec['pid']})")
             return 0
+    egress = launch_egress(rec)
     mounts = f" with {len(rec['volumes'])} mount(s)" if rec.get("volumes") else ""
     ports = f" and {len(rec['ports'])} port mapping(s)" if rec.get("ports") else ""
     err(f"Starting machine '{name}'{mounts}{ports}...")
@@ -945,7 +1159,9 @@ def cmd_start(store: Store, a: dict[str, Any]) -> int:
             else "agent operation failed: start machine: agent operation failed: wait for ready: "
             "agent did not become ready within 30 seconds"
         )
-    fields: dict[str, Any] = {}
+    # Not smolvm's: the policy this boot enforces, kept for tests (smolvm holds it in the VM
+    # process; `status --json` shows only `network`).
+    fields: dict[str, Any] = {"egress": egress}
     if rec.get("image") and not rec.get("init_completed"):
         if rec.get("image_local"):
             # A local archive or rootfs dir is mounted in, not pulled; its config comes with it.
@@ -953,7 +1169,7 @@ def cmd_start(store: Store, a: dict[str, Any]) -> int:
         else:
             err(f"Pulling {rec['image']}...")
             fields["image_config"] = pull_image(rec["image"], rec.get("image_key") or
-                                                rec["image"], rec)
+                                                rec["image"], rec, egress)
         fields["init_completed"] = True
     pid = os.getpid()
     out(f"Machine '{name}' running (PID: {pid})")

@@ -69,6 +69,17 @@ class FakeSmolvm:
             path.write_text(json.dumps(table, indent=1, sort_keys=True))
         self._mp.setenv("FAKE_SMOLVM_IMAGES", str(path))
 
+    def add_host(self, name: str, *addresses: str) -> None:
+        """Put `name` in the fake's host table ($FAKE_SMOLVM_HOSTS): it resolves to `addresses`,
+        or, given none, fails to resolve like an unknown name. Names not in the table go to this
+        host's resolver, as smolvm's do."""
+        path = self.state_dir / "hosts.json"
+        with self._locked():
+            table = json.loads(path.read_text()) if path.exists() else {}
+            table[name] = list(addresses) or None
+            path.write_text(json.dumps(table, indent=1, sort_keys=True))
+        self._mp.setenv("FAKE_SMOLVM_HOSTS", str(path))
+
     def create(
         self, name: str, *, running: bool = True, image: str | None = None, **fields: Any
     ) -> dict[str, Any]:

@@ -19,8 +19,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 LAYERS: list[tuple[str, ...]] = [
     # Exceptions, and the package itself (a version string and a platform check).
     ("bottle", "bottle.errors"),
-    # Input checks and the small result types, built on the exceptions only.
-    ("bottle._validate", "bottle.results"),
+    # Input checks and the small result types, built on the exceptions only; the network
+    # policy (checks of allowed hosts and CIDRs) is one of them.
+    ("bottle._validate", "bottle.results", "bottle.network"),
     # The tools the backend uses: the relay (both copy loops and the front), the smolvm CLI
     # wrapper, and the agent provider table.
     (

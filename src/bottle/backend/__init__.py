@@ -18,7 +18,8 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING
 
 from bottle import _validate as check
-from bottle.errors import BottleClosedError, UnknownBackendError
+from bottle import network as net
+from bottle.errors import BottleClosedError, InvalidInputError, UnknownBackendError
 from bottle.results import AgentResult, ExecResult, Progress
 
 if TYPE_CHECKING:
@@ -54,11 +55,21 @@ class Bottle(abc.ABC):
     def exec_agent(self, argv: Sequence[str], *, tty: bool = True) -> int:
         """Run the agent with `argv`, interactively when `tty`; return its exit status."""
 
-    def run_agent(self, argv: Sequence[str], *, tty: bool = True) -> AgentResult:
+    def run_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | None = None,
+        record_input: bool = False,
+    ) -> AgentResult:
         """Like `exec_agent`, but the outcome's `check()` raises what went wrong around it.
 
-        Backends that learn more than a status override this; the default knows the status.
+        Backends that learn more than a status override this; the default knows the status
+        and cannot record (``record`` is refused with `InvalidInputError`).
         """
+        if record is not None or record_input:
+            raise InvalidInputError(f"the {type(self).__name__} backend cannot record sessions")
         return AgentResult(self.exec_agent(argv, tty=tty))
 
     @abc.abstractmethod
@@ -112,8 +123,14 @@ class LaunchSpec:
     `agent_user`; `prompt_mode` overrides the provider's way of pointing the agent at it
     (`append_file`, `read_prompt_file`, `none`). `workdir` defaults to the agent user's home.
     `secret_env` values are never shown by `repr` and never placed on a command line.
-    `network=None` (the default) turns networking on for a registry image (the pull and the
-    agent's API need it) and off otherwise; `False` with a registry image is refused.
+    `network` is `"open"` (anything; also `True`), `"off"` (no network; also `False`),
+    `"agent"` (only the agent provider's API hosts plus `allow_hosts` / `allow_cidrs`) or
+    `"allow"` (only `allow_hosts` / `allow_cidrs`); a list of hosts and CIDRs is `"allow"`
+    with those (addresses and `ADDR/PREFIX` go to `allow_cidrs`). `None` (the default) is
+    open for a registry image (the pull needs it) and off otherwise; off with a registry image
+    is refused.
+    `allow_hosts` are DNS names or IP addresses (a name also allows its subdomains, every
+    port); `allow_cidrs` are ranges like `10.0.0.0/8`. See `bottle.network`.
     """
 
     machine_name: str
@@ -128,10 +145,12 @@ class LaunchSpec:
     agent_command: str | None = None
     prompt_mode: str | None = None
     workdir: str | None = None
-    network: bool | None = None
+    network: bool | str | Sequence[str] | None = None
     agent_user: str = "node"
     terminal_title: str = ""
     terminal_color: str = ""
+    allow_hosts: Sequence[str] = ()
+    allow_cidrs: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         # Checked here, once: what passes is kept in its checked form (see bottle._validate).
@@ -149,8 +168,47 @@ class LaunchSpec:
         object.__setattr__(self, "agent_user", check.user_name(self.agent_user))
         if self.agent_command is not None:
             check.no_nul(self.agent_command, "agent command")
+        self._check_network()
         # Provider, image, cpus, memory, title and colour are checked by the backend that
         # interprets them (before it starts anything).
+
+    def _check_network(self) -> None:
+        hosts = net.check_hosts(self.allow_hosts)
+        cidrs = net.check_cidrs(self.allow_cidrs)
+        if isinstance(self.network, (list, tuple)):
+            # network=[...]: the allow-list itself.
+            more_hosts, more_cidrs = net.split_allow_list(self.network)
+            hosts = net.check_hosts([*hosts, *more_hosts])
+            cidrs = net.check_cidrs([*cidrs, *more_cidrs])
+            object.__setattr__(self, "network", net.NetworkMode.ALLOW)
+        object.__setattr__(self, "allow_hosts", hosts)
+        object.__setattr__(self, "allow_cidrs", cidrs)
+        if self.network is None:
+            mode = None
+        else:
+            mode = net.NetworkMode.parse(self.network)
+            if isinstance(self.network, str):
+                object.__setattr__(self, "network", mode)
+        listed = bool(self.allow_hosts or self.allow_cidrs)
+        if listed and (mode is None or not mode.restricted):
+            raise InvalidInputError(
+                "allow_hosts and allow_cidrs need network='agent' (the agent provider's hosts "
+                f"plus these) or network='allow' (these only), not network={self.network!r}"
+            )
+        if mode is net.NetworkMode.ALLOW and not listed:
+            raise InvalidInputError(
+                "network='allow' needs allow_hosts or allow_cidrs; for no network at all use "
+                "network='off'"
+            )
+        # What 'agent' allows depends on the provider, and a registry image's pull on the
+        # smolvm version: the backend completes the policy (bottle.network.plan).
+
+    @property
+    def network_mode(self) -> net.NetworkMode | None:
+        """`network` as a `NetworkMode` (None: chosen by the image, see above)."""
+        if self.network is None:
+            return None
+        return net.NetworkMode.parse(self.network)
 
     def __repr__(self) -> str:
         shown = []

@@ -49,6 +49,7 @@ from bottle.errors import (
     SmolvmNotExecutableError,
     SmolvmNotFoundError,
 )
+from bottle.network import NetworkMode, NetworkPolicy, plan
 from bottle.results import AgentResult, ExecResult, Progress, exit_status
 
 __all__ = [
@@ -362,21 +363,44 @@ class SmolmachinesBottle(Bottle):
             )
         return None
 
-    def exec_agent(self, argv: Sequence[str], *, tty: bool = True) -> int:
+    def exec_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | None = None,
+        record_input: bool = False,
+    ) -> int:
         """Run the agent; return smolvm's exit status (128+N when it died of signal N).
 
         Whatever goes wrong once the arguments are accepted (no such machine, a stopped one,
         the VM dying mid-session) is a status, as with the replaced class: 1 for smolvm's
         failures. `run_agent` gives the same status with the precise error.
 
+        ``record`` names a new file that receives the session as an asciicast v2 recording
+        (see `bottle.relay.run`); the relay then copies smolvm's output instead of letting it
+        write to the terminal itself. ``record_input`` records typed input too. Secrets never
+        reach the file: they go to smolvm through its environment, and the header names only
+        ``TERM`` and ``SHELL``.
+
         Raises:
-            InvalidInputError: bad arguments, before anything runs.
+            InvalidInputError: bad arguments (a ``record`` file that exists, a recording
+                without ``tty``), before anything runs.
             SmolvmNotFoundError, SmolvmNotExecutableError: smolvm cannot be run at all (also
                 `FileNotFoundError` / `PermissionError`).
         """
-        return self.run_agent(argv, tty=tty).returncode
+        return self.run_agent(
+            argv, tty=tty, record=record, record_input=record_input
+        ).returncode
 
-    def run_agent(self, argv: Sequence[str], *, tty: bool = True) -> AgentResult:
+    def run_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | None = None,
+        record_input: bool = False,
+    ) -> AgentResult:
         """Run the agent like `exec_agent`; the result's `check()` raises what went wrong.
 
         With `tty`, the session runs in process through `bottle.relay.run`, with the terminal
@@ -389,6 +413,13 @@ class SmolmachinesBottle(Bottle):
         """
         self._ensure_open()
         check.argv(argv)
+        recording = None
+        if record is not None or record_input:
+            if record is None:
+                raise InvalidInputError("record_input needs a recording: give record=FILE")
+            if not tty:
+                raise InvalidInputError("recording needs a terminal session (tty=True)")
+            recording = check.new_file(record)
         refused = self._not_running()
         full: list[str] = []
         if refused is None:
@@ -411,7 +442,7 @@ class SmolmachinesBottle(Bottle):
         log.debug("agent session in %s: %s", self.machine_name, full)
         try:
             if tty:
-                status = self._run_tty(full, env)
+                status = self._run_tty(full, env, recording, record_input)
             else:
                 status = subprocess.run(full, env=env, check=False).returncode
         except PermissionError:
@@ -442,19 +473,34 @@ class SmolmachinesBottle(Bottle):
                 return AgentResult(status, lost)
         return AgentResult(status)
 
-    def _run_tty(self, full: list[str], env: dict[str, str]) -> int:
+    def _run_tty(
+        self, full: list[str], env: dict[str, str], record: str | None, record_input: bool
+    ) -> int:
         from bottle import relay
+
+        def session() -> int:
+            if record is None:
+                return relay.run(
+                    full, env=env, machine=self.machine_name, hold_until_raw=True, output="direct"
+                )
+            # Recording: the relay must see the output, so it copies it.
+            return relay.run(
+                full,
+                env=env,
+                machine=self.machine_name,
+                hold_until_raw=True,
+                output="copy",
+                record=record,
+                record_input=record_input,
+                record_title=self.terminal_title or f"{self.agent_command} in {self.machine_name}",
+            )
 
         deco = terminal.decoration(self.terminal_title, self.terminal_color)
         if deco is None or not os.isatty(1):
-            return relay.run(
-                full, env=env, machine=self.machine_name, hold_until_raw=True, output="direct"
-            )
+            return session()
         _write_all(1, deco.start.encode())
         try:
-            return relay.run(
-                full, env=env, machine=self.machine_name, hold_until_raw=True, output="direct"
-            )
+            return session()
         finally:
             with contextlib.suppress(OSError):
                 _write_all(1, deco.reset.encode())
@@ -670,21 +716,13 @@ class SmolmachinesBottleBackend(BottleBackend):
         """
         user = spec.agent_user
         home = home_for(user)
-        registry = spec.image is not None and sv.is_registry_image(spec.image)
         if spec.image is None and user != "root":
             raise InvalidInputError(
                 f"a machine without an image is a bare VM whose only user is root, so the agent "
                 f"cannot run as {user!r}: give an image whose USER is {user!r} (or root, with "
                 f"{user!r} in it), or run the agent as root"
             )
-        if registry and spec.network is False:
-            raise InvalidInputError(
-                f"image {spec.image!r} is pulled from a registry, which needs the machine's "
-                "network, and networking is off. Turn it on, or supply the image locally: "
-                f"save it to an archive (`docker save {spec.image} -o image.tar`) and launch "
-                "with image='./image.tar'"
-            )
-        network = registry if spec.network is None else spec.network
+        policy = self.network_policy(spec)
         prompt_src = None
         guest_prompt = None
         if spec.prompt_file is not None:
@@ -695,7 +733,9 @@ class SmolmachinesBottleBackend(BottleBackend):
             image=spec.image,
             cpus=spec.cpus,
             memory_mib=spec.memory_mib,
-            network=network,
+            network=policy.mode is NetworkMode.OPEN,
+            allow_hosts=policy.allow_hosts,
+            allow_cidrs=policy.allow_cidrs,
         )
         bottle = SmolmachinesBottle.from_spec(
             spec, prompt_path=guest_prompt, smolvm=self.smolvm, retry=self.retry
@@ -708,6 +748,8 @@ class SmolmachinesBottleBackend(BottleBackend):
                 "existing ones alone (pick another name, or use the agent command)",
                 machine=name,
             )
+        if policy.mode.restricted:
+            log.info("machine %r: %s", name, policy.describe())
         with ExitStack() as stack:
             try:
                 with _step("creating", name, progress) as on_line:
@@ -730,6 +772,33 @@ class SmolmachinesBottleBackend(BottleBackend):
             with _step("provisioning", name, progress):
                 self._provision(bottle, prompt_src, guest_prompt)
             yield bottle
+
+    def network_policy(self, spec: LaunchSpec) -> NetworkPolicy:
+        """The network `launch` would create `spec`'s machine with (`bottle.network.plan`).
+
+        Asks smolvm for its version when the spec has an allow-list and a registry image
+        (the image pull's hosts depend on it).
+
+        Raises:
+            InvalidInputError: a combination that cannot work (off, or CIDRs only, with a
+                registry image; an allow-list with nothing in it).
+        """
+        provider = get_provider(spec.agent_provider)
+        registry = spec.image is not None and sv.is_registry_image(spec.image)
+        version = (0, 0, 0)
+        mode = spec.network_mode
+        if registry and mode is not None and mode.restricted:
+            version = self.smolvm.version
+        return plan(
+            mode,
+            image=spec.image,
+            registry=registry,
+            provider_name=provider.name,
+            provider_hosts=provider.egress_hosts,
+            allow_hosts=spec.allow_hosts,
+            allow_cidrs=spec.allow_cidrs,
+            smolvm_version=version,
+        )
 
     def _provision(
         self, bottle: SmolmachinesBottle, prompt_src: str | None, guest_prompt: str | None

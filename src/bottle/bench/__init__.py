@@ -28,7 +28,13 @@ from bottle.bench.report import format_report
 from bottle.bench.resize import ResizeResult, measure_resize
 from bottle.bench.session import Session
 from bottle.bench.startup import StartupResult, measure_startup_inprocess, spawn_first_byte
-from bottle.bench.suite import evaluate_targets, machine_info, median_metrics, run_bench
+from bottle.bench.suite import (
+    evaluate_targets,
+    machine_info,
+    median_metrics,
+    recording_cost,
+    run_bench,
+)
 from bottle.bench.throughput import (
     Stream,
     ThroughputResult,
@@ -72,6 +78,7 @@ __all__ = [
     "measure_throughput_interleaved",
     "median_metrics",
     "percentile",
+    "recording_cost",
     "run_bench",
     "spawn_first_byte",
     "unavailable_reason",

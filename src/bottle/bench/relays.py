@@ -7,10 +7,24 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-RELAY_NAMES = ("native", "direct", "pure", "script", "pty.spawn", "none")
+RELAY_NAMES = ("native", "recorded", "direct", "pure", "script", "pty.spawn", "none")
+
+# In a relay's options, replaced by a fresh file name in a scratch directory on disk (not
+# tmpfs: a recording is real disk I/O), removed when the process exits.
+RECORD_FILE = "{record-file}"
+_record_dir: tempfile.TemporaryDirectory[str] | None = None
+
+
+def _new_record_file() -> str:
+    global _record_dir
+    if _record_dir is None:
+        _record_dir = tempfile.TemporaryDirectory(prefix="bottle-bench-record-")
+    return os.path.join(_record_dir.name, f"{uuid.uuid4().hex}.cast")
 
 PTY_SPAWN_RUNNER = (
     "import os, pty, sys\n"
@@ -35,7 +49,8 @@ class Relay:
     def argv(self, child: Sequence[str]) -> list[str]:
         """Return the argv that runs ``child`` through this relay."""
         if self.implementation is not None:
-            return [sys.executable, "-m", "bottle.relay", *self.options, "--", *child]
+            options = [_new_record_file() if o == RECORD_FILE else o for o in self.options]
+            return [sys.executable, "-m", "bottle.relay", *options, "--", *child]
         if self.name == "script":
             # script hands its command to $SHELL -c; exec keeps the same process tree depth.
             return ["script", "-q", "-e", "-f", "-c", "exec " + shlex.join(child), "/dev/null"]
@@ -53,6 +68,13 @@ _NATIVE_ENV = (("BOTTLE_REQUIRE_EXTENSION", "1"),)
 
 RELAYS: dict[str, Relay] = {
     "native": Relay("native", "bottle relay, native loop (copy mode)", _NATIVE_ENV, "native"),
+    "recorded": Relay(
+        "recorded",
+        "bottle relay, native loop (copy mode), recording with --record FILE.cast",
+        _NATIVE_ENV,
+        "native",
+        ("--record", RECORD_FILE),
+    ),
     "direct": Relay(
         "direct",
         "bottle relay, native loop, --output direct",

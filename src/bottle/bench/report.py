@@ -87,6 +87,21 @@ def format_report(report: Mapping[str, Any]) -> str:
         else:
             verdict = "met " if t["met"] else "MISS"
             lines.append(f"  {verdict}  {t['target']}: {t['value']:.2f}")
+    cost = report.get("recording")
+    if cost:
+        lines.append("")
+        lines.append("recording (issue 14; recorded = native with --record FILE.cast)")
+        for key, label in (
+            ("throughput_cpu_s_per_gib", "relay CPU, s/GiB (random bytes)"),
+            ("text_cpu_s_per_gib", "relay CPU, s/GiB (terminal text)"),
+            ("many_cpu_s_per_gib", "16 sessions CPU, s/GiB (random bytes)"),
+        ):
+            if f"{key}_with" in cost:
+                a, b = cost[f"{key}_with"], cost[f"{key}_without"]
+                ratio = f", {a / b:.2f}x" if b else ""
+                lines.append(
+                    f"  {label}: {a:.2f} recorded, {b:.2f} not, +{a - b:.2f}{ratio}"
+                )
     errors = [
         f"  {n}: {k.removesuffix('_error')}: {v}"
         for n, r in results.items()

@@ -17,7 +17,7 @@ from bottle.bench._procfs import read_text
 from bottle.bench.idle import measure_idle
 from bottle.bench.latency import LatencyResult, measure_echo, measure_echo_interleaved
 from bottle.bench.many import measure_many
-from bottle.bench.relays import RELAY_NAMES, RELAYS, Relay, unavailable_reason
+from bottle.bench.relays import RECORD_FILE, RELAY_NAMES, RELAYS, Relay, unavailable_reason
 from bottle.bench.resize import ResizeResult, measure_resize, measure_resize_interleaved
 from bottle.bench.startup import measure_startup, measure_startup_inprocess
 from bottle.bench.throughput import (
@@ -31,6 +31,8 @@ METRICS: list[tuple[str, str, str]] = [
     # key, label, format
     ("throughput_mib_s", "throughput, MiB/s", "{:.0f}"),
     ("throughput_cpu_s_per_gib", "relay CPU, s/GiB", "{:.2f}"),
+    ("text_mib_s", "text throughput, MiB/s", "{:.0f}"),
+    ("text_cpu_s_per_gib", "text relay CPU, s/GiB", "{:.2f}"),
     ("echo_p50_us", "echo p50, us", "{:.1f}"),
     ("echo_p99_us", "echo p99, us", "{:.1f}"),
     ("resize_p50_us", "resize p50, us", "{:.1f}"),
@@ -65,6 +67,15 @@ def _throughput_metrics(r: ThroughputResult) -> Metrics:
         "throughput_life_cpu_s": r.life_cpu_s,
         "throughput_wait4_cpu_s": r.wait4_cpu_s,
     }
+
+
+def _text(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
+    # Terminal text instead of random bytes: what a recording mostly encodes (random bytes are
+    # its worst case). Only for the copy loop with and without recording.
+    if relay.name not in ("native", "recorded"):
+        return {}
+    r = measure_throughput(relay, payloads.text(settings.stream_bytes))
+    return {"text_mib_s": r.mib_s, "text_cpu_s_per_gib": r.cpu_s_per_gib}
 
 
 def _echo(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
@@ -106,7 +117,8 @@ def _startup(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
 
 def _inproc(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
     # Only bottle's native relay runs in process (the backend's path); the others are programs.
-    if relay.implementation != "native":
+    # (The recorded one would measure the same unrecorded relay.run again.)
+    if relay.implementation != "native" or RECORD_FILE in relay.options:
         return {}
     r = measure_startup_inprocess(relay, settings.startup_spawns)
     return {"inproc_startup_p50_ms": r.p50_ms, "inproc_startup_cpu_ms": r.cpu_ms}
@@ -119,6 +131,7 @@ def _many(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
 
 MEASUREMENTS: list[tuple[str, Callable[[Relay, Settings, Payloads], Metrics]]] = [
     ("throughput", _throughput),
+    ("text", _text),
     ("echo", _echo),
     ("resize", _resize),
     ("idle", _idle),
@@ -282,6 +295,7 @@ def evaluate_targets(
     ratio_target("direct resize p99 <= 1.0x script", "direct", "resize_p99_us", "script", 1.0, True)
     idle_target("native")
     idle_target("direct")
+    idle_target("recorded")
     ratio_target(
         "direct relay.run start-up <= 1.5x script start-up",
         "direct",
@@ -292,6 +306,23 @@ def evaluate_targets(
         ref_key="startup_p50_ms",
     )
     return targets
+
+
+def recording_cost(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float] | None:
+    """What recording costs: relay CPU per GiB (random bytes and text, one stream; 16 sessions)
+    with and without.
+
+    None unless both the "native" and the "recorded" relay (the same loop, copy mode) were
+    measured.
+    """
+    out: dict[str, float] = {}
+    for key in ("throughput_cpu_s_per_gib", "text_cpu_s_per_gib", "many_cpu_s_per_gib"):
+        without = _num(results.get("native", {}), key)
+        with_ = _num(results.get("recorded", {}), key)
+        if without is not None and with_ is not None:
+            out[f"{key}_without"] = without
+            out[f"{key}_with"] = with_
+    return out or None
 
 
 def run_bench(
@@ -341,4 +372,5 @@ def run_bench(
         "results": results,
         "runs": per_run,
         "targets": evaluate_targets(results, per_run),
+        "recording": recording_cost(results),
     }

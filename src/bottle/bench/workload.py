@@ -33,7 +33,7 @@ SMOKE = Settings(1 * MIB, 50, 20, 50, 0.3, 1, 16, 128 * 1024, 1, 2)
 
 @dataclass(frozen=True)
 class Payload:
-    """A file of random bytes the producer child cats, with its digest."""
+    """A file of bytes the producer child cats (random, or terminal text), with its digest."""
 
     path: str
     size: int
@@ -62,6 +62,25 @@ class Payloads:
                     left -= len(chunk)
             self._files[size] = Payload(path, size, digest.hexdigest())
         return self._files[size]
+
+    def text(self, size: int) -> Payload:
+        """Return ``size`` bytes of what terminals mostly get: lines of text with colour
+        escapes, tabs and UTF-8 (a build log, an agent's answer), the same every run."""
+        key = -size
+        if key not in self._files:
+            lines = [
+                "\x1b[32m✓\x1b[0m compiled src/bottle/relay/_session.py in 0.42 s\r\n",
+                "\x1b[1;33mwarning\x1b[0m: unused variable `résumé`\tat line 1234\r\n",
+                "│ agent │ Voilà: the tests pass — 128 passed, 0 failed (€0.00) │\r\n",
+                "plain ASCII output of a long-running command, line after line\r\n",
+            ]
+            block = "".join(lines).encode()
+            data = (block * (size // len(block) + 1))[:size]
+            path = os.path.join(self._dir.name, f"text-{size}")
+            with open(path, "wb") as f:
+                f.write(data)
+            self._files[key] = Payload(path, size, hashlib.sha256(data).hexdigest())
+        return self._files[key]
 
     def close(self) -> None:
         """Delete the payload files."""

@@ -12,7 +12,7 @@ import sys
 
 USAGE = (
     "usage: bottle relay [--output copy|direct] [--machine NAME] [--resize-command TEMPLATE]"
-    " [--hold-until-raw] -- CMD [ARG...]"
+    " [--hold-until-raw] [--record FILE.cast [--record-input]] -- CMD [ARG...]"
 )
 HELP = f"""{USAGE}
 
@@ -31,6 +31,10 @@ options:
   --hold-until-raw           hold input and its end from CMD's start until its terminal
                              leaves canonical mode (at most 30 s): for clients that flush
                              their input when they go raw, like smolvm -i -t
+  --record FILE.cast         record the session into FILE.cast (asciicast v2, a new file,
+                             mode 0600; play it with `asciinema play`); needs --output copy
+  --record-input             record typed input too (off by default: typed secrets would
+                             land in the file)
   -h, --help                 show this help
 """
 
@@ -42,8 +46,13 @@ class _UsageError(Exception):
 def _parse(argv: list[str]) -> tuple[dict[str, str], set[str], list[str]]:
     options: dict[str, str] = {}
     flags: set[str] = set()
-    names = {"--machine": "machine", "--resize-command": "resize_command", "--output": "output"}
-    switches = {"--hold-until-raw": "hold_until_raw"}
+    names = {
+        "--machine": "machine",
+        "--resize-command": "resize_command",
+        "--output": "output",
+        "--record": "record",
+    }
+    switches = {"--hold-until-raw": "hold_until_raw", "--record-input": "record_input"}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -101,6 +110,8 @@ def _main(args: list[str]) -> int:
             resize_command=options.get("resize_command"),
             hold_until_raw="hold_until_raw" in flags,
             output=options.get("output", "copy"),
+            record=options.get("record"),
+            record_input="record_input" in flags,
         )
     except FileNotFoundError as exc:
         sys.stderr.write(f"bottle relay: {exc.filename}: command not found ({exc.strerror})\n")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
+import logging
 import os
 import signal
 import stat
 import sys
 import termios
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
@@ -41,6 +44,13 @@ _HOLD_MS = 30_000
 # (or this long in all, if a grandchild keeps writing).
 _DRAIN_IDLE_MS = 100
 _DRAIN_CAP_MS = 2000
+# At the end, the recording's last events get this long to reach the file (a stalled disk).
+_RECORD_FINISH_MS = 5000
+# The host variables a recording's header names (asciicast v2 "env"); nothing else of the
+# environment goes into the file, so secrets passed to the child never do.
+_RECORD_ENV = ("TERM", "SHELL")
+
+log = logging.getLogger("bottle.relay")
 
 
 def run(
@@ -53,6 +63,9 @@ def run(
     resize_command: str | None = None,
     hold_until_raw: bool = False,
     output: str = "copy",
+    record: str | os.PathLike[str] | None = None,
+    record_input: bool = False,
+    record_title: str | None = None,
 ) -> int:
     """Run ``argv`` on a new pty relayed to ``stdin_fd``/``stdout_fd``; return its exit status.
 
@@ -77,6 +90,16 @@ def run(
     suits terminal clients that run raw and write finished output, like ``smolvm machine exec
     -i -t``, and costs the relay nothing for everything they print.
 
+    ``record`` names a new file (created mode 0600; an existing one is refused) that receives
+    the session as an asciicast v2 recording, written as it goes: a header with the terminal's
+    size, the time, ``TERM``/``SHELL`` and ``record_title`` (default: the command's name), an
+    ``"o"`` event for each piece of output the terminal took and an ``"r"`` event for each
+    window change. ``record_input`` adds ``"i"`` events for what was typed (off by default:
+    typed secrets would land in the file). Recording needs ``output="copy"``: the relay can
+    only record what it copies. Output that is not UTF-8 is recorded as U+FFFD, as a terminal
+    shows it. A recording the disk cannot take (full, or stuck for 5 s) stops there with a
+    warning; the session goes on.
+
     Thread rule: Python only lets the main thread install signal handlers. Called from the main
     thread, `run` takes over SIGWINCH, SIGCHLD, SIGTSTP, SIGCONT, SIGTERM, SIGHUP, SIGINT and
     SIGQUIT (and the `signal.set_wakeup_fd`) while it runs, and restores the previous ones;
@@ -89,10 +112,21 @@ def run(
     Raises:
         FileNotFoundError, PermissionError: the program cannot be executed (named in the error).
         ValueError: empty ``argv``, an ``env`` name that is empty or holds ``=``, a bad
-            ``resize_command``, an unknown ``output`` or a closed ``stdout_fd``.
+            ``resize_command``, an unknown ``output``, a closed ``stdout_fd``, a recording
+            with ``output="direct"`` or ``record_input`` without one, or a ``record`` file
+            that cannot be created (it exists, or its directory does not).
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
+    if record is None and record_input:
+        raise ValueError("record_input needs a recording: give record=FILE")
+    if record is not None:
+        if output != "copy":
+            raise ValueError(
+                "recording needs output='copy': the relay can only record the output it copies"
+            )
+        if not os.fspath(record):
+            raise ValueError("record: the recording file name is empty")
     args = [os.fsencode(arg) for arg in argv]
     if not args:
         raise ValueError("nothing to run: argv is empty")
@@ -114,6 +148,9 @@ def run(
         hold_until_raw,
         output == "direct",
     )
+    if record is not None:
+        title = os.path.basename(os.fsdecode(argv[0])) if record_title is None else record_title
+        session.record(os.fspath(record), title, record_input)
     return session.run()
 
 
@@ -224,10 +261,70 @@ class Session:
         self._released = False  # the terminal was given back before the end
         self._size_reported = False
         self._worker: ResizeWorker | None = None
+        self._record: tuple[str, str, bool] | None = None
+        self._record_err = 0
+
+    def record(self, path: str, title: str, with_input: bool) -> None:
+        """Record the session into the new file ``path`` (see `run`)."""
+        self._record = (path, title, with_input)
 
     def run(self) -> int:
-        with self._undo:
-            return self._start()
+        try:
+            with self._undo:
+                return self._start()
+        finally:
+            # After the terminal is restored: a warning must not land on a raw terminal.
+            if self._record_err and self._record is not None:
+                log.warning(
+                    "bottle relay: the recording %s is incomplete (%s): the session went on "
+                    "unrecorded from there",
+                    self._record[0],
+                    "the disk took too long"
+                    if self._record_err == errno.ETIMEDOUT
+                    else os.strerror(self._record_err),
+                )
+
+    def _open_recording(self) -> int:
+        """Create the recording file (-1 when not recording); closed at the end."""
+        if self._record is None:
+            return -1
+        path = self._record[0]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            raise ValueError(
+                f"recording file {path!r} already exists (bottle never overwrites one)"
+            ) from None
+        except OSError as exc:
+            raise ValueError(f"cannot create recording file {path!r}: {exc.strerror}") from None
+        self._later(os.close, fd)
+        return fd
+
+    def _write_header(self, fd: int, master: int) -> None:
+        assert self._record is not None
+        rows, cols = window_size(master) or DEFAULT_SIZE
+        header: dict[str, object] = {
+            "version": 2,
+            "width": cols,
+            "height": rows,
+            "timestamp": int(time.time()),
+        }
+        env = {name: os.environ[name] for name in _RECORD_ENV if name in os.environ}
+        if env:
+            header["env"] = env
+        header["title"] = self._record[1]
+        line = (json.dumps(header, ensure_ascii=False) + "\n").encode()
+        try:
+            while line:
+                line = line[os.write(fd, line) :]
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot write recording file: {exc.strerror}", self._record[0]
+            ) from None
+
+    def _end_recording(self, pump: core.Pump) -> None:
+        self._record_err = pump.finish_recording(_RECORD_FINISH_MS)
 
     def _later(self, undo: Callable[..., object], *args: object) -> None:
         """Register ``undo(*args)`` to run at the end; a terminal or descriptor already gone
@@ -261,6 +358,7 @@ class Session:
                 size_fd = fd
                 break
         rows, cols = size or DEFAULT_SIZE
+        record_fd = self._open_recording()
         # Raw before the child starts: in direct mode its first output goes straight to the
         # terminal and must meet the same settings as the rest.
         if in_tty:
@@ -278,6 +376,8 @@ class Session:
                 self._size_refused(exc)
                 with contextlib.suppress(OSError):
                     fcntl.ioctl(master, termios.TIOCSWINSZ, WINSIZE.pack(*DEFAULT_SIZE, 0, 0))
+            if record_fd >= 0:
+                self._write_header(record_fd, master)
             for stream in (sys.stdout, sys.stderr):
                 try:
                     if stream is not None:
@@ -311,7 +411,11 @@ class Session:
             winch=self._worker is None,
             in_tty=in_tty,
             hold_ms=_HOLD_MS if self._hold else 0,
+            record_fd=record_fd,
+            record_input=self._record is not None and self._record[2],
         )
+        if record_fd >= 0:
+            self._later(self._end_recording, pump)
         return self._relay(pump, child)
 
     def _block_sigpipe(self) -> None:
