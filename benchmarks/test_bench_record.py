@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import require_relay
+from bench_relays import require_relay
 
 from bottle import bench
 
