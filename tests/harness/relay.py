@@ -125,6 +125,25 @@ def proc_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
+def stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped, or has SIGSTOP pending where it cannot stop yet.
+
+    The second case is real: dash runs a command with vfork, and its parent half waits for the
+    child's exec in an uninterruptible sleep (state D). When a SIGSTOP to the group catches the
+    child between vfork and exec, the child stops and the parent keeps the stop pending until
+    the child lets go: it runs nothing meanwhile, and a SIGCONT discards the pending stop.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields["State"].split()[0] == "T":
+        return True
+    stop = 1 << (signal.SIGSTOP - 1)
+    return any(int(fields[key], 16) & stop for key in ("SigPnd", "ShdPnd"))
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a live (non-zombie) process."""
     state = proc_state(pid)

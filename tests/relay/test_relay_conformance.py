@@ -46,6 +46,7 @@ from harness.relay import (
     proc_state,
     raw_violations,
     read_ints,
+    stopped,
     vm_rss_kib,
     wait_until,
 )
@@ -1083,7 +1084,7 @@ class TestOutputModes:
         for _ in range(2):
             os.kill(relay, signal.SIGTSTP)
             assert wait_until(lambda: proc_state(relay) == "T", 10), s.describe()
-            assert wait_until(lambda: proc_state(child) == "T", 10), (
+            assert wait_until(lambda: stopped(child), 10), (
                 f"the child runs on while the relay is stopped\n{s.describe()}"
             )
             assert_restored(s)
