@@ -1,14 +1,20 @@
 """Fixtures of the relay suites: the implementation (native, pure), the output mode (copy,
-direct), and `spawn`, which starts relay sessions for them and cleans every one up."""
+direct), `spawn`, which starts relay sessions for them and cleans every one up, and `core`, the
+copy-loop module itself for the tests that drive it directly."""
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 from harness.relay import IMPLEMENTATIONS, OUTPUTS, Session, output_args, require_implementation
+
+from bottle import _ptyrelay_py
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
@@ -42,3 +48,24 @@ def spawn(impl: str, mode: str, tmp_path: Path) -> Iterator[Callable[..., Sessio
     yield start
     for session in sessions:
         session.close()
+
+
+def native_core() -> ModuleType | None:
+    """The compiled copy loop, or None when it is not built."""
+    try:
+        return importlib.import_module("bottle._ptyrelay")
+    except ImportError:
+        return None
+
+
+@pytest.fixture(params=["native", "pure"])
+def core(request: pytest.FixtureRequest) -> ModuleType:
+    """The relay core under test: the compiled module or its pure-Python twin."""
+    if request.param == "pure":
+        return _ptyrelay_py
+    native = native_core()
+    if native is None:
+        if os.environ.get("BOTTLE_REQUIRE_EXTENSION", "") not in ("", "0"):
+            pytest.fail("BOTTLE_REQUIRE_EXTENSION is set but bottle._ptyrelay is not importable")
+        pytest.skip("native extension not built")
+    return native

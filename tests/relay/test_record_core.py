@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import importlib
 import json
 import os
 import struct
@@ -27,29 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bottle import _ptyrelay_py
-
 HEADER = b'{"version": 2, "width": 80, "height": 24}\n'
-
-
-def _native() -> ModuleType | None:
-    try:
-        return importlib.import_module("bottle._ptyrelay")
-    except ImportError:
-        return None
-
-
-@pytest.fixture(params=["native", "pure"])
-def core(request: pytest.FixtureRequest) -> ModuleType:
-    """The relay core under test: the compiled module or its pure-Python twin."""
-    if request.param == "pure":
-        return _ptyrelay_py
-    native = _native()
-    if native is None:
-        if os.environ.get("BOTTLE_REQUIRE_EXTENSION", "") not in ("", "0"):
-            pytest.fail("BOTTLE_REQUIRE_EXTENSION is set but bottle._ptyrelay is not importable")
-        pytest.skip("native extension not built")
-    return native
 
 
 def events(path: str | Path) -> list[list[Any]]:

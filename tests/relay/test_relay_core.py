@@ -11,7 +11,6 @@ import concurrent.futures
 import contextlib
 import errno
 import fcntl
-import importlib
 import os
 import select
 import shutil
@@ -30,34 +29,14 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from harness.relay import native_built
 
 import bottle.relay as relay
 import bottle.relay._children as relay_children
 import bottle.relay._session as relay_session
-from bottle import _ptyrelay_py
 from bottle.relay import __main__ as relay_cli
 
 WAIT = 10.0  # generous bound against hangs; never a timing assertion
-
-
-def _native() -> ModuleType | None:
-    try:
-        return importlib.import_module("bottle._ptyrelay")
-    except ImportError:
-        return None
-
-
-@pytest.fixture(params=["native", "pure"])
-def core(request: pytest.FixtureRequest) -> ModuleType:
-    """The relay core under test: the compiled module or its pure-Python twin."""
-    if request.param == "pure":
-        return _ptyrelay_py
-    native = _native()
-    if native is None:
-        if os.environ.get("BOTTLE_REQUIRE_EXTENSION", "") not in ("", "0"):
-            pytest.fail("BOTTLE_REQUIRE_EXTENSION is set but bottle._ptyrelay is not importable")
-        pytest.skip("native extension not built")
-    return native
 
 
 def winsize(fd: int) -> tuple[int, int]:
@@ -990,7 +969,7 @@ def test_implementation_selection() -> None:
     assert (fallback.returncode, fallback.stdout.strip()) == (0, "pure")
     required = _implementation({"BOTTLE_REQUIRE_EXTENSION": "1"}, hide)
     assert required.returncode != 0 and "BOTTLE_REQUIRE_EXTENSION" in required.stderr
-    if _native() is not None:
+    if native_built():
         default = _implementation({})
         assert (default.returncode, default.stdout.strip()) == (0, "native")
 
