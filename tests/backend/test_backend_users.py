@@ -177,6 +177,7 @@ def test_smolvms_user_option_is_used_when_exec_help_shows_it(
 def test_cp_in_owner_uses_cp_uid_gid_on_1_9(
     fake_smolvm: Any, node_image: str, shared_dir: Path, tmp_path: Path
 ) -> None:
+    fake_smolvm.set_fault(VERSION="1.9.3")  # cp --uid/--gid exist from 1.9.0
     fake_smolvm.create("m", image=node_image)
     src = tmp_path / "p.md"
     src.write_text("prompt")

@@ -316,6 +316,9 @@ CLI_VISIBLE = " ".join(visible for title, visible in HOSTILE_TITLES if "\0" not 
 
 
 def test_hostile_title_reaches_the_terminal_defused(fake_smolvm: Any) -> None:
+    # Exact output: a smolvm older than 1.8.1 puts its paste warning first (pytest
+    # --fake-smolvm-version; test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal).
+    fake_smolvm.set_fault(VERSION="1.9.3")
     image_machine(fake_smolvm, "m")
     out = _session(fake_smolvm, "api", title=ALL_TITLES)
     _assert_defused(out, ALL_TITLES, ALL_VISIBLE, "")
@@ -324,6 +327,9 @@ def test_hostile_title_reaches_the_terminal_defused(fake_smolvm: Any) -> None:
 def test_hostile_title_through_the_cli(fake_smolvm: Any) -> None:
     """The same through `bottle agent --title` (argv cannot carry NUL, so that case is API
     only), with a valid colour alongside."""
+    # Exact output: a smolvm older than 1.8.1 puts its paste warning first (pytest
+    # --fake-smolvm-version; test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal).
+    fake_smolvm.set_fault(VERSION="1.9.3")
     image_machine(fake_smolvm, "m")
     out = _session(fake_smolvm, "cli", title=CLI_TITLES, color="#0a0b0c")
     _assert_defused(out, CLI_TITLES, CLI_VISIBLE, "#0a0b0c")
@@ -367,6 +373,9 @@ def test_valid_colours_are_emitted_exactly(color: str) -> None:
 
 
 def test_valid_colour_reaches_the_terminal_exactly(fake_smolvm: Any) -> None:
+    # Exact output: a smolvm older than 1.8.1 puts its paste warning first (pytest
+    # --fake-smolvm-version; test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal).
+    fake_smolvm.set_fault(VERSION="1.9.3")
     image_machine(fake_smolvm, "m")
     out = _session(fake_smolvm, "api", color="DarkSlateGray4")
     assert out.startswith(set_bg("DarkSlateGray4"))

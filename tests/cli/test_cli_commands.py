@@ -134,6 +134,9 @@ def test_usage_errors_exit_2() -> None:
 def test_exec_prints_output_and_exits_with_the_scripts_status(
     fake_smolvm: Any, require_node_user: Any
 ) -> None:
+    # Exact output: a smolvm older than 1.8.1 puts its paste warning first (pytest
+    # --fake-smolvm-version; test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal).
+    fake_smolvm.set_fault(VERSION="1.9.3")
     image_machine(fake_smolvm, "m")
     proc = bottle("exec", "-n", "m", "-e", "A=x y", 'id -un; echo "$A"; echo warn >&2; exit 4')
     assert (proc.returncode, proc.stdout, proc.stderr) == (4, "node\nx y\n", "warn\n")
@@ -157,6 +160,9 @@ def test_exec_secret_env_passes_by_name(fake_smolvm: Any) -> None:
 
 
 def test_exec_errors_are_one_line(fake_smolvm: Any) -> None:
+    # Exact output: a smolvm older than 1.8.1 puts its paste warning first (pytest
+    # --fake-smolvm-version; test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal).
+    fake_smolvm.set_fault(VERSION="1.9.3")
     assert_one_line_error(bottle("exec", "-n", "ghost", "true"), "vm not found: ghost")
     fake_smolvm.create("idle", running=False)
     assert_one_line_error(bottle("exec", "-n", "idle", "true"), "not running")
@@ -170,6 +176,9 @@ def test_exec_errors_are_one_line(fake_smolvm: Any) -> None:
 
 
 def test_exec_retry_exhausted(fake_smolvm: Any) -> None:
+    # Exact output: a smolvm older than 1.8.1 puts its paste warning first (pytest
+    # --fake-smolvm-version; test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal).
+    fake_smolvm.set_fault(VERSION="1.9.3")
     image_machine(fake_smolvm, "m")
     fake_smolvm.set_fault(KILL_EXECS=2)
     proc = bottle("exec", "-n", "m", "echo hi")
@@ -245,6 +254,9 @@ def test_launch_in_a_terminal(fake_smolvm: Any) -> None:
 
 
 def test_launch_refuses_an_existing_machine(fake_smolvm: Any) -> None:
+    # Exact output: a smolvm older than 1.8.1 puts its paste warning first (pytest
+    # --fake-smolvm-version; test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal).
+    fake_smolvm.set_fault(VERSION="1.9.3")
     before = fake_smolvm.create("m1")
     proc = bottle(*LAUNCH, "--no-tty")
     assert_one_line_error(proc, "already exists")
@@ -301,6 +313,9 @@ def test_agent_in_an_existing_machine(fake_smolvm: Any, shared_dir: Path) -> Non
 
 
 def test_agent_on_a_stopped_machine(fake_smolvm: Any) -> None:
+    # Exact output: a smolvm older than 1.8.1 puts its paste warning first (pytest
+    # --fake-smolvm-version; test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal).
+    fake_smolvm.set_fault(VERSION="1.9.3")
     fake_smolvm.create("idle", running=False)
     assert_one_line_error(bottle("agent", "-n", "idle", "--no-tty"), "not running")
     assert_one_line_error(bottle("agent", "-n", "ghost", "--no-tty"), "does not exist")
