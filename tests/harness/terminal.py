@@ -19,6 +19,7 @@ import subprocess
 import termios
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -99,7 +100,7 @@ class Terminal:
         self.master_open = True
         self._out = bytearray()
         self._lock = threading.Lock()
-        self._in_flight = False
+        self._fences: set[bytes] = set()  # written by drain(), not yet back out of the master
         self._stop = threading.Event()
         self.reading = threading.Event()
         self.reading.set()
@@ -143,8 +144,6 @@ class Terminal:
             ready, _, _ = select.select([self.master], [], [], 0.05)
             if not ready:
                 continue
-            with self._lock:
-                self._in_flight = True
             try:
                 data = os.read(self.master, 1 << 16)
             except BlockingIOError:
@@ -153,28 +152,59 @@ class Terminal:
                 data = None
             with self._lock:
                 self._out += data or b""
-                self._in_flight = False
+                if self._fences:
+                    self._strip_fences()
             if data is None:
                 return
 
     def drain(self, timeout: float = 5.0) -> bool:
-        """Wait until everything written to the terminal so far is in ``output()`` (nothing
-        left unread on the master, no chunk between the reader's read and its record); False
-        when the reader is paused or stopped, or on timeout."""
-        deadline = time.monotonic() + timeout
-        while self.reading.is_set() and self._reader is not None and self._reader.is_alive():
+        """Wait until everything written to the terminal so far is in ``output()``; False when
+        the reader is paused or stopped, or on timeout.
+
+        A fence (a unique run of letters and digits, untouched by output processing) is written
+        through the slave, and everything written before it has arrived once it comes out of
+        the master: a pty keeps order. The reader takes the fence out again wherever it lands.
+        Nothing unread on the master (FIONREAD) is not enough: bytes still in the pty's buffer,
+        which a kernel worker pushes on (late under load), do not count there yet.
+        """
+        if not (self.reading.is_set() and self._reader is not None and self._reader.is_alive()):
+            return False
+        fence = b"FENCE" + uuid.uuid4().hex.upper().encode()
+        try:
+            # Opened anew: O_NONBLOCK on the test's own slave descriptor would show in the flags
+            # a session must leave as it found them.
+            fd = os.open(self.name, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return False
+        try:
             with self._lock:
-                try:
-                    unread = struct.unpack("i", fcntl.ioctl(self.master, termios.FIONREAD,
-                                                            b"\0\0\0\0"))[0]
-                except OSError:
-                    return False
-                if not unread and not self._in_flight:
+                self._fences.add(fence)
+            written = os.write(fd, fence)
+        except OSError:  # output stopped and full: nothing to fence with
+            with self._lock:
+                self._fences.discard(fence)
+            return False
+        finally:
+            os.close(fd)
+        if written != len(fence):  # a part went in: the reader strips only whole fences
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if fence not in self._fences:
                     return True
-            if time.monotonic() > deadline:
+            if not (self.reading.is_set() and self._reader.is_alive()):
                 return False
-            time.sleep(0.005)
+            time.sleep(0.002)
         return False
+
+    def _strip_fences(self) -> None:
+        """Take arrived fences out of the output (called with the lock held)."""
+        for fence in list(self._fences):
+            at = self._out.find(fence)
+            if at >= 0:
+                del self._out[at : at + len(fence)]
+                self._fences.discard(fence)
 
     def record(self, data: bytes) -> None:
         """Add ``data`` to the output (the reader does; so may a test reading elsewhere)."""
