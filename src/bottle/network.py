@@ -19,7 +19,8 @@ What smolvm does with them (smol-machines/smolvm, tag v1.9.3):
   at all. Bottle does the same on an older smolvm (`--allow-host` for those hosts), and
   wherever smolvm's fold would not work (see `plan`).
 
-Every name and CIDR is checked here, before any smolvm call.
+Every name and CIDR is checked here, before any smolvm call, once: what passed comes back as
+`AllowedHost` / `AllowedCidr`, which a check hands back at once (see bottle._validate).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from bottle.errors import InvalidInputError
 
 __all__ = [
     "PULL_FOLD_SINCE",
+    "AllowedCidr",
+    "AllowedHost",
     "NetworkMode",
     "NetworkPolicy",
     "check_cidr",
@@ -99,13 +102,27 @@ class NetworkMode(str, enum.Enum):
         return self in (NetworkMode.AGENT, NetworkMode.ALLOW)
 
 
-def check_host(host: str) -> str:
+class AllowedHost(str):
+    """A host that `check_host` accepted: checked again, it is handed back at once."""
+
+    __slots__ = ()
+
+
+class AllowedCidr(str):
+    """A CIDR in the normal form `check_cidr` gave it: checked again, handed back at once."""
+
+    __slots__ = ()
+
+
+def check_host(host: str) -> AllowedHost:
     """Check one `--allow-host` value: a DNS name or an IP address, nothing else.
 
     A name is not resolved here (smolvm resolves it at create, and its failure is reported as
     smolvm's error). Refused: ports (smolvm allows every port of an allowed host), URLs,
     wildcards (a host already allows its subdomains), and anything that is not a name.
     """
+    if type(host) is AllowedHost:
+        return host
     if not isinstance(host, str):
         raise InvalidInputError(f"allowed host must be a string, not {type(host).__name__}")
     problem = None
@@ -117,7 +134,7 @@ def check_host(host: str) -> str:
         if "%" in host:
             problem = "an IPv6 zone (%…) is not accepted"
         else:
-            return host
+            return AllowedHost(host)
     bare = host[:-1] if host.endswith(".") else host
     if problem is not None:
         pass
@@ -146,15 +163,17 @@ def check_host(host: str) -> str:
         problem = "it looks like an IP address but is not one"
     if problem is not None:
         raise InvalidInputError(f"invalid allowed host {host!r}: {problem}")
-    return host
+    return AllowedHost(host)
 
 
-def check_cidr(cidr: str) -> str:
+def check_cidr(cidr: str) -> AllowedCidr:
     """Check one `--allow-cidr` value as smolvm's `parse_cidr` does; return its normal form.
 
     `ADDR/PREFIX` or a bare address (`/32` or `/128` added). Host bits are kept, as smolvm's
     `ipnet` keeps them (`10.1.2.3/8` stays so; it still means 10.0.0.0/8).
     """
+    if type(cidr) is AllowedCidr:
+        return cidr
     if not isinstance(cidr, str):
         raise InvalidInputError(f"allowed CIDR must be a string, not {type(cidr).__name__}")
     addr, slash, prefix = cidr.partition("/")
@@ -173,7 +192,7 @@ def check_cidr(cidr: str) -> str:
             f"invalid allowed CIDR {cidr!r}: expected an address with an optional prefix "
             "length, like 10.0.0.0/8, 1.1.1.1 or 2001:db8::/32"
         ) from None
-    return f"{ip}/{bits}"
+    return AllowedCidr(f"{ip}/{bits}")
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:

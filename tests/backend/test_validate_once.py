@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from harness.fakevm import FakeSmolvm
 
-from bottle import _validate
+from bottle import _validate, network
 from bottle.backend import LaunchSpec, get_backend
 from bottle.errors import InvalidInputError
 
@@ -36,6 +36,8 @@ def test_a_launch_checks_the_machine_name_once(
         (_validate.machine_name, "vm-1", _validate.MachineName),
         (_validate.user_name, "node", _validate.UserName),
         (_validate.guest_path, "/home/node", _validate.GuestPath),
+        (network.check_host, "api.anthropic.com", network.AllowedHost),
+        (network.check_cidr, "10.0.0.0/8", network.AllowedCidr),
     ],
 )
 def test_a_checked_value_is_kept_in_its_checked_form(
