@@ -14,7 +14,7 @@ import re
 import stat
 from collections.abc import Iterable, Mapping
 
-from bottle.errors import InvalidInputError
+from bottle.errors import InvalidInputError, Message, Param
 
 # smolvm's validate_vm_name: first char alphanumeric, then [A-Za-z0-9_-], no "--",
 # no trailing "-", at most 128 characters.
@@ -129,15 +129,19 @@ def user_name(name: str) -> UserName:
     return UserName(name)
 
 
-def guest_path(path: str, what: str = "guest path") -> GuestPath:
+def guest_path(path: str, what: str | Param = "guest path") -> GuestPath:
     """Check a guest path: absolute, no NUL, no '.' or '..' segments."""
     if type(path) is GuestPath:
         return path
-    no_nul(path, what)
+    no_nul(path, str(what))
     if not path.startswith("/"):
-        raise InvalidInputError(f"{what} {path!r} must be absolute (start with '/')")
+        raise InvalidInputError(
+            Message("{what} {path!r} must be absolute (start with '/')", what=what, path=path)
+        )
     if any(seg in (".", "..") for seg in path.split("/")):
-        raise InvalidInputError(f"{what} {path!r} must not contain '.' or '..' segments")
+        raise InvalidInputError(
+            Message("{what} {path!r} must not contain '.' or '..' segments", what=what, path=path)
+        )
     return GuestPath(path)
 
 

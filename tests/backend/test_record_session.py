@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.backend import LAUNCH, image_machine
+from harness.backend import CLI_FAILURE, LAUNCH, image_machine
 from harness.terminal import run_in_pty
 
 from bottle import smolvm as sv
@@ -150,6 +150,6 @@ def test_cli_refuses_a_bad_recording_before_launching(
         [*BOTTLE, *LAUNCH, "--agent-command", "/bin/sh", *args],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == CLI_FAILURE
     assert proc.stderr.startswith("bottle: error: ") and message in proc.stderr, proc.stderr
     assert fake_smolvm.calls() == []  # no machine was touched

@@ -1,0 +1,56 @@
+"""What `launch` and `agent` share: the session's options, the recording check, the session."""
+
+from __future__ import annotations
+
+import argparse
+
+# Loaded with the command, before Ctrl-C is handed to it (bottle._console): an import that a
+# KeyboardInterrupt lands in can swallow it, and a session on a terminal needs the relay.
+import bottle.relay  # noqa: F401
+from bottle import _validate
+from bottle.backend import Bottle
+from bottle.cli._options import add_env
+from bottle.errors import InvalidInputError
+
+
+def add_agent_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--provider", default="claude", help="agent provider (default: claude)")
+    p.add_argument("--agent-command", help="program to run (default: the provider's)")
+    p.add_argument(
+        "--workdir", help="guest directory the agent starts in (default: the user's home)"
+    )
+    p.add_argument("--user", default="node", help="guest user running the agent (default: node)")
+    p.add_argument("--title", default="", help="terminal title for the session")
+    p.add_argument("--color", default="", help="terminal background colour (#rgb, #rrggbb, name)")
+    p.add_argument("--no-tty", action="store_true", help="run without a terminal (no relay)")
+    p.add_argument(
+        "--record",
+        metavar="FILE.cast",
+        help="record the session into a new file (asciicast v2, mode 0600; "
+        "play it with `asciinema play FILE.cast`)",
+    )
+    p.add_argument(
+        "--record-input",
+        action="store_true",
+        help="record typed input too (off by default: typed secrets would land in the file)",
+    )
+    add_env(p)
+
+
+def check_record(ns: argparse.Namespace) -> None:
+    """Refuse a recording that cannot work before any machine is touched."""
+    if ns.record is None:
+        if ns.record_input:
+            raise InvalidInputError("--record-input needs --record FILE.cast")
+        return
+    if ns.no_tty:
+        raise InvalidInputError("--record needs a terminal session (drop --no-tty)")
+    _validate.new_file(ns.record)
+
+
+def run_session(bottle: Bottle, ns: argparse.Namespace, agent_args: list[str]) -> int:
+    """Run the agent; its status, or raise what went wrong around the session."""
+    result = bottle.run_agent(
+        agent_args, tty=not ns.no_tty, record=ns.record, record_input=ns.record_input
+    )
+    return result.check().returncode
