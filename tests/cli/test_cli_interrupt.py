@@ -39,8 +39,9 @@ TROUBLE = re.compile(rb"Traceback \(most recent call last\)|Exception ignored|Fa
 FRAME = re.compile(rb'File "([^"]+)"')
 PACKAGE = Path(bottle.__file__).resolve().parent
 # The only code of bottle's that may run before the takeover: the package's own `__init__`
-# (a version string and a platform check) and `_console` up to its first statements.
-FIRST = {PACKAGE / "__init__.py", PACKAGE / "_console.py"}
+# (a version string and a platform check), `__main__`'s import of `_console` (for `python -m`)
+# and `_console` up to its first statements.
+FIRST = {PACKAGE / "__init__.py", PACKAGE / "__main__.py", PACKAGE / "_console.py"}
 
 
 def _bottle_code_before_the_takeover(text: bytes) -> list[str]:
