@@ -128,3 +128,19 @@ def test_ctrl_c_during_start_up_is_a_quiet_130(entry: str) -> None:
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_ctrl_c_during_start_up_is_a_quiet_130_many_times(entry: str) -> None:
     _storm(entry, tries=16)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_an_ignored_ctrl_c_stays_ignored(entry: str) -> None:
+    """Started with SIGINT ignored (`nohup`, a script's background job), bottle leaves it so:
+    the signal changes nothing and the command runs to its end."""
+    proc = subprocess.Popen(
+        [*ENTRIES[entry], "relay", "--", "sh", "-c", "sleep 0.5; echo done"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    for _ in range(10):
+        time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert (proc.returncode, out.replace(b"\r\n", b"\n")) == (0, b"done\n")
