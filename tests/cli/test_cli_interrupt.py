@@ -89,20 +89,24 @@ def _interrupted(argv: list[str], delay: float) -> tuple[str, str]:
         out = term.output()
         restored = term.attrs() == term.saved and term.flags() == term.flags_before
     taken = TAKEN_OVER.search(out)
-    trouble = TROUBLE.search(out)
+    before, after = (out[: taken.start()], out[taken.start() :]) if taken else (out, b"")
+    trouble = TROUBLE.search(before)
     tail = out[-400:].decode(errors="replace")
     if not restored:
         return "terminal changed", tail
-    if trouble is not None and (taken is None or trouble.start() < taken.start()):
-        early = _bottle_code_before_the_takeover(out[: taken.start() if taken else len(out)])
-        if early:
-            return f"traceback from bottle before the takeover ({', '.join(early)})", tail
-        return "interpreter start-up", tail  # before bottle's first module ran
-    if trouble is not None:
+    early = _bottle_code_before_the_takeover(before)
+    if early:
+        return f"traceback from bottle before the takeover ({', '.join(early)})", tail
+    if taken is None or trouble is not None:
+        # Python's own start-up met the signal before bottle's first module had run: it may
+        # die of it (130), print it and exit 1, or, in its check of argv[0], swallow it.
+        return ("quiet 130, before bottle" if status == 130 and not trouble
+                else "interpreter start-up"), tail  # fmt: skip
+    if TROUBLE.search(after):
         return "traceback", tail
     if status != 130:
         return f"swallowed (status {status})", tail
-    return ("quiet 130" if taken else "quiet 130, before bottle"), ""
+    return "quiet 130", ""
 
 
 def _storm(entry: str, tries: int) -> None:
