@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 # Loaded with the command, before Ctrl-C is handed to it (bottle._console): an import that a
 # KeyboardInterrupt lands in can swallow it, and a session on a terminal needs the relay.
@@ -10,6 +11,7 @@ import bottle.relay  # noqa: F401
 from bottle import _validate
 from bottle.backend import Bottle
 from bottle.cli._options import add_env
+from bottle.cli._secrets import from_environment
 from bottle.errors import InvalidInputError
 
 
@@ -35,6 +37,20 @@ def add_agent_options(p: argparse.ArgumentParser) -> None:
         help="record typed input too (off by default: typed secrets would land in the file)",
     )
     add_env(p)
+
+
+def session_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """The `LaunchSpec` fields that the options above give, for `launch` and `agent` alike."""
+    return {
+        "env": dict(ns.env),
+        "secret_env": from_environment(ns.secret_env),
+        "agent_provider": ns.provider,
+        "agent_command": ns.agent_command,
+        "workdir": ns.workdir,
+        "agent_user": ns.user,
+        "terminal_title": ns.title,
+        "terminal_color": ns.color,
+    }
 
 
 def check_record(ns: argparse.Namespace) -> None:

@@ -6,10 +6,9 @@ import argparse
 
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import SmolmachinesBottle
-from bottle.cli._agent import add_agent_options, check_record, run_session
+from bottle.cli._agent import add_agent_options, check_record, run_session, session_fields
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
 from bottle.cli._options import add_name
-from bottle.cli._secrets import from_environment
 
 
 class Agent(Command):
@@ -30,17 +29,6 @@ class Agent(Command):
 
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         check_record(ns)
-        spec = LaunchSpec(
-            machine_name=ns.name,
-            env=dict(ns.env),
-            secret_env=from_environment(ns.secret_env),
-            agent_provider=ns.provider,
-            agent_command=ns.agent_command,
-            prompt_mode=ns.prompt_mode,
-            workdir=ns.workdir,
-            agent_user=ns.user,
-            terminal_title=ns.title,
-            terminal_color=ns.color,
-        )
+        spec = LaunchSpec(machine_name=ns.name, prompt_mode=ns.prompt_mode, **session_fields(ns))
         with SmolmachinesBottle.from_spec(spec, prompt_path=ns.prompt_path) as bottle:
             return run_session(bottle, ns, extra)

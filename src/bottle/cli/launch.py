@@ -11,11 +11,10 @@ from types import FrameType
 
 from bottle.backend import Bottle, BottleBackend, LaunchSpec, get_backend
 from bottle.backend.smolmachines import SmolmachinesBottleBackend
-from bottle.cli._agent import add_agent_options, check_record, run_session
+from bottle.cli._agent import add_agent_options, check_record, run_session, session_fields
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
 from bottle.cli._options import add_name, positive_int
 from bottle.cli._progress import ProgressDisplay
-from bottle.cli._secrets import from_environment
 from bottle.errors import InvalidInputError
 
 
@@ -74,18 +73,11 @@ class Launch(Command):
             image=ns.image,
             cpus=ns.cpus,
             memory_mib=ns.memory,
-            env=dict(ns.env),
-            secret_env=from_environment(ns.secret_env),
             prompt_file=ns.prompt_file,
-            agent_provider=ns.provider,
-            agent_command=ns.agent_command,
-            workdir=ns.workdir,
             network=_network(ns),
-            agent_user=ns.user,
-            terminal_title=ns.title,
-            terminal_color=ns.color,
             allow_hosts=ns.allow_host,
             allow_cidrs=ns.allow_cidr,
+            **session_fields(ns),
         )
         backend = get_backend(ns.backend)
         display = ProgressDisplay(enabled=not ns.quiet and sys.stderr.isatty())
