@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import NamedTuple
 
 from bottle import __version__
-from bottle.cli._command import Command
+from bottle.cli._command import GLOBAL_OPTIONS, SECRETS_NOTE, Command
 from bottle.cli._errors import FAILURE, PROG, did_you_mean, run
 
 
@@ -47,8 +47,12 @@ COMMANDS: dict[str, Entry] = {
 
 USAGE = f"usage: {PROG} [-v] [-q] COMMAND [ARG...]\n       {PROG} --version\n"
 
-_GLOBAL = {"--verbose": "verbose", "--quiet": "quiet", "--help": "help", "--version": "version"}
-_SHORT = {"v": "verbose", "q": "quiet", "h": "help"}
+# The global options (and help and version) before the command, by the name they set.
+_LONG = {long: long[2:] for _, long, _ in GLOBAL_OPTIONS} | {
+    "--help": "help",
+    "--version": "version",
+}
+_SHORT = {short[1]: long[2:] for short, long, _ in GLOBAL_OPTIONS} | {"h": "help"}
 
 
 class _Usage(Exception):
@@ -58,6 +62,7 @@ class _Usage(Exception):
 def _help() -> str:
     width = max(map(len, COMMANDS))
     commands = "".join(f"  {n:<{width}}  {e.summary}\n" for n, e in COMMANDS.items())
+    options = "".join(f"  {s}, {long:<11}{text}\n" for s, long, text in GLOBAL_OPTIONS)
     return f"""{USAGE}
 Run AI agent CLIs inside smolvm microVMs.
 
@@ -66,9 +71,7 @@ commands:
 global options (before or after the command):
   -h, --help     show this help ({PROG} COMMAND --help: that command's)
   --version      show bottle's version
-  -v, --verbose  log each smolvm call
-  -q, --quiet    no progress display while launching
-
+{options}
 exit status:
   the agent's or the guest command's own status, unchanged (128+N: ended by signal N)
   {FAILURE}  bottle itself failed: bad usage or input, smolvm missing or too old, no such
@@ -76,9 +79,7 @@ exit status:
   130  interrupted (Ctrl-C)
   `{PROG} relay` and `{PROG} bench` are programs of their own: see their --help.
 
-Secrets: --secret-env NAME takes a variable NAME from bottle's own environment and hands it to
-the guest by name only; the value never appears on any command line.
-"""
+{SECRETS_NOTE}"""
 
 
 def _split(args: list[str]) -> tuple[set[str], str | None, list[str]]:
@@ -91,9 +92,9 @@ def _split(args: list[str]) -> tuple[set[str], str | None, list[str]]:
             return seen, arg, args[i + 1 :]
         if arg.startswith("--"):
             # argparse's rule, kept here too: a long option may be shortened while unique.
-            found = [name for opt, name in _GLOBAL.items() if opt.startswith(arg)]
-            if arg in _GLOBAL:
-                found = [_GLOBAL[arg]]
+            found = [name for opt, name in _LONG.items() if opt.startswith(arg)]
+            if arg in _LONG:
+                found = [_LONG[arg]]
             if len(found) != 1:
                 what = "ambiguous" if found else "unknown"
                 raise _Usage(f"{what} option {arg!r} before the command")
@@ -151,8 +152,8 @@ def main(
     ns = parser.parse_args(rest)
     if extra and not command.takes_extra:
         parser.error(f"{name} takes no arguments after '--'")
-    ns.verbose = ns.verbose or "verbose" in seen
-    ns.quiet = ns.quiet or "quiet" in seen
+    for _, long, _ in GLOBAL_OPTIONS:  # given before the command, or after it
+        setattr(ns, long[2:], getattr(ns, long[2:]) or long[2:] in seen)
     _configure_logging(verbose=ns.verbose)
     return run(lambda: command.run(ns, extra), interrupts)
 
