@@ -25,7 +25,6 @@ import os
 import posixpath
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -444,7 +443,7 @@ class SmolmachinesBottle(Bottle):
             if tty:
                 status = self._run_tty(full, env, recording, record_input)
             else:
-                status = subprocess.run(full, env=env, check=False).returncode
+                status = sv.run_attached(full, env=env)
         except PermissionError:
             raise SmolvmNotExecutableError(
                 f"smolvm at {full[0]} is not executable", filename=full[0]
@@ -751,19 +750,20 @@ class SmolmachinesBottleBackend(BottleBackend):
         if policy.mode.restricted:
             log.info("machine %r: %s", name, policy.describe())
         with ExitStack() as stack:
+            # Registered before the create, so that an interrupt at any point from here on
+            # removes what it made: the name was free a moment ago, so whatever stands under it
+            # is this create's, unless smolvm said the name was taken.
+            create_done: list[bool] = []  # [False]: someone else's machine; [True]: ours
+            stack.callback(self._undo_create, name, create_done)
             try:
                 with _step("creating", name, progress) as on_line:
                     smolvm.run(
                         create, machine=name, timeout=smolvm.timeouts.create, on_line=on_line
                     )
             except MachineExistsError:
-                raise  # someone else's machine, created since our check: not ours to touch
-            except BaseException:
-                # Failed or interrupted half-way: the name was free a moment ago, so whatever
-                # stands under it now is what this create left behind.
-                self._remove_leftover(name)
+                create_done.append(False)  # created since our check: not ours to touch
                 raise
-            stack.callback(self._undo, "delete", smolvm.delete, name)
+            create_done.append(True)
             # A start that fails or times out is undone by the delete (which stops first).
             with _step("starting", name, progress) as on_line:
                 smolvm.start(name, on_line=on_line)
@@ -829,6 +829,13 @@ class SmolmachinesBottleBackend(BottleBackend):
                     raise exc from None
                 log.info("prompt file %s stays owned by root, readable by %r: %s",
                          guest_prompt, user, exc)  # fmt: skip
+
+    def _undo_create(self, name: str, done: list[bool]) -> None:
+        if not done:
+            # Failed or interrupted half-way (or just after): remove whatever it left.
+            self._remove_leftover(name)
+        elif done[0]:
+            self._undo("delete", self.smolvm.delete, name)
 
     def _remove_leftover(self, name: str) -> None:
         try:
