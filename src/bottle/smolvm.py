@@ -187,7 +187,7 @@ def exec_args(
     when `smolvm machine exec --help` shows the option.
     """
     check.machine_name(name)
-    command = check.argv(command, "guest command argument")
+    command = check.argv(command, "guest command argument", "command")
     if not command:
         raise InvalidInputError("the guest command is empty")
     args = ["machine", "exec", "--name", name]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import posixpath
 import re
@@ -28,7 +29,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -120,14 +121,45 @@ class RetryPolicy:
     statuses: frozenset[int] = frozenset({137})
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise InvalidInputError(f"retry attempts must be at least 1, not {self.attempts}")
-        if self.delay < 0:
-            raise InvalidInputError(f"retry delay must not be negative, not {self.delay}")
-        object.__setattr__(self, "statuses", frozenset(self.statuses))
+        check.count(self.attempts, "RetryPolicy attempts", minimum=1)
+        delay = self.delay
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise InvalidInputError(
+                f"RetryPolicy delay must be a number of seconds, not {type(delay).__name__}"
+            )
+        if not 0 <= delay < math.inf:  # NaN too
+            raise InvalidInputError(
+                f"RetryPolicy delay must be 0 or more seconds (and finite), not {delay}"
+            )
+        statuses = self.statuses
+        if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
+            raise InvalidInputError(
+                "RetryPolicy statuses must be a set of exit statuses, not "
+                f"{type(statuses).__name__}"
+            )
+        statuses = frozenset(statuses)
+        for status in statuses:
+            check.count(status, "each of RetryPolicy statuses", minimum=0)
+        object.__setattr__(self, "statuses", statuses)
 
 
 DEFAULT_RETRY = RetryPolicy()
+
+
+def _retry_policy(retry: object) -> RetryPolicy:
+    if not isinstance(retry, RetryPolicy):
+        raise InvalidInputError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
+    return retry
+
+
+def _smolvm(smolvm: object) -> sv.Smolvm:
+    if smolvm is None:
+        return sv.Smolvm()
+    if not isinstance(smolvm, sv.Smolvm):
+        raise InvalidInputError(
+            f"smolvm must be a bottle.smolvm.Smolvm or None, not {type(smolvm).__name__}"
+        )
+    return smolvm
 
 
 class SmolmachinesBottle(Bottle):
@@ -176,8 +208,8 @@ class SmolmachinesBottle(Bottle):
         self.agent_workdir = check.guest_path(
             agent_workdir if agent_workdir is not None else home_for(agent_user), "agent workdir"
         )
-        self.retry = retry
-        self._smolvm = smolvm if smolvm is not None else sv.Smolvm()
+        self.retry = _retry_policy(retry)
+        self._smolvm = _smolvm(smolvm)
         self._guest_users: dict[bool, str] = {}
         self._ids: dict[str, tuple[int, int]] = {}
 
@@ -308,6 +340,7 @@ class SmolmachinesBottle(Bottle):
                 stopped, …); its `result` is the probe's `ExecResult`.
         """
         args = check.argv(argv)
+        check.flag(tty, "tty")
         guest, user = self._as_user(self.agent_user, interactive=True)
         guest.append(self.agent_command)
         guest += agent_args(
@@ -412,6 +445,8 @@ class SmolmachinesBottle(Bottle):
         """
         self._ensure_open()
         check.argv(argv)
+        check.flag(tty, "tty")
+        check.flag(record_input, "record_input")
         recording = None
         if record is not None or record_input:
             if record is None:
@@ -694,8 +729,8 @@ class SmolmachinesBottleBackend(BottleBackend):
     def __init__(
         self, *, smolvm: sv.Smolvm | None = None, retry: RetryPolicy = DEFAULT_RETRY
     ) -> None:
-        self.smolvm = smolvm if smolvm is not None else sv.Smolvm()
-        self.retry = retry
+        self.smolvm = _smolvm(smolvm)
+        self.retry = _retry_policy(retry)
 
     def __repr__(self) -> str:
         return f"SmolmachinesBottleBackend(smolvm={self.smolvm!r})"
