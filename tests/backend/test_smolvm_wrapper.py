@@ -462,7 +462,7 @@ def test_a_timeout_that_is_not_a_time_limit_starts_nothing(tmp_path: Path) -> No
     ran = tmp_path / "ran"
     with pytest.raises(InvalidInputError, match="timeout must be a number of seconds"):
         sv.run_captured(["sh", "-c", f"touch {ran}"], timeout="900")  # type: ignore[arg-type]
-    with pytest.raises(InvalidInputError, match="timeouts must be a bottle.smolvm.Timeouts"):
+    with pytest.raises(InvalidInputError, match=r"timeouts must be a bottle\.smolvm\.Timeouts"):
         sv.Smolvm(timeouts={"create": 900})  # type: ignore[arg-type]
     assert not ran.exists()
 
