@@ -200,24 +200,6 @@ def host_file(path: str | os.PathLike[str], what: str = "host file") -> str:
     return text
 
 
-def new_file(path: str | os.PathLike[str], what: str = "recording file") -> str:
-    """Check that a host path can become a new file: free, in an existing directory."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidInputError(f"{what} must be a path, not {type(path).__name__}")
-    text = os.fspath(path)
-    if not isinstance(text, str):
-        raise InvalidInputError(f"{what} must be a text path, not {type(text).__name__}")
-    no_nul(text, what)
-    if not text:
-        raise InvalidInputError(f"{what} name is empty")
-    if os.path.lexists(text):
-        raise InvalidInputError(f"{what} {text!r} already exists (bottle never overwrites one)")
-    parent = os.path.dirname(text) or "."
-    if not os.path.isdir(parent):
-        raise InvalidInputError(f"{what} {text!r}: directory {parent!r} does not exist")
-    return text
-
-
 def _a(value: object) -> str:
     """How a wrong value is named in a message: its type, or "a string"."""
     return "a string" if isinstance(value, str) else type(value).__name__

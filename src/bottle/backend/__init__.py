@@ -25,6 +25,8 @@ from bottle.results import AgentResult, ExecResult, Progress
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from bottle.relay import Recording
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "AgentResult",
@@ -60,13 +62,14 @@ class Bottle(abc.ABC):
         argv: Sequence[str],
         *,
         tty: bool = True,
-        record: str | os.PathLike[str] | None = None,
+        record: str | os.PathLike[str] | Recording | None = None,
         record_input: bool = False,
     ) -> AgentResult:
         """Like `exec_agent`, but the outcome's `check()` raises what went wrong around it.
 
         Backends that learn more than a status override this; the default knows the status
-        and cannot record (``record`` is refused with `InvalidInputError`).
+        and cannot record (``record``, a path or a `bottle.relay.Recording`, is refused with
+        `InvalidInputError`).
         """
         if record is not None or record_input:
             raise InvalidInputError(f"the {type(self).__name__} backend cannot record sessions")

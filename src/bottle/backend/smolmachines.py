@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bottle import _validate as check
 from bottle import smolvm as sv
@@ -51,6 +52,9 @@ from bottle.errors import (
 )
 from bottle.network import NetworkMode, NetworkPolicy, plan
 from bottle.results import AgentResult, ExecResult, Progress, exit_status
+
+if TYPE_CHECKING:
+    from bottle.relay import Recording
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -400,7 +404,7 @@ class SmolmachinesBottle(Bottle):
         argv: Sequence[str],
         *,
         tty: bool = True,
-        record: str | os.PathLike[str] | None = None,
+        record: str | os.PathLike[str] | Recording | None = None,
         record_input: bool = False,
     ) -> int:
         """Run the agent; return smolvm's exit status (128+N when it died of signal N).
@@ -410,14 +414,17 @@ class SmolmachinesBottle(Bottle):
         failures. `run_agent` gives the same status with the precise error.
 
         ``record`` names a new file that receives the session as an asciicast v2 recording
-        (see `bottle.relay.run`); the relay then copies smolvm's output instead of letting it
-        write to the terminal itself. ``record_input`` records typed input too. Secrets never
+        (see `bottle.relay.run`), or is a `bottle.relay.Recording` made beforehand (before a
+        launch, say, so that a file that cannot be made is refused before any machine is);
+        the relay then copies smolvm's output instead of letting it write to the terminal
+        itself. A file named here is created (mode 0600) before anything runs and removed
+        again if no session started. ``record_input`` records typed input too. Secrets never
         reach the file: they go to smolvm through its environment, and the header names only
         ``TERM`` and ``SHELL``.
 
         Raises:
-            InvalidInputError: bad arguments (a ``record`` file that exists, a recording
-                without ``tty``), before anything runs.
+            InvalidInputError: bad arguments (a ``record`` file that exists or cannot be
+                created, a recording without ``tty``), before anything runs.
             SmolvmNotFoundError, SmolvmNotExecutableError: smolvm cannot be run at all (also
                 `FileNotFoundError` / `PermissionError`).
         """
@@ -430,7 +437,7 @@ class SmolmachinesBottle(Bottle):
         argv: Sequence[str],
         *,
         tty: bool = True,
-        record: str | os.PathLike[str] | None = None,
+        record: str | os.PathLike[str] | Recording | None = None,
         record_input: bool = False,
     ) -> AgentResult:
         """Run the agent like `exec_agent`; the result's `check()` raises what went wrong.
@@ -447,13 +454,24 @@ class SmolmachinesBottle(Bottle):
         check.argv(argv)
         check.flag(tty, "tty")
         check.flag(record_input, "record_input")
-        recording = None
-        if record is not None or record_input:
-            if record is None:
+        if record is None:
+            if record_input:
                 raise InvalidInputError("record_input needs a recording: give record=FILE")
-            if not tty:
-                raise InvalidInputError("recording needs a terminal session (tty=True)")
-            recording = check.new_file(record)
+            return self._session(argv, tty, None, False)
+        if not tty:
+            raise InvalidInputError("recording needs a terminal session (tty=True)")
+        from bottle.relay import Recording
+
+        if isinstance(record, Recording):
+            return self._session(argv, tty, record, record_input)
+        # Made first, so that a file that cannot be is refused before anything runs; removed
+        # again when no session started.
+        with Recording(record) as recording:
+            return self._session(argv, tty, recording, record_input)
+
+    def _session(
+        self, argv: Sequence[str], tty: bool, recording: Recording | None, record_input: bool
+    ) -> AgentResult:
         refused = self._not_running()
         full: list[str] = []
         if refused is None:
@@ -508,7 +526,11 @@ class SmolmachinesBottle(Bottle):
         return AgentResult(status)
 
     def _run_tty(
-        self, full: list[str], env: dict[str, str], record: str | None, record_input: bool
+        self,
+        full: list[str],
+        env: dict[str, str],
+        record: Recording | None,
+        record_input: bool,
     ) -> int:
         from bottle import relay
 
