@@ -65,6 +65,11 @@ def _launch(**kw: Any) -> None:
         pytest.fail("the body must not run")
 
 
+def _enter(context: Any) -> None:
+    with context:
+        pytest.fail("the body must not run")
+
+
 BAD_MACHINE_NAMES = ["", "-a", "_a", "a--b", "a-", "a b", "a/b", "a:b", "a.b", "é", "a\0b",
                      "a\n", "x" * 129]
 BAD_ENV_NAMES = ["", "1A", "A-B", "A B", "A=B", "Ä", "A\0", "A\n"]
@@ -211,6 +216,13 @@ CASES: list[Case] = [
              "host file must be a path (str or os.PathLike), not int"),
             ("cp_in container_path", lambda f: _bottle().cp_in(f["file"], 5),
              "guest path must be a string, not int"),
+            ("launch spec", lambda f: _enter(SmolmachinesBottleBackend().launch("m1")),
+             "spec must be a LaunchSpec, not str"),
+            ("launch progress", lambda f: _enter(SmolmachinesBottleBackend().launch(
+                LaunchSpec("m1", image=ROOT_IMAGE), progress="bar")),
+             "progress must be a callable or None, not str"),
+            ("from_spec spec", lambda f: SmolmachinesBottle.from_spec({"machine_name": "m"}),
+             "spec must be a LaunchSpec, not dict"),
         ]
     ],
 ]

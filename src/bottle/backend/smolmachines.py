@@ -150,6 +150,12 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
+def _launch_spec(spec: object) -> LaunchSpec:
+    if not isinstance(spec, LaunchSpec):
+        raise InvalidInputError(f"spec must be a LaunchSpec, not {type(spec).__name__}")
+    return spec
+
+
 def _retry_policy(retry: object) -> RetryPolicy:
     if not isinstance(retry, RetryPolicy):
         raise InvalidInputError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
@@ -232,7 +238,7 @@ class SmolmachinesBottle(Bottle):
         `prompt_path` is the prompt's path in the guest (the spec's `prompt_file` is a host
         path that only `launch` copies in); `spec.workdir` defaults to the agent user's home.
         """
-        provider = get_provider(spec.agent_provider)
+        provider = get_provider(_launch_spec(spec).agent_provider)
         return cls(
             spec.machine_name,
             prompt_path=prompt_path,
@@ -770,7 +776,11 @@ class SmolmachinesBottleBackend(BottleBackend):
         step (creating, starting, provisioning) is logged and, when given, reported to
         `progress` as it begins, for every line smolvm prints meanwhile, and as it ends.
         """
-        user = spec.agent_user
+        user = _launch_spec(spec).agent_user
+        if progress is not None and not callable(progress):
+            raise InvalidInputError(
+                f"progress must be a callable or None, not {type(progress).__name__}"
+            )
         home = home_for(user)
         if spec.image is None and user != "root":
             raise InvalidInputError(
@@ -840,7 +850,7 @@ class SmolmachinesBottleBackend(BottleBackend):
             InvalidInputError: a combination that cannot work (off, or CIDRs only, with a
                 registry image; an allow-list with nothing in it).
         """
-        provider = get_provider(spec.agent_provider)
+        provider = get_provider(_launch_spec(spec).agent_provider)
         registry = spec.image is not None and sv.is_registry_image(spec.image)
         version = (0, 0, 0)
         mode = spec.network_mode
