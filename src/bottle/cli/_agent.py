@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-# Loaded with the command, before Ctrl-C is handed to it (bottle._console): an import that a
-# KeyboardInterrupt lands in can swallow it, and a session on a terminal needs the relay.
-import bottle.relay  # noqa: F401
-from bottle import _validate
 from bottle.backend import Bottle
 from bottle.cli._options import add_env
 from bottle.cli._secrets import from_environment
 from bottle.errors import InvalidInputError
+
+# Loaded with the command, before Ctrl-C is handed to it (bottle._console): an import that a
+# KeyboardInterrupt lands in can swallow it, and a session on a terminal needs the relay.
+from bottle.relay import Recording
 
 
 def add_agent_options(p: argparse.ArgumentParser) -> None:
@@ -54,19 +55,28 @@ def session_fields(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_record(ns: argparse.Namespace) -> None:
-    """Refuse a recording that cannot work before any machine is touched."""
+    """Refuse recording options that cannot work together, before anything runs."""
     if ns.record is None:
         if ns.record_input:
             raise InvalidInputError("--record-input needs --record FILE.cast")
         return
     if ns.no_tty:
         raise InvalidInputError("--record needs a terminal session (drop --no-tty)")
-    _validate.new_file(ns.record)
 
 
-def run_session(bottle: Bottle, ns: argparse.Namespace, agent_args: list[str]) -> int:
+def recording(ns: argparse.Namespace) -> AbstractContextManager[Recording | None]:
+    """The --record file, made now (before any machine is touched: making it is the check that
+    it can be) and removed on the way out if no session ran into it."""
+    if ns.record is None:
+        return nullcontext()
+    return Recording(ns.record)
+
+
+def run_session(
+    bottle: Bottle, ns: argparse.Namespace, agent_args: list[str], record: Recording | None
+) -> int:
     """Run the agent; its status, or raise what went wrong around the session."""
     result = bottle.run_agent(
-        agent_args, tty=not ns.no_tty, record=ns.record, record_input=ns.record_input
+        agent_args, tty=not ns.no_tty, record=record, record_input=ns.record_input
     )
     return result.check().returncode

@@ -6,7 +6,13 @@ import argparse
 
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import SmolmachinesBottle
-from bottle.cli._agent import add_agent_options, check_record, run_session, session_fields
+from bottle.cli._agent import (
+    add_agent_options,
+    check_record,
+    recording,
+    run_session,
+    session_fields,
+)
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
 from bottle.cli._options import add_name
 
@@ -30,5 +36,6 @@ class Agent(Command):
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         check_record(ns)
         spec = LaunchSpec(machine_name=ns.name, prompt_mode=ns.prompt_mode, **session_fields(ns))
-        with SmolmachinesBottle.from_spec(spec, prompt_path=ns.prompt_path) as bottle:
-            return run_session(bottle, ns, extra)
+        bottle = SmolmachinesBottle.from_spec(spec, prompt_path=ns.prompt_path)
+        with recording(ns) as record, bottle:
+            return run_session(bottle, ns, extra, record)

@@ -11,7 +11,13 @@ from types import FrameType
 
 from bottle.backend import Bottle, BottleBackend, LaunchSpec, get_backend
 from bottle.backend.smolmachines import SmolmachinesBottleBackend
-from bottle.cli._agent import add_agent_options, check_record, run_session, session_fields
+from bottle.cli._agent import (
+    add_agent_options,
+    check_record,
+    recording,
+    run_session,
+    session_fields,
+)
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
 from bottle.cli._options import add_name, positive_int
 from bottle.cli._progress import ProgressDisplay
@@ -81,9 +87,14 @@ class Launch(Command):
         )
         backend = get_backend(ns.backend)
         display = ProgressDisplay(enabled=not ns.quiet and sys.stderr.isatty())
-        with _teardown_on_signals(), display, _launch(backend, spec, display) as bottle:
+        with (
+            _teardown_on_signals(),
+            recording(ns) as record,
+            display,
+            _launch(backend, spec, display) as bottle,
+        ):
             display.close()  # the session owns the terminal from here
-            return run_session(bottle, ns, extra)
+            return run_session(bottle, ns, extra, record)
 
 
 def _network(ns: argparse.Namespace) -> bool | str | None:
