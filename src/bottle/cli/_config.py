@@ -74,6 +74,15 @@ def _provider(value: object) -> str:
     return get_provider(_text(value)).name
 
 
+def _network(value: object) -> str:
+    from bottle.network import NetworkMode
+
+    modes = [str(mode) for mode in NetworkMode]
+    if _text(value) not in modes:
+        raise ValueError(f"must be one of {', '.join(modes)}, not {value!r}")
+    return str(value)
+
+
 def _hosts(value: object) -> list[str]:
     from bottle.network import check_hosts
 
@@ -102,7 +111,7 @@ KEYS: dict[str, Key] = {
     "image": Key("--image", _image),
     "cpus": Key("--cpus", _count),
     "memory": Key("--memory", _count),
-    "network": Key("--network", _text),
+    "network": Key("--network", _network),
     "allow-hosts": Key("--allow-host", _hosts),
     "allow-cidrs": Key("--allow-cidr", _cidrs),
     "secret-env": Key("--secret-env", _env_names),
