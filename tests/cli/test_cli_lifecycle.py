@@ -161,7 +161,7 @@ def test_a_status_line_never_wraps(fake_smolvm: Any) -> None:
     # A wrapped status line could not be erased by "\r" and erase-line: it is cut to the width.
     fake_smolvm.set_fault(DELAY_START="1.2")
     run = run_in_pty([*BOTTLE, *LAUNCH, "--agent-command", "/bin/sh", "--no-tty", "--",
-                      "-c", "true"], cols=30)  # fmt: skip
+                      "-c", "true"], cols=20)  # fmt: skip
     assert run.status == 0, run.output
     parts = run.output.split(b"\r")
     # A status line is drawn after "\r" + erase-line and ended by the next "\r"; a printed
@@ -170,7 +170,7 @@ def test_a_status_line_never_wraps(fake_smolvm: Any) -> None:
                 if s.startswith(b"\x1b[Kbottle: starting") and not after.startswith(b"\n")]
     assert statuses, run.output
     for segment in statuses:
-        assert len(segment.removeprefix(b"\x1b[K").decode()) <= 29, segment
+        assert len(segment.removeprefix(b"\x1b[K").decode()) <= 19, segment
 
 
 # --- a Ctrl-C during the teardown --------------------------------------------------------------
