@@ -221,7 +221,7 @@ def test_bottle_launch_shows_one_line_per_step_when_stderr_is_not_a_terminal(
         timeout=60, check=False,
     )  # fmt: skip
     assert (quiet.returncode, quiet.stdout) == (0, "agent-here\n")
-    assert "bottle: " not in quiet.stderr
+    assert " … " not in quiet.stderr
 
 
 # --- time limits --------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ def _create_call(fake: Any) -> list[str]:
 
 
 def test_a_launch_labels_its_machine_and_the_listing_reads_it_back(fake_smolvm: Any) -> None:
+    fake_smolvm.set_fault(VERSION="1.9.3")  # labels since 1.8.0
     fake_smolvm.add_host("github.com", "192.0.2.10")
     fake_smolvm.add_host("api.anthropic.com", "192.0.2.20")
     fake_smolvm.add_host("platform.claude.com", "192.0.2.21")
@@ -182,6 +183,8 @@ def _real_calls(fake: Any) -> list[list[str]]:
 def test_dry_run_plans_exactly_what_the_launch_then_runs(
     fake_smolvm: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # 1.9.3: the image's USER runs every command (as the dry run assumes) and cp takes ids.
+    fake_smolvm.set_fault(VERSION="1.9.3")
     prompt = tmp_path / "prompt.md"
     prompt.write_text("p")
     monkeypatch.setenv("TOKEN_FOR_TEST", "hunter2-dry-run")

@@ -185,7 +185,7 @@ def test_zsh_completes_in_a_terminal(fake_smolvm: Any) -> None:
 
 @pytest.mark.parametrize("impl", ["native", "pure"])
 def test_version_tells_the_relay_and_the_smolvm(fake_smolvm: Any, impl: str) -> None:
-    env = {**os.environ}
+    env = {**os.environ, "FAKE_SMOLVM_VERSION": "1.9.3"}
     if impl == "pure":
         env["BOTTLE_NO_EXTENSIONS"] = "1"
     proc = bottle("--version", env=env)
@@ -307,6 +307,7 @@ def test_bottle_config_names_another_file_or_none(fake_smolvm: Any, tmp_path: Pa
 
 
 def test_dry_run_prints_the_smolvm_commands_and_runs_none(fake_smolvm: Any) -> None:
+    fake_smolvm.set_fault(VERSION="1.9.3")  # labels since 1.8.0
     env = {**os.environ, "MY_API_KEY": "hunter2-dry"}
     proc = bottle("launch", "-n", "m1", "--image", AGENT_IMAGE, "--secret-env", "MY_API_KEY",
                   "-e", "MODE=dev", "--dry-run", "--", "--model", "sonnet", env=env)  # fmt: skip

@@ -45,6 +45,7 @@ def bottle(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def test_ls_shows_every_machine_and_marks_bottles_own(fake_smolvm: Any) -> None:
+    fake_smolvm.set_fault(VERSION="1.9.3")  # labels since 1.8.0
     fake_smolvm.add_host("api.anthropic.com", "192.0.2.20")
     fake_smolvm.add_host("platform.claude.com", "192.0.2.21")
     assert bottle("ls").stdout == "NAME   STATE   IMAGE   NETWORK   AGE   CREATED BY\n"
