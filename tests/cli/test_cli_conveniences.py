@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.backend import AGENT_IMAGE, CLI_FAILURE
+from harness.backend import AGENT_IMAGE, CLI_FAILURE, run_bottle
 from harness.tmux import Tmux
 
 from bottle.cli import completion
@@ -27,11 +27,7 @@ CONSOLE_SCRIPT = str(Path(PY).parent / "bottle")
 pytestmark = pytest.mark.usefixtures("test_images")
 
 
-def bottle(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BOTTLE, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=60, check=False, env=env,
-    )  # fmt: skip
+bottle = run_bottle
 
 
 def _shell(name: str) -> str:

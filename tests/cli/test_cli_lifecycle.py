@@ -21,6 +21,7 @@ from harness.backend import (
     LAUNCH,
     ROOT_IMAGE,
     ProcWatch,
+    run_bottle,
     wait_for,
 )
 from harness.terminal import run_in_pty, user_terminal, wait_status
@@ -34,11 +35,7 @@ BOTTLE = [sys.executable, "-m", "bottle"]
 pytestmark = pytest.mark.usefixtures("test_images")
 
 
-def bottle(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BOTTLE, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=60, check=False, env=env,
-    )  # fmt: skip
+bottle = run_bottle
 
 
 # --- ls ----------------------------------------------------------------------------------------
