@@ -285,6 +285,7 @@ def test_a_bad_config_names_the_file_and_line(fake_smolvm: Any, text: str, said:
     assert proc.stderr.startswith(f"bottle: error: {path}{said}"), proc.stderr
     assert len(proc.stderr.splitlines()) == 1
     assert fake_smolvm.calls() == []
+    assert bottle("exec", "--help").returncode == 0  # help is still there to read
 
 
 def test_bottle_config_names_another_file_or_none(fake_smolvm: Any, tmp_path: Path) -> None:

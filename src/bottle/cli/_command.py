@@ -13,7 +13,7 @@ from bottle.cli._errors import FAILURE, PROG
 # Accepted before the subcommand and after it (`bottle -q launch …`, `bottle launch -q …`).
 GLOBAL_OPTIONS = (
     ("-v", "--verbose", "log each smolvm call"),
-    ("-q", "--quiet", "no progress display while launching"),
+    ("-q", "--quiet", "no progress display"),
 )
 
 SECRETS_NOTE = """\

@@ -150,15 +150,18 @@ def main(
     assert isinstance(command, Command)
     command.commands = COMMANDS
     parser = command.parser(name)
+    broken: ValueError | None = None
     try:
         defaults = _config_defaults(name, parser)
     except ValueError as exc:
-        return report(exc)
+        broken, defaults = exc, lambda ns: None  # said after parsing: --help still helps
     extra: list[str] = []
     if "--" in rest:
         cut = rest.index("--")
         rest, extra = rest[:cut], rest[cut + 1 :]
     ns = parser.parse_args(rest)
+    if broken is not None:
+        return report(broken)
     defaults(ns)
     if extra and not command.takes_extra:
         parser.error(f"{name} takes no arguments after '--'")
