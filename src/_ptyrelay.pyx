@@ -10,7 +10,9 @@ The orchestration (terminal modes, signal handlers, waiting for the child) lives
 import os
 
 cimport cython
-from libc.errno cimport EAGAIN, EINTR, EIO, EPIPE, EINVAL, EBADF, ENOMEM, ETIMEDOUT, errno
+from libc.errno cimport (
+    EAGAIN, EINTR, EIO, EPIPE, EINVAL, EBADF, ENOEXEC, ENOMEM, ETIMEDOUT, errno,
+)
 from libc.signal cimport SIG_DFL, SIGCHLD, SIGCONT, SIGWINCH, signal
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc
@@ -172,10 +174,10 @@ cdef long long _now_ms() noexcept nogil:
     return _now_us() // 1000
 
 
-cdef void _child(const char *path, char **argv, char **envp, int slave, int out, int errfd,
-                 int maxfd) noexcept nogil:
+cdef void _child(const char *path, char **argv, char **envp, char **sh_argv, int slave,
+                 int out, int errfd, int maxfd) noexcept nogil:
     # Between fork and exec: async-signal-safe calls only (the parent may have threads).
-    cdef int i
+    cdef int i, err = 0
     cdef int report[2]
     cdef sigset_t empty
     for i in range(1, NSIG):
@@ -201,7 +203,12 @@ cdef void _child(const char *path, char **argv, char **envp, int slave, int out,
                 bottle_cloexec_from(3, maxfd)
                 report[0] = STAGE_EXEC
                 execve(path, argv, envp)
-    report[1] = errno
+                err = errno
+                if err == ENOEXEC:
+                    # What execvp does with a file the kernel cannot run as it is (a script
+                    # without "#!"): /bin/sh runs it. Its own failure reports the first one.
+                    execve(sh_argv[0], sh_argv, envp)
+    report[1] = err if err != 0 else errno
     write(errfd, report, sizeof(report))
     _exit(127)
 
@@ -234,13 +241,15 @@ def spawn(bytes path, argv, envp, int slave_fd, int out_fd=-1):
 
     The child is a session leader with the pty as its controlling terminal, stdin, stdout and
     stderr (and no other descriptor), default signal dispositions and an empty signal mask.
-    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty.
-    A failure before or at exec raises OSError in the parent, with ``args[2]`` naming the
-    stage that failed (see STAGES) when it is not exec itself.
+    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty. A file
+    the kernel cannot execute as it is (ENOEXEC: a script without "#!") is run by /bin/sh, as
+    execvp does. A failure before or at exec raises OSError in the parent, with ``args[2]``
+    naming the stage that failed (see STAGES) when it is not exec itself.
     """
     cdef list keep = []
     cdef char **c_argv = NULL
     cdef char **c_envp = NULL
+    cdef char **c_sh = NULL
     cdef const char *c_path
     cdef sigset_t all_signals, old_mask
     cdef pid_t pid
@@ -258,8 +267,11 @@ def spawn(bytes path, argv, envp, int slave_fd, int out_fd=-1):
     try:
         c_argv = _cstrings(args, keep)
         c_envp = _cstrings(env, keep)
+        # Made before fork: the child may not allocate (async-signal-safe calls only).
+        c_sh = _cstrings((b"/bin/sh", path) + args[1:], keep)
     except BaseException:
         free(c_argv)
+        free(c_envp)
         os.close(rfd)
         os.close(wfd)
         raise
@@ -270,7 +282,7 @@ def spawn(bytes path, argv, envp, int slave_fd, int out_fd=-1):
         pthread_sigmask(SIG_SETMASK, &all_signals, &old_mask)
         pid = fork()
         if pid == 0:
-            _child(c_path, c_argv, c_envp, slave_fd, out_fd, wfd, maxfd)
+            _child(c_path, c_argv, c_envp, c_sh, slave_fd, out_fd, wfd, maxfd)
         fork_errno = errno
         pthread_sigmask(SIG_SETMASK, &old_mask, NULL)
         close(wfd)
@@ -287,6 +299,7 @@ def spawn(bytes path, argv, envp, int slave_fd, int out_fd=-1):
         close(rfd)
     free(c_argv)
     free(c_envp)
+    free(c_sh)
     if pid < 0:
         raise OSError(fork_errno, os.strerror(fork_errno))
     if got == <int>sizeof(report):

@@ -111,7 +111,16 @@ def _child(
         for item in envp:
             key, _, value = item.partition(b"=")
             env[key] = value
-        os.execve(path, argv, env)
+        try:
+            os.execve(path, argv, env)
+        except OSError as exc:
+            if exc.errno != errno.ENOEXEC:
+                raise
+            # What execvp does with a file the kernel cannot run as it is (a script without
+            # "#!"): /bin/sh runs it. Its own failure reports the first one.
+            with contextlib.suppress(OSError):
+                os.execve(b"/bin/sh", [b"/bin/sh", path, *argv[1:]], env)
+            raise
     except OSError as exc:
         code = exc.errno or errno.EINVAL
     except BaseException:
@@ -165,9 +174,10 @@ def spawn(
 
     The child is a session leader with the pty as its controlling terminal, stdin, stdout and
     stderr (and no other descriptor), default signal dispositions and an empty signal mask.
-    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty.
-    A failure before or at exec raises OSError in the parent, with ``args[2]`` naming the
-    stage that failed (see STAGES) when it is not exec itself.
+    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty. A file
+    the kernel cannot execute as it is (ENOEXEC: a script without "#!") is run by /bin/sh, as
+    execvp does. A failure before or at exec raises OSError in the parent, with ``args[2]``
+    naming the stage that failed (see STAGES) when it is not exec itself.
     """
     # Snapshots: what was checked is what runs, whatever another thread does to the lists.
     argv, envp = list(argv), list(envp)

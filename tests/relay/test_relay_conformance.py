@@ -592,6 +592,22 @@ class TestStatus:
         assert "SUB\n" in s.text()
 
 
+    def test_a_script_without_interpreter_line_runs_with_sh(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        # execvp hands a file the kernel cannot run as it is (ENOEXEC: no "#!") to /bin/sh,
+        # and the relay finds its commands like execvp.
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        prog = bindir / "no-hashbang"
+        prog.write_text('echo "RAN-BY-SH $# $1 $2"\nexit 7\n')
+        prog.chmod(0o755)
+        s = spawn(["no-hashbang", "one", "two"],
+                  extra_env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+        assert s.wait() == 7, s.describe()
+        assert "RAN-BY-SH 2 one two\n" in s.text(), s.describe()
+        assert_restored(s)
+
 # --------------------------------------------------------------------------- 7. input EOF
 
 

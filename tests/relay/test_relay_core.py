@@ -564,6 +564,18 @@ def test_spawn_exec_failure_raises_and_reaps(core: ModuleType, path: bytes, code
         os.waitpid(-1, os.WNOHANG)  # the failed child was reaped
 
 
+def test_spawn_runs_a_file_without_interpreter_line_with_sh(
+    core: ModuleType, tmp_path: Path
+) -> None:
+    # As execvp: ENOEXEC hands the file to /bin/sh, with the arguments after it.
+    prog = tmp_path / "no-hashbang"
+    prog.write_text('echo "$0|$1|$2"; exit 5\n')
+    prog.chmod(0o755)
+    code, out = spawn_probe(core, bytes(prog), [b"name", b"one", b"two"])
+    assert code == 5, out
+    assert out.replace(b"\r\n", b"\n") == b"%s|one|two\n" % bytes(prog)
+
+
 # Where its stdio leads: "tty" for the pty's slave, else the inode of a pipe.
 STDIO_PROBE = b"""import os
 for fd in (0, 1, 2):

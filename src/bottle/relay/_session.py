@@ -70,7 +70,8 @@ def run(
     """Run ``argv`` on a new pty relayed to ``stdin_fd``/``stdout_fd``; return its exit status.
 
     The status is the child's exit code, or 128+N when signal N killed it. ``argv[0]`` is looked
-    up on the PATH of ``env`` (default: ``os.environ``), which is also the child's environment.
+    up on the PATH of ``env`` (default: ``os.environ``), which is also the child's environment,
+    as execvp does (a file without ``#!`` is run by /bin/sh).
     When ``stdin_fd`` is a terminal it is in raw mode while the child runs and its exact settings
     are restored on every way out (and as soon as the child lets go of its pty, so that Ctrl-C
     reaches it as a signal). A negative or closed ``stdin_fd`` means no input: the child sees
