@@ -340,6 +340,41 @@ def test_type_ahead_released_after_bounded_wait(rig: Callable[..., Rig]) -> None
     assert fut.result(WAIT) == r.core.EV_SIGNAL
 
 
+def test_interrupt_char_while_held_ends_the_run(rig: Callable[..., Rig]) -> None:
+    r = rig(raw_child=False, hold_ms=60_000, intr=3)
+    fut = r.start()
+    os.write(r.in_w, b"typed early\x03and after")
+    assert fut.result(WAIT) == r.core.EV_INTR
+    assert r.pump.buffered[0] == 0
+    tty.setraw(r.slave)  # the child goes raw after all: nothing typed is left to replay
+    assert quiet(r.slave, 0.3)
+
+
+def test_interrupt_char_once_the_child_is_raw_is_input(rig: Callable[..., Rig]) -> None:
+    # Nothing was held yet, so the relay has not looked at the child's modes since it went raw.
+    r = rig(raw_child=True, hold_ms=60_000, intr=3)
+    fut = r.start()
+    os.write(r.in_w, b"a\x03b")
+    assert read_exactly(r.slave, 3) == b"a\x03b"
+    r.wake(signal.SIGUSR1)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+
+
+def test_interrupt_char_without_a_hold_is_input(rig: Callable[..., Rig]) -> None:
+    r = rig(intr=3)
+    fut = r.start()
+    os.write(r.in_w, b"x\x03y")
+    assert read_exactly(r.slave, 3) == b"x\x03y"
+    r.wake(signal.SIGUSR1)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+
+
+def test_pump_rejects_a_bad_interrupt_char(core: ModuleType) -> None:
+    for intr in (-2, 256):
+        with pytest.raises(ValueError, match="intr"):
+            core.Pump(-1, 1, 0, intr=intr)
+
+
 def test_sigwinch_applied_in_the_loop(core: ModuleType, rig: Callable[..., Rig]) -> None:
     term_master, term_slave = os.openpty()
     try:
