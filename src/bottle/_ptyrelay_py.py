@@ -332,7 +332,13 @@ class Pump:
                 name="bottle-record",
                 daemon=True,
             )
-            writer.start()
+            # Every signal blocked in the writer (a thread starts with its creator's mask):
+            # handlers and SIGPIPE belong to the loop's thread.
+            old_mask = signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
+            try:
+                writer.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         except BaseException:
             for fd in fds:
                 os.close(fd)

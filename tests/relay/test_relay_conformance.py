@@ -1117,6 +1117,109 @@ class TestOutputModes:
         assert_restored(s)
 
 
+# --------------------------------------------------------------------------- signals at the edges
+
+# Starts the rest of its arguments with the signals named in the first (numbers, comma
+# separated) blocked, as a parent's mask is inherited across exec.
+BLOCKED_START = """
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {int(n) for n in sys.argv[1].split(",")})
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+# Raises SIGWINCH just before a sigaction() that puts SIGWINCH's default action back: a
+# window change landing while the relay restores the handlers it took over.
+SIGACTION_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    static int (*real)(int, const struct sigaction *, struct sigaction *);
+    if (!real)
+        real = (int (*)(int, const struct sigaction *, struct sigaction *))dlsym(RTLD_NEXT,
+                                                                                 "sigaction");
+    if (sig == SIGWINCH && act && !(act->sa_flags & SA_SIGINFO) && act->sa_handler == SIG_DFL)
+        raise(SIGWINCH);
+    return real(sig, act, old);
+}
+"""
+
+
+def build_shim(tmp: Path, source: str) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.fail("no C compiler: the test builds a small shim (needed for the build too)")
+    src = tmp / "shim.c"
+    src.write_text(source)
+    lib = src.with_suffix(".so")
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"], check=True)
+    return lib
+
+
+@pytest.fixture(scope="module")
+def sigaction_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_shim(tmp_path_factory.mktemp("sigaction-shim"), SIGACTION_SHIM)
+
+
+def blocked_start(signals: list[int], mode: str, *command: str) -> list[str]:
+    """argv of a relay started with ``signals`` blocked, running ``command``."""
+    return [PY, "-c", BLOCKED_START, ",".join(map(str, signals)),
+            *RELAY_ARGV, *output_args(mode), "--", *command]
+
+
+class TestSignalEdges:
+    def test_a_resize_while_the_handlers_are_put_back_prints_nothing(
+        self, spawn: Spawn, mode: str, sigaction_shim: Path
+    ) -> None:
+        # CPython takes a signal that its C handler caught after the Python handler became
+        # SIG_DFL for a race it reports: "Exception ignored ... OSError: Signal 28 ignored due
+        # to race condition", printed on the user's terminal as the session ends.
+        s = spawn(argv=[*RELAY_ARGV, *output_args(mode), "--", "sh", "-c", "echo RAN"],
+                  extra_env={"LD_PRELOAD": str(sigaction_shim)})
+        assert s.wait() == 0, s.describe()
+        assert s.text().strip() == "RAN", s.describe()
+        assert_restored(s)
+
+    def test_started_with_sigchld_blocked_it_sees_its_child_exit(
+        self, spawn: Spawn, mode: str
+    ) -> None:
+        s = spawn(argv=blocked_start([signal.SIGCHLD], mode,
+                                     "sh", "-c", "grep SigBlk /proc/self/status; exit 3"))
+        assert s.wait() == 3, s.describe()
+        # The child gets the mask a shell gives its commands: nothing blocked.
+        assert re.search(r"SigBlk:\s*0{16}\n", s.text()), s.describe()
+        assert_restored(s)
+
+    def test_started_with_sigchld_blocked_sigterm_ends_it(
+        self, spawn: Spawn, mode: str, tmp_path: Path
+    ) -> None:
+        pidfile = tmp_path / "pid"
+        s = spawn(argv=blocked_start([signal.SIGCHLD], mode,
+                                     "sh", "-c", f"echo $$ > {pidfile}; echo READY; exec sleep 60"))
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        os.kill(s.relay_pid, signal.SIGTERM)
+        assert s.wait() == 128 + signal.SIGTERM, s.describe()
+        assert_restored(s)
+        assert_no_leftovers(s)
+
+    def test_started_with_sigwinch_blocked_it_forwards_resizes(
+        self, spawn: Spawn, mode: str, tmp_path: Path
+    ) -> None:
+        report, gate = tmp_path / "sizes", tmp_path / "gate"
+        s = spawn(argv=blocked_start([signal.SIGWINCH], mode, *py(WINCH_CHILD, report, gate)),
+                  rows=30, cols=90)
+        s.expect(b"READY")
+        s.terminal.resize(41, 123)
+        assert wait_until(lambda: last_size(report) == (41, 123)), (
+            f"the child saw {reported_sizes(report)}\n{s.describe()}"
+        )
+        gate.touch()
+        assert s.wait() == 0, s.describe()
+        assert_restored(s)
+
+
 # --------------------------------------------------------------------------- found in review
 
 # A raw-mode echo that ends on "q".
@@ -1264,14 +1367,7 @@ int ioctl(int fd, unsigned long request, ...) {
 
 @pytest.fixture(scope="module")
 def ioctl_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.fail("no C compiler: the test builds a small ioctl shim (needed for the build too)")
-    src = tmp_path_factory.mktemp("shim") / "shim.c"
-    src.write_text(IOCTL_SHIM)
-    lib = src.with_suffix(".so")
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"], check=True)
-    return lib
+    return build_shim(tmp_path_factory.mktemp("shim"), IOCTL_SHIM)
 
 
 class TestRefusedWindowSize:

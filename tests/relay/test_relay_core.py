@@ -758,6 +758,22 @@ def test_run_restores_signal_handlers_and_wakeup_fd(devnull: int) -> None:
         os.close(wfd)
 
 
+def test_run_unblocks_what_it_needs_and_puts_the_callers_mask_back(devnull: int) -> None:
+    # A caller with SIGCHLD and SIGWINCH blocked (a parent's mask is inherited): the relay
+    # must still see its child exit, and the caller gets its own mask back.
+    blocked = {signal.SIGCHLD, signal.SIGWINCH, signal.SIGUSR2}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        status, out = run_captured(["grep", "SigBlk", "/proc/self/status"], devnull)
+        after = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    assert status == 0
+    assert after == before
+    assert int(out.split()[1], 16) == 0, out  # the child: nothing blocked, as from a shell
+
+
 def test_run_from_a_thread_works_without_signal_handling(devnull: int) -> None:
     before = {s: signal.getsignal(s) for s in (signal.SIGWINCH, signal.SIGCHLD, signal.SIGTERM)}
     with ThreadPoolExecutor(1) as pool:

@@ -15,11 +15,10 @@ import termios
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import Any
 
 from bottle.relay._children import KILL_GRACE, Child, ResizeWorker
 from bottle.relay._impl import core
-from bottle.relay._tty import DEFAULT_SIZE, WINSIZE, private_writer, raw, window_size
+from bottle.relay._tty import DEFAULT_SIZE, WINSIZE, UserTerminal, defer, window_size
 
 # Ways to carry the child's output (see `run`); the first is the default.
 OUTPUTS = ("copy", "direct")
@@ -103,8 +102,9 @@ def run(
 
     Thread rule: Python only lets the main thread install signal handlers. Called from the main
     thread, `run` takes over SIGWINCH, SIGCHLD, SIGTSTP, SIGCONT, SIGTERM, SIGHUP, SIGINT and
-    SIGQUIT (and the `signal.set_wakeup_fd`) while it runs, and restores the previous ones;
-    those of the last five that were ignored stay ignored and are not forwarded. Called from
+    SIGQUIT (and the `signal.set_wakeup_fd`) while it runs, unblocked in that thread whatever
+    its mask, and restores the previous handlers and mask; those of the last five that were
+    ignored stay ignored and are not forwarded. Called from
     any other thread it relays without signal handling: no window-size changes after the
     start, no job control, and signals sent to the process are not forwarded. Either way
     SIGPIPE is blocked in the calling thread while it runs: a reader that goes away ends the
@@ -220,18 +220,11 @@ def _resize_argv(template: str, machine: str | None) -> list[str]:
     return words
 
 
-def _quietly(undo: Callable[..., object], *args: object) -> None:
-    # termios.error: e.g. the user's terminal has gone away; nothing to restore.
-    with contextlib.suppress(OSError, termios.error):
-        undo(*args)
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    """Python-level handler: the work happens in the loop, woken by the wakeup-fd byte."""
-
-
 class Session:
-    """One relay run; every setup step registers its undo as soon as it has succeeded."""
+    """One relay run: a child on a new pty, relayed to the user's terminal (`UserTerminal`).
+
+    Every setup step registers its undo as soon as it has succeeded.
+    """
 
     def __init__(
         self,
@@ -258,8 +251,7 @@ class Session:
         self._direct = direct
         # Every setup step's undo, run in reverse on every way out.
         self._undo = ExitStack()
-        self._saved_attrs: list[Any] | None = None
-        self._released = False  # the terminal was given back before the end
+        self._term: UserTerminal | None = None
         self._size_reported = False
         self._worker: ResizeWorker | None = None
         self._record: tuple[str, str, bool] | None = None
@@ -328,45 +320,18 @@ class Session:
         self._record_err = pump.finish_recording(_RECORD_FINISH_MS)
 
     def _later(self, undo: Callable[..., object], *args: object) -> None:
-        """Register ``undo(*args)`` to run at the end; a terminal or descriptor already gone
-        (OSError, termios.error) leaves nothing to undo there, and the other undos still run."""
-        self._undo.callback(_quietly, undo, *args)
+        """Register ``undo(*args)`` to run at the end (see `defer`)."""
+        defer(self._undo, undo, *args)
 
     def _start(self) -> int:
-        in_fd, out_fd = self._stdin_fd, self._stdout_fd
-        try:
-            fcntl.fcntl(out_fd, fcntl.F_GETFL)
-        except (OSError, ValueError):
-            raise ValueError(f"stdout_fd {out_fd} is not an open file descriptor") from None
-        try:
-            if in_fd >= 0:
-                fcntl.fcntl(in_fd, fcntl.F_GETFL)
-        except OSError:
-            in_fd = -1
-        if in_fd < 0:  # no input at all: the child sees end-of-input at once
-            in_fd = self._stdin_fd = -1
-        self._block_sigpipe()
-        in_tty = in_fd >= 0 and os.isatty(in_fd)
-        out_tty = os.isatty(out_fd)
+        term = self._term = UserTerminal(self._stdin_fd, self._stdout_fd, self._undo)
         # Listen for SIGWINCH before reading the size, so that no window change is lost.
-        wake_fd = self._catch_signals()
-        ttys = [fd for fd, is_tty in ((in_fd, in_tty), (out_fd, out_tty)) if is_tty]
-        size_fd = ttys[0] if ttys else -1
-        size = None
-        for fd in ttys:
-            size = window_size(fd)
-            if size:
-                size_fd = fd
-                break
-        rows, cols = size or DEFAULT_SIZE
+        wake_fd = term.catch_signals(_CAUGHT, _KEPT_IF_IGNORED)
+        rows, cols = term.window() or DEFAULT_SIZE
         record_fd = self._open_recording()
         # Raw before the child starts: in direct mode its first output goes straight to the
         # terminal and must meet the same settings as the rest.
-        if in_tty:
-            self._saved_attrs = termios.tcgetattr(in_fd)
-            saved = self._saved_attrs
-            termios.tcsetattr(in_fd, termios.TCSANOW, raw(saved))
-            self._later(termios.tcsetattr, in_fd, termios.TCSANOW, saved)
+        term.make_raw()
 
         master, slave = os.openpty()
         self._later(os.close, master)
@@ -386,9 +351,8 @@ class Session:
                 except (OSError, ValueError):
                     pass
             try:
-                pid = core.spawn(
-                    self._path, self._args, self._envp, slave, out_fd if self._direct else -1
-                )
+                pid = core.spawn(self._path, self._args, self._envp, slave,
+                                 term.out_fd if self._direct else -1)  # fmt: skip
             except OSError as exc:
                 raise _spawn_error(exc, self._args[0]) from None
         finally:
@@ -396,7 +360,7 @@ class Session:
         child = Child(pid, threaded=wake_fd < 0)
         self._later(child.end)
 
-        loop_in, loop_out = self._nonblocking(in_fd, out_fd, in_tty, out_tty)
+        loop_in, loop_out = term.loop_descriptors(child_writes_out=self._direct)
         os.set_blocking(master, False)
         if self._resize is not None and wake_fd >= 0:
             self._worker = ResizeWorker(self._resize, self._machine, self._environ)
@@ -408,9 +372,9 @@ class Session:
             master,
             wake_fd,
             child.fd,
-            size_fd,
+            term.size_fd,
             winch=self._worker is None,
-            in_tty=in_tty,
+            in_tty=term.in_tty,
             hold_ms=_HOLD_MS if self._hold else 0,
             record_fd=record_fd,
             record_input=self._record is not None and self._record[2],
@@ -418,92 +382,6 @@ class Session:
         if record_fd >= 0:
             self._later(self._end_recording, pump)
         return self._relay(pump, child)
-
-    def _block_sigpipe(self) -> None:
-        """Block SIGPIPE in this thread for the run, so a reader gone away is only EPIPE.
-
-        A write's SIGPIPE goes to the writing thread: blocked there it cannot kill a host that
-        keeps SIGPIPE at its default (leaving the terminal raw). The disposition is left alone
-        (it is process-wide, and only the main thread may change it); one raised meanwhile is
-        taken off before the mask is restored. The child starts with an empty mask.
-        """
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGPIPE])
-        if signal.SIGPIPE in old:
-            return
-
-        def unblock() -> None:
-            if signal.SIGPIPE in signal.sigpending():
-                signal.sigwait([signal.SIGPIPE])
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGPIPE])
-
-        self._later(unblock)
-
-    def _catch_signals(self) -> int:
-        """Install handlers and the wakeup pipe; its read end, or -1 off the main thread."""
-        rfd, wfd = os.pipe()
-        self._later(os.close, wfd)
-        self._later(os.close, rfd)
-        os.set_blocking(rfd, False)
-        os.set_blocking(wfd, False)
-        try:
-            previous_fd = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-        except ValueError:  # not the main thread: no signal handling (see run's docstring)
-            return -1
-        self._later(signal.set_wakeup_fd, previous_fd)
-        for sig in _CAUGHT:
-            if sig in _KEPT_IF_IGNORED and signal.getsignal(sig) == signal.SIG_IGN:
-                continue
-            previous = signal.signal(sig, _on_signal)
-            # None: the previous handler was not set from Python; the default is the best guess.
-            restore = signal.SIG_DFL if previous is None else previous
-            self._later(signal.signal, sig, restore)
-        return rfd
-
-    def _nonblocking(self, in_fd: int, out_fd: int, in_tty: bool, out_tty: bool) -> tuple[int, int]:
-        """Descriptors for the loop, non-blocking without leaving O_NONBLOCK on shared ones.
-
-        A terminal is reopened by name: the new open file description is private, so its
-        O_NONBLOCK is invisible to other processes. In direct mode the child's own output goes
-        to ``out_fd`` too, so a pipe or device there is reopened privately as well (see
-        `_private_writer`). Anything else gets O_NONBLOCK for the run and its exact original
-        flags back afterwards.
-        """
-        private: dict[int, int] = {}  # device → reopened fd
-
-        def reopen(fd: int) -> int | None:
-            try:
-                device = os.fstat(fd).st_rdev
-                if device in private:
-                    return private[device]
-                new = os.open(os.ttyname(fd), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-            except OSError:
-                return None
-            if os.fstat(new).st_rdev != device:
-                os.close(new)
-                return None
-            private[device] = new
-            self._later(os.close, new)
-            return new
-
-        loop_in = (reopen(in_fd) if in_tty else None) if in_fd >= 0 else -1
-        loop_out = reopen(out_fd) if out_tty else None
-        if loop_out is None and self._direct:
-            # The child writes to out_fd itself and must find it exactly as it was given
-            # (O_NONBLOCK there would make its writes fail with EAGAIN).
-            loop_out = private_writer(out_fd)
-            if loop_out is not None and loop_out != out_fd:
-                self._later(os.close, loop_out)
-        shared = [fd for fd, new in ((in_fd, loop_in), (out_fd, loop_out)) if new is None]
-        originals = {fd: fcntl.fcntl(fd, fcntl.F_GETFL) for fd in shared}
-
-        def restore() -> None:
-            for fd, flags in originals.items():
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-
-        self._later(restore)
-        for fd, flags in originals.items():
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        return (in_fd if loop_in is None else loop_in), (out_fd if loop_out is None else loop_out)
 
     def _relay(self, pump: core.Pump, child: Child) -> int:
         status: int | None = None
@@ -519,7 +397,8 @@ class Session:
                 # The child let go of its pty but may run on, and the keyboard is no longer
                 # read: give the user their terminal back, so that Ctrl-C is a signal again
                 # (which the relay forwards).
-                self._give_back_terminal()
+                assert self._term is not None
+                self._term.give_back()
         # The child's last output may still be in flight (or a grandchild may hold the pty).
         pump.drain(_DRAIN_IDLE_MS, _DRAIN_CAP_MS)
         return status
@@ -561,39 +440,20 @@ class Session:
             exc.strerror or exc,
         )
 
-    def _give_back_terminal(self) -> None:
-        if self._saved_attrs is not None and not self._released:
-            self._released = True
-            with contextlib.suppress(termios.error):
-                termios.tcsetattr(self._stdin_fd, termios.TCSANOW, self._saved_attrs)
-
     def _suspend(self, pump: core.Pump, child: Child) -> None:
-        """SIGTSTP: give the user their terminal back and stop, the way shells do.
-
-        With the default action in place the kernel applies its rule for orphaned process
-        groups (under `setsid`, or when the shell died): there the stop is discarded rather
-        than leaving the relay stopped with nobody to continue it. Either way the terminal is
-        set up again once the kill returns.
-        """
+        """SIGTSTP: stop with the user's terminal given back, the way shells do."""
+        assert self._term is not None
         if self._direct:
             # A copying relay that stops stops the child's output with it; a child writing to
             # the terminal itself must be stopped too, or it would write over the user's shell.
             child.signal(signal.SIGSTOP)
-        if self._saved_attrs is not None and not self._released:
-            with contextlib.suppress(termios.error):
-                termios.tcsetattr(self._stdin_fd, termios.TCSANOW, self._saved_attrs)
-        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        try:
-            os.kill(os.getpid(), signal.SIGTSTP)
-        finally:
-            signal.signal(signal.SIGTSTP, _on_signal)
+        self._term.stop()
         self._continue(pump, child)
 
     def _continue(self, pump: core.Pump, child: Child) -> None:
         """SIGCONT: raw mode again, and the size (it may have changed while stopped)."""
-        if self._saved_attrs is not None and not self._released:
-            with contextlib.suppress(termios.error):
-                termios.tcsetattr(self._stdin_fd, termios.TCSANOW, raw(self._saved_attrs))
+        assert self._term is not None
+        self._term.resume()
         self._resized(pump)
         if self._direct:
             child.signal(signal.SIGCONT)
