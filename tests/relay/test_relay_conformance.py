@@ -1004,6 +1004,55 @@ class TestTypeAhead:
         assert got.read_bytes() == b"early\r"
 
 
+    def test_ctrl_c_while_input_is_held_ends_the_start(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        # The user gives up while the child is still starting (smolvm waiting for the VM).
+        # Held, the Ctrl-C would be replayed into the child once it went raw; it ends the
+        # session instead: 130, the terminal restored, the child gone (this one even ignores
+        # SIGINT), and nothing typed ever reaches it.
+        got, gate = tmp_path / "got", tmp_path / "gate"
+        s = spawn(py(
+            """
+            import os, select, signal, sys, termios, time, tty
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            got, gate = sys.argv[1], sys.argv[2]
+            os.write(1, b"READY\\n")
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+            tty.setraw(0, termios.TCSAFLUSH)
+            data = b""
+            while select.select([0], [], [], 2)[0]:
+                data += os.read(0, 100)
+            open(got, "wb").write(data)
+            """, got, gate), relay_args=["--hold-until-raw"])
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        s.send(b"typed\x03more")
+        assert s.wait(20) == 130, s.describe()
+        assert_restored(s)
+        assert_no_leftovers(s)
+        assert not got.exists(), got.read_bytes()
+
+    def test_ctrl_c_once_the_child_is_raw_is_a_key(self, spawn: Spawn) -> None:
+        # Once the child has gone raw the hold is over (even if the relay has not looked since,
+        # having had nothing to hold): Ctrl-C is a byte for the child, as every other key.
+        s = spawn(py(
+            """
+            import os, termios, tty
+            tty.setraw(0, termios.TCSAFLUSH)
+            os.write(1, b"RAW\\r\\n")
+            data = b""
+            while b"\\x03" not in data:
+                data += os.read(0, 100)
+            os.write(1, b"GOT:%s\\r\\n" % data.hex().encode())
+            """), relay_args=["--hold-until-raw"])
+        s.expect(b"RAW")
+        s.send(b"a\x03")
+        s.expect(b"GOT:6103")
+        assert s.wait() == 0, s.describe()
+        assert_restored(s)
+
 # --------------------------------------------------------------------------- 12. idle
 
 

@@ -30,7 +30,8 @@ options:
                              ptys (0.5.1 to 0.8.0).
   --hold-until-raw           hold input and its end from CMD's start until its terminal
                              leaves canonical mode (at most 30 s): for clients that flush
-                             their input when they go raw, like smolvm -i -t
+                             their input when they go raw, like smolvm -i -t; Ctrl-C
+                             meanwhile ends CMD (status 130)
   --record FILE.cast         record the session into FILE.cast (asciicast v2, a new file,
                              mode 0600; play it with `asciinema play`); needs --output copy
   --record-input             record typed input too (off by default: typed secrets would

@@ -81,7 +81,9 @@ def run(
     ``hold_until_raw`` is for children that flush their input when they switch their terminal
     to raw mode (smolvm ``-i -t``): keys, piped bytes and the end of input are held from the
     child's start until its pty leaves canonical mode or it exits (at most 30 s). Without it
-    input goes through at once.
+    input goes through at once. Ctrl-C typed while input is held ends the session instead of
+    being held: what was typed is dropped, the child gets SIGINT (then SIGKILL), and the
+    status is 130.
 
     ``output="copy"`` makes the pty the child's stdout and stderr, and the relay copies what it
     writes (with the pty's own output processing, e.g. ``\n`` to ``\r\n``). ``"direct"`` gives
@@ -376,6 +378,7 @@ class Session:
             winch=self._worker is None,
             in_tty=term.in_tty,
             hold_ms=_HOLD_MS if self._hold else 0,
+            intr=term.interrupt_char if self._hold else -1,
             record_fd=record_fd,
             record_input=self._record is not None and self._record[2],
         )
@@ -393,6 +396,8 @@ class Session:
                 status = child.wait(None)
             elif event == core.EV_HUP:
                 return self._hang_up(child)
+            elif event == core.EV_INTR:
+                status = self._abort(child)
             elif event == core.EV_EOF:
                 # The child let go of its pty but may run on, and the keyboard is no longer
                 # read: give the user their terminal back, so that Ctrl-C is a signal again
@@ -467,6 +472,16 @@ class Session:
             status = child.wait(None)
         assert status is not None
         return status
+
+    def _abort(self, child: Child) -> int:
+        """Ctrl-C typed while the child was still starting (its input held): the user gave
+        up waiting. What was typed is dropped (never replayed into the child), the child gets
+        SIGINT and, if it does not end within a grace, SIGKILL; the status is 130."""
+        child.signal(signal.SIGINT)
+        if child.wait(KILL_GRACE) is None:
+            child.signal(signal.SIGKILL)
+            child.wait(None)
+        return 128 + signal.SIGINT
 
 
 def _spawn_error(exc: OSError, program: bytes) -> OSError:

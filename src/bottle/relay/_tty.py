@@ -252,6 +252,16 @@ class UserTerminal:
         termios.tcsetattr(self.in_fd, termios.TCSANOW, raw(self._saved))
         self._later(termios.tcsetattr, self.in_fd, termios.TCSANOW, self._saved)
 
+    @property
+    def interrupt_char(self) -> int:
+        """The byte the user types for SIGINT (VINTR), -1 when there is none: stdin is not a
+        terminal, or the user's own settings had no signal characters (ISIG off)."""
+        if self._saved is None or not self._saved[3] & termios.ISIG:
+            return -1
+        cc = self._saved[6][termios.VINTR]
+        char = cc[0] if isinstance(cc, bytes) else int(cc)
+        return -1 if char == (0 if os.uname().sysname == "Linux" else 0xFF) else char
+
     def _cooked(self) -> None:
         if self._saved is not None and not self._released:
             with contextlib.suppress(termios.error):
