@@ -16,7 +16,9 @@ import functools
 import hashlib
 import importlib.util
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import termios
@@ -272,8 +274,10 @@ class Session:
         self.tmp = tmp
         self.mark = uuid.uuid4().hex
         self.stdout_is_tty = stdout == "tty"
-        # The terminal's reader collects the output; with stdout on a pipe, the pipe's reader.
+        # The terminal's reader collects the output; with stdout on a pipe (or a socket, as
+        # libuv hosts give their children), the reader of its other end.
         self.terminal = Terminal(rows, cols, read=self.stdout_is_tty)
+        self._stdout_peer = -1  # with stdout="socket": the end the test reads
         if typeahead:  # typed before the relay exists: it waits in the terminal's line buffer
             os.write(self.terminal.master, typeahead)
         self.reading = self.terminal.reading
@@ -293,6 +297,11 @@ class Session:
                                  "closed": subprocess.DEVNULL}
         stdin_arg: Any = kinds.get(stdin, subprocess.PIPE)
         stdout_arg: Any = None if self.stdout_is_tty else subprocess.PIPE
+        relay_end = -1
+        if stdout == "socket":
+            ours, theirs = socket.socketpair()
+            self._stdout_peer, relay_end = ours.detach(), theirs.detach()
+            stdout_arg = relay_end
         self.stderr_path = tmp / f"stderr-{self.mark}"
         self._stderr_file = None
         stderr_arg: Any = None
@@ -303,6 +312,8 @@ class Session:
             relay, env, stdin=stdin_arg, stdout=stdout_arg, stderr=stderr_arg,
             close_stdin=stdin == "closed",
         )  # fmt: skip
+        if relay_end >= 0:
+            os.close(relay_end)  # the relay has it now: its exit is the end of the stream
         if not self.stdout_is_tty:
             self._spawn(self._read_pipe)
         if isinstance(stdin, bytes):
@@ -317,9 +328,17 @@ class Session:
         return thread
 
     def _read_pipe(self) -> None:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        while True:
+        if self._stdout_peer >= 0:
+            fd = self._stdout_peer
+        else:
+            assert self.proc.stdout is not None
+            fd = self.proc.stdout.fileno()
+        while not self._stop.is_set():
+            # Paused like the terminal's reader (``reading`` cleared): the writer backs up.
+            if not self.reading.wait(0.05):
+                continue
+            if not select.select([fd], [], [], 0.05)[0]:
+                continue
             data = os.read(fd, 1 << 16)
             if not data:
                 return
@@ -451,6 +470,9 @@ class Session:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+        if self._stdout_peer >= 0:
+            os.close(self._stdout_peer)
+            self._stdout_peer = -1
         if self._stderr_file is not None:
             self._stderr_file.close()
         self.terminal.close()

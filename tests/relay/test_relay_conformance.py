@@ -1131,6 +1131,45 @@ class TestOutputModes:
         sent = bytes(range(256)) + b"|END"
         assert body == (sent.replace(b"\n", b"\r\n") if mode == "copy" else sent), s.describe()
 
+    @pytest.mark.parametrize("stdout", ["socket", "pipe"])
+    def test_output_the_child_shares_loses_nothing(
+        self, spawn: Spawn, stdout: str
+    ) -> None:
+        """Hosts built on libuv (Node) give their children socketpair stdio. In direct mode the
+        child writes to that descriptor itself: O_NONBLOCK on it (the relay's wish for its own
+        writes) would make the child's writes fail with EAGAIN and lose its output."""
+        # 4,000,000 bytes in one write, far more than a socket or pipe holds; no newline, so
+        # that copy mode's output processing leaves them alone.
+        s = spawn(py(
+            """
+            import fcntl, os, sys, termios
+            attrs = termios.tcgetattr(0)
+            attrs[3] &= ~termios.ECHO  # the "go" typed below must not land in the stream
+            termios.tcsetattr(0, termios.TCSANOW, attrs)
+            os.write(1, b"READY %d\\n" % os.getpid())
+            os.read(0, 10)  # the relay is running: whatever it does to fd 1 is done
+            nonblocking = fcntl.fcntl(1, fcntl.F_GETFL) & os.O_NONBLOCK
+            view = memoryview(b"0123456789abcdef" * 250000)
+            while view:
+                view = view[os.write(1, view):]
+            os.write(1, b"END nonblocking=%d\\n" % bool(nonblocking))
+            """
+        ), stdout=stdout)
+        at = s.expect(b"READY ")
+        start = s.expect(b"\n", start=at)
+        child = int(s.output()[at:start])
+        s.reading.clear()  # nobody reads the output: the child's writes must wait, not fail
+        s.send(b"go\r")
+        assert wait_until(lambda: proc_state(child) in ("S", "Z", None)), s.describe()
+        s.reading.set()
+        s.expect(b"END", timeout=60)
+        assert s.wait() == 0, s.describe()
+        body, _, end = s.output()[start:].partition(b"END")
+        assert len(body) == 4_000_000, f"{len(body)} of 4000000 bytes arrived\n{s.describe()}"
+        assert body == b"0123456789abcdef" * 250000
+        assert end.startswith(b" nonblocking=0"), s.describe()
+        assert_restored(s)
+
     @pytest.mark.parametrize("mode", ["direct"])
     def test_stopping_the_relay_stops_a_direct_child(
         self, spawn: Spawn, tmp_path: Path

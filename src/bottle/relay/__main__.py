@@ -22,7 +22,8 @@ options:
   --output copy|direct       copy (default): CMD writes to the pty and the relay copies it;
                              direct: CMD writes to this terminal itself, the pty is only its
                              input and controlling terminal (for raw terminal clients such as
-                             smolvm machine exec -i -t)
+                             smolvm machine exec -i -t; copied after all when stdout is a
+                             socket)
   --machine NAME             machine name, for {{machine}} in the resize command
   --resize-command TEMPLATE  run after each window change, off the copy loop (one at a time,
                              the latest size wins); {{rows}}, {{cols}} and {{machine}} are

@@ -90,7 +90,9 @@ def run(
     the child ``stdout_fd`` itself as stdout and stderr, untouched and uncopied: the pty is only
     its stdin and controlling terminal (what it writes to ``/dev/tty`` is still copied). That
     suits terminal clients that run raw and write finished output, like ``smolvm machine exec
-    -i -t``, and costs the relay nothing for everything they print.
+    -i -t``, and costs the relay nothing for everything they print. Where ``stdout_fd``
+    cannot be reopened for the relay's own non-blocking writes (a socket), the output is
+    copied as in ``"copy"``: O_NONBLOCK on the child's own stdout would make its writes fail.
 
     ``record`` names a new file (created mode 0600; an existing one is refused) that receives
     the session as an asciicast v2 recording, written as it goes: a header with the terminal's
@@ -331,6 +333,14 @@ class Session:
         wake_fd = term.catch_signals(_CAUGHT, _KEPT_IF_IGNORED)
         rows, cols = term.window() or DEFAULT_SIZE
         record_fd = self._open_recording()
+        # Direct output needs a descriptor of stdout for the relay's own non-blocking writes
+        # that the child does not share: O_NONBLOCK on the child's stdout would make its
+        # writes fail with EAGAIN. Where there is none (a socket), the output is copied.
+        if self._direct and term.private_output() is None:
+            self._direct = False
+            log.debug("bottle relay: stdout_fd %d cannot be reopened privately (a socket?): "
+                      "copying the output instead of direct output", self._stdout_fd)
+        loop_in, loop_out = term.loop_descriptors()
         # Raw before the child starts: in direct mode its first output goes straight to the
         # terminal and must meet the same settings as the rest.
         term.make_raw()
@@ -362,7 +372,6 @@ class Session:
         child = Child(pid, threaded=wake_fd < 0)
         self._later(child.end)
 
-        loop_in, loop_out = term.loop_descriptors(child_writes_out=self._direct)
         os.set_blocking(master, False)
         if self._resize is not None and wake_fd >= 0:
             self._worker = ResizeWorker(self._resize, self._machine, self._environ)

@@ -60,7 +60,7 @@ def private_writer(fd: int) -> int | None:
 
     ``fd`` itself for a regular file (writes to it never wait); a new open file description for
     a pipe, FIFO or device, reopened through /proc; None where that cannot be had (a socket, or
-    no /proc), and then the relay shares ``fd`` as in copy mode.
+    no /proc).
     """
     try:
         st = os.fstat(fd)
@@ -124,6 +124,8 @@ class UserTerminal:
         self._saved: list[Any] | None = None
         self._released = False
         self._reopened: dict[int, int] = {}  # terminal device -> the relay's own descriptor
+        self._private_out: int | None = None
+        self._private_out_known = False
 
     def _later(self, undo: Callable[..., object], *args: object) -> None:
         defer(self._undo, undo, *args)
@@ -211,23 +213,30 @@ class UserTerminal:
         self._later(os.close, new)
         return new
 
-    def loop_descriptors(self, *, child_writes_out: bool) -> tuple[int, int]:
+    def private_output(self) -> int | None:
+        """A descriptor of stdout's file for the relay's own non-blocking writes whose open
+        file description nobody else has: the terminal or pipe reopened (a regular file as it
+        is: writes to it never wait). None where none can be had: a socket, or a pipe on a
+        system without /proc."""
+        if not self._private_out_known:
+            self._private_out_known = True
+            out = self._reopen_tty(self.out_fd) if self.out_tty else None
+            if out is None:
+                out = private_writer(self.out_fd)
+                if out is not None and out != self.out_fd:
+                    self._later(os.close, out)
+            self._private_out = out
+        return self._private_out
+
+    def loop_descriptors(self) -> tuple[int, int]:
         """Non-blocking (input, output) descriptors for the copy loop (input -1: none).
 
-        A terminal is reopened by name: the new open file description is private, so its
-        O_NONBLOCK is invisible to other processes. When the child writes to ``stdout_fd``
-        itself (``child_writes_out``), a pipe or device there is reopened privately as well
-        (see `private_writer`). Anything else gets O_NONBLOCK for the run and its exact
-        original flags back afterwards.
+        Private ones where they can be had (see `private_output`; stdin's terminal is reopened
+        too); any other gets O_NONBLOCK for the run and its exact original flags back after.
+        Nothing else may then use it meanwhile: it is shared with whoever holds it.
         """
         loop_in = (self._reopen_tty(self.in_fd) if self.in_tty else None) if self.in_fd >= 0 else -1
-        loop_out = self._reopen_tty(self.out_fd) if self.out_tty else None
-        if loop_out is None and child_writes_out:
-            # The child writes to out_fd itself and must find it exactly as it was given
-            # (O_NONBLOCK there would make its writes fail with EAGAIN).
-            loop_out = private_writer(self.out_fd)
-            if loop_out is not None and loop_out != self.out_fd:
-                self._later(os.close, loop_out)
+        loop_out = self.private_output()
         shared = [fd for fd, new in ((self.in_fd, loop_in), (self.out_fd, loop_out)) if new is None]
         originals = {fd: fcntl.fcntl(fd, fcntl.F_GETFL) for fd in shared}
 
