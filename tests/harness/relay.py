@@ -108,14 +108,33 @@ RAW_CLEARED = {
 _FLAG_INDEX = {"iflag": 0, "oflag": 1, "lflag": 3}
 
 
-def raw_violations(attrs: list[Any]) -> list[str]:
-    """Names of the flags that a raw-mode terminal must have cleared but that are still set."""
+def raw_violations(
+    attrs: list[Any], mode: str = "copy", saved: list[Any] | None = None
+) -> list[str]:
+    """Names of the flags that a raw-mode terminal must have cleared but that are still set.
+
+    In direct mode raw mode is for the keyboard only: the output flags must be the user's own
+    (``saved``), since the child writes to the terminal itself; "oflag" names a difference.
+    """
     bad = []
     for field, flags in RAW_CLEARED.items():
+        if field == "oflag" and mode == "direct":
+            assert saved is not None, "direct mode: give the user's own settings"
+            if attrs[1] != saved[1]:
+                bad.append("oflag")
+            continue
         for name, bit in flags.items():
             if attrs[_FLAG_INDEX[field]] & bit:
                 bad.append(name)
     return bad
+
+
+def shown(data: bytes, mode: str) -> bytes:
+    """What the user's terminal receives when a child whose pty is raw writes ``data``: the
+    bytes themselves in copy mode (a raw pty does no output processing, nor does the user's
+    raw terminal), and in direct mode the bytes after the user's terminal's own output
+    processing, which the relay leaves as the user had it (the test terminal's: ONLCR)."""
+    return data if mode == "copy" else data.replace(b"\n", b"\r\n")
 
 
 def proc_state(pid: int) -> str | None:
@@ -273,6 +292,16 @@ class Session:
         self.impl = impl
         self.tmp = tmp
         self.mark = uuid.uuid4().hex
+        # The output mode the relay runs in (its --output option).
+        args = list(relay_args if argv is None else argv)
+        self.mode = "copy"
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--output" and i + 1 < len(args):
+                self.mode = args[i + 1]
+            elif arg.startswith("--output="):
+                self.mode = arg.partition("=")[2]
         self.stdout_is_tty = stdout == "tty"
         # The terminal's reader collects the output; with stdout on a pipe (or a socket, as
         # libuv hosts give their children), the reader of its other end.
@@ -502,20 +531,21 @@ def assert_no_leftovers(session: Session, timeout: float = 5.0) -> None:
 def echo_roundtrip(s: Session, data: bytes, result: Path, chunks: list[bytes] | None = None,
                    pause: float = 0.0) -> None:
     """Type ``data`` into an ECHO_CHILD session; check what the child got and what came back."""
-    start = s.expect(b"READY\n")
+    start = s.expect(shown(b"READY\n", s.mode))
     for chunk in chunks or [data]:
         s.send(chunk)
         if pause:
             time.sleep(pause)
-    assert s.wait_output_len(start + len(data), 60), (
-        f"only {s.output_len() - start} of {len(data)} bytes came back\n{s.describe()}"
+    back = shown(data, s.mode)
+    assert s.wait_output_len(start + len(back), 60), (
+        f"only {s.output_len() - start} of {len(back)} bytes came back\n{s.describe()}"
     )
     assert s.wait(60) == 0, s.describe()
     echoed = s.output()[start:]
-    assert len(echoed) == len(data), f"{len(echoed)} bytes back for {len(data)} sent"
-    if echoed != data:
-        at = next(i for i in range(len(data)) if echoed[i] != data[i])
-        pytest.fail(f"output differs at byte {at}: sent {data[at:at + 16]!r}, "
+    assert len(echoed) == len(back), f"{len(echoed)} bytes back for {len(back)} expected"
+    if echoed != back:
+        at = next(i for i in range(len(back)) if echoed[i] != back[i])
+        pytest.fail(f"output differs at byte {at}: expected {back[at:at + 16]!r}, "
                     f"got {echoed[at:at + 16]!r}")
     got = result.read_text().split()
     assert got == [str(len(data)), hashlib.sha256(data).hexdigest()], (

@@ -46,6 +46,7 @@ from harness.relay import (
     proc_state,
     raw_violations,
     read_ints,
+    shown,
     stopped,
     vm_rss_kib,
     wait_until,
@@ -272,7 +273,7 @@ class TestRawModeAndRestore:
         s = spawn(sh(f"echo READY; {gate_wait(gate)}; exit 0"))
         s.expect(b"READY")
         assert s.terminal.wait_raw(), f"terminal never left canonical mode\n{s.describe()}"
-        assert raw_violations(s.terminal.attrs()) == [], s.describe()
+        assert raw_violations(s.terminal.attrs(), s.mode, s.terminal.saved) == [], s.describe()
         gate.touch()
         assert s.wait() == 0, s.describe()
         assert_restored(s)
@@ -358,10 +359,11 @@ class TestBytes:
         s = spawn(py(BLOB_WRITER_CHILD, 1, size))
         assert s.wait(60) == 0, s.describe()
         out = s.output()
-        assert out.startswith(b"READY\n") and out.endswith(b"END\n"), s.describe()
-        body = out[len(b"READY\n"):-len(b"END\n")]
-        assert len(body) == size
-        assert hashlib.sha256(body).hexdigest() == hashlib.sha256(blob).hexdigest()
+        head, tail = shown(b"READY\n", s.mode), shown(b"END\n", s.mode)
+        assert out.startswith(head) and out.endswith(tail), s.describe()
+        body = out[len(head):-len(tail)]
+        assert len(body) == len(shown(blob, s.mode))
+        assert hashlib.sha256(body).hexdigest() == hashlib.sha256(shown(blob, s.mode)).hexdigest()
 
     def test_megabytes_out_to_a_pipe(self, spawn: Spawn) -> None:
         size = 2 << 20
@@ -382,16 +384,17 @@ class TestBytes:
         size = 2 << 20
         blob = make_blob(3, size)
         s = spawn(py(BLOB_WRITER_CHILD, 3, size, 0.3))
-        s.expect(b"READY\n")
+        head, tail, blob = (shown(data, s.mode) for data in (b"READY\n", b"END\n", blob))
+        s.expect(head)
         paste = make_blob(4, 8 << 20)
         sent = s.send_background(paste)
         assert s.wait(60) == 0, s.describe()
         # The paste goes on after the relay has restored the terminal: the line discipline
         # echoes what it still takes, after END. Up to END, the output is exactly the child's.
         out = s.output()
-        end = len(b"READY\n") + size
-        assert out[end : end + len(b"END\n")] == b"END\n", s.describe()
-        body = out[len(b"READY\n") : end]
+        end = len(head) + len(blob)
+        assert out[end : end + len(tail)] == tail, s.describe()
+        body = out[len(head) : end]
         assert hashlib.sha256(body).hexdigest() == hashlib.sha256(blob).hexdigest()
         # The paste was really blocked (the child never read it), not silently swallowed whole.
         assert sent() < len(paste)
@@ -413,7 +416,7 @@ class TestBytes:
             os.write(1, b"END\\n")
             """
         ))
-        start = s.expect(b"READY\n")
+        start = s.expect(shown(b"READY\n", s.mode))
         relay = s.relay_pid
         time.sleep(0.3)
         baseline = vm_rss_kib(relay)
@@ -428,7 +431,9 @@ class TestBytes:
         s.reading.set()
         assert s.wait(60) == 0, s.describe()
         body = s.output()[start:]
-        assert body == b"z" * out_size + b"END\n", f"{len(body)} bytes\n{s.describe()}"
+        assert body == shown(b"z" * out_size + b"END\n", s.mode), (
+            f"{len(body)} bytes\n{s.describe()}"
+        )
         growth_mib = (peak - baseline) / 1024
         assert growth_mib < 12, (
             f"relay RSS grew {growth_mib:.1f} MiB (baseline {baseline} KiB, peak {peak} KiB; "
@@ -477,12 +482,12 @@ class TestEndOfChild:
         assert s.wait(30) == 0, s.describe()
         stream = b"".join(b"%08d:" % n + bytes(range(48, 103)) + b"\n" for n in range(1 << 17))
         assert total < len(stream), "the child never filled the pipeline"
-        out = s.output()
-        assert len(out) == total, (
-            f"{total} bytes written before the child exited, {len(out)} delivered; "
-            f"last line delivered: {out[-64:]!r}"
+        out, written = s.output(), shown(stream[:total], s.mode)
+        assert len(out) == len(written), (
+            f"{total} bytes written before the child exited, {len(out)} delivered "
+            f"({len(written)} expected); last line delivered: {out[-64:]!r}"
         )
-        assert out == stream[:total]
+        assert out == written
 
     def test_background_grandchild_does_not_keep_the_relay(
         self, spawn: Spawn, tmp_path: Path
@@ -753,7 +758,7 @@ class TestWindowChanges:
         bye = b"bye"
         s = spawn(py(ECHO_CHILD, len(probe) + len(bye), result), rows=30, cols=90,
                   relay_args=["--machine", "vm-7", "--resize-command", template])
-        start = s.expect(b"READY\n")
+        start = s.expect(shown(b"READY\n", s.mode))
         s.terminal.resize(31, 91)
 
         def lines() -> list[str]:
@@ -859,7 +864,7 @@ class TestJobControl:
             os.kill(relay, signal.SIGCONT)
             assert wait_until(lambda: proc_state(relay) not in ("T", None), 10)
             assert s.terminal.wait_raw(), f"not raw again after SIGCONT\n{s.describe()}"
-            assert raw_violations(s.terminal.attrs()) == []
+            assert raw_violations(s.terminal.attrs(), s.mode, s.terminal.saved) == []
             assert wait_until(lambda: last_size(report) == size), reported_sizes(report)  # noqa: B023
         # Still relaying after the round trip.
         gate.touch()
@@ -1105,21 +1110,24 @@ class TestOutputModes:
         assert m, s.describe()
         pty, stdout = m.group(1).decode(), m.group(2).decode()
         assert pty != s.terminal.name
+        # The pty's output processing (copy) or the terminal's (direct) turns LF into CR LF.
+        assert b"a\r\nb|" in out, s.describe()
         if mode == "copy":
-            # The pty is stdout too, and its output processing turns LF into CR LF.
             assert stdout == pty, s.describe()
-            assert b"a\r\nb|" in out, s.describe()
+            tty_line = b"via-tty\r\n"
         else:
-            # Straight to the user's terminal, which the relay keeps raw: the bytes as written.
             assert stdout == s.terminal.name, s.describe()
-            assert b"a\nb|" in out, s.describe()
+            # Processed by the pty, then by the terminal once more: the same on the screen.
+            tty_line = b"via-tty\r\r\n"
         # Whatever the child writes to its pty (here through /dev/tty) is copied in both modes.
-        assert b"via-tty\r\n" in out, s.describe()
+        assert tty_line in out, s.describe()
         assert_restored(s)
 
-    def test_output_processing_is_the_only_difference(self, spawn: Spawn, mode: str) -> None:
+    def test_plain_output_is_processed_alike(self, spawn: Spawn) -> None:
         # A child that leaves its pty cooked: in copy mode the pty's output processing (OPOST,
-        # ONLCR) applies to every byte, in direct mode nothing does (the terminal is raw).
+        # ONLCR) applies to every byte; in direct mode the user's terminal's does, which raw
+        # mode leaves as the user had it (the test terminal's is the pty's default). Before,
+        # direct mode turned it off and printf 'a\nb\n' came out as a staircase.
         s = spawn(py(
             """
             import os
@@ -1129,7 +1137,7 @@ class TestOutputModes:
         assert s.wait() == 0, s.describe()
         body = s.output().split(b"READY|", 1)[1]
         sent = bytes(range(256)) + b"|END"
-        assert body == (sent.replace(b"\n", b"\r\n") if mode == "copy" else sent), s.describe()
+        assert body == sent.replace(b"\n", b"\r\n"), s.describe()
 
     @pytest.mark.parametrize("stdout", ["socket", "pipe"])
     def test_output_the_child_shares_loses_nothing(
@@ -1359,7 +1367,7 @@ class TestReview:
         s.expect(b"ping", timeout=10)
         assert proc_state(s.relay_pid) != "T", s.describe()
         assert s.terminal.wait_raw(), "the terminal was not set up again"
-        assert raw_violations(s.terminal.attrs()) == []
+        assert raw_violations(s.terminal.attrs(), s.mode, s.terminal.saved) == []
         s.send(b"q")
         assert s.wait() == 0, s.describe()
         assert_restored(s)

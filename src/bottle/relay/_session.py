@@ -87,12 +87,14 @@ def run(
 
     ``output="copy"`` makes the pty the child's stdout and stderr, and the relay copies what it
     writes (with the pty's own output processing, e.g. ``\n`` to ``\r\n``). ``"direct"`` gives
-    the child ``stdout_fd`` itself as stdout and stderr, untouched and uncopied: the pty is only
-    its stdin and controlling terminal (what it writes to ``/dev/tty`` is still copied). That
-    suits terminal clients that run raw and write finished output, like ``smolvm machine exec
-    -i -t``, and costs the relay nothing for everything they print. Where ``stdout_fd``
-    cannot be reopened for the relay's own non-blocking writes (a socket), the output is
-    copied as in ``"copy"``: O_NONBLOCK on the child's own stdout would make its writes fail.
+    the child ``stdout_fd`` itself as stdout and stderr, uncopied: the pty is only its stdin and
+    controlling terminal (what it writes to ``/dev/tty`` is still copied, and may arrive after
+    what it writes to stdout later). The user's terminal keeps its output processing there
+    (raw mode is for the keyboard). That suits terminal clients that run raw and write finished
+    output, like ``smolvm machine exec -i -t``, and costs the relay nothing for everything they
+    print. Where ``stdout_fd`` cannot be reopened for the relay's own non-blocking writes (a
+    socket), the output is copied as in ``"copy"``: O_NONBLOCK on the child's own stdout would
+    make its writes fail.
 
     ``record`` names a new file (created mode 0600; an existing one is refused) that receives
     the session as an asciicast v2 recording, written as it goes: a header with the terminal's
@@ -342,8 +344,9 @@ class Session:
                       "copying the output instead of direct output", self._stdout_fd)
         loop_in, loop_out = term.loop_descriptors()
         # Raw before the child starts: in direct mode its first output goes straight to the
-        # terminal and must meet the same settings as the rest.
-        term.make_raw()
+        # terminal and must meet the same settings as the rest. Direct mode keeps the output
+        # processing: no pty does it for what the child writes there.
+        term.make_raw(keep_output=self._direct)
 
         master, slave = os.openpty()
         self._later(os.close, master)

@@ -33,8 +33,12 @@ def window_size(fd: int) -> tuple[int, int] | None:
     return (rows, cols) if rows and cols else None
 
 
-def raw(attrs: list[Any]) -> list[Any]:
-    """Raw-mode copy of a termios attribute list (like cfmakeraw)."""
+def raw(attrs: list[Any], *, keep_output: bool = False) -> list[Any]:
+    """Raw-mode copy of a termios attribute list (like cfmakeraw).
+
+    ``keep_output`` leaves the output flags (OPOST, ONLCR, …) as they are: raw mode is for the
+    keyboard, and a program writing to the terminal itself relies on its output processing.
+    """
     iflag, oflag, cflag, lflag, ispeed, ospeed, cc = attrs
     iflag &= ~(
         termios.IGNBRK
@@ -46,7 +50,8 @@ def raw(attrs: list[Any]) -> list[Any]:
         | termios.ICRNL
         | termios.IXON
     )
-    oflag &= ~termios.OPOST
+    if not keep_output:
+        oflag &= ~termios.OPOST
     lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
     cflag = (cflag & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
     cc = list(cc)
@@ -122,6 +127,7 @@ class UserTerminal:
         self.caught: frozenset[int] = frozenset()
         self._undo = undo
         self._saved: list[Any] | None = None
+        self._keep_output = False
         self._released = False
         self._reopened: dict[int, int] = {}  # terminal device -> the relay's own descriptor
         self._private_out: int | None = None
@@ -253,12 +259,13 @@ class UserTerminal:
 
     # ------------------------------------------------------------------ modes
 
-    def make_raw(self) -> None:
+    def make_raw(self, *, keep_output: bool) -> None:
         """Raw mode on stdin's terminal, if it is one, until the end (see `raw`)."""
         if not self.in_tty:
             return
         self._saved = termios.tcgetattr(self.in_fd)
-        termios.tcsetattr(self.in_fd, termios.TCSANOW, raw(self._saved))
+        self._keep_output = keep_output
+        termios.tcsetattr(self.in_fd, termios.TCSANOW, raw(self._saved, keep_output=keep_output))
         self._later(termios.tcsetattr, self.in_fd, termios.TCSANOW, self._saved)
 
     @property
@@ -285,7 +292,9 @@ class UserTerminal:
         """Raw mode again (after a stop), unless the terminal was given back."""
         if self._saved is not None and not self._released:
             with contextlib.suppress(termios.error):
-                termios.tcsetattr(self.in_fd, termios.TCSANOW, raw(self._saved))
+                termios.tcsetattr(
+                    self.in_fd, termios.TCSANOW, raw(self._saved, keep_output=self._keep_output)
+                )
 
     def stop(self) -> None:
         """SIGTSTP: the user's settings back, then stop the way shells do; returns once
