@@ -90,6 +90,16 @@ while True:
 """
 
 
+def program_in(tmp: Path, name: str, text: str) -> Path:
+    """A directory for PATH holding one executable file, ``name``, that reads ``text``."""
+    bindir = tmp / "bin"
+    bindir.mkdir()
+    prog = bindir / name
+    prog.write_text(text)
+    prog.chmod(0o755)
+    return bindir
+
+
 def cpu_ticks(pid: int) -> int:
     """User plus system CPU time of ``pid`` in clock ticks."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -576,11 +586,7 @@ class TestStatus:
     def test_python_api_resolves_argv0_on_the_env_path(
         self, spawn: Spawn, tmp_path: Path, mode: str
     ) -> None:
-        bindir = tmp_path / "bin"
-        bindir.mkdir()
-        prog = bindir / "only-here-prog"
-        prog.write_text("#!/bin/sh\necho FOUND-$MYVAR\nexit 4\n")
-        prog.chmod(0o755)
+        bindir = program_in(tmp_path, "only-here-prog", "#!/bin/sh\necho FOUND-$MYVAR\nexit 4\n")
         code = (
             "import os, sys, bottle.relay as r; "
             f"env = dict(os.environ, PATH={str(bindir) + ':/usr/bin:/bin'!r}, MYVAR='x1'); "
@@ -596,22 +602,18 @@ class TestStatus:
         assert s.wait() == 6, s.describe()
         assert "SUB\n" in s.text()
 
-
     def test_a_script_without_interpreter_line_runs_with_sh(
         self, spawn: Spawn, tmp_path: Path
     ) -> None:
         # execvp hands a file the kernel cannot run as it is (ENOEXEC: no "#!") to /bin/sh,
         # and the relay finds its commands like execvp.
-        bindir = tmp_path / "bin"
-        bindir.mkdir()
-        prog = bindir / "no-hashbang"
-        prog.write_text('echo "RAN-BY-SH $# $1 $2"\nexit 7\n')
-        prog.chmod(0o755)
+        bindir = program_in(tmp_path, "no-hashbang", 'echo "RAN-BY-SH $# $1 $2"\nexit 7\n')
         s = spawn(["no-hashbang", "one", "two"],
                   extra_env={"PATH": f"{bindir}:{os.environ['PATH']}"})
         assert s.wait() == 7, s.describe()
         assert "RAN-BY-SH 2 one two\n" in s.text(), s.describe()
         assert_restored(s)
+
 
 # --------------------------------------------------------------------------- 7. input EOF
 
