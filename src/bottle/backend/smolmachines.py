@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from bottle import _validate as check
 from bottle import smolvm as sv
@@ -51,6 +52,9 @@ from bottle.errors import (
 )
 from bottle.network import NetworkMode, NetworkPolicy, plan
 from bottle.results import AgentResult, ExecResult, Progress, exit_status
+
+if TYPE_CHECKING:
+    from bottle.sessions import Session
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -181,6 +185,8 @@ class SmolmachinesBottle(Bottle):
         self._smolvm = smolvm if smolvm is not None else sv.Smolvm()
         self._guest_users: dict[bool, str] = {}
         self._ids: dict[str, tuple[int, int]] = {}
+        # Set by `launch`: the machine's teardown, which a detached session can take over.
+        self._handover: _Handover | None = None
 
     @classmethod
     def from_spec(
@@ -363,6 +369,7 @@ class SmolmachinesBottle(Bottle):
             )
         return None
 
+    @overload
     def exec_agent(
         self,
         argv: Sequence[str],
@@ -370,7 +377,31 @@ class SmolmachinesBottle(Bottle):
         tty: bool = True,
         record: str | os.PathLike[str] | None = None,
         record_input: bool = False,
-    ) -> int:
+        detach: Literal[False] = False,
+    ) -> int: ...
+
+    @overload
+    def exec_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | None = None,
+        record_input: bool = False,
+        detach: Literal[True],
+        session: str | None = None,
+    ) -> Session: ...
+
+    def exec_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | None = None,
+        record_input: bool = False,
+        detach: bool = False,
+        session: str | None = None,
+    ) -> int | Session:
         """Run the agent; return smolvm's exit status (128+N when it died of signal N).
 
         Whatever goes wrong once the arguments are accepted (no such machine, a stopped one,
@@ -383,15 +414,46 @@ class SmolmachinesBottle(Bottle):
         reach the file: they go to smolvm through its environment, and the header names only
         ``TERM`` and ``SHELL``.
 
+        With ``detach``, the session starts in a session holder and this returns its
+        `bottle.sessions.Session` at once (see `run_agent`).
+
         Raises:
             InvalidInputError: bad arguments (a ``record`` file that exists, a recording
                 without ``tty``), before anything runs.
             SmolvmNotFoundError, SmolvmNotExecutableError: smolvm cannot be run at all (also
                 `FileNotFoundError` / `PermissionError`).
         """
+        if detach:
+            return self.run_agent(
+                argv, tty=tty, record=record, record_input=record_input, detach=True,
+                session=session,
+            )  # fmt: skip
         return self.run_agent(
             argv, tty=tty, record=record, record_input=record_input
         ).returncode
+
+    @overload
+    def run_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | None = None,
+        record_input: bool = False,
+        detach: Literal[False] = False,
+    ) -> AgentResult: ...
+
+    @overload
+    def run_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | None = None,
+        record_input: bool = False,
+        detach: Literal[True],
+        session: str | None = None,
+    ) -> Session: ...
 
     def run_agent(
         self,
@@ -400,7 +462,9 @@ class SmolmachinesBottle(Bottle):
         tty: bool = True,
         record: str | os.PathLike[str] | None = None,
         record_input: bool = False,
-    ) -> AgentResult:
+        detach: bool = False,
+        session: str | None = None,
+    ) -> AgentResult | Session:
         """Run the agent like `exec_agent`; the result's `check()` raises what went wrong.
 
         With `tty`, the session runs in process through `bottle.relay.run`, with the terminal
@@ -410,6 +474,15 @@ class SmolmachinesBottle(Bottle):
         `MachineNotRunningError` / `GuestUserError` when no session could start (status 1,
         nothing run), and `ConnectionLostError` when smolvm exited 1 and the machine is no
         longer running.
+
+        With ``detach``, the same smolvm command runs in a session holder
+        (`bottle.sessions.start`: its own pty, not this process's terminal) and this returns
+        the `bottle.sessions.Session` once it runs; clients attach to it with
+        `bottle.sessions.connect`. ``session`` names it (default: the machine's name, made
+        unique). Failing to start raises the precise error (a detached session has no status
+        to return). A bottle from `launch` hands its machine's teardown to the session: the
+        machine outlives the `launch` block and is stopped and deleted once the agent exits
+        (by the holder, or by `Session.teardown` if the holder died).
         """
         self._ensure_open()
         check.argv(argv)
@@ -420,6 +493,16 @@ class SmolmachinesBottle(Bottle):
             if not tty:
                 raise InvalidInputError("recording needs a terminal session (tty=True)")
             recording = check.new_file(record)
+        if detach and not tty:
+            raise InvalidInputError("a detached session is a terminal session: give tty=True")
+        if not detach and session is not None:
+            raise InvalidInputError("session names a detached session: give detach=True too")
+        if detach and self._handover is not None and self._handover.taken is not None:
+            raise InvalidInputError(
+                f"machine {self.machine_name!r} already belongs to detached session "
+                f"{self._handover.taken!r}, which deletes it when its agent exits; start "
+                "further sessions in a machine of their own"
+            )
         refused = self._not_running()
         full: list[str] = []
         if refused is None:
@@ -430,6 +513,8 @@ class SmolmachinesBottle(Bottle):
             except _ProbeError as exc:
                 refused = exc.result.error or exc
         if refused is not None:
+            if detach:
+                raise refused
             log.error(
                 "agent session in machine %r not started: %s",
                 self.machine_name,
@@ -439,6 +524,8 @@ class SmolmachinesBottle(Bottle):
             return AgentResult(1, refused)
         full[0] = self._smolvm.path
         env = self.child_env()
+        if detach:
+            return self._start_detached(full, env, session, recording, record_input)
         log.debug("agent session in %s: %s", self.machine_name, full)
         try:
             if tty:
@@ -472,6 +559,52 @@ class SmolmachinesBottle(Bottle):
                 log.error("%s", lost, extra=RETURNED_ERROR)
                 return AgentResult(status, lost)
         return AgentResult(status)
+
+    def _start_detached(
+        self,
+        full: list[str],
+        env: dict[str, str],
+        name: str | None,
+        record: str | None,
+        record_input: bool,
+    ) -> Session:
+        from bottle import sessions
+
+        handover = self._handover
+        plan = handover.plan() if handover is not None else None
+        try:
+            started = sessions.start(
+                full,
+                name=name,
+                machine=self.machine_name,
+                env=env,
+                hold_until_raw=True,
+                record=record,
+                record_input=record_input,
+                record_title=self.terminal_title or f"{self.agent_command} in {self.machine_name}",
+                secret_names=self.secret_names,
+                teardown=plan,
+                terminal_title=self.terminal_title,
+                terminal_color=self.terminal_color,
+            )
+        except PermissionError:
+            raise SmolvmNotExecutableError(
+                f"smolvm at {full[0]} is not executable", filename=full[0]
+            ) from None
+        except FileNotFoundError:
+            raise SmolvmNotFoundError(
+                f"smolvm at {full[0]} disappeared", filename=full[0]
+            ) from None
+        if handover is not None:
+            handover.taken = started.name
+        log.info(
+            "agent session in machine %r detached: session %r (holder pid %s)%s",
+            self.machine_name,
+            started.name,
+            started.pid,
+            "; it tears the machine down when the agent exits" if plan else "",
+        )
+        return started
 
     def _run_tty(
         self, full: list[str], env: dict[str, str], record: str | None, record_input: bool
@@ -687,6 +820,29 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+class _Handover:
+    """What `launch` undoes for its machine (stop, delete), until a detached session takes
+    it over (`taken`: that session's name); the session's holder then does it when the agent
+    exits, and the launch's own exit leaves the machine running."""
+
+    def __init__(self, machine: str, smolvm: sv.Smolvm) -> None:
+        self.machine = machine
+        self.smolvm = smolvm
+        self.taken: str | None = None
+
+    def undo(self, what: str, step: Callable[[str], None]) -> None:
+        if self.taken is not None:
+            log.info(
+                "machine %r: %s left to detached session %r", self.machine, what, self.taken
+            )
+            return
+        SmolmachinesBottleBackend._undo(what, step, self.machine)
+
+    def plan(self) -> dict[str, Any]:
+        """The teardown as data for the session's holder: smolvm's path, the steps in order."""
+        return {"machine": self.machine, "smolvm": self.smolvm.path, "steps": ["stop", "delete"]}
+
+
 class SmolmachinesBottleBackend(BottleBackend):
     """Launches smolvm machines: create → start → provision → yield → stop → delete."""
 
@@ -763,12 +919,14 @@ class SmolmachinesBottleBackend(BottleBackend):
                 # stands under it now is what this create left behind.
                 self._remove_leftover(name)
                 raise
-            stack.callback(self._undo, "delete", smolvm.delete, name)
+            handover = _Handover(name, smolvm)
+            stack.callback(handover.undo, "delete", smolvm.delete)
             # A start that fails or times out is undone by the delete (which stops first).
             with _step("starting", name, progress) as on_line:
                 smolvm.start(name, on_line=on_line)
-            stack.callback(self._undo, "stop", smolvm.stop, name)
+            stack.callback(handover.undo, "stop", smolvm.stop)
             stack.enter_context(bottle)
+            bottle._handover = handover
             with _step("provisioning", name, progress):
                 self._provision(bottle, prompt_src, guest_prompt)
             yield bottle

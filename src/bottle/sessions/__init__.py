@@ -143,6 +143,16 @@ class Session:
         return pid
 
     @property
+    def terminal_title(self) -> str:
+        """The title a client may give the terminal it attaches from ("" for none)."""
+        return str(self._spec.get("terminal_title") or "")
+
+    @property
+    def terminal_color(self) -> str:
+        """The background colour a client may give its terminal ("" for none)."""
+        return str(self._spec.get("terminal_color") or "")
+
+    @property
     def teardown_plan(self) -> Mapping[str, Any] | None:
         """What ends with the session: the machine, and the smolvm steps that remove it."""
         plan: Mapping[str, Any] | None = self._spec.get("teardown")
@@ -487,6 +497,8 @@ def start(
     record_title: str | None = None,
     secret_names: Sequence[str] = (),
     teardown: Mapping[str, Any] | None = None,
+    terminal_title: str = "",
+    terminal_color: str = "",
 ) -> Session:
     """Start ``argv`` in a new session holder and return its handle once it runs.
 
@@ -498,7 +510,9 @@ def start(
     latest output are kept for clients that attach later. ``hold_until_raw`` and the
     recording options are `bottle.relay.run`'s. ``teardown``, ``{"machine": NAME, "smolvm":
     PATH, "steps": ["stop", "delete"]}``, is run by the holder once the program has exited
-    (or by `Session.teardown` if the holder died).
+    (or by `Session.teardown` if the holder died). ``terminal_title`` and ``terminal_color``
+    are kept for clients that decorate the terminal they attach from (checked by the caller:
+    `bottle.backend.terminal`).
 
     Raises:
         FileNotFoundError, PermissionError: the program cannot be run (nothing is left).
@@ -546,6 +560,8 @@ def start(
             "record_title": record_title,
             "secret_names": list(secret_names),
             "teardown": dict(teardown) if teardown else None,
+            "terminal_title": terminal_title,
+            "terminal_color": terminal_color,
         }
         sdir.write_json(SPEC, spec)
         _launch_holder(sdir, environ)
