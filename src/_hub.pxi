@@ -1015,13 +1015,6 @@ cdef class Hub:
 
     # ------------------------------------------------------------------ clients
 
-    cdef int _live(self) noexcept nogil:
-        cdef int i, k = 0
-        for i in range(self.ncl):
-            if not self.cl[i].dead:
-                k += 1
-        return k
-
     cdef int _accept(self) noexcept nogil:
         cdef int fd
         cdef long uid

@@ -123,8 +123,13 @@ class Holder:
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
         signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        # Undone before the pipe closes (callbacks run last-in first-out): a signal during the
+        # teardown must not write into a descriptor number reused by then, and SIGTERM must
+        # end a holder that has nothing left to pass it on to.
+        self.undo.callback(signal.set_wakeup_fd, -1)
         for sig in (*_FORWARDED, signal.SIGCHLD):
             signal.signal(sig, _on_signal)
+            self.undo.callback(signal.signal, sig, signal.SIG_DFL)
         return rfd
 
     def _listen(self) -> socket.socket:
