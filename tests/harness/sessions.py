@@ -71,6 +71,15 @@ def blob(size: int) -> bytes:
     return os.urandom(size).replace(b"K", b"k")
 
 
+def blob_program(tmp: Path, size: int) -> tuple[bytes, dict[str, str], Path]:
+    """A blob for the program to print ("O"), its environment for it, and the file "T"
+    touches: (data, env_extra, done)."""
+    data = blob(size)
+    (tmp / "blob").write_bytes(data)
+    done = tmp / "done"
+    return data, {"PROG_BLOB": str(tmp / "blob"), "PROG_DONE": str(done)}, done
+
+
 def size_report(rows: int, cols: int) -> bytes:
     return b"S%dx%d;" % (rows, cols)
 

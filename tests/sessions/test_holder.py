@@ -20,7 +20,7 @@ from harness.relay import alive, context_switches
 from harness.sessions import (
     Client,
     Sessions,
-    blob,
+    blob_program,
     kill_holder,
     size_report,
     wait_for,
@@ -51,12 +51,8 @@ def test_type_and_read(holders: Sessions) -> None:
 
 
 def test_output_while_detached_is_all_there_byte_exact(holders: Sessions, tmp_path: Path) -> None:
-    data = blob(200_000)
-    (tmp_path / "blob").write_bytes(data)
-    done = tmp_path / "done"
-    s = holders.start(
-        history=1 << 20, env_extra={"PROG_BLOB": str(tmp_path / "blob"), "PROG_DONE": str(done)}
-    )
+    data, env_extra, done = blob_program(tmp_path, 200_000)
+    s = holders.start(history=1 << 20, env_extra=env_extra)
     first = Client.attach(s)
     started(first)
     before = bytes(first.got.output)
@@ -82,13 +78,8 @@ def test_output_while_detached_is_all_there_byte_exact(holders: Sessions, tmp_pa
 
 def test_overflow_drops_the_oldest_and_says_how_much(holders: Sessions, tmp_path: Path) -> None:
     history = 64 * 1024
-    data = blob(300_000)
-    (tmp_path / "blob").write_bytes(data)
-    done = tmp_path / "done"
-    s = holders.start(
-        history=history,
-        env_extra={"PROG_BLOB": str(tmp_path / "blob"), "PROG_DONE": str(done)},
-    )
+    data, env_extra, done = blob_program(tmp_path, 300_000)
+    s = holders.start(history=history, env_extra=env_extra)
     first = Client.attach(s)
     started(first)  # raw now: keys typed before would have been flushed
     first.keys(b"OT")
@@ -234,13 +225,8 @@ def test_a_stuck_client_stops_holding_the_output_back(holders: Sessions, tmp_pat
     # the output goes on, whole, to a client that keeps up, and the stuck one is told what it
     # missed when it reads again.
     history = 64 * 1024
-    data = blob(1_000_000)
-    (tmp_path / "blob").write_bytes(data)
-    done = tmp_path / "done"
-    s = holders.start(
-        history=history,
-        env_extra={"PROG_BLOB": str(tmp_path / "blob"), "PROG_DONE": str(done)},
-    )
+    data, env_extra, _ = blob_program(tmp_path, 1_000_000)
+    s = holders.start(history=history, env_extra=env_extra)
     stuck = Client.attach(s, since=wire.SINCE_NOW)
     stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     keeping_up = Client.attach(s)

@@ -527,19 +527,11 @@ class SmolmachinesBottle(Bottle):
         if detach:
             return self._start_detached(full, env, session, recording, record_input)
         log.debug("agent session in %s: %s", self.machine_name, full)
-        try:
+        with _runnable(full[0]):
             if tty:
                 status = self._run_tty(full, env, recording, record_input)
             else:
                 status = subprocess.run(full, env=env, check=False).returncode
-        except PermissionError:
-            raise SmolvmNotExecutableError(
-                f"smolvm at {full[0]} is not executable", filename=full[0]
-            ) from None
-        except FileNotFoundError:
-            raise SmolvmNotFoundError(
-                f"smolvm at {full[0]} disappeared", filename=full[0]
-            ) from None
         status = exit_status(status)
         log.info("agent session in machine %r ended with status %d", self.machine_name, status)
         if status == 1:
@@ -572,7 +564,7 @@ class SmolmachinesBottle(Bottle):
 
         handover = self._handover
         plan = handover.plan() if handover is not None else None
-        try:
+        with _runnable(full[0]):
             started = sessions.start(
                 full,
                 name=name,
@@ -587,14 +579,6 @@ class SmolmachinesBottle(Bottle):
                 terminal_title=self.terminal_title,
                 terminal_color=self.terminal_color,
             )
-        except PermissionError:
-            raise SmolvmNotExecutableError(
-                f"smolvm at {full[0]} is not executable", filename=full[0]
-            ) from None
-        except FileNotFoundError:
-            raise SmolvmNotFoundError(
-                f"smolvm at {full[0]} disappeared", filename=full[0]
-            ) from None
         if handover is not None:
             handover.taken = started.name
         log.info(
@@ -807,6 +791,19 @@ def _step(
     yield on_line
     log.info("%s machine %r: done in %.1f s", step, machine, time.monotonic() - began)
     report(done=True)
+
+
+@contextlib.contextmanager
+def _runnable(smolvm: str) -> Iterator[None]:
+    """smolvm found and checked earlier, yet not runnable now: the precise error."""
+    try:
+        yield
+    except PermissionError:
+        raise SmolvmNotExecutableError(
+            f"smolvm at {smolvm} is not executable", filename=smolvm
+        ) from None
+    except FileNotFoundError:
+        raise SmolvmNotFoundError(f"smolvm at {smolvm} disappeared", filename=smolvm) from None
 
 
 def _last(text: str) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 from bottle import _sessionwire as wire
 from bottle import sessions
 from bottle.bench._common import GIB, MIB, OUTER_SIZE, TAG_VAR, BenchError
-from bottle.bench._procfs import context_switches, own_cpu_ns, process_state
+from bottle.bench._procfs import context_switches, own_cpu_ns, settled_cpu_ns
 from bottle.bench.latency import ECHO_CHILD, percentile
 from bottle.bench.relays import RELAYS, base_env
 from bottle.bench.session import Session
@@ -186,17 +186,8 @@ class Holder:
             raise BenchError("the holder wrote no state")
         self.pid = pid
 
-    def settled_cpu_ns(self, timeout: float = 2.0) -> int:
-        deadline = time.monotonic() + timeout
-        last = -1
-        while True:
-            cpu = own_cpu_ns(self.pid)
-            if cpu == last and process_state(self.pid) in ("S", "D"):
-                return cpu
-            if time.monotonic() > deadline:
-                return cpu
-            last = cpu
-            time.sleep(0.002)
+    def settled_cpu_ns(self) -> int:
+        return settled_cpu_ns(self.pid)
 
     def type(self, data: bytes) -> None:
         for frame in wire.keys(data):

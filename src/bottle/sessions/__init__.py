@@ -237,18 +237,6 @@ class Session:
             )
         os.kill(pid, sig)
 
-    def connect(
-        self,
-        *,
-        readonly: bool = False,
-        size: tuple[int, int] | None = None,
-        redraw: bool = False,
-        since: int = wire.SINCE_OLDEST,
-        timeout: float | None = 10.0,
-    ) -> socket.socket:
-        """Connect to the holder and attach (see `connect`)."""
-        return _connect(self, readonly, size, redraw, since, timeout)
-
     def teardown(self) -> str | None:
         """Run the teardown the holder did not (its holder died): stop and delete the
         session's machine. The outcome ("done", "failed: …"), None when there is none.
