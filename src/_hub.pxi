@@ -91,6 +91,10 @@ STALL_PROGRESS = 64 * 1024
 TWITCH_MS = 200
 cdef unsigned long long C_STALL_PROGRESS = 64 * 1024
 cdef long long C_TWITCH_US = 200 * 1000
+# A read that fills a whole pty buffer defers the clients' writes (see bottle._hub_py).
+cdef ssize_t FULL_READ = 4095
+cdef size_t BATCH = 64 * 1024
+cdef long long DEFER_US = 1000
 # The protocol's numbers as compiled in: the tests compare them with bottle._sessionwire.
 WIRE = {
     "VERSION": W_VERSION, "HEADER_SIZE": W_HEADER, "MAX_INPUT": W_MAX_INPUT,
@@ -419,7 +423,9 @@ cdef class Hub:
     cdef long owner_uid
     cdef char *ring
     cdef size_t rsize, cap
-    cdef unsigned long long written
+    cdef unsigned long long written, shown
+    cdef long long defer_at
+    cdef size_t batch
     cdef long long stall_us, held_at, twitch_at
     cdef int hold_ms, exit_status, nsigs, err, owner_fd
     cdef bint hold_active, master_eof, master_blocked, busy, changed, has_rec
@@ -455,6 +461,7 @@ cdef class Hub:
         self.owner_uid = geteuid() if owner_uid < 0 else owner_uid
         self.rsize = history
         self.cap = W_MAX_OUTPUT if <size_t>history > W_MAX_OUTPUT else history
+        self.batch = BATCH if BATCH < <size_t>history // 2 else <size_t>history // 2
         self.stall_us = <long long>stall_ms * 1000
         self.hold_ms = hold_ms
         self.hold_active = hold_ms > 0
@@ -636,6 +643,7 @@ cdef class Hub:
                 if not self.hold_active and self._write_master() < 0:
                     return -1
             timeout = _min_timeout(timeout, self._twitch_timeout())
+            timeout = _min_timeout(timeout, self._defer_timeout())
             if self.has_rec:
                 timeout = _min_timeout(timeout, _rec_wait_ms(&self.rec))
             reading = not self.master_eof
@@ -753,7 +761,7 @@ cdef class Hub:
         reading = flush_ms < 0 and not self.master_eof
         if flush_ms >= 0:
             deadline = _now_us() + <long long>flush_ms * 1000
-        self._flush_all()
+        self._publish()
         self._sweep()
         while True:
             if reading and budget <= 0:
@@ -814,6 +822,7 @@ cdef class Hub:
                     return -1
                 if self._read_master() < 0:
                     return -1
+                self._publish()
                 if self.master_eof:
                     reading = False
             for i in range(n):
@@ -847,6 +856,9 @@ cdef class Hub:
         cdef ssize_t r
         while not self.master_eof:
             room = self._room()
+            if room <= 0 and self.shown < self.written:
+                self._publish()  # clients cannot make room for what they have not been given
+                room = self._room()
             if room <= 0:
                 break
             at = self.written % self.rsize
@@ -865,7 +877,10 @@ cdef class Hub:
                 self.written += r
                 if self.has_rec:
                     _rec_event(&self.rec, b'o', &self.rec.u8out, self.ring + at, r)
-                self._flush_all()
+                if r < FULL_READ or self.written - self.shown >= self.batch:
+                    self._publish()
+                elif not self.defer_at:
+                    self.defer_at = _now_us() + DEFER_US
             elif r == 0:  # BSD/macOS: end of the pty
                 self.master_eof = True
             elif errno == EINTR:
@@ -877,7 +892,24 @@ cdef class Hub:
             else:
                 self.err = errno
                 return -1
+        if self.master_eof:
+            self._publish()
         return 0
+
+    cdef void _publish(self) noexcept nogil:
+        self.shown = self.written
+        self.defer_at = 0
+        self._flush_all()
+
+    cdef int _defer_timeout(self) noexcept nogil:
+        cdef long long left
+        if not self.defer_at:
+            return -1
+        left = self.defer_at - _now_us()
+        if left <= 0:
+            self._publish()
+            return -1
+        return <int>((left + 999) // 1000)
 
     cdef void _save_tails(self, size_t n) noexcept nogil:
         # A lagging client in the middle of a frame keeps that frame's rest: the ring is about
@@ -1226,8 +1258,8 @@ cdef class Hub:
         c.cols = cols
         oldest = self.written - self.rsize if self.written > self.rsize else 0
         start = since if since > oldest else oldest
-        if start > self.written:
-            start = self.written
+        if start > self.shown:
+            start = self.shown
         c.pos = start
         body[0] = W_VERSION
         body[1] = flags & (W_F_READONLY | W_F_REDRAW)
@@ -1305,7 +1337,7 @@ cdef class Hub:
                         c.dead = True
                         return False
                     c.pos = oldest
-            if self.exit_status >= 0 and c.pos == self.written:
+            if self.exit_status >= 0 and c.pos == self.shown:
                 _be16(body, <unsigned int>self.exit_status)
                 if not _pre_frame(c, W_EXIT, body, 2):
                     c.dead = True
@@ -1321,10 +1353,12 @@ cdef class Hub:
             niov += 1
         elif c.frame_left:
             niov += self._segments(iov + niov, c.pos, c.frame_left)
-        if not c.closing:
-            cursor = c.pos + (c.frame_left if c.tail_left == 0 else 0)
-            while cursor < self.written and niov < 12 and nf < 8:
-                n = self.written - cursor
+        # After a tail (a lagging client's saved frame) the ring may have moved past the
+        # client: what comes next is decided at the boundary, next time.
+        if not c.closing and c.tail_left == 0:
+            cursor = c.pos + c.frame_left
+            while cursor < self.shown and niov < 12 and nf < 8:
+                n = self.shown - cursor
                 if n > self.cap:
                     n = self.cap
                 _header(heads[nf], W_OUTPUT, n)

@@ -74,6 +74,14 @@ STALL_PROGRESS = 64 * 1024
 # so two sizes set back to back can reach it as one, unchanged, and the program never hears
 # of it.
 TWITCH_MS = 200
+# Output is passed on at once, unless the read filled a whole pty buffer (4095 bytes on Linux:
+# the program is streaming and more is on its way): then it gathers, up to BATCH bytes or for
+# at most DEFER_US, so that each client gets one write (and one wake-up) per batch rather than
+# one per 4 KiB: with three watchers this took the holder's CPU per GiB from 1.5 to 1.1 times
+# the relay's in copy mode (README, Detached sessions).
+_FULL_READ = 4095
+_BATCH = 64 * 1024
+_DEFER_US = 1000
 # Keys from clients wait here for the pty.
 _IBUF = 64 * 1024
 _HOLD_POLL_MS = 10
@@ -384,6 +392,9 @@ class Hub:
         self._ring = bytearray(history)
         self._cap = min(wire.MAX_OUTPUT, history)
         self._total = 0
+        self._shown = 0  # output up to here is passed on to clients (see _FULL_READ)
+        self._defer_at = 0
+        self._batch = min(_BATCH, history // 2)
         self._stall_us = stall_ms * 1000
         self._hold_ms = hold_ms
         self._holding = hold_ms > 0
@@ -564,6 +575,7 @@ class Hub:
                 if not self._holding:
                     self._write_master()
             timeout = self._min_timeout(timeout, self._twitch_timeout())
+            timeout = self._min_timeout(timeout, self._defer_timeout())
             rec = self._rec
             if rec is not None:
                 timeout = self._min_timeout(timeout, rec.wait_ms())
@@ -637,7 +649,7 @@ class Hub:
         reading = flush_ms < 0 and not self._master_eof
         budget = cap_ms * 1000
         deadline = _now_us() + flush_ms * 1000 if flush_ms >= 0 else 0
-        self._flush_all()
+        self._publish()
         while True:
             if reading and budget <= 0:
                 reading = False
@@ -677,6 +689,7 @@ class Hub:
                 if ready[self._master_fd] & _POLLNVAL:
                     raise OSError(errno.EBADF, os.strerror(errno.EBADF))
                 self._read_master()
+                self._publish()
                 if self._master_eof:
                     reading = False
             for c in list(self._clients):
@@ -708,10 +721,14 @@ class Hub:
         return self._size - (self._total - floor)
 
     def _read_master(self) -> None:
-        # Read as much as there is room for; each chunk goes out to the clients at once.
+        # Read as much as there is room for; each chunk goes out to the clients at once,
+        # unless the program is streaming (see _FULL_READ).
         rec = self._rec
         while not self._master_eof:
             room = self._room()
+            if room <= 0 and self._shown < self._total:
+                self._publish()  # clients cannot make room for what they have not been given
+                room = self._room()
             if room <= 0:
                 break
             at = self._total % self._size
@@ -739,7 +756,27 @@ class Hub:
             self._total += n
             if rec is not None:
                 rec.output(data)
-            self._flush_all()
+            if n < _FULL_READ or self._total - self._shown >= self._batch:
+                self._publish()
+            elif not self._defer_at:
+                self._defer_at = _now_us() + _DEFER_US
+        if self._master_eof:
+            self._publish()
+
+    def _publish(self) -> None:
+        """Pass the output read so far on to the clients."""
+        self._shown = self._total
+        self._defer_at = 0
+        self._flush_all()
+
+    def _defer_timeout(self) -> int:
+        if not self._defer_at:
+            return -1
+        left = self._defer_at - _now_us()
+        if left <= 0:
+            self._publish()
+            return -1
+        return (left + 999) // 1000
 
     def _save_tails(self, n: int) -> None:
         # A lagging client in the middle of a frame keeps that frame's rest: the ring is about
@@ -1007,7 +1044,7 @@ class Hub:
         c.readonly = bool(flags & wire.READONLY)
         c.rows, c.cols = rows, cols
         oldest = max(0, self._total - self._size)
-        start = min(max(since, oldest), self._total)
+        start = min(max(since, oldest), self._shown)
         c.pos = start
         c.pre += wire.attached(flags & (wire.READONLY | wire.REDRAW_ON_ATTACH),
                                self._rows, self._cols, start)  # fmt: skip
@@ -1063,7 +1100,7 @@ class Hub:
             if c.pos < oldest:
                 c.pre += wire.dropped(oldest - c.pos)
                 c.pos = oldest
-            if self._exit_status >= 0 and c.pos == self._total:
+            if self._exit_status >= 0 and c.pos == self._shown:
                 c.pre += wire.exit_frame(self._exit_status)
                 c.closing = True
         iov: list[bytes | bytearray | memoryview] = []
@@ -1074,10 +1111,12 @@ class Hub:
             iov.append(c.tail)
         elif c.frame_left:
             iov += self._segments(c.pos, c.frame_left)
-        if not c.closing:
-            cursor = c.pos + (c.frame_left if c.tail is None else 0)
-            while cursor < self._total and len(iov) < 12:
-                n = min(self._total - cursor, self._cap)
+        # After a tail (a lagging client's saved frame) the ring may have moved past the
+        # client: what comes next is decided at the boundary, next time.
+        if not c.closing and c.tail is None:
+            cursor = c.pos + c.frame_left
+            while cursor < self._shown and len(iov) < 12:
+                n = min(self._shown - cursor, self._cap)
                 head = wire.header(wire.OUTPUT, n)
                 iov.append(head)
                 iov += self._segments(cursor, n)
