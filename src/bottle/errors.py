@@ -29,7 +29,6 @@ __all__ = [
     "SessionExistsError",
     "SessionNotFoundError",
     "SessionPathError",
-    "SessionRefusedError",
     "SessionRunningError",
     "SmolvmCommandError",
     "SmolvmError",
@@ -213,10 +212,6 @@ class SessionRunningError(SessionError):
 class SessionPathError(SessionError):
     """The session directory or socket is not safely this user's: a symlink, owned by
     another user, or open to others. Nothing was read from it or sent to it."""
-
-
-class SessionRefusedError(SessionError):
-    """The session's holder refused the connection (its ERROR frame is the message)."""
 
 
 class SessionEndedError(SessionError):

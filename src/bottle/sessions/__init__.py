@@ -38,7 +38,6 @@ from bottle.errors import (
     SessionExistsError,
     SessionNotFoundError,
     SessionPathError,
-    SessionRefusedError,
     SessionRunningError,
 )
 from bottle.relay._tty import DEFAULT_SIZE, window_size
@@ -72,7 +71,6 @@ READY_TIMEOUT = 30.0
 # With hold_until_raw: keys are held while the program's pty is canonical, at most this long
 # (smolvm's client flushes its input when it goes raw; see bottle.relay.run).
 HOLD_MS = 30_000
-STATES = ("running", "exited", "lost")
 
 
 @dataclass(frozen=True)
@@ -300,10 +298,6 @@ def run_teardown(plan: Mapping[str, Any]) -> str:
     return outcome
 
 
-def _base(create: bool) -> str | None:
-    return ensure_base(create=create)
-
-
 def find_session(name: str) -> Session:
     """The session of that name (this user's).
 
@@ -312,7 +306,7 @@ def find_session(name: str) -> Session:
         SessionPathError: its directory is not safely this user's.
     """
     check_name(name)
-    base = _base(create=False)
+    base = ensure_base(create=False)
     if base is None:
         raise SessionNotFoundError(f"no session {name!r} (no session directory {base_dir()})")
     sdir = SessionDir(os.path.join(base, name))
@@ -331,7 +325,7 @@ def list_sessions() -> list[SessionInfo]:
     (and logged)."""
     import logging
 
-    base = _base(create=False)
+    base = ensure_base(create=False)
     if base is None:
         return []
     found = []
@@ -629,10 +623,3 @@ def _log_tail(sdir: SessionDir) -> str:
             return lines[-1]
     return "no reason logged"
 
-
-# The refusal a holder sends, as the client sees it.
-def refused(frame_payload: bytes) -> SessionRefusedError:
-    """The error for an ERROR frame a holder sent."""
-    return SessionRefusedError(
-        "the session holder refused: " + frame_payload.decode(errors="replace")
-    )
