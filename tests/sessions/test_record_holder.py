@@ -6,12 +6,14 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
 from harness.sessions import Client, Sessions
 
 # asciinema playback and the file checks are the relay's recording tests' own.
 from relay.test_record import asciinema_cat, load, shown
 
 from bottle import sessions
+from bottle.errors import InvalidInputError
 
 
 def test_recording_in_the_holder(holders: Sessions, tmp_path: Path) -> None:
@@ -45,3 +47,18 @@ def test_recording_input_when_asked(holders: Sessions, tmp_path: Path) -> None:
     s.wait(10)
     _, events = load(cast)
     assert "".join(e[2] for e in events if e[1] == "i") == "abX"
+
+
+def test_the_recording_file_is_made_first_and_removed_if_no_session_ran(
+    holders: Sessions, tmp_path: Path, runtime: Path
+) -> None:
+    cast = tmp_path / "session.cast"
+    cast.write_text("someone's")
+    with pytest.raises(InvalidInputError, match="already exists"):
+        holders.start(record=cast)
+    assert cast.read_text() == "someone's"
+    cast.unlink()
+    with pytest.raises(PermissionError):
+        holders.start([str(runtime)], record=cast)  # exec fails in the holder's child
+    assert not cast.exists()
+    assert sessions.list_sessions() == []

@@ -40,6 +40,7 @@ from bottle.errors import (
     SessionPathError,
     SessionRunningError,
 )
+from bottle.relay import Recording
 from bottle.relay._tty import DEFAULT_SIZE, window_size
 from bottle.sessions._dirs import (
     LOG,
@@ -474,7 +475,7 @@ def start(
     size: tuple[int, int] | None = None,
     history: int = DEFAULT_HISTORY,
     hold_until_raw: bool = False,
-    record: str | os.PathLike[str] | None = None,
+    record: str | os.PathLike[str] | Recording | None = None,
     record_input: bool = False,
     record_title: str | None = None,
     secret_names: Sequence[str] = (),
@@ -490,7 +491,8 @@ def start(
     ``-2``, ``-3``… when taken. ``size`` (rows, cols) is the pty's first size (default: this
     process's terminal's, else 24x80); clients set it from then on. ``history`` bytes of the
     latest output are kept for clients that attach later. ``hold_until_raw`` and the
-    recording options are `bottle.relay.run`'s. ``teardown``, ``{"machine": NAME, "smolvm":
+    recording options are `bottle.relay.run`'s (a ``record`` file is made here, before the
+    holder starts, and removed again if it does not). ``teardown``, ``{"machine": NAME, "smolvm":
     PATH, "steps": ["stop", "delete"]}``, is run by the holder once the program has exited
     (or by `Session.teardown` if the holder died). ``terminal_title`` and ``terminal_color``
     are kept for clients that decorate the terminal they attach from (checked by the caller:
@@ -513,17 +515,40 @@ def start(
     environ = dict(os.environ if env is None else env)
     path = _resolve(args[0], environ)
     rows, cols = size or _terminal_size()
-    record_path = None
-    if record is not None:
-        record_path = os.path.abspath(os.fspath(record))
-        if os.path.lexists(record_path):
-            raise InvalidInputError(
-                f"recording file {record_path!r} already exists (bottle never overwrites one)"
-            )
-    elif record_input:
+    if record is None and record_input:
         raise InvalidInputError("record_input needs a recording: give record=FILE")
     base = ensure_base()
     assert base is not None
+    if record is None or isinstance(record, Recording):
+        return _start(args, path, name, machine, environ, (rows, cols), history,
+                      hold_until_raw, record, record_input, record_title, secret_names,
+                      teardown, terminal_title, terminal_color, base)  # fmt: skip
+    with Recording(record) as recording:  # made first; removed if no session ran into it
+        return _start(args, path, name, machine, environ, (rows, cols), history,
+                      hold_until_raw, recording, record_input, record_title, secret_names,
+                      teardown, terminal_title, terminal_color, base)  # fmt: skip
+
+
+def _start(
+    args: list[str],
+    path: str,
+    name: str | None,
+    machine: str | None,
+    environ: dict[str, str],
+    size: tuple[int, int],
+    history: int,
+    hold_until_raw: bool,
+    recording: Recording | None,
+    record_input: bool,
+    record_title: str | None,
+    secret_names: Sequence[str],
+    teardown: Mapping[str, Any] | None,
+    terminal_title: str,
+    terminal_color: str,
+    base: str,
+) -> Session:
+    rows, cols = size
+    record_fd = recording.take() if recording is not None else -1
     sdir = _new_dir(base, name, _default_name(machine, args))
     try:
         spec = {
@@ -537,7 +562,8 @@ def start(
             "cols": cols,
             "history": history,
             "hold_ms": HOLD_MS if hold_until_raw else 0,
-            "record": record_path,
+            "record": recording.path if recording is not None else None,
+            "record_fd": record_fd if record_fd >= 0 else None,
             "record_input": record_input,
             "record_title": record_title,
             "secret_names": list(secret_names),
@@ -546,14 +572,16 @@ def start(
             "terminal_color": terminal_color,
         }
         sdir.write_json(SPEC, spec)
-        _launch_holder(sdir, environ)
+        _launch_holder(sdir, environ, record_fd)
     except BaseException:
         shutil.rmtree(sdir.path, ignore_errors=True)
         raise
+    if recording is not None:
+        recording.session_ran()  # the holder writes into it now
     return Session(sdir, spec)
 
 
-def _launch_holder(sdir: SessionDir, environ: Mapping[str, str]) -> None:
+def _launch_holder(sdir: SessionDir, environ: Mapping[str, str], record_fd: int) -> None:
     lock = sdir.take_lock()
     if lock is None:  # a fresh directory: nobody can hold it
         raise SessionError(f"session {sdir.name!r}: its lock is taken")
@@ -569,7 +597,8 @@ def _launch_holder(sdir: SessionDir, environ: Mapping[str, str]) -> None:
             env=dict(environ),
             cwd="/",
             start_new_session=True,
-            pass_fds=(ready_w, lock),
+            # The recording's file travels as a descriptor: made (and checked) here.
+            pass_fds=(ready_w, lock) if record_fd < 0 else (ready_w, lock, record_fd),
         )
     finally:
         # The holder has its own copies; the lock stays held through them.

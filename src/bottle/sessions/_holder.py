@@ -19,7 +19,6 @@ calls do not carry them.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -153,16 +152,12 @@ class Holder:
             os.unlink(self.dir.socket_path)
 
     def _open_recording(self, master: int) -> int:
-        record = self.spec.get("record")
-        if not record:
+        # The starter made the file (bottle.relay.Recording) and passed its descriptor.
+        given = self.spec.get("record_fd")
+        if given is None:
             return -1
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            fd = os.open(record, flags, 0o600)
-        except FileExistsError:
-            raise FileExistsError(
-                errno.EEXIST, "recording file exists (bottle never overwrites one)", record
-            ) from None
+        fd = int(given)
+        os.set_inheritable(fd, False)
         self.undo.callback(os.close, fd)
         from bottle.relay._tty import window_size
 
