@@ -513,64 +513,49 @@ def start(
     if history < MIN_HISTORY:
         raise InvalidInputError(f"history must be at least {MIN_HISTORY} bytes, not {history}")
     environ = dict(os.environ if env is None else env)
-    path = _resolve(args[0], environ)
     rows, cols = size or _terminal_size()
     if record is None and record_input:
         raise InvalidInputError("record_input needs a recording: give record=FILE")
+    spec: dict[str, Any] = {
+        "version": 1,
+        "machine": machine,
+        "argv": args,
+        "path": _resolve(args[0], environ),
+        "rows": rows,
+        "cols": cols,
+        "history": history,
+        "hold_ms": HOLD_MS if hold_until_raw else 0,
+        "record_input": record_input,
+        "record_title": record_title,
+        "secret_names": list(secret_names),
+        "teardown": dict(teardown) if teardown else None,
+        "terminal_title": terminal_title,
+        "terminal_color": terminal_color,
+    }
     base = ensure_base()
     assert base is not None
     if record is None or isinstance(record, Recording):
-        return _start(args, path, name, machine, environ, (rows, cols), history,
-                      hold_until_raw, record, record_input, record_title, secret_names,
-                      teardown, terminal_title, terminal_color, base)  # fmt: skip
+        return _start(spec, environ, base, name, record)
     with Recording(record) as recording:  # made first; removed if no session ran into it
-        return _start(args, path, name, machine, environ, (rows, cols), history,
-                      hold_until_raw, recording, record_input, record_title, secret_names,
-                      teardown, terminal_title, terminal_color, base)  # fmt: skip
+        return _start(spec, environ, base, name, recording)
 
 
 def _start(
-    args: list[str],
-    path: str,
-    name: str | None,
-    machine: str | None,
+    spec: dict[str, Any],
     environ: dict[str, str],
-    size: tuple[int, int],
-    history: int,
-    hold_until_raw: bool,
-    recording: Recording | None,
-    record_input: bool,
-    record_title: str | None,
-    secret_names: Sequence[str],
-    teardown: Mapping[str, Any] | None,
-    terminal_title: str,
-    terminal_color: str,
     base: str,
+    name: str | None,
+    recording: Recording | None,
 ) -> Session:
-    rows, cols = size
     record_fd = recording.take() if recording is not None else -1
-    sdir = _new_dir(base, name, _default_name(machine, args))
+    sdir = _new_dir(base, name, _default_name(spec["machine"], spec["argv"]))
+    spec.update(
+        name=sdir.name,
+        created=time.time(),
+        record=recording.path if recording is not None else None,
+        record_fd=record_fd if record_fd >= 0 else None,
+    )
     try:
-        spec = {
-            "version": 1,
-            "name": sdir.name,
-            "machine": machine,
-            "argv": args,
-            "path": path,
-            "created": time.time(),
-            "rows": rows,
-            "cols": cols,
-            "history": history,
-            "hold_ms": HOLD_MS if hold_until_raw else 0,
-            "record": recording.path if recording is not None else None,
-            "record_fd": record_fd if record_fd >= 0 else None,
-            "record_input": record_input,
-            "record_title": record_title,
-            "secret_names": list(secret_names),
-            "teardown": dict(teardown) if teardown else None,
-            "terminal_title": terminal_title,
-            "terminal_color": terminal_color,
-        }
         sdir.write_json(SPEC, spec)
         _launch_holder(sdir, environ, record_fd)
     except BaseException:
