@@ -20,8 +20,9 @@ LAYERS: list[tuple[str, ...]] = [
     # Exceptions, and the package itself (a version string and a platform check).
     ("bottle", "bottle.errors"),
     # Input checks and the small result types, built on the exceptions only; the network
-    # policy (checks of allowed hosts and CIDRs) is one of them.
-    ("bottle._validate", "bottle.results", "bottle.network"),
+    # policy (checks of allowed hosts and CIDRs) is one of them; the cache of what bottle
+    # learnt of smolvm and its machines (the standard library only).
+    ("bottle._validate", "bottle.results", "bottle.network", "bottle._cache"),
     # The tools the backend uses: the relay (both copy loops and the front), the smolvm CLI
     # wrapper, and the agent provider table.
     (
