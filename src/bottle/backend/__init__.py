@@ -141,6 +141,9 @@ class LaunchSpec:
     is refused.
     `allow_hosts` are DNS names or IP addresses (a name also allows its subdomains, every
     port); `allow_cidrs` are ranges like `10.0.0.0/8`. See `bottle.network`.
+    `install_agent` installs the agent provider's CLI while provisioning (as root, the way
+    `bottle.agent_provider` says: npm for claude and codex), for an image that lacks it; with
+    an allow-list, the provider's `install_hosts` must be among `allow_hosts`.
     """
 
     machine_name: str
@@ -161,6 +164,7 @@ class LaunchSpec:
     terminal_color: str = ""
     allow_hosts: Sequence[str] = ()
     allow_cidrs: Sequence[str] = ()
+    install_agent: bool = False
 
     def __post_init__(self) -> None:
         # Checked here, once: what passes is kept in its checked form (see bottle._validate).
@@ -193,6 +197,7 @@ class LaunchSpec:
         check.text(self.agent_provider, "agent_provider")
         check.text(self.terminal_title, "terminal_title")
         check.text(self.terminal_color, "terminal_color")
+        check.flag(self.install_agent, "install_agent")
         self._check_network()
         # What the provider, prompt mode, image, cpus, memory, title and colour may be is for
         # the backend that interprets them (it checks them before it starts anything).

@@ -19,7 +19,7 @@ from bottle.cli._agent import (
     session_fields,
 )
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
-from bottle.cli._options import add_name, positive_int
+from bottle.cli._options import add_name, positive_int, retry_policy
 from bottle.cli._progress import ProgressDisplay
 from bottle.errors import InvalidInputError
 
@@ -86,6 +86,8 @@ class Launch(Command):
             **session_fields(ns),
         )
         backend = get_backend(ns.backend)
+        if isinstance(backend, SmolmachinesBottleBackend):
+            backend.retry = retry_policy(ns)
         display = ProgressDisplay(enabled=not ns.quiet and sys.stderr.isatty())
         with (
             _teardown_on_signals(),
