@@ -27,7 +27,6 @@ import posixpath
 import re
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -1010,6 +1009,8 @@ class SmolmachinesBottle(Bottle):
         uid, gid = ids if ids is not None else (None, None)
         if ":" in src:
             # smolvm would read "a:b" as a download from machine "a"; hand it a plain name.
+            import tempfile  # here only: a few ms of every command's start-up otherwise
+
             with tempfile.TemporaryDirectory(prefix="bottle-cp-") as tmp:
                 link = os.path.join(tmp, "file")
                 os.symlink(os.path.abspath(src), link)
