@@ -10,8 +10,6 @@ image's PATH; the real npm on this host is never run (no test image puts it firs
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,13 +24,13 @@ from harness.backend import (
     image_machine,
     root_spec,
 )
+from harness.backend import run_bottle as bottle
 
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import SmolmachinesBottle, SmolmachinesBottleBackend
 from bottle.errors import AgentInstallError, AgentNotFoundError, InvalidInputError
 from bottle.results import Progress
 
-BOTTLE = [sys.executable, "-m", "bottle"]
 # The provider's hosts and the npm registry, resolved from the fake's table (RFC 5737).
 HOSTS = {
     "api.anthropic.com": "192.0.2.20",
@@ -43,12 +41,6 @@ HOSTS = {
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-def bottle(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BOTTLE, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=90, check=False, env=env,
-    )  # fmt: skip
 
 
 def session_execs(fake_smolvm: Any) -> list[list[str]]:
@@ -158,6 +150,14 @@ def test_install_agent_then_the_session(fake_smolvm: Any, npm_image: str) -> Non
         proc.stderr
     )
     assert fake_smolvm.machine("m1") is None
+
+
+def test_agent_install_agent_in_an_existing_machine(fake_smolvm: Any, npm_image: str) -> None:
+    image_machine(fake_smolvm, "m", image=npm_image)
+    proc = bottle("agent", "-n", "m", "--no-tty", "--", "x")
+    assert proc.returncode == CLI_FAILURE
+    proc = bottle("agent", "-n", "m", "--install-agent", "--no-tty", "--", "x")
+    assert (proc.returncode, proc.stdout) == (0, "claude (stub) as node: x\n"), proc.stderr
 
 
 def test_install_agent_reports_its_step(fake_smolvm: Any, npm_image: str) -> None:

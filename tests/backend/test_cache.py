@@ -16,20 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.backend import AGENT_IMAGE, ROOT_IMAGE, image_machine
+from harness.backend import AGENT_IMAGE, BOTTLE, ROOT_IMAGE, image_machine
+from harness.backend import run_bottle as bottle
 
 from bottle import _cache
 
-BOTTLE = [sys.executable, "-m", "bottle"]
-
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-def bottle(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BOTTLE, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=60, check=False, env=env,
-    )  # fmt: skip
 
 
 def smolvm_calls(fake_smolvm: Any, since: int) -> list[list[str]]:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness.backend import ROOT_IMAGE, image_machine, root_spec
+from harness.backend import run_bottle as bottle
 
 from bottle.backend.smolmachines import (
     BRING_UP_RETRY,
@@ -31,18 +31,11 @@ from bottle.backend.smolmachines import (
     SmolmachinesBottleBackend,
 )
 
-BOTTLE = [sys.executable, "-m", "bottle"]
 HOUR_AGO = int(time.time()) - 3600
 QUICK_BRING_UP = RetryPolicy(delay=0.01, bring_up=60.0)
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-def bottle(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BOTTLE, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=60, check=False, env=env,
-    )  # fmt: skip
 
 
 def runs(log: Path) -> int:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -161,6 +162,16 @@ def child_argv(agent_args: Sequence[str]) -> list[str]:
 
 PY = sys.executable
 BOTTLE = (PY, "-m", "bottle")
+
+
+def run_bottle(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """`bottle ARGS…` as a process of its own, no terminal (stdin /dev/null), output captured."""
+    return subprocess.run(
+        [*BOTTLE, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=timeout, check=False, env=None if env is None else dict(env),
+    )  # fmt: skip
 # The status of bottle's own failures on the command line (README "Command line"), docker's 125.
 CLI_FAILURE = 125
 TIMEOUT = 60.0
