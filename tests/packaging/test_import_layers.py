@@ -22,12 +22,24 @@ LAYERS: list[tuple[str, ...]] = [
     # Input checks and the small result types, built on the exceptions only; the network
     # policy (checks of allowed hosts and CIDRs) is one of them; the cache of what bottle
     # learnt of smolvm and its machines (the standard library only).
-    ("bottle._validate", "bottle.results", "bottle.network", "bottle._cache"),
-    # The tools the backend uses: the relay (both copy loops and the front), the smolvm CLI
-    # wrapper, and the agent provider table.
+    # The session protocol's numbers and frames too.
+    (
+        "bottle._validate",
+        "bottle.results",
+        "bottle.network",
+        "bottle._cache",
+        "bottle._sessionwire",
+    ),
+    # The tools the backend uses: the relay (both copy loops and the front), detached sessions
+    # (their holder's loop, both twins, and the holder), the smolvm CLI wrapper, and the agent
+    # provider table.
     (
         "bottle._ptyrelay",
         "bottle._ptyrelay_py",
+        "bottle._hub_py",
+        "bottle.sessions",
+        "bottle.sessions._dirs",
+        "bottle.sessions._holder",
         "bottle.relay",
         "bottle.relay._impl",
         "bottle.relay._children",
