@@ -37,10 +37,21 @@ HOSTS = {
     "platform.claude.com": "192.0.2.21",
     "registry.npmjs.org": "192.0.2.30",
     "npmjs.org": "192.0.2.31",
+    # The test images' registry (Docker Hub), which bottle puts on the create line itself below
+    # smolvm 1.3.5 (pytest --fake-smolvm-version).
+    "docker.io": "192.0.2.40",
+    "docker.com": "192.0.2.41",
 }
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
+
+
+@pytest.fixture
+def exact(fake_smolvm: Any) -> None:
+    """Exact stderr: a smolvm older than 1.8.1 puts its paste warning first (pytest
+    --fake-smolvm-version)."""
+    fake_smolvm.set_fault(VERSION="1.9.3")
 
 
 def session_execs(fake_smolvm: Any) -> list[list[str]]:
@@ -64,6 +75,7 @@ def npm_image(fake_smolvm: Any, npm_prefix: Path) -> str:
 # --- the check -----------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("exact")
 def test_launch_without_the_agent_fails_before_the_session(fake_smolvm: Any) -> None:
     """Was: the whole create/start/provision, then `env: 'claude': No such file or directory`,
     exit 127. Now: one line naming the image, the user, the command and what to do."""
@@ -83,6 +95,7 @@ def test_launch_without_the_agent_fails_before_the_session(fake_smolvm: Any) -> 
     assert fake_smolvm.subcommands()[-2:] == ["stop", "delete"]
 
 
+@pytest.mark.usefixtures("exact")
 def test_agent_in_a_machine_without_the_agent(fake_smolvm: Any) -> None:
     image_machine(fake_smolvm, "m", image=AGENT_IMAGE)
     proc = bottle("agent", "-n", "m", "--no-tty", "--provider", "codex")
@@ -97,6 +110,7 @@ def test_agent_in_a_machine_without_the_agent(fake_smolvm: Any) -> None:
     assert session_execs(fake_smolvm) == []
 
 
+@pytest.mark.usefixtures("exact")
 def test_a_command_of_ones_own_gets_no_install_advice(fake_smolvm: Any) -> None:
     image_machine(fake_smolvm, "m")
     proc = bottle("agent", "-n", "m", "--no-tty", "--agent-command", "my-agent")
@@ -186,9 +200,9 @@ def test_install_agent_without_npm(fake_smolvm: Any, shared_dir: Path) -> None:
     assert fake_smolvm.machine("m1") is None
 
 
+@pytest.mark.usefixtures("exact")
 def test_install_agent_needs_root(fake_smolvm: Any, npm_prefix: Path) -> None:
     """An image whose USER is node, on a smolvm with no `exec --user`: no way to root."""
-    fake_smolvm.set_fault(VERSION="1.9.3")
     ref = add_npm_image(fake_smolvm, npm_prefix, ref="bottle-test/agent-npm:1", user="node")
     proc = bottle("launch", "-n", "m1", "--image", ref, "--install-agent", "--no-tty")
     assert proc.returncode == CLI_FAILURE
@@ -212,6 +226,7 @@ def test_install_agent_fails_as_npm_does(fake_smolvm: Any, npm_image: str) -> No
 # --- with an allow-list ----------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("exact")
 def test_an_allow_list_must_name_the_registry(fake_smolvm: Any, npm_image: str) -> None:
     """smolvm fixes the allow-list at create: refused before anything runs, saying so."""
     proc = bottle("launch", "-n", "m1", "--image", npm_image, "--network", "agent",
