@@ -682,7 +682,9 @@ class SmolmachinesBottle(Bottle):
 
         Whatever goes wrong once the arguments are accepted (no such machine, a stopped one,
         the VM dying mid-session) is a status, as with the replaced class: 1 for smolvm's
-        failures. `run_agent` gives the same status with the precise error.
+        failures, 127 when the agent's command is not there for its user (checked before the
+        session, which then never starts). `run_agent` gives the same status with the precise
+        error.
 
         ``record`` names a new file that receives the session as an asciicast v2 recording
         (see `bottle.relay.run`), or is a `bottle.relay.Recording` made beforehand (before a
@@ -749,10 +751,12 @@ class SmolmachinesBottle(Bottle):
         With `tty`, the session runs in process through `bottle.relay.run`, with the terminal
         title/colour set before and reset after (only when stdout is a terminal). Without,
         it is `smolvm machine exec -i`: this process's stdin is forwarded and the agent's output
-        appears as it comes, uncapped. The result's `error` is `MachineNotFoundError` /
-        `MachineNotRunningError` / `GuestUserError` when no session could start (status 1,
-        nothing run), and `ConnectionLostError` when smolvm exited 1 and the machine is no
-        longer running.
+        appears as it comes, uncapped. Before the session, one captured exec checks that the
+        agent's command is there (`command -v`, as the agent's user, in its workdir, with its
+        env). The result's `error` is `MachineNotFoundError` / `MachineNotRunningError` /
+        `GuestUserError` when no session could start (status 1, nothing run),
+        `AgentNotFoundError` when the agent's command is not there (status 127, nothing run),
+        and `ConnectionLostError` when smolvm exited 1 and the machine is no longer running.
 
         With ``detach``, the same smolvm command runs in a session holder
         (`bottle.sessions.start`: its own pty, not this process's terminal) and this returns
