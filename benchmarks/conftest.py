@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from bench_relays import require_relay
+from harness.fakevm import private_cache  # noqa: F401 - autouse: each test its own cache
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bottle import bench

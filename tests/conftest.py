@@ -29,7 +29,7 @@ sys.dont_write_bytecode = False
 pytest.register_assert_rewrite("harness")
 
 from harness.backend import add_test_images  # noqa: E402
-from harness.fakevm import FAKE_DIR, FakeSmolvm  # noqa: E402
+from harness.fakevm import FAKE_DIR, FakeSmolvm, private_cache  # noqa: E402, F401
 
 GUEST_USER = "node"
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from bottle import _cache
 from bottle import _validate as check
 from bottle import network as net
 from bottle.errors import (
@@ -61,6 +62,7 @@ __all__ = [
     "delete_args",
     "exec_args",
     "find_executable",
+    "identity",
     "is_registry_image",
     "ls_args",
     "parse_version",
@@ -298,21 +300,38 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
 
 
 _VERSION = re.compile(r"\bsmolvm\s+v?(\d+)\.(\d+)\.(\d+)")
-_version_cache: dict[tuple[str, int, int, int], tuple[int, int, int]] = {}
+# What an installed smolvm answered, by its file identity (`identity`), in this process; the same
+# answers are kept across processes in bottle's cache (`bottle._cache`, kind "smolvm").
+Identity = tuple[str, int, int, int, int, int]
+_version_cache: dict[Identity, tuple[int, int, int]] = {}
+_exec_user_cache: dict[Identity, bool] = {}
+_FACTS = "smolvm"
 
 
-_exec_user_cache: dict[tuple[str, int, int, int], bool] = {}
-
-
-def _cache_key(path: str) -> tuple[str, int, int, int]:
+def identity(path: str) -> Identity:
+    """The file identity of a smolvm executable: its real path, device, inode, size, mtime and
+    ctime. Installing another smolvm, in place or not, changes at least one of them, so an answer
+    kept under this key is never the answer of another build."""
     st = os.stat(path)
-    return (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    return (
+        os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    )  # fmt: skip
+
+
+def _facts(key: Identity) -> dict[str, Any]:
+    return _cache.load(_FACTS, key) or {}
+
+
+def _remember(key: Identity, **facts: Any) -> None:
+    _cache.store(_FACTS, key, {**_facts(key), **facts})
 
 
 def clear_version_cache() -> None:
-    """Forget every cached answer of an installed smolvm (for tests that swap versions)."""
+    """Forget everything bottle learnt of installed smolvms and their machines, in this process
+    and in its cache directory (for tests that swap the release a fake smolvm fakes)."""
     _version_cache.clear()
     _exec_user_cache.clear()
+    _cache.clear()
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -327,17 +346,21 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 
 def read_version(path: str) -> tuple[int, int, int]:
-    """Run `PATH --version` once per executable file and cache the result."""
+    """Run `PATH --version` once per executable file and remember the answer (across processes:
+    see `identity`)."""
     try:
-        st = os.stat(path)
+        key = identity(path)
     except OSError as exc:
         raise SmolvmNotFoundError(
             f"smolvm at {path} cannot be used: {exc.strerror}", filename=path
         ) from None
-    key = (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
     cached = _version_cache.get(key)
     if cached is not None:
         return cached
+    kept = _facts(key).get("version")
+    if isinstance(kept, list) and len(kept) == 3 and all(type(n) is int for n in kept):
+        _version_cache[key] = (kept[0], kept[1], kept[2])
+        return _version_cache[key]
     try:
         ran = run_captured([path, "--version"], timeout=60)
     except PermissionError:
@@ -358,6 +381,7 @@ def read_version(path: str) -> tuple[int, int, int]:
         )
     version = parse_version(stdout)
     _version_cache[key] = version
+    _remember(key, version=list(version))
     return version
 
 
@@ -762,6 +786,7 @@ class Smolvm:
         self._environ = environ
         self._path: str | None = None
         self._version: tuple[int, int, int] | None = None
+        self._identity: Identity | None = None
         self._exec_user_option: bool | None = None
         self.timeouts = timeouts
 
@@ -799,6 +824,19 @@ class Smolvm:
         return self._path
 
     @property
+    def identity(self) -> Identity:
+        """The file identity of the smolvm in use (`bottle.smolvm.identity`), taken once."""
+        if self._identity is None:
+            path = self.path
+            try:
+                self._identity = identity(path)
+            except OSError as exc:
+                raise SmolvmNotFoundError(
+                    f"smolvm at {path} cannot be used: {exc.strerror}", filename=path
+                ) from None
+        return self._identity
+
+    @property
     def version(self) -> tuple[int, int, int]:
         """The installed smolvm version (read once)."""
         self.path  # noqa: B018 - resolves and checks
@@ -813,7 +851,11 @@ class Smolvm:
     def has_exec_user_option(self) -> bool:
         """Whether `smolvm machine exec --help` offers `--user` (no release up to 1.9.3 does)."""
         if self._exec_user_option is None:
-            key = _cache_key(self.path)
+            key = self.identity
+            if key not in _exec_user_cache:
+                kept = _facts(key).get("exec_user_option")
+                if isinstance(kept, bool):
+                    _exec_user_cache[key] = kept
             if key not in _exec_user_cache:
                 ran = run_captured(
                     [self.path, "machine", "exec", "--help"], timeout=self.timeouts.probe
@@ -821,6 +863,8 @@ class Smolvm:
                 text = ran[1] if ran is not None and ran[0] == 0 else ""
                 found = re.search(r"^\s*(-u, )?--user\b", text, re.M) is not None
                 _exec_user_cache[key] = found
+                if ran is not None and ran[0] == 0:  # a failed probe is asked again next time
+                    _remember(key, exec_user_option=found)
             self._exec_user_option = _exec_user_cache[key]
         return self._exec_user_option
 

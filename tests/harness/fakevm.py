@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from bottle import smolvm as sv
+
 FAKE_DIR = Path(__file__).parents[1] / "fake_smolvm"
 FAKE_SMOLVM = FAKE_DIR / "smolvm"
 
@@ -137,6 +139,10 @@ class FakeSmolvm:
                 self._mp.delenv(var, raising=False)
             else:
                 self._mp.setenv(var, str(value))
+            if var == "FAKE_SMOLVM_VERSION":
+                # bottle keeps smolvm's answers by the executable's file (in this process and
+                # in its cache directory), and another release of the fake is the same file.
+                sv.clear_version_cache()
 
     def run(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """Run `smolvm ARGS…` (text mode, output captured, stdin /dev/null unless given)."""
@@ -150,3 +156,15 @@ class FakeSmolvm:
         with open(self.state_dir / "lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
+
+
+@pytest.fixture(autouse=True)
+def private_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Autouse (tests/ and benchmarks/ conftest): bottle's cache directory ($XDG_CACHE_HOME/
+    bottle/, what it learnt of smolvm and its machines) is each test's own, in a directory of
+    its own (not tmp_path, which some tests list)."""
+    path = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(path))
+    return path

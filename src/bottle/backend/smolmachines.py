@@ -29,19 +29,20 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
-from bottle import __version__
+from bottle import __version__, _cache
 from bottle import _validate as check
 from bottle import smolvm as sv
 from bottle.agent_provider import PromptMode, agent_args, get_provider
 from bottle.backend import Bottle, BottleBackend, LaunchSpec, MachineInfo, terminal
 from bottle.errors import (
+    AgentInstallError,
+    AgentNotFoundError,
     BottleError,
     ConnectionLostError,
     GuestUserError,
@@ -65,7 +66,9 @@ if TYPE_CHECKING:
     from bottle.sessions import Session
 
 __all__ = [
+    "BRING_UP_RETRY",
     "DEFAULT_RETRY",
+    "NO_RETRY",
     "PlannedCall",
     "RetryPolicy",
     "SmolmachinesBottle",
@@ -111,6 +114,57 @@ _CAPTURED_USER_SINCE = (1, 6, 0)
 # `machine cp --uid/--gid` (src/cli/machine.rs, CpCmd) since smolvm 1.9.0.
 _CP_OWNER_SINCE = (1, 9, 0)
 _ID = re.compile(r"uid=(\d+)(?:\(([^)]*)\))?\s+gid=(\d+)")
+# Who a machine runs guest commands as, kept across processes (bottle._cache) as its `id` token.
+_GUEST = "guest"
+_ID_TOKEN = re.compile(r"uid=\d+(?:\([^()\s]*\))?")
+# Runs the command only when the guest still runs commands as the kept answer says ($1, the
+# start of `id`'s output); else says so on stderr with this call's nonce ($2) and exits 125,
+# having run nothing. A kept answer is only a hint: a machine deleted and made again under the
+# same name (another image, another USER) must not get a command meant for the old one, run
+# directly where it now needs runuser, or the other way round.
+_GUARD = (
+    'case "$(id)" in "$1 "*) shift 2; exec "$@";; esac; '
+    'printf "bottle-guard %s: %s\\n" "$2" "$(id)" >&2; exit 125'
+)
+
+
+class _Kept(NamedTuple):
+    kind: bool  # interactive (only where smolvm 1.3.0 to 1.5.x makes the kinds differ)
+    user: str
+    ident: str  # `uid=N(name)`, as `id` starts its output
+
+
+def _guarded(ident: str, nonce: str, prefix: list[str], command: list[str]) -> list[str]:
+    return ["/bin/sh", "-c", _GUARD, "bottle-guard", ident, nonce, *prefix, *command]
+
+
+def _guard_stopped(result: ExecResult, nonce: str) -> bool:
+    """Whether the guard refused to run the command (its line is the last on stderr)."""
+    if result.error is not None or result.returncode != 125:
+        return False
+    lines = result.stderr.splitlines()
+    return bool(lines) and lines[-1].startswith(f"bottle-guard {nonce}: ")
+
+
+def _vm_process_age(pid: int, smolvm: str) -> float | None:
+    """Seconds since process `pid` started, when it is that smolvm's own (its VM process runs
+    the smolvm executable, src/agent/manager.rs, unless SMOLVM_BOOT_BINARY names another);
+    None where that cannot be told (no /proc, not ours, not smolvm)."""
+    proc = f"/proc/{pid}"
+    try:
+        exe = os.path.realpath(os.readlink(f"{proc}/exe"))
+        with open(f"{proc}/stat", "rb") as f:
+            stat = f.read()
+        ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+        now = time.clock_gettime(time.CLOCK_BOOTTIME)
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    boot = os.environ.get("SMOLVM_BOOT_BINARY")
+    known = {os.path.realpath(smolvm)} | ({os.path.realpath(boot)} if boot else set())
+    if exe not in known:
+        return None
+    return max(0.0, now - ticks / hz)
 
 
 def _check_names(env: Mapping[str, str], what: Param, *, host: bool) -> None:
@@ -146,25 +200,40 @@ class RetryPolicy:
     """When to run a captured guest command again.
 
     `attempts` counts every run (2 = one retry); `statuses` are the exit statuses that trigger
-    a retry after `delay` seconds. The default retries once on 137: the hypervisor can SIGKILL a
-    short exec while the VM is still coming up.
+    a retry after `delay` seconds. The default retries once on 137, whatever happened before:
+    the hypervisor can SIGKILL a short exec while the VM is still coming up, and that is what
+    the replaced class did.
+
+    `bring_up` limits retries to that bring-up: a run is repeated only when it printed nothing
+    (a command that printed ran, and running it again would repeat what it did) and the machine
+    had been up at most `bring_up` seconds. The machine's age is timed from `launch`'s start of
+    it when this bottle came from a launch, else from the start of its VM process (`machine
+    status --json`'s `pid`, verified to be smolvm's, on Linux), else from its creation
+    (`created_at`, never less than its uptime); the status is asked only after such a kill. An
+    age that cannot be told is past the bring-up. `BRING_UP_RETRY` is what the command line
+    uses.
     """
 
     attempts: int = 2
     delay: float = 1.0
     statuses: frozenset[int] = frozenset({137})
+    bring_up: float | None = None
 
     def __post_init__(self) -> None:
         check.count(self.attempts, "RetryPolicy attempts", minimum=1)
-        delay = self.delay
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
-            raise InvalidInputError(
-                f"RetryPolicy delay must be a number of seconds, not {type(delay).__name__}"
-            )
-        if not 0 <= delay < math.inf:  # NaN too
-            raise InvalidInputError(
-                f"RetryPolicy delay must be 0 or more seconds (and finite), not {delay}"
-            )
+        for name in ("delay", "bring_up"):
+            seconds = getattr(self, name)
+            if seconds is None and name == "bring_up":
+                continue
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                raise InvalidInputError(
+                    f"RetryPolicy {name} must be a number of seconds, not "
+                    f"{type(seconds).__name__}"
+                )
+            if not 0 <= seconds < math.inf:  # NaN too
+                raise InvalidInputError(
+                    f"RetryPolicy {name} must be 0 or more seconds (and finite), not {seconds}"
+                )
         statuses = self.statuses
         if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
             raise InvalidInputError(
@@ -178,6 +247,11 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
+# The command line's policy: a kill during the first minute of a machine's life, before the
+# command printed anything, is run again once; anything else is the command's own status.
+BRING_UP_RETRY = RetryPolicy(bring_up=60.0)
+# No second run at all (`--no-retry`).
+NO_RETRY = RetryPolicy(attempts=1)
 
 
 def _launch_spec(spec: object) -> LaunchSpec:
@@ -258,6 +332,8 @@ class SmolmachinesBottle(Bottle):
         self.retry = _retry_policy(retry)
         self._smolvm = _smolvm(smolvm)
         self._guest_users: dict[bool, str] = {}
+        # time.monotonic() when `launch` had started the machine: its age for the retry policy.
+        self._up_since: float | None = None
         self._ids: dict[str, tuple[int, int]] = {}
         # Set by `launch`: the machine's teardown, which a detached session can take over.
         self._handover: _Handover | None = None
@@ -331,17 +407,37 @@ class SmolmachinesBottle(Bottle):
             raise _ProbeError(result, self.machine_name, command)
         return m
 
+    def _kept_key(self, kind: bool) -> list[object]:
+        # The smolvm build (its answers differ by release), where it keeps its machines, the
+        # machine's name and the kind of exec. A machine deleted and made again under the same
+        # name has the same key: the guard in the guest (`_guarded`) is what notices it.
+        data = [os.environ.get(v, "") for v in ("SMOLVM_DATA_DIR", "XDG_DATA_HOME", "HOME")]
+        return [*self._smolvm.identity, *data, str(self.machine_name), kind]
+
+    def _kept_guest(self, kind: bool) -> _Kept | None:
+        value = _cache.load(_GUEST, self._kept_key(kind))
+        if value is None:
+            return None
+        user, ident = value.get("user"), value.get("id")
+        if not (isinstance(user, str) and isinstance(ident, str) and _ID_TOKEN.fullmatch(ident)):
+            return None
+        return _Kept(kind, user, ident)
+
     def guest_user(self, *, interactive: bool = False) -> str:
         """Who guest commands run as on this machine: learnt once (`id` in the guest), cached.
 
         `interactive` asks about `-i`/`-t` sessions, which smolvm 1.3.0 to 1.5.x runs as the
         image's USER while captured commands still run as root. A user without a name in the
-        guest's passwd is given as its uid.
+        guest's passwd is given as its uid. The answer is also kept in bottle's cache directory,
+        where a later process uses it only behind a check in the guest (see `exec`).
         """
         key = interactive and self._kinds_differ()
         if key not in self._guest_users:
             m = self._guest_id(["id"], interactive=key)
-            self._guest_users[key] = m.group(2) or m.group(1)
+            user = m.group(2) or m.group(1)
+            self._guest_users[key] = user
+            ident = f"uid={m.group(1)}" + (f"({m.group(2)})" if m.group(2) is not None else "")
+            _cache.store(_GUEST, self._kept_key(key), {"user": user, "id": ident})
             log.info(
                 "machine %r runs %s guest commands as %r (smolvm %s)",
                 self.machine_name,
@@ -357,16 +453,33 @@ class SmolmachinesBottle(Bottle):
             self._ids[user] = int(m.group(1)), int(m.group(3))
         return self._ids[user]
 
-    def _as_user(self, user: str, *, interactive: bool) -> tuple[list[str], str | None]:
-        """The guest command's prefix to run as `user`, and smolvm's `--user` value if used."""
+    def _as_user(
+        self, user: str, *, interactive: bool, kept: bool = False
+    ) -> tuple[list[str], str | None, _Kept | None]:
+        """The guest command's prefix to run as `user`, smolvm's `--user` value if used, and the
+        kept answer it rests on when that is not yet checked in this process (`kept=True`
+        allows one: the caller must run the command behind `_guarded`)."""
         assignments = ["env", *self.env_assignments(user)]
         if self._smolvm.has_exec_user_option():
-            return assignments, user
+            return assignments, user, None
+        kind = interactive and self._kinds_differ()
+        found = None
+        if kept and kind not in self._guest_users:
+            found = self._kept_guest(kind)
+        if found is not None:
+            try:
+                return self._prefix(user, found.user, assignments), None, found
+            except GuestUserError:
+                # Refuse only on an answer learnt now: the machine may be another one.
+                _cache.forget(_GUEST, self._kept_key(kind))
         running_as = self.guest_user(interactive=interactive)
+        return self._prefix(user, running_as, assignments), None, None
+
+    def _prefix(self, user: str, running_as: str, assignments: list[str]) -> list[str]:
         if running_as == user:
-            return assignments, None
+            return assignments
         if running_as == "root":
-            return ["runuser", "-u", user, "--", *assignments], None
+            return ["runuser", "-u", user, "--", *assignments]
         raise GuestUserError(
             f"machine {self.machine_name!r} runs guest commands as {running_as!r} (the image's "
             f"USER; smolvm {self._smolvm.version_text} has no option to choose another), and "
@@ -390,7 +503,7 @@ class SmolmachinesBottle(Bottle):
         """
         args = check.argv(argv)
         check.flag(tty, "tty")
-        guest, user = self._as_user(self.agent_user, interactive=True)
+        guest, user, _ = self._as_user(self.agent_user, interactive=True)
         guest.append(self.agent_command)
         guest += agent_args(
             self.agent_prompt_mode, self.prompt_path, args, provider=self.agent_provider
@@ -426,23 +539,130 @@ class SmolmachinesBottle(Bottle):
 
     # --- running -------------------------------------------------------------------------
 
-    def _not_running(self) -> BottleError | None:
-        """Why the machine cannot take a session now, or None when it is running."""
+    def _not_running(self) -> tuple[BottleError | None, dict[str, object]]:
+        """Why the machine cannot take a session now (None when it is running), and its status."""
         try:
-            state = self._smolvm.state(self.machine_name)
-        except SmolvmCommandError as exc:
-            return exc
-        if state is None:
+            status = self._smolvm.status(self.machine_name)
+        except MachineNotFoundError:
             return MachineNotFoundError(
                 f"machine {self.machine_name!r} does not exist", machine=self.machine_name
-            )
+            ), {}
+        except SmolvmCommandError as exc:
+            return exc, {}
+        state = str(status.get("state", "unknown"))
         if state != "running":
             return MachineNotRunningError(
                 f"machine {self.machine_name!r} is not running (state: {state}); "
                 f"start it with: smolvm machine start -n {self.machine_name}",
                 machine=self.machine_name,
+            ), status
+        return None, status
+
+    def _agent_missing(self, status: Mapping[str, object]) -> BottleError | None:
+        """Whether the agent's command resolves for its user, with the PATH and env the session
+        will have (one captured exec of `command -v` in the agent's workdir); None when it does.
+        """
+        command = shlex.quote(self.agent_command)
+        result = self.exec(
+            f"command -v {command} || {{ printf 'PATH=%s\\n' \"$PATH\"; exit 127; }}",
+            user=self.agent_user,
+            workdir=self.agent_workdir,
+        )
+        if result.ok:
+            log.debug("agent %s in machine %r: %s", self.agent_command, self.machine_name,
+                      result.stdout.strip())  # fmt: skip
+            return None
+        if result.error is not None:
+            return result.error
+        if result.returncode != 127 or result.retry_exhausted:
+            try:
+                result.check(f"`command -v {self.agent_command}` in machine {self.machine_name!r}")
+            except BottleError as exc:
+                return exc
+        path = _last(result.stdout)
+        image = status.get("image")
+        where = f"machine {self.machine_name!r}" + (f" (image {image})" if image else " (no image)")
+        provider = self.agent_provider
+        if provider.install_command and self.agent_command == provider.command:
+            fix = Message(
+                "install it with {install} ({how}), or use an image that has it",
+                install=Param("install_agent", True),
+                how=" ".join(provider.install_command),
             )
-        return None
+        else:
+            fix = Message("use an image that has it")
+        return AgentNotFoundError(
+            Message(
+                "{command!r} is not found for user {user!r} in {where}"
+                + (f", on its {path}" if path.startswith("PATH=") else "")
+                + ": {fix}",
+                command=self.agent_command,
+                user=self.agent_user,
+                where=where,
+                fix=fix,
+            ),
+            command=self.agent_command,
+            user=self.agent_user,
+            machine=self.machine_name,
+        )
+
+    def install_agent(self) -> None:
+        """Install the agent provider's CLI in the guest, as root, the way the provider table
+        says (`AgentProvider.install_command`: npm for claude and codex).
+
+        The guest must be able to run commands as root (an image without USER, or a smolvm with
+        `exec --user`), have the installer (npm) on its PATH, and reach the provider's
+        `install_hosts` (see `SmolmachinesBottleBackend.launch`).
+
+        Raises:
+            InvalidInputError: the provider has no install command.
+            AgentInstallError: the installer is missing, cannot run as root, or failed.
+            SmolvmError: smolvm failed (the machine is missing or stopped, …).
+        """
+        self._ensure_open()
+        provider = self.agent_provider
+        if not provider.install_command:
+            raise InvalidInputError(
+                f"agent provider {provider.name!r} has no install command: use an image that "
+                f"has {provider.command!r}"
+            )
+        tool = provider.install_command[0]
+        install = shlex.join(provider.install_command)
+        result = self.exec(
+            f"command -v {shlex.quote(tool)} >/dev/null || exit 127; exec {install}", user="root"
+        )
+        if isinstance(result.error, GuestUserError):
+            raise AgentInstallError(
+                Message(
+                    "{install} runs `{how}` as root, and machine {machine!r} runs guest "
+                    "commands as {user!r} (its image's USER) with no way to root on smolvm "
+                    "{version}: use an image that has {command!r}, or one without a USER",
+                    install=Param("install_agent", True),
+                    how=install,
+                    machine=self.machine_name,
+                    user=result.error.running_as,
+                    version=self._smolvm.version_text,
+                    command=provider.command,
+                )
+            ) from None
+        if result.error is not None:
+            raise result.error
+        for line in (result.stdout + result.stderr).splitlines():
+            if line.strip():
+                log.info("installing %s in machine %r: %s", provider.name, self.machine_name,
+                         line.strip())  # fmt: skip
+        if result.returncode == 127:
+            raise AgentInstallError(
+                f"cannot install {provider.command!r} in machine {self.machine_name!r}: "
+                f"{tool!r} is not found on root's PATH there (use an image with it, such as "
+                f"node:22, or one that has {provider.command!r})"
+            )
+        if not result.ok:
+            detail = _last(result.stderr) or _last(result.stdout)
+            raise AgentInstallError(
+                f"`{install}` in machine {self.machine_name!r} failed with status "
+                f"{result.returncode}" + (f": {detail}" if detail else "")
+            )
 
     @overload
     def exec_agent(
@@ -481,7 +701,9 @@ class SmolmachinesBottle(Bottle):
 
         Whatever goes wrong once the arguments are accepted (no such machine, a stopped one,
         the VM dying mid-session) is a status, as with the replaced class: 1 for smolvm's
-        failures. `run_agent` gives the same status with the precise error.
+        failures, 127 when the agent's command is not there for its user (checked before the
+        session, which then never starts). `run_agent` gives the same status with the precise
+        error.
 
         ``record`` names a new file that receives the session as an asciicast v2 recording
         (see `bottle.relay.run`), or is a `bottle.relay.Recording` made beforehand (before a
@@ -548,10 +770,12 @@ class SmolmachinesBottle(Bottle):
         With `tty`, the session runs in process through `bottle.relay.run`, with the terminal
         title/colour set before and reset after (only when stdout is a terminal). Without,
         it is `smolvm machine exec -i`: this process's stdin is forwarded and the agent's output
-        appears as it comes, uncapped. The result's `error` is `MachineNotFoundError` /
-        `MachineNotRunningError` / `GuestUserError` when no session could start (status 1,
-        nothing run), and `ConnectionLostError` when smolvm exited 1 and the machine is no
-        longer running.
+        appears as it comes, uncapped. Before the session, one captured exec checks that the
+        agent's command is there (`command -v`, as the agent's user, in its workdir, with its
+        env). The result's `error` is `MachineNotFoundError` / `MachineNotRunningError` /
+        `GuestUserError` when no session could start (status 1, nothing run),
+        `AgentNotFoundError` when the agent's command is not there (status 127, nothing run),
+        and `ConnectionLostError` when smolvm exited 1 and the machine is no longer running.
 
         With ``detach``, the same smolvm command runs in a session holder
         (`bottle.sessions.start`: its own pty, not this process's terminal) and this returns
@@ -610,8 +834,11 @@ class SmolmachinesBottle(Bottle):
         detach: bool,
         name: str | None,
     ) -> AgentResult | Session:
-        refused = self._not_running()
+        refused, machine = self._not_running()
         full: list[str] = []
+        missing = None
+        if refused is None:
+            refused = missing = self._agent_missing(machine)
         if refused is None:
             try:
                 full = self.agent_argv(argv, tty=tty)
@@ -628,7 +855,8 @@ class SmolmachinesBottle(Bottle):
                 refused,
                 extra=RETURNED_ERROR,
             )
-            return AgentResult(1, refused)
+            # 127: what the shell (or `env`) says of a command it cannot find.
+            return AgentResult(127 if isinstance(missing, AgentNotFoundError) else 1, refused)
         full[0] = self._smolvm.path
         env = self.child_env()
         if detach:
@@ -748,21 +976,43 @@ class SmolmachinesBottle(Bottle):
         check.user_name(user)
         if workdir is not None:
             check.guest_path(workdir, Param("workdir"))
+        return self._exec_as(["/bin/sh", "-c", script], user=user, workdir=workdir)
+
+    def _exec_as(
+        self, command: list[str], *, user: str, workdir: str | None, kept: bool = True
+    ) -> ExecResult:
         try:
-            prefix, option = self._as_user(user, interactive=False)
+            prefix, option, found = self._as_user(user, interactive=False, kept=kept)
         except GuestUserError as exc:
             log.warning("exec in machine %r: %s", self.machine_name, exc, extra=RETURNED_ERROR)
             return ExecResult(1, "", f"bottle: {exc}\n", error=exc)
         except _ProbeError as exc:
             return exc.result
+        nonce = os.urandom(8).hex()
+        guest = [*prefix, *command]
+        if found is not None:
+            guest = _guarded(found.ident, nonce, prefix, command)
         args = sv.exec_args(
-            self.machine_name,
-            [*prefix, "/bin/sh", "-c", script],
-            env_names=self.secret_names,
-            workdir=workdir,
-            user=option,
+            self.machine_name, guest, env_names=self.secret_names, workdir=workdir, user=option
         )
-        return self._captured(args, self.child_env())
+        result = self._captured(args, self.child_env())
+        if found is None:
+            return result
+        if _guard_stopped(result, nonce):
+            # Another machine under this name since the answer was kept: the command did not
+            # run. Learn who this one runs commands as, and run it as that.
+            log.info(
+                "machine %r no longer runs guest commands as %r (bottle's cache was stale): "
+                "asking it again",
+                self.machine_name,
+                found.user,
+            )
+            _cache.forget(_GUEST, self._kept_key(found.kind))
+            return self._exec_as(command, user=user, workdir=workdir, kept=False)
+        if result.error is None and result.returncode not in self.retry.statuses:
+            # The guard let the command through: the kept answer holds for this process.
+            self._guest_users.setdefault(found.kind, found.user)
+        return result
 
     def _captured(self, args: list[str], env: dict[str, str] | None) -> ExecResult:
         """Run a captured exec under the retry policy; the last result, failures included."""
@@ -771,7 +1021,22 @@ class SmolmachinesBottle(Bottle):
         for attempt in range(1, policy.attempts + 1):
             proc, error = self._smolvm.call(args, env=env, machine=self.machine_name, guest=True)
             status = exit_status(proc.returncode)
-            retryable = error is None and status in policy.statuses
+            retryable = error is None and status in policy.statuses and policy.attempts > 1
+            if error is not None:
+                log.warning(
+                    "exec in machine %r: %s", self.machine_name, error, extra=RETURNED_ERROR
+                )
+            why = ""
+            if retryable and policy.bring_up is not None:
+                refused, why = self._past_bring_up(proc.stdout, proc.stderr, policy.bring_up)
+                if refused:
+                    log.info(
+                        "exec in machine %r exited with status %d; not run again: %s",
+                        self.machine_name,
+                        status,
+                        why,
+                    )
+                    retryable = False
             result = ExecResult(
                 status,
                 proc.stdout,
@@ -780,19 +1045,16 @@ class SmolmachinesBottle(Bottle):
                 retried=tuple(results),
                 retry_exhausted=retryable and attempt == policy.attempts,
             )
-            if error is not None:
-                log.warning(
-                    "exec in machine %r: %s", self.machine_name, error, extra=RETURNED_ERROR
-                )
             if not retryable:
                 return result
             results.append(result)
             if attempt < policy.attempts:
                 log.warning(
-                    "exec in machine %r exited with status %d (attempt %d of %d); "
-                    "retrying in %.1f s",
+                    "exec in machine %r exited with status %d%s (attempt %d of %d); "
+                    "running it again in %.1f s",
                     self.machine_name,
                     status,
+                    f" and no output {why}" if why else "",
                     attempt,
                     policy.attempts,
                     policy.delay,
@@ -807,6 +1069,43 @@ class SmolmachinesBottle(Bottle):
             extra=RETURNED_ERROR,
         )
         return results[-1]
+
+    def _past_bring_up(self, stdout: str, stderr: str, limit: float) -> tuple[bool, str]:
+        """Whether a killed run is past the VM's bring-up (so its status is its own), and why."""
+        if stdout or stderr:
+            return True, "it printed output, so the command ran (a bring-up kill comes first)"
+        age, since = self._machine_age()
+        if age is None:
+            return True, f"the machine's age cannot be told ({since})"
+        if age > limit:
+            return True, (
+                f"machine {self.machine_name!r} has been up {age:.0f} s ({since}), past its "
+                f"bring-up ({limit:g} s): the status is the command's own"
+            )
+        return False, (
+            f"{age:.1f} s after the machine came up ({since}), within its {limit:g} s bring-up"
+        )
+
+    def _machine_age(self) -> tuple[float | None, str]:
+        """Seconds the machine has been up, and how that was told (or why it could not be)."""
+        if self._up_since is not None:
+            return time.monotonic() - self._up_since, "timed from launch's start"
+        try:
+            status = self._smolvm.status(self.machine_name)
+        except BottleError as exc:
+            return None, f"smolvm machine status failed: {exc}"
+        state = status.get("state")
+        if state != "running":
+            return None, f"it is {state}"
+        pid = status.get("pid")
+        if type(pid) is int and pid > 0:
+            age = _vm_process_age(pid, self._smolvm.path)
+            if age is not None:
+                return age, f"its VM process {pid} started then"
+        created = status.get("created_at")
+        if isinstance(created, (int, float)) and not isinstance(created, bool):
+            return max(0.0, time.time() - created), "timed from its creation"
+        return None, "smolvm's status gives no pid or creation time"
 
     def cp_in(
         self,
@@ -855,6 +1154,8 @@ class SmolmachinesBottle(Bottle):
         uid, gid = ids if ids is not None else (None, None)
         if ":" in src:
             # smolvm would read "a:b" as a download from machine "a"; hand it a plain name.
+            import tempfile  # here only: a few ms of every command's start-up otherwise
+
             with tempfile.TemporaryDirectory(prefix="bottle-cp-") as tmp:
                 link = os.path.join(tmp, "file")
                 os.symlink(os.path.abspath(src), link)
@@ -937,6 +1238,60 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _check_install(spec: LaunchSpec, policy: NetworkPolicy) -> None:
+    """Refuse `install_agent` where it cannot work, before anything runs."""
+    provider = get_provider(spec.agent_provider)
+    if not provider.install_command:
+        raise InvalidInputError(
+            Message(
+                "agent provider {provider!r} has no install command, so {install} cannot "
+                "install it: use an image that has {command!r}",
+                provider=provider.name,
+                install=Param("install_agent", True),
+                command=provider.command,
+            )
+        )
+    # smolvm fixes a machine's allow-list when it creates it (`machine update` can only clear
+    # it, on a stopped machine; src/cli/machine.rs UpdateCmd), so there is no opening the
+    # registry for the install alone: the user says whether it may stay open.
+    missing = [host for host in provider.install_hosts if not policy.reaches(host)]
+    if missing and not policy.mode.restricted:
+        raise InvalidInputError(
+            Message(
+                "{install} fetches {package} from {hosts}, and the machine has no network: "
+                "turn it on ({open}), or use an image that has {command!r}",
+                install=Param("install_agent", True),
+                package=provider.install_command[-1],
+                hosts=", ".join(missing),
+                open=Param("network", "open"),
+                command=provider.command,
+            )
+        )
+    if missing:
+        raise InvalidInputError(
+            Message(
+                "{install} fetches {package} from {hosts}, which {network} does not allow. "
+                "smolvm fixes a machine's allow-list when it creates it, so that would stay "
+                "reachable for the machine's whole life, not only for the install: accept "
+                "that with {allow}, use {open}, or use an image that has {command!r}",
+                install=Param("install_agent", True),
+                package=provider.install_command[-1],
+                hosts=", ".join(missing),
+                network=Param("network", policy.mode.value),
+                allow=Param("allow_hosts", missing),
+                open=Param("network", "open"),
+                command=provider.command,
+            )
+        )
+    if policy.mode.restricted:
+        log.info(
+            "machine %r: %s, allowed for the agent's install, stays reachable for the "
+            "machine's whole life (smolvm fixes the allow-list at create)",
+            spec.machine_name,
+            ", ".join(provider.install_hosts),
+        )
 
 
 class _Handover:
@@ -1050,6 +1405,8 @@ class SmolmachinesBottleBackend(BottleBackend):
                 )
             )
         policy = self.network_policy(spec)
+        if spec.install_agent:
+            _check_install(spec, policy)
         prompt_src = None
         guest_prompt = None
         if spec.prompt_file is not None:
@@ -1103,11 +1460,15 @@ class SmolmachinesBottleBackend(BottleBackend):
             # A start that fails or times out is undone by the delete (which stops first).
             with _step("starting", name, progress) as on_line:
                 smolvm.start(name, on_line=on_line)
+            bottle._up_since = time.monotonic()  # the machine's age, for the retry policy
             stack.callback(handover.undo, "stopping", smolvm.stop, "stop")
             stack.enter_context(bottle)
             bottle._handover = handover
             with _step("provisioning", name, progress):
                 self._provision(bottle, prompt_src, guest_prompt)
+            if spec.install_agent:
+                with _step("installing", name, progress):
+                    bottle.install_agent()
             yield bottle
 
     def network_policy(self, spec: LaunchSpec) -> NetworkPolicy:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from bottle.backend.smolmachines import BRING_UP_RETRY, NO_RETRY, RetryPolicy
+
 
 def env_pair(text: str) -> tuple[str, str]:
     """`-e KEY=VALUE`."""
@@ -44,3 +46,18 @@ def add_env(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="pass variable NAME from this environment to the guest as a secret (repeatable)",
     )
+
+
+def add_retry(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-retry",
+        action="store_true",
+        help="never run a guest command a second time (by default, one that smolvm killed "
+        "(status 137) in its machine's first minute, before it printed anything, runs once "
+        "more)",
+    )
+
+
+def retry_policy(ns: argparse.Namespace) -> RetryPolicy:
+    """The retry policy of a command with `add_retry`'s option."""
+    return NO_RETRY if ns.no_retry else BRING_UP_RETRY

@@ -7,7 +7,7 @@ import sys
 
 from bottle.backend.smolmachines import SmolmachinesBottle
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
-from bottle.cli._options import add_env, add_name
+from bottle.cli._options import add_env, add_name, add_retry, retry_policy
 from bottle.cli._secrets import from_environment
 
 
@@ -23,18 +23,28 @@ class Exec(Command):
         parser.add_argument("-u", "--user", default="node", help="guest user (default: node)")
         parser.add_argument("-w", "--workdir", help="guest directory the script runs in")
         add_env(parser)
+        add_retry(parser)
         parser.add_argument("script", metavar="SCRIPT", help="POSIX shell script, or '-' for stdin")
 
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         script = sys.stdin.read() if ns.script == "-" else ns.script
         secrets = from_environment(ns.secret_env)
-        with SmolmachinesBottle(ns.name, guest_env=dict(ns.env), secret_env=secrets) as bottle:
+        with SmolmachinesBottle(
+            ns.name, guest_env=dict(ns.env), secret_env=secrets, retry=retry_policy(ns)
+        ) as bottle:
             result = bottle.exec(script, user=ns.user, workdir=ns.workdir)
+        # A retried run's output too, never dropped (the log said why it ran again).
+        for attempt in result.retried:
+            _write(attempt.stdout, attempt.stderr)
         if result.error is not None or result.retry_exhausted:
             # smolvm's failure, or every attempt killed: say so precisely.
             result.check(f"exec in machine {ns.name!r}")
-        sys.stdout.write(result.stdout)
-        sys.stdout.flush()
-        sys.stderr.write(result.stderr)
-        sys.stderr.flush()
+        _write(result.stdout, result.stderr)
         return result.returncode
+
+
+def _write(stdout: str, stderr: str) -> None:
+    sys.stdout.write(stdout)
+    sys.stdout.flush()
+    sys.stderr.write(stderr)
+    sys.stderr.flush()
