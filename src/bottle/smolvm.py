@@ -767,6 +767,10 @@ def run_attached(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -
 class Smolvm:
     """Runs smolvm subcommands; finds the executable and checks its version on first use."""
 
+    # Whether what its guests answer may be kept for later processes (`bottle._cache`): not for
+    # a stand-in that only assumes the answers (the dry run's).
+    keeps_guest_answers = True
+
     def __init__(
         self,
         executable: str | None = None,

@@ -437,7 +437,8 @@ class SmolmachinesBottle(Bottle):
             user = m.group(2) or m.group(1)
             self._guest_users[key] = user
             ident = f"uid={m.group(1)}" + (f"({m.group(2)})" if m.group(2) is not None else "")
-            _cache.store(_GUEST, self._kept_key(key), {"user": user, "id": ident})
+            if self._smolvm.keeps_guest_answers:
+                _cache.store(_GUEST, self._kept_key(key), {"user": user, "id": ident})
             log.info(
                 "machine %r runs %s guest commands as %r (smolvm %s)",
                 self.machine_name,
@@ -1616,6 +1617,12 @@ class SmolmachinesBottleBackend(BottleBackend):
         backend = SmolmachinesBottleBackend(smolvm=dry, retry=self.retry)
         with backend.launch(spec, progress=dry.on_progress) as bottle:
             dry.step = "session"
+            # As `run_agent` does before the session: is the agent's command there?
+            bottle._agent_missing({})
+            check_call = dry.planned[-1]  # the check's own exec (after any `id` it needed)
+            dry.planned[-1] = PlannedCall(
+                check_call.step, check_call.argv, f"assumed: {bottle.agent_command!r} is there"
+            )
             argv = bottle.agent_argv(agent_argv, tty=tty)
             note = ""
             if spec.image is not None and not dry.has_exec_user_option():
@@ -1683,6 +1690,9 @@ class PlannedCall:
 class _DryRunSmolvm(sv.Smolvm):
     """Writes down the smolvm calls a launch makes instead of making them; asks the real
     smolvm only what changes nothing (its version, `exec --help`, the name's status)."""
+
+    # Its guests' answers are assumed: a real launch must never find them kept.
+    keeps_guest_answers = False
 
     def __init__(self, real: sv.Smolvm, spec: LaunchSpec) -> None:
         super().__init__(timeouts=real.timeouts)
