@@ -25,10 +25,6 @@ BOTTLE = [sys.executable, "-m", "bottle"]
 pytestmark = pytest.mark.usefixtures("test_images")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
 
 def _backend(**timeouts: float) -> SmolmachinesBottleBackend:
     return SmolmachinesBottleBackend(

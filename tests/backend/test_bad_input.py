@@ -22,7 +22,6 @@ from harness.terminal import terminal_on_stdio, user_terminal, wait_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bottle import smolvm as sv
 from bottle.backend import LaunchSpec, get_backend
 from bottle.backend.smolmachines import SmolmachinesBottle, SmolmachinesBottleBackend
 from bottle.errors import (
@@ -34,10 +33,6 @@ from bottle.errors import (
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 @pytest.fixture
