@@ -99,11 +99,21 @@ def test_a_test_leaves_every_kind_of_state_changed(
 
 
 @pytest.mark.after("test_a_test_leaves_every_kind_of_state_changed")
-def test_the_next_test_finds_everything_as_it_was(fake_smolvm: FakeSmolvm) -> None:
-    assert FOUND.get("pid") == os.getpid(), (
-        "test_a_test_leaves_every_kind_of_state_changed did not run before this test in this "
-        "process: run the two together"
-    )
+def test_the_next_test_finds_everything_as_it_was(
+    fake_smolvm: FakeSmolvm, request: pytest.FixtureRequest
+) -> None:
+    if FOUND.get("pid") != os.getpid():
+        first = "test_a_test_leaves_every_kind_of_state_changed"
+        if not any(item.name == first for item in request.session.items):
+            pytest.skip(f"checks what {first} left behind: run the two together")
+        # One process (-n 0), or loadgroup keeping the xdist_group together: the pair must
+        # have run here in order. Only --dist load and its like may deal them out apart.
+        config = request.config
+        assert hasattr(config, "workerinput") and not config.getoption("loadgroup"), (
+            f"{first} did not run before this test in this process, though the run keeps an "
+            "xdist_group in one worker: the ordering (the `after` marker) or the grouping broke"
+        )
+        pytest.skip(f"{first} ran in another worker (this run does not honour xdist_group)")
     now = _state()
     assert {k: now[k] for k in now if now[k] != FOUND[k]} == {}
     # And so a launch's smolvm is the one the fake is now, as in the failure.
