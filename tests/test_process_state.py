@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,30 @@ def test_the_reset_covers_bottles_caches() -> None:
     names = bottle_state_names()
     for cache in ("_version_cache", "_exec_user_cache", "_warned_old"):
         assert f"bottle.smolvm.{cache}" in names
+
+
+def test_the_tests_start_as_a_foreground_job() -> None:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGQUIT) == signal.SIG_DFL
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()
+    # And so the programs the tests start: a Ctrl-C ends them.
+    proc = subprocess.run(["sh", "-c", "kill -INT $$; echo survived"], capture_output=True)
+    assert proc.returncode == -signal.SIGINT, proc
+
+
+def _as_a_background_job() -> None:
+    # What a shell gives `pytest &` in a script, with a mask a parent left behind.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
+
+
+def test_a_run_started_in_the_background_still_starts_its_tests_as_a_foreground_job() -> None:
+    root = Path(__file__).resolve().parents[1]
+    test = f"{Path(__file__).relative_to(root)}::test_the_tests_start_as_a_foreground_job"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:randomly",
+         "-p", "no:cacheprovider", test],
+        cwd=root, preexec_fn=_as_a_background_job, capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr

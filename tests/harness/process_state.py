@@ -1,6 +1,6 @@
 """The process-wide state a test can change, taken before each test and put back after it.
 
-tests/conftest.py's autouse fixture `_clean_process` calls `take()` and `Snapshot.restore()`
+tests/conftest.py's autouse fixture `clean_process` calls `take()` and `Snapshot.restore()`
 around every test (benchmarks/conftest.py imports the same fixture), so no test can leave
 anything behind for the next one in its xdist worker, whatever order the tests come in:
 
@@ -15,6 +15,9 @@ anything behind for the next one in its xdist worker, whatever order the tests c
   `logging.disable()`. pytest's own capture handlers, which it adds and removes around each
   phase of a test, are left to pytest.
 - `sys.stdin`, `sys.stdout`, `sys.stderr` and `sys.path`.
+
+What the first test finds is set here too: SIGINT and SIGQUIT handled as in a foreground job and
+no signal blocked, however pytest itself was started (see _start_as_a_foreground_job).
 """
 
 from __future__ import annotations
@@ -85,6 +88,22 @@ def _baseline(module: ModuleType) -> _ModuleBaseline:
 
 
 BOTTLE_BASELINE = [_baseline(m) for m in _import_all_of_bottle()]
+
+
+def _start_as_a_foreground_job() -> None:
+    """The tests' own start: Ctrl-C raises KeyboardInterrupt, SIGQUIT is default, nothing is
+    blocked, whoever started pytest. A shell starts a background job (`pytest &` in a script)
+    with SIGINT and SIGQUIT ignored, which Python and every child a test starts inherit: tests
+    of Ctrl-C then saw their signal vanish (5 failed, every time, in backend/test_decoration.py
+    and test_backend_e2e.py)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+_start_as_a_foreground_job()
 
 
 def bottle_state_names() -> list[str]:
