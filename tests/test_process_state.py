@@ -44,10 +44,9 @@ def _state() -> dict[str, Any]:
     return {
         "caches": (dict(sv._version_cache), dict(sv._exec_user_cache), set(sv._warned_old)),
         "bench probe": bench_session._POSIX_SPAWN_GIVES_CTTY,
-        # Less the fake smolvm's own variables (each test has its own state directory) and the
-        # one pytest sets to the test's name.
-        "environ": {k: v for k, v in os.environ.items()
-                    if not k.startswith("FAKE_SMOLVM_") and k != "PYTEST_CURRENT_TEST"},
+        # The variables the first test adds, changes and removes (others are set per test by
+        # fixtures: the fake's state directory, the user config directory, the test's name).
+        "environ": {k: os.environ.get(k) for k in ("BOTTLE_TEST_LEFT_BEHIND", "PATH", "HOME")},
         "cwd": os.getcwd(),
         "umask": _umask(),
         "handlers": {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM,
