@@ -20,15 +20,10 @@ from typing import Any
 import pytest
 from harness.backend import wait_for_file
 
-from bottle import smolvm as sv
 from bottle.backend.smolmachines import SmolmachinesBottle
 
 BOTTLE = [sys.executable, "-m", "bottle"]
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 def _exec_pid(fake_smolvm: Any, marker: str) -> int:

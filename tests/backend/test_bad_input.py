@@ -40,10 +40,6 @@ from bottle.errors import (
 pytestmark = pytest.mark.usefixtures("test_images")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:

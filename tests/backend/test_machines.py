@@ -23,10 +23,6 @@ from bottle.errors import (
 pytestmark = pytest.mark.usefixtures("test_images")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
 
 def _backend() -> SmolmachinesBottleBackend:
     return SmolmachinesBottleBackend(smolvm=sv.Smolvm(), retry=RetryPolicy(delay=0.01))

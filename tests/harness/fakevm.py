@@ -132,7 +132,10 @@ class FakeSmolvm:
 
     def set_fault(self, **env: str | int | float | None) -> None:
         """Set fault variables for the rest of the test: set_fault(KILL_EXECS=1) sets
-        FAKE_SMOLVM_KILL_EXECS=1; None unsets one."""
+        FAKE_SMOLVM_KILL_EXECS=1; None unsets one.
+
+        A new VERSION is a different smolvm in the same file, which bottle's caches (keyed by
+        the file) cannot notice as they notice a real upgrade: they are emptied."""
         for key, value in env.items():
             var = key if key.startswith("FAKE_SMOLVM_") else f"FAKE_SMOLVM_{key.upper()}"
             if value is None:
@@ -156,15 +159,3 @@ class FakeSmolvm:
         with open(self.state_dir / "lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
-
-
-@pytest.fixture(autouse=True)
-def private_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Path:
-    """Autouse (tests/ and benchmarks/ conftest): bottle's cache directory ($XDG_CACHE_HOME/
-    bottle/, what it learnt of smolvm and its machines) is each test's own, in a directory of
-    its own (not tmp_path, which some tests list)."""
-    path = tmp_path_factory.mktemp("xdg-cache")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(path))
-    return path
