@@ -33,12 +33,9 @@ COMMANDS: dict[str, Entry] = {
         "create and start a machine, run the agent in it, then tear it down",
     ),
     "agent": Entry("bottle.cli.agent", "Agent", "run the agent in an existing, running machine"),
-    "exec": Entry(
-        "bottle.cli.exec",
-        "Exec",
-        "run a shell script in a machine, print its output, exit with its status",
-    ),
-    "cp": Entry("bottle.cli.cp", "Cp", "copy a host file into a machine"),
+    "exec": Entry("bottle.cli.exec", "Exec", "run a command in a machine, exit with its status"),
+    "shell": Entry("bottle.cli.shell", "Shell", "open an interactive shell in a machine"),
+    "cp": Entry("bottle.cli.cp", "Cp", "copy files and directories between host and machine"),
     "relay": Entry(
         "bottle.relay.__main__", None, "run an interactive command through the PTY relay"
     ),
@@ -145,13 +142,7 @@ def main(
     command = getattr(module, entry.command)()
     assert isinstance(command, Command)
     parser = command.parser(name)
-    extra: list[str] = []
-    if "--" in rest:
-        cut = rest.index("--")
-        rest, extra = rest[:cut], rest[cut + 1 :]
-    ns = parser.parse_args(rest)
-    if extra and not command.takes_extra:
-        parser.error(f"{name} takes no arguments after '--'")
+    ns, extra = command.parse(parser, rest)
     for _, long, _ in GLOBAL_OPTIONS:  # given before the command, or after it
         setattr(ns, long[2:], getattr(ns, long[2:]) or long[2:] in seen)
     _configure_logging(verbose=ns.verbose)
