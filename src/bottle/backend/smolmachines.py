@@ -28,7 +28,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -812,6 +811,8 @@ class SmolmachinesBottle(Bottle):
                 chown = True
         uid, gid = ids if ids is not None else (None, None)
         if ":" in src:
+            import tempfile  # here, not with the module: no exec needs it
+
             # smolvm would read "a:b" as a download from machine "a"; hand it a plain name.
             with tempfile.TemporaryDirectory(prefix="bottle-cp-") as tmp:
                 link = os.path.join(tmp, "file")
