@@ -89,9 +89,38 @@ def test_run_command_failures_come_in_the_result(
 def test_run_command_as_a_user_the_guest_cannot_become(
     fake_smolvm: Any, require_node_user: Any
 ) -> None:
+    fake_smolvm.set_fault(VERSION="1.9.3")  # the image's USER applies (1.3.0 and later)
     image_machine(fake_smolvm, "a", image=AGENT_IMAGE)  # USER node: no root to switch from
     result = SmolmachinesBottle("a").run_command(["true"], user="root")
     assert (result.returncode, type(result.error)) == (1, GuestUserError)
+
+
+@pytest.mark.parametrize(
+    ("version", "image", "users"),
+    [
+        ("1.0.2", None, {"node": "node", "root": "root"}),  # root everywhere: runuser to node
+        ("1.6.0", None, {"node": "node", "root": "root"}),
+        ("1.4.0", AGENT_IMAGE, {"node": "node", "root": None}),  # -i runs as USER already
+        ("1.9.3", AGENT_IMAGE, {"node": "node", "root": None}),
+    ],
+)
+def test_run_command_users_across_smolvm_releases(
+    fake_smolvm: Any, require_node_user: Any, capfd: Any, version: str, image: str | None,
+    users: dict[str, str | None],
+) -> None:  # fmt: skip
+    fake_smolvm.set_fault(VERSION=version)
+    if image is None:
+        image_machine(fake_smolvm, "v")
+    else:
+        image_machine(fake_smolvm, "v", image=image)
+    bottle = SmolmachinesBottle("v")
+    for user, shown in users.items():
+        result = bottle.run_command(["id", "-un"], user=user)
+        if shown is None:
+            assert isinstance(result.error, GuestUserError), result
+        else:
+            assert result == AgentResult(0) and result.error is None, result
+            assert capfd.readouterr().out == f"{shown}\n"
 
 
 def test_run_command_never_runs_twice(fake_smolvm: Any, m: SmolmachinesBottle) -> None:
