@@ -277,6 +277,9 @@ def test_a_failed_download_leaves_the_file_there_alone(
         m.download("/no/such/file", keep)
     assert keep.read_text() == "mine"
     assert os.listdir(tmp_path / "here") == ["keep"]
+    with pytest.raises(SmolvmError, match="failed to open"):
+        m.download("/no/such/file", f"{tmp_path}/here/new/")
+    assert os.listdir(tmp_path / "here") == ["keep"]  # the directory asked for is not left
 
 
 def test_kinds_that_do_not_fit(m: SmolmachinesBottle, shared_dir: Path, tmp_path: Path) -> None:

@@ -824,7 +824,6 @@ class SmolmachinesBottle(Bottle):
             script = f"chown -- {shlex.quote(owner)}: {shlex.quote(container_path)}"
             self.exec(script, user="root").check(f"chown of {container_path}")
 
-
     # --- copies both ways, directories too ----------------------------------------------
 
     def upload(
@@ -896,16 +895,26 @@ class SmolmachinesBottle(Bottle):
             SmolvmError: smolvm failed (no such file in the guest, the machine is missing, …).
             GuestCommandError: the guest's `tar` failed.
         """
-        import tempfile
-
         self._ensure_open()
         src = check.guest_path(guest_path)
         name = posixpath.basename(src.rstrip("/"))
         if not name:
             raise InvalidInputError("the guest's / cannot be copied as a whole: name what is in it")
-        dst = os.fspath(_host_path(host_path))
-        if dst.endswith(os.sep):
-            os.makedirs(dst, exist_ok=True)
+        dst = _host_path(host_path)
+        made = dst.endswith(os.sep) and not os.path.lexists(dst)
+        if made:
+            os.makedirs(dst)
+        try:
+            return self._download(src, name, dst)
+        except BaseException:
+            if made:  # nothing came: the directory asked for goes again
+                with contextlib.suppress(OSError):
+                    os.rmdir(dst)
+            raise
+
+    def _download(self, src: str, name: str, dst: str) -> str:
+        import tempfile
+
         target = os.path.join(dst, name) if os.path.isdir(dst) else dst
         parent = os.path.dirname(os.path.abspath(target))
         if not os.path.isdir(parent):
