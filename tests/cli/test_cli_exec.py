@@ -7,13 +7,17 @@ The interactive forms (`-t`, `bottle shell`) are in test_cli_exec_tty.py.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness.backend import CLI_FAILURE, guest_execs, image_machine, wait_for_file
+from harness.relay import MARK_VAR, describe_pids, marked_pids
+from harness.terminal import wait_until
 
 BOTTLE = [sys.executable, "-m", "bottle"]
 TIMEOUT = 60
@@ -214,6 +218,31 @@ def test_the_vm_dying_mid_command(machine: Any, shared_dir: Path) -> None:
     assert proc.returncode == CLI_FAILURE
     (line,) = err.decode().splitlines()
     assert line.startswith("bottle: error: ") and "connection to VM lost" in line, line
+
+
+def test_ctrl_c_ends_the_command_and_leaves_nothing_running(
+    machine: Any, shared_dir: Path
+) -> None:
+    """Ctrl-C on a terminal signals its whole foreground group: bottle and smolvm. bottle
+    exits 130 once smolvm is reaped, and smolvm's end ends the guest command."""
+    mark = uuid.uuid4().hex
+    ready = shared_dir / "ready"
+    proc = subprocess.Popen(
+        [*BOTTLE, "exec", "-e", f"{MARK_VAR}={mark}", "m", "sh", "-c", f"touch {ready}; sleep 30"],
+        env={**os.environ, MARK_VAR: mark}, start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_for_file(ready)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert err.decode().splitlines() == ["bottle: interrupted"]
+    assert wait_until(lambda: not marked_pids(mark), 20), describe_pids(marked_pids(mark))
 
 
 def test_exec_runs_one_smolvm_exec_and_asks_nothing_else(machine: Any) -> None:
