@@ -172,7 +172,7 @@ def test_the_builtin_backend_is_loaded_by_the_reference_pyproject_declares() -> 
     from bottle import backend
 
     pyproject = (SRC.parent / "pyproject.toml").read_text()
-    declared = f'{backend.BUILTIN_BACKEND} = "{backend._BUILTIN_REFERENCE}"'
+    declared = f'{backend.BUILTIN_BACKEND} = "{backend._BUILTIN_ENTRY_POINT.value}"'
     assert declared in pyproject
     assert type(backend.get_backend(backend.BUILTIN_BACKEND)).__name__ == (
         "SmolmachinesBottleBackend"

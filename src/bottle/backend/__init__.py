@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from importlib import metadata
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,9 @@ ENTRY_POINT_GROUP = "bottle.backends"
 BUILTIN_BACKEND = "smolmachines"
 # The built-in backend is loaded by reference, like any registered one (pyproject.toml declares
 # the same entry point): the contract never imports an implementation.
-_BUILTIN_REFERENCE = "bottle.backend.smolmachines:SmolmachinesBottleBackend"
+_BUILTIN_ENTRY_POINT = metadata.EntryPoint(
+    BUILTIN_BACKEND, "bottle.backend.smolmachines:SmolmachinesBottleBackend", ENTRY_POINT_GROUP
+)
 
 
 class Bottle(abc.ABC):
@@ -266,14 +269,8 @@ class BottleBackend(abc.ABC):
         """Context manager: bring a machine up per `spec`, yield its bottle, tear it down."""
 
 
-# importlib.metadata is imported where a backend is looked up by name, not with the contract:
-# it is a third of the import time of a `bottle exec`, which never looks one up.
-
-
 def available_backends() -> list[str]:
     """Names of all backends: the built-in one and those registered as entry points."""
-    from importlib import metadata
-
     names = {BUILTIN_BACKEND}
     names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
     return sorted(names)
@@ -281,10 +278,7 @@ def available_backends() -> list[str]:
 
 def get_backend(name: str) -> BottleBackend:
     """Instantiate the backend registered under `name`."""
-    from importlib import metadata
-
-    builtin = metadata.EntryPoint(BUILTIN_BACKEND, _BUILTIN_REFERENCE, ENTRY_POINT_GROUP)
-    found = [builtin] if name == BUILTIN_BACKEND else []
+    found = [_BUILTIN_ENTRY_POINT] if name == BUILTIN_BACKEND else []
     found += [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     for ep in found[:1]:
         factory = ep.load()

@@ -28,6 +28,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -941,8 +942,6 @@ class SmolmachinesBottle(Bottle):
                 chown = True
         uid, gid = ids if ids is not None else (None, None)
         if ":" in src:
-            import tempfile  # here, not with the module: no exec needs it
-
             # smolvm would read "a:b" as a download from machine "a"; hand it a plain name.
             with tempfile.TemporaryDirectory(prefix="bottle-cp-") as tmp:
                 link = os.path.join(tmp, "file")
@@ -1043,8 +1042,6 @@ class SmolmachinesBottle(Bottle):
             raise
 
     def _download(self, src: str, name: str, dst: str) -> str:
-        import tempfile
-
         target = os.path.join(dst, name) if os.path.isdir(dst) else dst
         parent = os.path.dirname(os.path.abspath(target))
         if not os.path.isdir(parent):
