@@ -1042,6 +1042,8 @@ class SmolmachinesBottle(Bottle):
             raise
 
     def _download(self, src: str, name: str, dst: str) -> str:
+        import tempfile  # where it is used: no exec needs it
+
         target = os.path.join(dst, name) if os.path.isdir(dst) else dst
         parent = os.path.dirname(os.path.abspath(target))
         if not os.path.isdir(parent):
