@@ -23,6 +23,7 @@ from harness.backend import AGENT_IMAGE, image_machine
 from bottle import smolvm as sv
 from bottle.backend.smolmachines import SmolmachinesBottle
 from bottle.errors import (
+    BottleError,
     ConnectionLostError,
     GuestCommandError,
     GuestUserError,
@@ -309,6 +310,35 @@ def test_guest_tar_failure_is_an_error(m: SmolmachinesBottle, shared_dir: Path,
         m.upload(tmp_path / "d", str(shared_dir / "d" / "sub"))
     with pytest.raises(MachineNotFoundError):
         SmolmachinesBottle("ghost").upload(tmp_path / "d", "/tmp/x")
+
+
+def test_host_side_failures_of_a_copy_are_said_as_they_are(
+    m: SmolmachinesBottle, shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host file that cannot be read, or a host disk that takes no more, is that OSError,
+    not smolvm "not executable" or "disappeared" (those are said only when smolvm cannot
+    start); a directory made for a download goes again."""
+    from bottle.backend import smolmachines
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("f")
+    (shared_dir / "g").mkdir()
+    (shared_dir / "g" / "f").write_text("f")
+
+    def unreadable(*args: Any) -> None:
+        raise PermissionError(13, "Permission denied", "d/f")
+
+    def full(*args: Any) -> None:
+        raise OSError(28, "No space left on device", "d/f")
+
+    monkeypatch.setattr(smolmachines, "_pack", unreadable)
+    monkeypatch.setattr(smolmachines, "_unpack", full)
+    with pytest.raises(PermissionError, match="Permission denied") as up:
+        m.upload(tmp_path / "d", str(shared_dir / "up"))
+    with pytest.raises(OSError, match="No space left") as down:
+        m.download(str(shared_dir / "g"), tmp_path / "down")
+    assert not isinstance(up.value, BottleError) and not isinstance(down.value, BottleError)
+    assert not (tmp_path / "down").exists()
 
 
 # --- unpacking what the guest sends: never outside the target -------------------------------------

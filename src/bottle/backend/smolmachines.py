@@ -1127,14 +1127,25 @@ class SmolmachinesBottle(Bottle):
         unpack = ["/bin/sh", "-c", 'mkdir -p "$1" && exec tar -x -p -f - -C "$1"', "sh", target]
         full = self._tar(user, unpack)
         left_out: list[str] = []
+        unread: list[OSError] = []
+
+        def feed(pipe: IO[bytes]) -> None:
+            try:
+                _pack(src, pipe, uid, gid, left_out)
+            except BrokenPipeError:
+                raise  # the guest's tar stopped reading: its status says why
+            except OSError as exc:
+                # The host's side (a file that cannot be read): said as it is, once the
+                # guest's tar has seen the archive end short. Not smolvm's failure to start.
+                unread.append(exc)
+
         with _runnable(full[0]):
             status, said = sv.run_streamed(
-                full,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                feed=lambda pipe: _pack(src, pipe, uid, gid, left_out),
+                full, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, feed=feed,
                 capture_stderr=True,
-            )
+            )  # fmt: skip
+        if unread:
+            raise unread[0]
         if left_out:
             log.warning("copy of %s: left out (not a file, directory or link): %s",
                         src, ", ".join(left_out))  # fmt: skip
@@ -1155,15 +1166,20 @@ class SmolmachinesBottle(Bottle):
             os.mkdir(target, 0o700)
         left_out: list[str] = []
         unreadable: list[tarfile.TarError] = []
+        unwritten: list[OSError] = []
 
         def drain(pipe: IO[bytes]) -> None:
             try:
                 _unpack(pipe, target, left_out)
             except tarfile.TarError as exc:
-                # Most often the guest's tar failed, and its status says why; read on to it.
+                # An archive cut short: most often the guest's tar failed, and its status says
+                # why.
                 unreadable.append(exc)
-                while pipe.read(65536):
-                    pass
+            except OSError as exc:
+                # The host's side (no room, …), said as it is: not smolvm's failure to start.
+                unwritten.append(exc)
+            while pipe.read(65536):  # to the end, for the guest's tar to finish
+                pass
 
         try:
             with _runnable(full[0]):
@@ -1172,6 +1188,8 @@ class SmolmachinesBottle(Bottle):
                     capture_stderr=True,
                 )  # fmt: skip
             self._tar_done(full, status, said, f"copy of {src}")
+            if unwritten:
+                raise unwritten[0]
             if unreadable:
                 raise InvalidInputError(
                     f"copy of {src} from machine {self.machine_name!r}: the guest's archive "
