@@ -7,6 +7,7 @@ EV_SIGNAL: int
 EV_EOF: int
 EV_HUP: int
 EV_CHILD: int
+EV_INTR: int
 DEFAULT_BUFSIZE: int
 STAGES: tuple[str, ...]
 MAX_FD_SWEEP: int
@@ -33,6 +34,7 @@ class Pump:
         winch: bool = True,
         in_tty: bool = False,
         hold_ms: int = 0,
+        intr: int = -1,
         bufsize: int = ...,
         record_fd: int = -1,
         record_input: bool = False,
