@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from bottle import _cache
 from bottle import _validate as check
@@ -58,6 +58,7 @@ __all__ = [
     "classify_failure",
     "clear_version_cache",
     "cp_args",
+    "cp_out_args",
     "create_args",
     "delete_args",
     "exec_args",
@@ -69,6 +70,7 @@ __all__ = [
     "read_version",
     "run_attached",
     "run_captured",
+    "run_streamed",
     "start_args",
     "status_args",
     "stop_args",
@@ -245,6 +247,15 @@ def cp_args(
                 raise InvalidInputError(f"{flag} must be a non-negative integer, not {value!r}")
             args += [flag, str(value)]
     return [*args, src, f"{name}:{dst}"]
+
+
+def cp_out_args(name: str, src: str, dst: str) -> list[str]:
+    """Arguments of `smolvm machine cp NAME:SRC DST` (a download of a regular file)."""
+    check.machine_name(name)
+    check.guest_path(src)
+    check.no_nul(dst, "host path")
+    # SRC holds the colon, so smolvm takes DST as a host path whatever it contains.
+    return ["machine", "cp", f"{name}:{src}", dst]
 
 
 # --- executable and version --------------------------------------------------------------
@@ -762,6 +773,146 @@ def run_attached(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -
     except BaseException:
         _kill(proc, group=False)
         raise
+
+
+# smolvm prints its own failure as one last line, `Error: <Display>`, on the stderr that also
+# carries the guest's (src/main.rs); see `run_streamed`.
+_ERROR_START = b"Error: "
+# A last line longer than this is the guest's: smolvm's own are short.
+_HELD_MAX = 64 * 1024
+# After the child is gone, how long its stderr may stay open (a process it left behind holding
+# the pipe) before the copy stops waiting for it.
+_STDERR_GRACE = 5.0
+
+
+def _write_all_quietly(fd: int, data: bytes) -> bool:
+    """Write all of `data` to `fd`; False once `fd` takes no more (closed, a reader gone)."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        return False
+    return True
+
+
+class _StderrCopy:
+    """A child's stderr, copied to this process's as it comes (in a thread of its own), but
+    for a last line that starts like smolvm's `Error: `: whether that line is smolvm's is known
+    only at the end, so it is held until more output comes or the child has exited. With
+    `capture`, nothing is copied: all of it is kept for the caller."""
+
+    def __init__(self, pipe: IO[bytes], *, capture: bool) -> None:
+        self._pipe = pipe
+        self._capture = capture
+        self.kept = bytearray()
+        self._thread = threading.Thread(target=self._copy, name="bottle-stderr", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        held = b""
+        shown = True
+        try:
+            while chunk := os.read(self._pipe.fileno(), 65536):
+                if self._capture:
+                    self.kept += chunk
+                    continue
+                data = held + chunk
+                start = data.rfind(b"\n", 0, len(data) - 1) + 1  # the last line and its newline
+                last = data[start:]
+                held = b""
+                if len(last) <= _HELD_MAX and (
+                    last.startswith(_ERROR_START) or _ERROR_START.startswith(last)
+                ):
+                    data, held = data[:start], last
+                if shown and data:
+                    # A stderr that takes no more (closed) must not stop the child: drain on.
+                    shown = _write_all_quietly(2, data)
+        except OSError:
+            pass
+        finally:
+            self.kept += held
+            # Closed here, by the one thread that reads it: closed from another, its number
+            # could be reused while a read still waits on it.
+            _close_quietly(self._pipe)
+
+    def finish(self) -> bytes:
+        """What was kept, once the child's stderr has ended (or, if something the child left
+        behind holds it open, after a grace: the copy then goes on by itself)."""
+        self._thread.join(_STDERR_GRACE)
+        return bytes(self.kept)
+
+
+def _close_quietly(pipe: IO[bytes] | None) -> None:
+    if pipe is not None:
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+
+def run_streamed(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: int | None = None,
+    stdout: int | None = None,
+    feed: Callable[[IO[bytes]], None] | None = None,
+    drain: Callable[[IO[bytes]], None] | None = None,
+    capture_stderr: bool = False,
+) -> tuple[int, str]:
+    """Run `argv` (a smolvm exec), its output passing through untouched; return (status, text).
+
+    `stdin` and `stdout`: None gives the child this process's own (what the guest writes
+    reaches it byte for byte, as it comes; what the user types or pipes reaches the guest),
+    `subprocess.DEVNULL` none, `subprocess.PIPE` a pipe that `feed(pipe)` fills (the pipe is
+    then closed: the guest reads its end) or `drain(pipe)` empties. stderr is copied to this
+    process's as it comes, all but a last line in smolvm's own error shape (`Error: vm not
+    found: …`) when the status is 1: that line is smolvm's failure, not the guest's output,
+    and is returned instead, for the caller to report (`classify_failure`); otherwise the text
+    is empty. With `capture_stderr` stderr is not shown: all of it is the returned text.
+
+    An interrupt at any point, even while the child is still starting, kills and reaps it
+    before the exception goes on. The status is the child's (negative: killed by a signal).
+    """
+    held = _HeldSignals()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=None if env is None else dict(env),
+        )
+    except BaseException:
+        held.release()
+        raise
+    assert proc.stderr is not None
+    copy = _StderrCopy(proc.stderr, capture=capture_stderr)
+    try:
+        held.release()
+        if feed is not None and proc.stdin is not None:
+            try:
+                feed(proc.stdin)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the guest stopped reading: its status says why
+        if drain is not None and proc.stdout is not None:
+            drain(proc.stdout)
+        status = proc.wait()
+    except BaseException:
+        _kill(proc, group=False)
+        raise
+    finally:
+        _close_quietly(proc.stdin)
+        _close_quietly(proc.stdout)
+        kept = copy.finish()
+    text = kept.decode("utf-8", "replace")
+    if capture_stderr:
+        return status, text
+    line = text.rstrip("\r\n")
+    if status == 1 and "\n" not in line and _SMOLVM_ERROR.match(line):
+        return status, line
+    _write_all_quietly(2, kept)
+    return status, ""
 
 
 class Smolvm:

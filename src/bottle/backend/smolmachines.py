@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
+from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 from bottle import __version__, _cache
 from bottle import _validate as check
@@ -54,6 +54,7 @@ from bottle.errors import (
     Message,
     Param,
     SmolvmCommandError,
+    SmolvmError,
     SmolvmNotExecutableError,
     SmolvmNotFoundError,
     TeardownInterrupted,
@@ -850,14 +851,9 @@ class SmolmachinesBottle(Bottle):
         if refused is not None:
             if detach:
                 raise refused
-            log.error(
-                "agent session in machine %r not started: %s",
-                self.machine_name,
-                refused,
-                extra=RETURNED_ERROR,
-            )
             # 127: what the shell (or `env`) says of a command it cannot find.
-            return AgentResult(127 if isinstance(missing, AgentNotFoundError) else 1, refused)
+            status = 127 if isinstance(missing, AgentNotFoundError) else 1
+            return self._not_started("agent session", refused, status)
         full[0] = self._smolvm.path
         env = self.child_env()
         if detach:
@@ -868,11 +864,23 @@ class SmolmachinesBottle(Bottle):
                 status = self._run_tty(full, env, recording, record_input)
             else:
                 status = sv.run_attached(full, env=env)
-        status = exit_status(status)
-        log.info("agent session in machine %r ended with status %d", self.machine_name, status)
+        return self._ended("agent session", exit_status(status))
+
+    def _not_started(self, what: str, refused: BottleError, status: int = 1) -> AgentResult:
+        """The result of a session or command that could not start (logged: a status alone
+        would not say why)."""
+        log.error(
+            "%s in machine %r not started: %s", what, self.machine_name, refused,
+            extra=RETURNED_ERROR,
+        )  # fmt: skip
+        return AgentResult(status, refused)
+
+    def _ended(self, what: str, status: int) -> AgentResult:
+        """The result of a session or command whose smolvm wrote to the user's terminal itself."""
+        log.info("%s in machine %r ended with status %d", what, self.machine_name, status)
         if status == 1:
-            # Exit 1 is either the agent's own status or smolvm's error; the error text went to
-            # the user's terminal, so ask smolvm whether the machine survived.
+            # Exit 1 is either the command's own status or smolvm's error; the error text went
+            # to the user's terminal, so ask smolvm whether the machine survived.
             try:
                 state = self._smolvm.state(self.machine_name)
             except Exception:  # the probe is best effort; the status stands
@@ -880,7 +888,7 @@ class SmolmachinesBottle(Bottle):
             if state != "running":
                 lost = ConnectionLostError(
                     f"connection to the VM lost: machine {self.machine_name!r} is "
-                    f"{state or 'gone'} after the agent session ended",
+                    f"{state or 'gone'} after the {what} ended",
                     returncode=status,
                     machine=self.machine_name,
                 )
@@ -961,6 +969,106 @@ class SmolmachinesBottle(Bottle):
         finally:
             with contextlib.suppress(OSError):
                 _write_all(1, deco.reset.encode())
+
+    def run_command(
+        self,
+        command: Sequence[str],
+        *,
+        user: str = "node",
+        workdir: str | None = None,
+        stdin: bool = False,
+        tty: bool = False,
+    ) -> AgentResult:
+        """Run `command` (a program and its arguments, no shell) in the guest as `user`, with
+        its output passing through as it comes; return its status.
+
+        Nothing is captured: the command writes to this process's stdout and stderr, every byte
+        as it wrote it, when it writes it, without a size limit (smolvm's `exec -i`). With
+        `stdin` it reads this process's stdin, its end included; without, it reads end-of-input
+        at once. `tty` runs it on a terminal through bottle's relay (`exec -i -t`), sized like
+        this process's terminal and resized with it, as an agent session is; its stderr then
+        comes on that terminal too. `workdir` is smolvm's `-w` (default: the image's WORKDIR,
+        else `/`). Never retried: its output is already out and its input taken, so a second
+        run could not be told from the first; a 137 is the command's.
+
+        The result's `returncode` is the command's status (128+N when signal N ended it), or 1
+        when the command could not run or smolvm failed around it; `error` is then that failure
+        (also logged), which `check()` raises: `MachineNotFoundError`, `MachineNotRunningError`,
+        `ConnectionLostError` (the VM went away), another `SmolvmError` (smolvm could not start
+        the program: a bad `workdir`), `GuestUserError` (`user` cannot be reached).
+
+        Raises:
+            InvalidInputError: bad arguments, before anything runs.
+            SmolvmNotFoundError, SmolvmNotExecutableError: smolvm cannot be run at all.
+        """
+        self._ensure_open()
+        argv = check.argv(command, "command argument", "command")
+        if not argv:
+            raise InvalidInputError("command is empty: give the program to run")
+        if "=" in argv[0]:
+            # The guest runs `env NAME=VALUE… COMMAND`, which would take it for one of those.
+            raise InvalidInputError(
+                Message(
+                    "the command {word!r} would be read as a variable assignment: set guest "
+                    "variables with {env}",
+                    word=argv[0],
+                    env=Param("guest_env"),
+                )
+            )
+        check.user_name(user)
+        if workdir is not None:
+            check.guest_path(workdir, Param("workdir"))
+        check.flag(stdin, "stdin")
+        check.flag(tty, "tty")
+        what = "command" if not tty else "terminal session"
+        if tty:
+            # smolvm's error line would go to the terminal past us: ask first, as for an agent.
+            refused, _ = self._not_running()
+            if refused is not None:
+                return self._not_started(what, refused)
+        try:
+            prefix, option, _ = self._as_user(user, interactive=True)
+        except GuestUserError as exc:
+            return self._not_started(what, exc)
+        except _ProbeError as exc:
+            return self._not_started(what, exc.result.error or exc)
+        full = [self._smolvm.path, *sv.exec_args(
+            self.machine_name, [*prefix, *argv], tty=tty, interactive=not tty,
+            env_names=self.secret_names, workdir=workdir, user=option,
+        )]  # fmt: skip
+        env = self.child_env()
+        log.debug("%s in %s: %s", what, self.machine_name, full)
+        if tty:
+            from bottle import relay
+
+            with _runnable(full[0]):
+                status = relay.run(
+                    full, env=env, stdin_fd=0 if stdin else -1, machine=self.machine_name,
+                    hold_until_raw=True, output="direct",
+                )  # fmt: skip
+            return self._ended(what, exit_status(status))
+        with _runnable(full[0]):
+            status, said = sv.run_streamed(
+                full, env=env, stdin=None if stdin else subprocess.DEVNULL
+            )
+        status = exit_status(status)
+        error = sv.classify_failure(full, status, said, machine=self.machine_name, guest=True)
+        if error is not None:
+            log.error("%s in machine %r: %s", what, self.machine_name, error,
+                      extra=RETURNED_ERROR)  # fmt: skip
+            return AgentResult(status, error)
+        log.info("%s in machine %r ended with status %d", what, self.machine_name, status)
+        return AgentResult(status)
+
+    def shell(self, *, user: str = "node", workdir: str | None = None) -> AgentResult:
+        """An interactive shell in the guest as `user`, through the relay: `run_command` with
+        `tty` and `stdin`. The shell is the user's own from the guest's /etc/passwd when it
+        can be run, else /bin/sh, and not a login shell (no profile, no PAM session: a login
+        session can hang on a minimal guest, and its profile resets PATH).
+        """
+        return self.run_command(
+            ["/bin/sh", "-c", _SHELL], user=user, workdir=workdir, stdin=True, tty=True
+        )
 
     def exec(self, script: str, *, user: str = "node", workdir: str | None = None) -> ExecResult:
         """Run `/bin/sh -c SCRIPT` as `user` (in `workdir`, smolvm's `-w`, when given); capture
@@ -1167,6 +1275,256 @@ class SmolmachinesBottle(Bottle):
             script = f"chown -- {shlex.quote(owner)}: {shlex.quote(container_path)}"
             self.exec(script, user="root").check(f"chown of {container_path}")
 
+    # --- copies both ways, directories too ----------------------------------------------
+
+    def upload(
+        self,
+        host_path: str | os.PathLike[str],
+        guest_path: str,
+        *,
+        owner: str | None = None,
+    ) -> str:
+        """Copy a host file or directory into the guest, as `cp -r` and `docker cp` do; return
+        the guest path written.
+
+        A `guest_path` ending in `/`, or naming a directory that exists in the guest, receives
+        the source under its own name; any other becomes the copy (missing parents made). A
+        file goes by smolvm's `machine cp`, as `cp_in` (mode 0644, owned by root or by
+        `owner`). A directory goes as one tar stream into `tar -x` in the guest (`exec -i`),
+        run as root where guest commands can run as root, else as the user they run as: every
+        byte, mode and modification time kept, owned by root, `owner` or that user; symbolic
+        links are copied as links; device files, FIFOs and sockets are left out (logged).
+
+        Raises:
+            InvalidInputError: the source does not exist or is neither a file nor a directory;
+                a bad guest path.
+            GuestUserError: `owner` cannot be given the copy on this machine.
+            SmolvmError: smolvm failed (the machine is missing or stopped, …).
+            GuestCommandError: the guest's `tar` failed (a file in the way, no room, …).
+        """
+        self._ensure_open()
+        src = _host_source(host_path)
+        dst = check.guest_path(guest_path)
+        if owner is not None:
+            check.user_name(owner)
+        name = os.path.basename(os.path.abspath(src))
+        into = dst.endswith("/")
+        target = posixpath.join(dst, name) if into else dst
+        if os.path.isdir(src):
+            if not into and self._guest_is_dir(dst):
+                target = posixpath.join(dst, name)
+            self._upload_tree(src, target, owner)
+            return target
+        try:
+            self.cp_in(src, target, owner=owner)
+        except SmolvmError as exc:
+            # smolvm writes a file over the target: a directory there refuses it.
+            if into or not self._guest_is_dir(dst, otherwise=exc):
+                raise
+            target = posixpath.join(dst, name)
+            self.cp_in(src, target, owner=owner)
+        return target
+
+    def download(self, guest_path: str, host_path: str | os.PathLike[str]) -> str:
+        """Copy a guest file or directory to the host, as `cp -r` and `docker cp` do; return
+        the host path written.
+
+        A `host_path` ending in `/` (made if missing), or naming an existing directory,
+        receives the source under its own name; any other becomes the copy. A file goes by
+        smolvm's `machine cp` into a new file beside the target, then renamed over it, so that
+        a failure never touches a file already there (its mode is a new file's, as smolvm
+        makes it). A directory comes as one tar stream from `tar -c` in the guest (`exec -i`,
+        run as `upload` runs it), unpacked into the target (made, or merged into one that
+        exists): every byte, permission bit and modification time kept, owned by this
+        process's user, set-user-ID and set-group-ID bits dropped (as `cp` does); links are
+        made as links and never gone through, so nothing is written outside the target;
+        device files and FIFOs are left out (logged).
+
+        Raises:
+            InvalidInputError: bad paths; a directory that would replace a file, or the other
+                way round; an archive member that would land outside the target.
+            SmolvmError: smolvm failed (no such file in the guest, the machine is missing, …).
+            GuestCommandError: the guest's `tar` failed.
+        """
+        self._ensure_open()
+        src = check.guest_path(guest_path)
+        name = posixpath.basename(src.rstrip("/"))
+        if not name:
+            raise InvalidInputError("the guest's / cannot be copied as a whole: name what is in it")
+        dst = _host_path(host_path)
+        made = dst.endswith(os.sep) and not os.path.lexists(dst)
+        if made:
+            os.makedirs(dst)
+        try:
+            return self._download(src, name, dst)
+        except BaseException:
+            if made:  # nothing came: the directory asked for goes again
+                with contextlib.suppress(OSError):
+                    os.rmdir(dst)
+            raise
+
+    def _download(self, src: str, name: str, dst: str) -> str:
+        import tempfile  # where it is used: no exec needs it
+
+        target = os.path.join(dst, name) if os.path.isdir(dst) else dst
+        parent = os.path.dirname(os.path.abspath(target))
+        if not os.path.isdir(parent):
+            raise InvalidInputError(f"host directory {parent!r} does not exist")
+        with tempfile.TemporaryDirectory(prefix=".bottle-cp-", dir=parent) as tmp:
+            part = os.path.join(tmp, name)
+            try:
+                self._smolvm.run(
+                    sv.cp_out_args(self.machine_name, src, part), machine=self.machine_name
+                )
+            except SmolvmError as exc:
+                # smolvm reads regular files only.
+                if not self._guest_is_dir(src, otherwise=exc):
+                    raise
+                self._download_tree(src, target)
+                return target
+            if os.path.isdir(target) and not os.path.islink(target):
+                raise InvalidInputError(
+                    f"cannot overwrite directory {target!r} with file {src} of machine "
+                    f"{self.machine_name!r}"
+                )
+            os.replace(part, target)
+        return target
+
+    def _guest_is_dir(self, path: str, *, otherwise: BaseException | None = None) -> bool:
+        """Whether `path` is a directory in the guest, asked as whoever guest commands run as.
+        When the guest cannot be asked, `otherwise` (the failure that led here) is raised, or
+        the reason."""
+        try:
+            result = self.exec(f"test -d {shlex.quote(path)}", user=self.guest_user())
+        except _ProbeError as exc:
+            raise (otherwise or exc.result.error or exc) from None
+        if result.error is not None:
+            raise (otherwise or result.error) from None
+        return result.returncode == 0
+
+    def _tree_user(self) -> str:
+        """Who packs or unpacks a directory in the guest: root where guest commands can run as
+        root, else the user they run as."""
+        if self._smolvm.has_exec_user_option():
+            return "root"
+        try:
+            return self.guest_user(interactive=True)
+        except _ProbeError as exc:
+            raise (exc.result.error or exc) from None
+
+    def _tar(self, user: str, command: list[str]) -> list[str]:
+        """The full smolvm command line of a tar at either end of a copy (`exec -i`, as
+        `user`, who must be reachable)."""
+        prefix, option, _ = self._as_user(user, interactive=True)
+        args = sv.exec_args(self.machine_name, [*prefix, *command], interactive=True, user=option)
+        return [self._smolvm.path, *args]
+
+    def _tar_done(self, full: list[str], status: int, said: str, what: str) -> None:
+        status = exit_status(status)
+        if status == 0:
+            return
+        error = sv.classify_failure(full, status, said, machine=self.machine_name, guest=True)
+        if error is not None:
+            raise error
+        result = ExecResult(status, "", said)
+        result.check(f"{what}: tar in machine {self.machine_name!r}")
+
+    def _upload_tree(self, src: str, target: str, owner: str | None) -> None:
+        user = self._tree_user()
+        if owner is not None and user != "root" and owner != user:
+            raise GuestUserError(
+                f"cannot give {target} to {owner!r} in machine {self.machine_name!r}: guest "
+                f"commands run as {user!r}, not root (smolvm {self._smolvm.version_text} has "
+                f"no option to choose another), so what they unpack belongs to {user!r}",
+                running_as=user,
+                wanted=owner,
+                version=self._smolvm.version,
+            )
+        try:
+            uid, gid = (0, 0) if (owner or user) == "root" else self._user_ids(owner or user)
+        except _ProbeError as exc:
+            raise (exc.result.error or exc) from None
+        # The archive carries the final owner's ids: root unpacks them as they are, and a
+        # user unpacking its own files gives them to itself either way.
+        unpack = ["/bin/sh", "-c", 'mkdir -p "$1" && exec tar -x -p -f - -C "$1"', "sh", target]
+        full = self._tar(user, unpack)
+        left_out: list[str] = []
+        unread: list[OSError] = []
+
+        def feed(pipe: IO[bytes]) -> None:
+            try:
+                _pack(src, pipe, uid, gid, left_out)
+            except BrokenPipeError:
+                raise  # the guest's tar stopped reading: its status says why
+            except OSError as exc:
+                # The host's side (a file that cannot be read): said as it is, once the
+                # guest's tar has seen the archive end short. Not smolvm's failure to start.
+                unread.append(exc)
+
+        with _runnable(full[0]):
+            status, said = sv.run_streamed(
+                full, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, feed=feed,
+                capture_stderr=True,
+            )  # fmt: skip
+        if unread:
+            raise unread[0]
+        if left_out:
+            log.warning("copy of %s: left out (not a file, directory or link): %s",
+                        src, ", ".join(left_out))  # fmt: skip
+        self._tar_done(full, status, said, f"copy of {src} to {target}")
+
+    def _download_tree(self, src: str, target: str) -> None:
+        import shutil
+        import tarfile
+
+        full = self._tar(self._tree_user(), ["tar", "-c", "-f", "-", "-C", src, "."])
+        made = not os.path.lexists(target)
+        if not made and (os.path.islink(target) or not os.path.isdir(target)):
+            raise InvalidInputError(
+                f"cannot overwrite {target!r}, not a directory, with directory {src} of "
+                f"machine {self.machine_name!r}"
+            )
+        if made:
+            os.mkdir(target, 0o700)
+        left_out: list[str] = []
+        unreadable: list[tarfile.TarError] = []
+        unwritten: list[OSError] = []
+
+        def drain(pipe: IO[bytes]) -> None:
+            try:
+                _unpack(pipe, target, left_out)
+            except tarfile.TarError as exc:
+                # An archive cut short: most often the guest's tar failed, and its status says
+                # why.
+                unreadable.append(exc)
+            except OSError as exc:
+                # The host's side (no room, …), said as it is: not smolvm's failure to start.
+                unwritten.append(exc)
+            while pipe.read(65536):  # to the end, for the guest's tar to finish
+                pass
+
+        try:
+            with _runnable(full[0]):
+                status, said = sv.run_streamed(
+                    full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, drain=drain,
+                    capture_stderr=True,
+                )  # fmt: skip
+            self._tar_done(full, status, said, f"copy of {src}")
+            if unwritten:
+                raise unwritten[0]
+            if unreadable:
+                raise InvalidInputError(
+                    f"copy of {src} from machine {self.machine_name!r}: the guest's archive "
+                    f"cannot be read: {unreadable[0]}"
+                )
+        except BaseException:
+            if made:
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+        if left_out:
+            log.warning("copy of %s: left out (not a file, directory or link): %s",
+                        src, ", ".join(left_out))  # fmt: skip
+
 
 class _ProbeError(BottleError):
     """Asking the guest who it runs commands as failed; `result` says how."""
@@ -1294,6 +1652,163 @@ def _check_install(spec: LaunchSpec, policy: NetworkPolicy) -> None:
             ", ".join(provider.install_hosts),
         )
 
+
+def _host_path(path: object, what: str = "host path") -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"{what} must be a path (str or os.PathLike), not "
+                                f"{type(path).__name__}")  # fmt: skip
+    return check.no_nul(os.fspath(path), what)
+
+
+def _host_source(path: object) -> str:
+    """A host path to copy from: an existing directory or readable regular file."""
+    text = _host_path(path)
+    if os.path.isdir(text):
+        return text
+    return check.host_file(text, "host path")
+
+
+def _pack(root: str, pipe: IO[bytes], uid: int, gid: int, left_out: list[str]) -> None:
+    """Write the tree under `root` to `pipe` as one tar stream, every member owned by uid:gid
+    (by number: names could mean other ids in the guest)."""
+    import tarfile
+
+    def member(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
+            left_out.append(info.name)
+            return None
+        info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
+        return info
+
+    # GNU's format: long names as GNU tar and BusyBox's both read them.
+    with tarfile.open(fileobj=pipe, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+        tar.add(os.path.realpath(root), arcname=".", filter=member)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def _parts(name: str) -> list[str]:
+    """An archive member's path as components, refused if it could leave the target."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidInputError(f"the guest's archive names {name!r}, outside the copy")
+    return parts
+
+
+def _walk(root_fd: int, parts: list[str], *, make: bool) -> int:
+    """A descriptor of the directory `parts` under `root_fd`, reached one component at a time
+    without following a link (made, 0700 until its own mode comes, when `make`)."""
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            try:
+                inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not make:
+                    raise
+                os.mkdir(part, 0o700, dir_fd=fd)
+                inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except OSError as exc:
+        os.close(fd)
+        # ELOOP, ENOTDIR: a link or a file where the archive has a directory.
+        raise InvalidInputError(
+            f"cannot unpack the guest's {'/'.join(parts)!r} there: {exc.strerror}"
+        ) from None
+    return fd
+
+
+def _clear(dir_fd: int, name: str) -> None:
+    """Remove what stands at `name` (not a directory), as tar does before it unpacks a file:
+    the new one is a new file, never written through a link already there."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except (IsADirectoryError, PermissionError):
+        raise InvalidInputError(f"cannot overwrite directory {name!r} with a file") from None
+
+
+def _unpack(stream: IO[bytes], root: str, left_out: list[str]) -> None:
+    """Unpack a tar stream from the guest into the directory `root`, never outside it: every
+    path is walked one component at a time without following links (the archive's links are
+    made as links, and nothing goes through one), and `..` is refused. Permission bits and
+    modification times are kept, set-user-ID and set-group-ID dropped; a directory's mode is
+    set once its contents are in (a read-only one must be written into first)."""
+    import tarfile
+
+    root_fd = os.open(root, _DIR_FLAGS)
+    dirs: list[tuple[list[str], int, float]] = []
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                parts = _parts(member.name)
+                if member.isdir():
+                    os.close(_walk(root_fd, parts, make=True))
+                    dirs.append((parts, member.mode, member.mtime))
+                    continue
+                if not parts:
+                    raise InvalidInputError(f"the guest's archive names {member.name!r}")
+                parent = _walk(root_fd, parts[:-1], make=True)
+                leaf = parts[-1]
+                try:
+                    if member.isreg():
+                        _clear(parent, leaf)
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                        fd = os.open(leaf, flags, 0o600, dir_fd=parent)
+                        try:
+                            data = tar.extractfile(member)
+                            assert data is not None
+                            while chunk := data.read(1 << 16):
+                                _write_all(fd, chunk)
+                            os.fchmod(fd, member.mode & 0o777)
+                            os.utime(fd, (member.mtime, member.mtime))
+                        finally:
+                            os.close(fd)
+                    elif member.issym():
+                        _clear(parent, leaf)
+                        os.symlink(member.linkname, leaf, dir_fd=parent)
+                    elif member.islnk():
+                        to = _parts(member.linkname)
+                        there = _walk(root_fd, to[:-1], make=False)
+                        try:
+                            _clear(parent, leaf)
+                            os.link(to[-1], leaf, src_dir_fd=there, dst_dir_fd=parent,
+                                    follow_symlinks=False)  # fmt: skip
+                        finally:
+                            os.close(there)
+                    else:
+                        left_out.append(member.name)
+                finally:
+                    os.close(parent)
+        for parts, mode, mtime in reversed(dirs):
+            fd = _walk(root_fd, parts, make=False)
+            try:
+                os.fchmod(fd, mode & 0o1777)
+                os.utime(fd, (mtime, mtime))
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
+
+
+# `bottle shell`: the user's login shell from the guest's passwd (USER is set by the `env`
+# prefix), unless it refuses logins or cannot be run; exec'd as itself, so not a login shell.
+_SHELL = """\
+shell=
+while IFS=: read -r name _ _ _ _ _ login; do
+    if [ "$name" = "$USER" ]; then shell=$login; break; fi
+done < /etc/passwd
+case $shell in
+    '' | */nologin | */false) shell=/bin/sh ;;
+esac
+[ -x "$shell" ] || shell=/bin/sh
+SHELL=$shell
+export SHELL
+exec "$shell"
+"""
 
 class _Handover:
     """What `launch` undoes for its machine (stop, delete), one step at a time, each reported
