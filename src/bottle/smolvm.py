@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import math
 import os
 import re
 import selectors
-import shutil
 import signal
 import subprocess
 import threading
@@ -26,7 +24,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import IO, Any
 
-from bottle import _cache
+from bottle import _cache, _log
 from bottle import _validate as check
 from bottle import network as net
 from bottle.errors import (
@@ -77,7 +75,7 @@ __all__ = [
     "stop_args",
 ]
 
-log = logging.getLogger(__name__)
+log = _log.get_logger(__name__)
 
 ENV_OVERRIDE = "BOTTLE_SMOLVM"
 # 1.0.2 made machine names flags everywhere (`create -n`, `delete -n`); older CLIs need
@@ -262,6 +260,17 @@ def cp_out_args(name: str, src: str, dst: str) -> list[str]:
 # --- executable and version --------------------------------------------------------------
 
 
+def _which(name: str, search: str) -> str | None:
+    """The first executable file `name` in the directories of `search`, as `shutil.which`
+    finds it (shutil, with the archive modules it loads, would be a few ms of every bottle
+    command's start-up)."""
+    for directory in search.split(os.pathsep):
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
+
+
 def find_executable(environ: Mapping[str, str] | None = None) -> str:
     """Locate smolvm: `$BOTTLE_SMOLVM` if set, else the PATH of `environ` (default os.environ).
 
@@ -273,7 +282,7 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
     override = env.get(ENV_OVERRIDE)
     if override:
         if os.sep not in override:
-            found = shutil.which(override, path=env.get("PATH", os.defpath))
+            found = _which(override, env.get("PATH", os.defpath))
             if found is None:
                 raise SmolvmNotFoundError(
                     f"{ENV_OVERRIDE}={override!r}: no such program on PATH "
@@ -293,7 +302,7 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
             )
         return override
     search = env.get("PATH", os.defpath)
-    found = shutil.which("smolvm", path=search)
+    found = _which("smolvm", search)
     if found is not None:
         return found
     for directory in search.split(os.pathsep):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import posixpath
@@ -35,7 +34,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
-from bottle import __version__, _cache
+from bottle import __version__, _cache, _log
 from bottle import _validate as check
 from bottle import smolvm as sv
 from bottle.agent_provider import PromptMode, agent_args, get_provider
@@ -79,7 +78,7 @@ __all__ = [
     "home_for",
 ]
 
-log = logging.getLogger(__name__)
+log = _log.get_logger(__name__)
 
 # Marks a log record whose failure is also handed back in a result (a status, not an
 # exception): callers that only look at statuses still see why, and the bottle CLI, which

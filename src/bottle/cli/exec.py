@@ -13,6 +13,7 @@ from bottle.errors import InvalidInputError
 
 
 class Exec(Command):
+    defers_logging = True  # the backend logs through bottle._log
     description = (
         "Run COMMAND in machine NAME as USER and exit with its status. Its output comes as it "
         "is written, byte for byte; its standard input is empty unless -i forwards this one "
