@@ -31,6 +31,8 @@ pytest.register_assert_rewrite("harness")
 from harness.backend import add_test_images  # noqa: E402
 from harness.fakevm import FAKE_DIR, FakeSmolvm  # noqa: E402
 
+from bottle import smolvm as sv  # noqa: E402
+
 GUEST_USER = "node"
 
 # pytest-xdist's workers inherit LINES and COLUMNS from the controller's terminal; programs the
@@ -86,6 +88,10 @@ def fake_smolvm(
     version = request.config.getoption("--fake-smolvm-version")
     if version:
         monkeypatch.setenv("FAKE_SMOLVM_VERSION", version)
+    # bottle caches what it learnt of an installed smolvm (its version, whether `exec --help`
+    # shows --user) by the executable's file, which is the same fake whatever release it fakes:
+    # an answer left by an earlier test of this process would be another release's.
+    sv.clear_version_cache()
     return FakeSmolvm(state, monkeypatch)
 
 
