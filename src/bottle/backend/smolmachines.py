@@ -3,10 +3,11 @@
 Who a guest command runs as is smolvm's choice, not ours (its `machine exec` in
 src/cli/machine.rs, and the image user applied since commits 5bbffccf and 957bd755): root on a
 bare VM; the image's USER on an image machine (for `-i`/`-t` since smolvm 1.3.0, for captured
-exec since 1.6.0); no released smolvm can pick another. So a bottle learns once who its guest
-commands run as (`id`, run in the guest), runs directly when that is the wanted user, switches
-with `runuser -u USER --` only from root (never `-l`: a login PAM session can hang on a minimal
-guest), uses smolvm's own `--user` where a newer smolvm offers it, and otherwise refuses with a
+exec since 1.6.0); up to 1.13.x nothing can pick another, and 1.14.0 added `exec --user` (known
+from smolvm's pull request #1148, not from its source). So a bottle uses smolvm's `--user` where
+`exec --help` shows it; otherwise it learns once who its guest commands run as (`id`, run in the
+guest), runs directly when that is the wanted user, switches with `runuser -u USER --` only from
+root (never `-l`: a login PAM session can hang on a minimal guest), and otherwise refuses with a
 `GuestUserError`. `HOME`/`USER` and the bottle's env are set with `env K=V…`; the working
 directory is smolvm's `-w` (no shell, no login profile).
 
@@ -409,7 +410,8 @@ class SmolmachinesBottle(Bottle):
         appears as it comes, uncapped. The result's `error` is `MachineNotFoundError` /
         `MachineNotRunningError` / `GuestUserError` when no session could start (status 1,
         nothing run), and `ConnectionLostError` when smolvm exited 1 and the machine is no
-        longer running.
+        longer running: exit 1 is the agent's or smolvm's, and smolvm's words for a dying VM
+        change between releases, so the machine's state decides.
         """
         self._ensure_open()
         check.argv(argv)
@@ -513,7 +515,9 @@ class SmolmachinesBottle(Bottle):
         Returns the last `ExecResult`, as the replaced class did, even when smolvm failed (its
         `Error:` line is in `stderr`, the precise error in `error`) or every attempt of the
         retry policy ended with a retryable status (`retry_exhausted`, earlier attempts in
-        `retried`). `result.check()` raises the precise error. Each retry is logged.
+        `retried`). `result.check()` raises the precise error. Each retry is logged. A failure
+        whose `Error:` line bottle cannot read costs one `smolvm machine status`: a machine that
+        is gone or stopped makes it smolvm's error, a running one leaves the guest's status.
         """
         self._ensure_open()
         check.no_nul(script, "script")
