@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from bottle.results import Progress
 if TYPE_CHECKING:
     from bottle.backend import Bottle, BottleBackend, LaunchSpec
     from bottle.backend.smolmachines import SmolmachinesBottle
+    from bottle.relay import Recording
 
 __all__ = ["main"]
 
@@ -254,16 +255,23 @@ def _teardown_on_signals() -> Iterator[None]:
 
 
 def _check_record(ns: argparse.Namespace) -> None:
-    """Refuse a recording that cannot work before any machine is touched."""
+    """Refuse recording options that cannot work together, before anything runs."""
     if ns.record is None:
         if ns.record_input:
             raise InvalidInputError("--record-input needs --record FILE.cast")
         return
     if ns.no_tty:
         raise InvalidInputError("--record needs a terminal session (drop --no-tty)")
-    from bottle import _validate
 
-    _validate.new_file(ns.record)
+
+def _recording(ns: argparse.Namespace) -> AbstractContextManager[Recording | None]:
+    """The --record file, made now (before any machine is touched: making it is the check that
+    it can be) and removed on the way out if no session ran into it."""
+    if ns.record is None:
+        return nullcontext()
+    from bottle.relay import Recording
+
+    return Recording(ns.record)
 
 
 def _network(ns: argparse.Namespace) -> bool | str | None:
@@ -305,14 +313,18 @@ def _cmd_launch(ns: argparse.Namespace, agent_args: list[str]) -> int:
     )
     backend = get_backend(ns.backend)
     display = _ProgressDisplay(enabled=not ns.quiet and sys.stderr.isatty())
-    with _teardown_on_signals(), display, _launch(backend, spec, display) as bottle:
+    with _teardown_on_signals(), _recording(ns) as record, display, _launch(
+        backend, spec, display
+    ) as bottle:
         display.close()  # the session owns the terminal from here
-        return _run_agent(bottle, ns, agent_args)
+        return _run_agent(bottle, ns, agent_args, record)
 
 
-def _run_agent(bottle: Bottle, ns: argparse.Namespace, agent_args: list[str]) -> int:
+def _run_agent(
+    bottle: Bottle, ns: argparse.Namespace, agent_args: list[str], record: Recording | None
+) -> int:
     result = bottle.run_agent(
-        agent_args, tty=not ns.no_tty, record=ns.record, record_input=ns.record_input
+        agent_args, tty=not ns.no_tty, record=record, record_input=ns.record_input
     )
     return result.check().returncode
 
@@ -392,8 +404,9 @@ class _ProgressDisplay:
 
 def _cmd_agent(ns: argparse.Namespace, agent_args: list[str]) -> int:
     _check_record(ns)
-    with _agent_bottle(ns) as bottle:
-        return _run_agent(bottle, ns, agent_args)
+    bottle = _agent_bottle(ns)
+    with _recording(ns) as record, bottle:
+        return _run_agent(bottle, ns, agent_args, record)
 
 
 def _cmd_exec(ns: argparse.Namespace) -> int:

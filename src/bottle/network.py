@@ -23,7 +23,8 @@ What smolvm does with them (smol-machines/smolvm, tag v1.9.3):
   wherever smolvm's fold would not work (see `plan`).
 
 Every name and CIDR is checked here, before any smolvm call, once: what passed comes back as
-`AllowedHost` / `AllowedCidr`, which a check hands back at once (see bottle._validate).
+`AllowedHost` / `AllowedCidr`, which check themselves when constructed and which a check hands
+back at once (see bottle._validate).
 """
 
 from __future__ import annotations
@@ -106,26 +107,49 @@ class NetworkMode(str, enum.Enum):
 
 
 class AllowedHost(str):
-    """A host that `check_host` accepted: checked again, it is handed back at once."""
-
-    __slots__ = ()
-
-
-class AllowedCidr(str):
-    """A CIDR in the normal form `check_cidr` gave it: checked again, handed back at once."""
-
-    __slots__ = ()
-
-
-def check_host(host: str) -> AllowedHost:
-    """Check one `--allow-host` value: a DNS name or an IP address, nothing else.
+    """An `--allow-host` value: a DNS name or an IP address. Constructing one checks it
+    (`InvalidInputError`), as `ipaddress` types check theirs, so there is no unchecked one.
 
     A name is not resolved here (smolvm resolves it at create, and its failure is reported as
     smolvm's error). Refused: ports (smolvm allows every port of an allowed host), URLs,
     wildcards (a host already allows its subdomains), and anything that is not a name.
     """
-    if type(host) is AllowedHost:
-        return host
+
+    __slots__ = ()
+
+    def __new__(cls, host: object) -> AllowedHost:
+        if type(host) is cls:
+            return host  # checked when it was made
+        return super().__new__(cls, _check_host(host))
+
+
+class AllowedCidr(str):
+    """An `--allow-cidr` value in its normal form: constructing one checks it and normalises
+    it as smolvm's `parse_cidr` does (`AllowedCidr("1.1.1.1") == "1.1.1.1/32"`).
+
+    `ADDR/PREFIX` or a bare address (`/32` or `/128` added). Host bits are kept, as smolvm's
+    `ipnet` keeps them (`10.1.2.3/8` stays so; it still means 10.0.0.0/8).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, cidr: object) -> AllowedCidr:
+        if type(cidr) is cls:
+            return cidr
+        return super().__new__(cls, _check_cidr(cidr))
+
+
+def check_host(host: str) -> AllowedHost:
+    """Check one `--allow-host` value (`AllowedHost(host)`); see `AllowedHost`."""
+    return AllowedHost(host)
+
+
+def check_cidr(cidr: str) -> AllowedCidr:
+    """Check one `--allow-cidr` value; its normal form (`AllowedCidr(cidr)`)."""
+    return AllowedCidr(cidr)
+
+
+def _check_host(host: object) -> str:
     if not isinstance(host, str):
         raise InvalidInputError(f"allowed host must be a string, not {type(host).__name__}")
     problem = None
@@ -137,7 +161,7 @@ def check_host(host: str) -> AllowedHost:
         if "%" in host:
             problem = "an IPv6 zone (%…) is not accepted"
         else:
-            return AllowedHost(host)
+            return host
     bare = host[:-1] if host.endswith(".") else host
     if problem is not None:
         pass
@@ -166,17 +190,10 @@ def check_host(host: str) -> AllowedHost:
         problem = "it looks like an IP address but is not one"
     if problem is not None:
         raise InvalidInputError(f"invalid allowed host {host!r}: {problem}")
-    return AllowedHost(host)
+    return host
 
 
-def check_cidr(cidr: str) -> AllowedCidr:
-    """Check one `--allow-cidr` value as smolvm's `parse_cidr` does; return its normal form.
-
-    `ADDR/PREFIX` or a bare address (`/32` or `/128` added). Host bits are kept, as smolvm's
-    `ipnet` keeps them (`10.1.2.3/8` stays so; it still means 10.0.0.0/8).
-    """
-    if type(cidr) is AllowedCidr:
-        return cidr
+def _check_cidr(cidr: object) -> str:
     if not isinstance(cidr, str):
         raise InvalidInputError(f"allowed CIDR must be a string, not {type(cidr).__name__}")
     addr, slash, prefix = cidr.partition("/")
@@ -195,7 +212,7 @@ def check_cidr(cidr: str) -> AllowedCidr:
             f"invalid allowed CIDR {cidr!r}: expected an address with an optional prefix "
             "length, like 10.0.0.0/8, 1.1.1.1 or 2001:db8::/32"
         ) from None
-    return AllowedCidr(f"{ip}/{bits}")
+    return f"{ip}/{bits}"
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
@@ -213,8 +230,9 @@ def check_hosts(hosts: Iterable[str] | None, what: str = "allow_hosts") -> tuple
     """Check a list of hosts (not a bare string); duplicates (any case) are dropped."""
     if hosts is None:
         return ()
-    if isinstance(hosts, str):
-        raise InvalidInputError(f"{what} must be a list of host names, not a string")
+    if isinstance(hosts, (str, bytes)) or not isinstance(hosts, Iterable):
+        kind = "a string" if isinstance(hosts, str) else type(hosts).__name__
+        raise InvalidInputError(f"{what} must be a list of host names, not {kind}")
     return _unique(check_host(h) for h in hosts)
 
 
@@ -222,8 +240,9 @@ def check_cidrs(cidrs: Iterable[str] | None, what: str = "allow_cidrs") -> tuple
     """Check a list of CIDRs (not a bare string); return their normal forms, deduplicated."""
     if cidrs is None:
         return ()
-    if isinstance(cidrs, str):
-        raise InvalidInputError(f"{what} must be a list of CIDRs, not a string")
+    if isinstance(cidrs, (str, bytes)) or not isinstance(cidrs, Iterable):
+        kind = "a string" if isinstance(cidrs, str) else type(cidrs).__name__
+        raise InvalidInputError(f"{what} must be a list of CIDRs, not {kind}")
     return tuple(dict.fromkeys(check_cidr(c) for c in cidrs))
 
 

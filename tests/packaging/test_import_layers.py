@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
         "bottle.relay._children",
         "bottle.relay._tty",
         "bottle.relay._session",
+        "bottle.relay._recording",
         "bottle.smolvm",
         "bottle.agent_provider",
     ),
