@@ -15,7 +15,7 @@ import re
 import stat
 from collections.abc import Iterable, Mapping
 
-from bottle.errors import InvalidInputError
+from bottle.errors import InvalidInputError, Message, Param
 
 # smolvm's validate_vm_name: first char alphanumeric, then [A-Za-z0-9_-], no "--",
 # no trailing "-", at most 128 characters.
@@ -56,7 +56,7 @@ class GuestPath(str):
 
     __slots__ = ()
 
-    def __new__(cls, path: object, what: str = "guest path") -> GuestPath:
+    def __new__(cls, path: object, what: str | Param = "guest path") -> GuestPath:
         if type(path) is cls:
             return path
         return super().__new__(cls, _check_guest_path(path, what))
@@ -96,12 +96,16 @@ def _check_user_name(name: object) -> str:
     return name
 
 
-def _check_guest_path(path: object, what: str) -> str:
-    text = no_nul(path, what)
+def _check_guest_path(path: object, what: str | Param) -> str:
+    text = no_nul(path, str(what))
     if not text.startswith("/"):
-        raise InvalidInputError(f"{what} {text!r} must be absolute (start with '/')")
+        raise InvalidInputError(
+            Message("{what} {path!r} must be absolute (start with '/')", what=what, path=text)
+        )
     if any(seg in (".", "..") for seg in text.split("/")):
-        raise InvalidInputError(f"{what} {text!r} must not contain '.' or '..' segments")
+        raise InvalidInputError(
+            Message("{what} {path!r} must not contain '.' or '..' segments", what=what, path=text)
+        )
     return text
 
 
@@ -168,7 +172,7 @@ def user_name(name: str) -> UserName:
     return UserName(name)
 
 
-def guest_path(path: str, what: str = "guest path") -> GuestPath:
+def guest_path(path: str, what: str | Param = "guest path") -> GuestPath:
     """Check a guest path: absolute, no NUL, no '.' or '..' segments (`GuestPath(path)`)."""
     return GuestPath(path, what)
 

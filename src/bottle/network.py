@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bottle.errors import InvalidInputError
+from bottle.errors import InvalidInputError, Message, Param
 
 __all__ = [
     "PULL_FOLD_SINCE",
@@ -350,24 +350,38 @@ def plan(
     if network is None:
         if hosts or cidrs:
             raise InvalidInputError(
-                "allowed hosts and CIDRs need network='agent' (the agent provider's hosts plus "
-                "these) or network='allow' (these only)"
+                Message(
+                    "allowed hosts and CIDRs need {agent} (the agent provider's hosts plus "
+                    "these) or {allow} (these only)",
+                    agent=Param("network", "agent"),
+                    allow=Param("network", "allow"),
+                )
             )
         mode = NetworkMode.OPEN if registry else NetworkMode.OFF
     else:
         mode = NetworkMode.parse(network)
     if mode is NetworkMode.OFF and registry:
         raise InvalidInputError(
-            f"image {image!r} is pulled from a registry, which needs the machine's network, "
-            "and networking is off. Turn it on (network='open', or 'agent' for the agent's "
-            "hosts only), or supply the image locally: save it to an archive (`docker save "
-            f"{image} -o image.tar`) and launch with image='./image.tar'"
+            Message(
+                "image {image!r} is pulled from a registry, which needs the machine's network, "
+                "and networking is off. Turn it on ({open}, or {agent} for the agent's hosts "
+                "only), or supply the image locally: save it to an archive (`docker save "
+                "{image} -o image.tar`) and launch with {local}",
+                image=image,
+                open=Param("network", "open"),
+                agent=Param("network", "agent"),
+                local=Param("image", "./image.tar"),
+            )
         )
     if not mode.restricted:
         if hosts or cidrs:
             raise InvalidInputError(
-                f"allowed hosts and CIDRs only apply to network='agent' or 'allow', not "
-                f"{mode.value!r}"
+                Message(
+                    "allowed hosts and CIDRs only apply to {agent} or {allow}, not {mode}",
+                    agent=Param("network", "agent"),
+                    allow=Param("network", "allow"),
+                    mode=Param("network", mode.value),
+                )
             )
         return NetworkPolicy(mode)
     if mode is NetworkMode.AGENT:
@@ -375,24 +389,43 @@ def plan(
         hosts = _unique([*wanted, *hosts])
         if not hosts and not cidrs:
             raise InvalidInputError(
-                f"agent provider {provider_name!r} names no hosts, so network='agent' would "
-                "allow nothing: give allow_hosts / allow_cidrs, or network='off'"
+                Message(
+                    "agent provider {provider!r} names no hosts, so {agent} would allow "
+                    "nothing: give {hosts} / {cidrs}, or {off}",
+                    provider=provider_name,
+                    agent=Param("network", "agent"),
+                    hosts=Param("allow_hosts"),
+                    cidrs=Param("allow_cidrs"),
+                    off=Param("network", "off"),
+                )
             )
     elif not hosts and not cidrs:
         raise InvalidInputError(
-            "network='allow' needs allowed hosts or CIDRs (allow_hosts, allow_cidrs); for no "
-            "network at all use network='off'"
+            Message(
+                "{allow} needs allowed hosts or CIDRs ({hosts}, {cidrs}); for no network at "
+                "all use {off}",
+                allow=Param("network", "allow"),
+                hosts=Param("allow_hosts"),
+                cidrs=Param("allow_cidrs"),
+                off=Param("network", "off"),
+            )
         )
     folded: tuple[str, ...] = ()
     if registry and image is not None:
         needed = registry_pull_hosts(image)
         if not hosts:
             raise InvalidInputError(
-                f"image {image!r} is pulled from a registry inside the machine, and an "
-                "allow-list of CIDRs only lets it reach no registry (smolvm allows the "
-                "registry's hosts only alongside allowed hosts). Add the registry's hosts "
-                f"(allow_hosts={list(needed)!r}), use network='open', or supply the image "
-                f"locally (`docker save {image} -o image.tar`, then image='./image.tar')"
+                Message(
+                    "image {image!r} is pulled from a registry inside the machine, and an "
+                    "allow-list of CIDRs only lets it reach no registry (smolvm allows the "
+                    "registry's hosts only alongside allowed hosts). Add the registry's hosts "
+                    "({hosts}), use {open}, or supply the image locally (`docker save {image} "
+                    "-o image.tar`, then {local})",
+                    image=image,
+                    hosts=Param("allow_hosts", list(needed)),
+                    open=Param("network", "open"),
+                    local=Param("image", "./image.tar"),
+                )
             )
         smolvm_folds = smolvm_version >= PULL_FOLD_SINCE and ":" not in registry_host(image)
         missing = [h for h in needed if h.lower() not in {x.lower() for x in hosts}]

@@ -35,6 +35,8 @@ from bottle.errors import (
     MachineExistsError,
     MachineNotFoundError,
     MachineNotRunningError,
+    Message,
+    Param,
     SmolvmCommandError,
     SmolvmError,
     SmolvmNotExecutableError,
@@ -100,11 +102,18 @@ def is_registry_image(image: str) -> bool:
     )
 
 
-def _bounded(value: int | None, what: str, maximum: int) -> int | None:
+def _bounded(value: int | None, what: Param, maximum: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidInputError(f"{what} must be an integer from 1 to {maximum}, not {value!r}")
+        raise InvalidInputError(
+            Message(
+                "{what} must be an integer from 1 to {maximum}, not {value!r}",
+                what=what,
+                maximum=maximum,
+                value=value,
+            )
+        )
     return value
 
 
@@ -131,9 +140,9 @@ def create_args(
         if not image or image.startswith("-"):
             raise InvalidInputError(f"invalid image reference {image!r}")
         args += ["-I", image]
-    if _bounded(cpus, "cpus", CPUS_MAX) is not None:
+    if _bounded(cpus, Param("cpus"), CPUS_MAX) is not None:
         args += ["--cpus", str(cpus)]
-    if _bounded(memory_mib, "memory (MiB)", MEMORY_MIB_MAX) is not None:
+    if _bounded(memory_mib, Param("memory_mib"), MEMORY_MIB_MAX) is not None:
         args += ["--mem", str(memory_mib)]
     if network:
         args.append("--net")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.backend import BOTTLE, LAUNCH, ROOT_IMAGE, ProcWatch, image_machine
+from harness.backend import BOTTLE, CLI_FAILURE, LAUNCH, ROOT_IMAGE, ProcWatch, image_machine
 from harness.terminal import terminal_on_stdio, user_terminal, wait_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -347,7 +347,7 @@ CLI_CASES: list[tuple[list[str], str]] = [
 
 @pytest.mark.parametrize(("args", "needle"), CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
 def test_cli_bad_input_on_a_terminal(fake_smolvm: Any, args: list[str], needle: str) -> None:
-    """One line `bottle: error: …` naming the problem, exit 1, no smolvm call, no process
+    """One line `bottle: error: …` naming the problem, exit 125, no smolvm call, no process
     left, and the terminal exactly as it was."""
     image_machine(fake_smolvm, "m")
     argv = [*BOTTLE, *args]
@@ -360,7 +360,7 @@ def test_cli_bad_input_on_a_terminal(fake_smolvm: Any, args: list[str], needle: 
             out = term.settle(quiet=0.2)
             leftovers = watch.leftovers()
         term.assert_restored()
-    assert status == 1, out
+    assert status == CLI_FAILURE, out
     lines = out.rstrip().splitlines()
     assert len(lines) == 1, out
     assert lines[0].startswith(b"bottle: error: ") and needle.encode() in lines[0], out
@@ -375,7 +375,7 @@ def test_cli_non_executable_smolvm_on_a_terminal(fake_smolvm: Any, unexecutable:
         status = wait_status(term.spawn(argv, dict(os.environ)))
         out = term.settle(quiet=0.2)
         term.assert_restored()
-    assert status == 1
+    assert status == CLI_FAILURE
     assert out.rstrip() == (
         f"bottle: error: BOTTLE_SMOLVM={str(unexecutable)!r} is not an executable file".encode()
     )

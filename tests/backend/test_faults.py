@@ -27,6 +27,7 @@ import pytest
 from harness import holdexec
 from harness.backend import (
     BOTTLE,
+    CLI_FAILURE,
     LAUNCH,
     POP_TITLE,
     PY,
@@ -100,7 +101,7 @@ def test_vm_dies_mid_session(fake_smolvm: Any, require_node_user: Any, route: st
         assert b"RESULT=ERROR:ConnectionLostError:connection to the VM lost: machine 'm' is " \
                b"stopped after the agent session ended" in out, out  # fmt: skip
     else:
-        assert status == 1
+        assert status == CLI_FAILURE
         last = out.rstrip().splitlines()[-1].replace(POP_TITLE, b"")
         assert last.startswith(b"bottle: error: connection to the VM lost: machine 'm'"), out
         assert b"Traceback" not in out

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.backend import LAUNCH, image_machine, root_spec
+from harness.backend import CLI_FAILURE, LAUNCH, image_machine, root_spec
 from harness.terminal import run_in_pty
 
 from bottle import smolvm as sv
@@ -158,7 +158,7 @@ def test_cli_refuses_a_bad_recording_before_launching(
         [*BOTTLE, *LAUNCH, "--agent-command", "/bin/sh", *args],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == CLI_FAILURE
     assert proc.stderr.startswith("bottle: error: ") and message in proc.stderr, proc.stderr
     assert fake_smolvm.calls() == []  # no machine was touched
 
@@ -190,7 +190,7 @@ def test_cli_launch_that_fails_leaves_no_file(fake_smolvm: Any, tmp_path: Path) 
             "--", "-c", "echo launched"]  # fmt: skip
     fake_smolvm.set_fault(START_FAIL=1)
     failed = run_in_pty(argv, dict(os.environ))
-    assert failed.status == 1, failed.output
+    assert failed.status == CLI_FAILURE, failed.output
     assert b"did not become ready" in failed.output
     assert not cast.exists()
     fake_smolvm.set_fault(START_FAIL=None)

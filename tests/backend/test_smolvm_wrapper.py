@@ -51,7 +51,7 @@ def test_create_args_minimal_and_full() -> None:
         # clap types of smolvm's create: --cpus u8, --mem u32 (src/cli/machine.rs, CreateCmd)
         ({"cpus": 256}, "cpus must be an integer from 1 to 255"),
         ({"memory_mib": -1}, "memory"),
-        ({"memory_mib": 2**32}, "memory .MiB. must be an integer from 1 to 4294967295"),
+        ({"memory_mib": 2**32}, "memory_mib must be an integer from 1 to 4294967295"),
         ({"image": "-x"}, "image"),
         ({"image": "a\0b"}, "NUL"),
     ],

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 
 from bottle import _validate as check
 from bottle import network as net
-from bottle.errors import BottleClosedError, InvalidInputError, UnknownBackendError
+from bottle.errors import (
+    BottleClosedError,
+    InvalidInputError,
+    Message,
+    Param,
+    UnknownBackendError,
+)
 from bottle.results import AgentResult, ExecResult, Progress
 
 if TYPE_CHECKING:
@@ -179,7 +185,8 @@ class LaunchSpec:
             path = check.guest_path(self.prompt_guest_path, "prompt guest path")
             object.__setattr__(self, "prompt_guest_path", path)
         if self.workdir is not None:
-            object.__setattr__(self, "workdir", check.guest_path(self.workdir, "workdir"))
+            workdir = check.guest_path(self.workdir, Param("workdir"))
+            object.__setattr__(self, "workdir", workdir)
         object.__setattr__(self, "agent_user", check.user_name(self.agent_user))
         check.optional_text(self.agent_command, "agent_command")
         check.optional_text(self.prompt_mode, "prompt_mode")
@@ -210,13 +217,25 @@ class LaunchSpec:
         listed = bool(self.allow_hosts or self.allow_cidrs)
         if listed and (mode is None or not mode.restricted):
             raise InvalidInputError(
-                "allow_hosts and allow_cidrs need network='agent' (the agent provider's hosts "
-                f"plus these) or network='allow' (these only), not network={self.network!r}"
+                Message(
+                    "{hosts} and {cidrs} need {agent} (the agent provider's hosts plus these) "
+                    "or {allow} (these only), not {now}",
+                    hosts=Param("allow_hosts"),
+                    cidrs=Param("allow_cidrs"),
+                    agent=Param("network", "agent"),
+                    allow=Param("network", "allow"),
+                    now=Param("network", mode.value if mode is not None else None),
+                )
             )
         if mode is net.NetworkMode.ALLOW and not listed:
             raise InvalidInputError(
-                "network='allow' needs allow_hosts or allow_cidrs; for no network at all use "
-                "network='off'"
+                Message(
+                    "{allow} needs {hosts} or {cidrs}; for no network at all use {off}",
+                    allow=Param("network", "allow"),
+                    hosts=Param("allow_hosts"),
+                    cidrs=Param("allow_cidrs"),
+                    off=Param("network", "off"),
+                )
             )
         # What 'agent' allows depends on the provider, and a registry image's pull on the
         # smolvm version: the backend completes the policy (bottle.network.plan).

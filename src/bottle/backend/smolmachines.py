@@ -47,6 +47,8 @@ from bottle.errors import (
     MachineExistsError,
     MachineNotFoundError,
     MachineNotRunningError,
+    Message,
+    Param,
     SmolvmCommandError,
     SmolvmNotExecutableError,
     SmolvmNotFoundError,
@@ -91,7 +93,7 @@ _CP_OWNER_SINCE = (1, 9, 0)
 _ID = re.compile(r"uid=(\d+)(?:\(([^)]*)\))?\s+gid=(\d+)")
 
 
-def _check_names(env: Mapping[str, str], what: str, *, host: bool) -> None:
+def _check_names(env: Mapping[str, str], what: Param, *, host: bool) -> None:
     for key in env:
         reason = None
         if key in _GUEST_RESERVED:
@@ -99,10 +101,17 @@ def _check_names(env: Mapping[str, str], what: str, *, host: bool) -> None:
         elif host and (key in _HOST_RESERVED or key.startswith(_HOST_RESERVED_PREFIXES)):
             reason = (
                 "a secret is also in the environment of the host smolvm process, where this "
-                "name would change how it runs (pass it in guest_env if it is not secret)"
+                "name would change how it runs (pass it in {guest_env} if it is not secret)"
             )
         if reason:
-            raise InvalidInputError(f"{what} name {key!r} is reserved: {reason}")
+            raise InvalidInputError(
+                Message(
+                    "{what} name {key!r} is reserved: " + reason,
+                    what=what,
+                    key=key,
+                    guest_env=Param("guest_env"),
+                )
+            )
 
 
 def home_for(user: str) -> str:
@@ -198,12 +207,19 @@ class SmolmachinesBottle(Bottle):
             None if prompt_path is None else check.guest_path(prompt_path, "prompt path")
         )
         self.guest_env = dict(check.env_mapping(guest_env, "guest_env"))
-        _check_names(self.guest_env, "guest_env", host=False)
+        _check_names(self.guest_env, Param("guest_env"), host=False)
         secrets = check.env_mapping(secret_env, "secret_env")
-        _check_names(secrets, "secret_env", host=True)
+        _check_names(secrets, Param("secret_env"), host=True)
         for key in secrets:
             if key in self.guest_env:
-                raise InvalidInputError(f"{key!r} is in both guest_env and secret_env")
+                raise InvalidInputError(
+                    Message(
+                        "{key!r} is in both {env} and {secrets}",
+                        key=key,
+                        env=Param("guest_env"),
+                        secrets=Param("secret_env"),
+                    )
+                )
         self._secret_env = secrets
         check.no_nul(agent_command, "agent command")
         if not agent_command:
@@ -464,10 +480,18 @@ class SmolmachinesBottle(Bottle):
         check.flag(record_input, "record_input")
         if record is None:
             if record_input:
-                raise InvalidInputError("record_input needs a recording: give record=FILE")
+                raise InvalidInputError(
+                    Message(
+                        "{record_input} needs a recording: give {record}=FILE",
+                        record_input=Param("record_input"),
+                        record=Param("record"),
+                    )
+                )
             return self._session(argv, tty, None, False)
         if not tty:
-            raise InvalidInputError("recording needs a terminal session (tty=True)")
+            raise InvalidInputError(
+                Message("recording needs a terminal session ({tty})", tty=Param("tty", True))
+            )
         from bottle.relay import Recording
 
         if isinstance(record, Recording):
@@ -585,7 +609,7 @@ class SmolmachinesBottle(Bottle):
         check.no_nul(script, "script")
         check.user_name(user)
         if workdir is not None:
-            check.guest_path(workdir, "workdir")
+            check.guest_path(workdir, Param("workdir"))
         try:
             prefix, option = self._as_user(user, interactive=False)
         except GuestUserError as exc:
@@ -788,9 +812,15 @@ class SmolmachinesBottleBackend(BottleBackend):
         home = home_for(user)
         if spec.image is None and user != "root":
             raise InvalidInputError(
-                f"a machine without an image is a bare VM whose only user is root, so the agent "
-                f"cannot run as {user!r}: give an image whose USER is {user!r} (or root, with "
-                f"{user!r} in it), or run the agent as root"
+                Message(
+                    "a machine without an image is a bare VM whose only user is root, so the "
+                    "agent cannot run as {user!r}: give an image whose USER is {user!r} (or "
+                    "root, with {user!r} in it) ({image}=IMAGE), or run the agent as root "
+                    "({root})",
+                    user=user,
+                    image=Param("image"),
+                    root=Param("agent_user", "root"),
+                )
             )
         policy = self.network_policy(spec)
         prompt_src = None
