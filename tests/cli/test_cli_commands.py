@@ -185,7 +185,6 @@ def test_exec_vm_killed_in_words_bottle_has_never_seen(fake_smolvm: Any) -> None
     proc = bottle("exec", "-n", "m", "sleep 5")
     assert_one_line_error(proc, "connection to the VM lost: machine 'm' is stopped",
                           "killed by signal 9")  # fmt: skip
-    assert proc.returncode == 1
 
 
 def test_exec_retry_exhausted(fake_smolvm: Any) -> None:
