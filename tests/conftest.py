@@ -66,6 +66,16 @@ def python3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path / "bin"
 
 
+@pytest.fixture(autouse=True)
+def _no_user_config(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No test reads the config file of whoever runs the suite (~/.config/bottle/config.toml):
+    XDG_CONFIG_HOME is an empty directory of the test's own, BOTTLE_CONFIG unset."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    monkeypatch.delenv("BOTTLE_CONFIG", raising=False)
+
+
 @pytest.fixture
 def fake_smolvm(
     tmp_path: Path,

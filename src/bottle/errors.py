@@ -27,6 +27,7 @@ __all__ = [
     "MachineExistsError",
     "MachineNotFoundError",
     "MachineNotRunningError",
+    "MachineRunningError",
     "Message",
     "Param",
     "RetryExhaustedError",
@@ -45,6 +46,7 @@ __all__ = [
     "SmolvmUnavailableError",
     "SmolvmUsageError",
     "SmolvmVersionError",
+    "TeardownInterrupted",
     "UnknownBackendError",
     "UnknownProviderError",
 ]
@@ -206,6 +208,15 @@ class MachineNotRunningError(SmolvmError):
     """The machine exists but is not running."""
 
 
+class MachineRunningError(BottleError):
+    """Refused: the machine is running and removing it was not forced."""
+
+    def __init__(self, message: str, *, machine: str, state: str) -> None:
+        super().__init__(message)
+        self.machine = machine
+        self.state = state
+
+
 class ConnectionLostError(SmolvmError):
     """The connection to the VM was lost (the VM died or its agent hung up)."""
 
@@ -288,3 +299,20 @@ class SessionEndedError(SessionError):
         self.name = name
         self.status = status
         self.screen = screen
+
+
+class TeardownInterrupted(KeyboardInterrupt):
+    """An interrupt (Ctrl-C) cut `launch`'s teardown short: the machine is left behind.
+
+    Not a `BottleError`: it is the interrupt itself, which callers that catch
+    KeyboardInterrupt keep catching. `machine` is the machine left behind and `step` what was
+    cut short (`stopping`, `deleting`); the steps after it were not run.
+    """
+
+    def __init__(self, message: str, *, machine: str, step: str) -> None:
+        super().__init__(message)
+        self.machine = machine
+        self.step = step
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -50,7 +50,9 @@ from bottle.errors import (
 __all__ = [
     "DEFAULT_TIMEOUTS",
     "ENV_OVERRIDE",
+    "LABELS_SINCE",
     "MIN_VERSION",
+    "OutputLine",
     "Smolvm",
     "Timeouts",
     "classify_failure",
@@ -77,6 +79,8 @@ ENV_OVERRIDE = "BOTTLE_SMOLVM"
 # 1.0.2 made machine names flags everywhere (`create -n`, `delete -n`); older CLIs need
 # positional names, which this module does not speak.
 MIN_VERSION = (1, 0, 2)
+# `machine create --label KEY=VALUE`, read back by `ls --json` (src/cli/machine.rs, CreateCmd).
+LABELS_SINCE = (1, 8, 0)
 
 
 # --- argv builders (everything after the executable) -------------------------------------
@@ -126,12 +130,14 @@ def create_args(
     network: bool = False,
     allow_hosts: Sequence[str] = (),
     allow_cidrs: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Arguments of `smolvm machine create`.
 
     `network` is `--net` (anything reachable). `allow_hosts` / `allow_cidrs` are
     `--allow-host` / `--allow-cidr`, one per entry: they imply `--net` and limit it to those
     (smolvm resolves each host at create; see `bottle.network`), even alongside `--net`.
+    `labels` are `--label KEY=VALUE` (smolvm 1.8.0 and later; `ls --json` gives them back).
     """
     check.machine_name(name)
     args = ["machine", "create", "-n", name]
@@ -150,6 +156,13 @@ def create_args(
         args += ["--allow-host", host]
     for cidr in net.check_cidrs(allow_cidrs):
         args += ["--allow-cidr", cidr]
+    for key, value in (labels or {}).items():
+        check.no_nul(key, "label key")
+        check.no_nul(value, "label value")
+        if not key or "=" in key:
+            # smolvm splits KEY=VALUE at the first '=' (src/util.rs parse_labels).
+            raise InvalidInputError(f"invalid label key {key!r}")
+        args += ["--label", f"{key}={value}"]
     return args
 
 
@@ -524,18 +537,37 @@ class Timeouts:
 DEFAULT_TIMEOUTS = Timeouts()
 
 
+class OutputLine(str):
+    """A line smolvm printed; `redrawn` when it ended in a bare carriage return, which a
+    terminal overwrites with the next line (smolvm's progress bars, src/cli/mod.rs)."""
+
+    redrawn: bool
+
+    def __new__(cls, text: str, *, redrawn: bool = False) -> OutputLine:
+        self = super().__new__(cls, text)
+        self.redrawn = redrawn
+        return self
+
+
 def _lines(buffer: bytearray, on_line: Callable[[str], None], final: bool = False) -> None:
-    # smolvm redraws progress with "\r", so both "\r" and "\n" end a line.
+    # smolvm redraws progress with "\r", so both "\r" and "\n" end a line; "\r\n" is one end.
     while True:
         cut = min((i for i in (buffer.find(b"\n"), buffer.find(b"\r")) if i >= 0), default=-1)
         if cut < 0:
             break
+        end = cut + 1
+        redrawn = buffer[cut] == 0x0D
+        if redrawn:
+            if end == len(buffer) and not final:
+                break  # a "\n" may follow in the next read
+            if buffer[end : end + 1] == b"\n":
+                redrawn, end = False, end + 1
         line = bytes(buffer[:cut]).decode("utf-8", "replace").strip()
-        del buffer[: cut + 1]
+        del buffer[:end]
         if line:
-            on_line(line)
+            on_line(OutputLine(line, redrawn=redrawn))
     if final and buffer.strip():
-        on_line(bytes(buffer).decode("utf-8", "replace").strip())
+        on_line(OutputLine(bytes(buffer).decode("utf-8", "replace").strip()))
         buffer.clear()
 
 
@@ -643,7 +675,8 @@ def run_captured(
 
     smolvm runs in a process group of its own so that, when the time is up (or the caller is
     interrupted), it is killed together with anything it started in that group, and nothing
-    left holding its pipes can stall the read. Each stderr line goes to `on_line` as it comes.
+    left holding its pipes can stall the read. Each stderr line goes to `on_line` as it comes,
+    an `OutputLine` (a `str`) that says whether smolvm redraws it in place.
     An interrupt (a signal whose handler raises) at any point, even while the child is still
     starting, kills and reaps it before the exception goes on. `timeout`: None or infinity is
     no limit.
@@ -934,6 +967,7 @@ class Smolvm:
         network: bool = False,
         allow_hosts: Sequence[str] = (),
         allow_cidrs: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
         on_line: Callable[[str], None] | None = None,
     ) -> None:
         """Create a machine (raises `MachineExistsError` if the name is taken)."""
@@ -945,6 +979,7 @@ class Smolvm:
             network=network,
             allow_hosts=allow_hosts,
             allow_cidrs=allow_cidrs,
+            labels=labels,
         )
         self.run(
             args,

@@ -258,7 +258,7 @@ def test_launch_in_a_terminal(fake_smolvm: Any) -> None:
     assert b"agent-here" in run.output
     # The progress display (stderr is the terminal) ends before the session decorates it.
     deco = b"\x1b[22;0t\x1b]0;work\x07\x1b]11;navy\x07"
-    done = b"bottle: provisioning 'm1': done in "
+    done = "bottle: provisioning 'm1' … done in ".encode()
     assert run.output.index(done) < run.output.index(deco) < run.output.index(b"agent-here")
     assert run.output.count(b"\x1b[K") >= 1
     assert run.termios_after == run.termios_before

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -159,6 +160,16 @@ BOTTLE = (PY, "-m", "bottle")
 # The status of bottle's own failures on the command line (README "Command line"), docker's 125.
 CLI_FAILURE = 125
 TIMEOUT = 60.0
+
+
+def run_bottle(
+    *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`bottle ARGS…` to its end, stdin /dev/null, stdout and stderr captured as text."""
+    return subprocess.run(
+        [*BOTTLE, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=TIMEOUT, check=False, env=None if env is None else dict(env),
+    )  # fmt: skip
 
 # The exact fixed sequences bottle writes around a decorated session (see backend/terminal.py);
 # written out here independently so that a change there has to be a deliberate one here too.

@@ -1,7 +1,8 @@
 """The backend contract a host CLI codes against.
 
 `ExecResult`, `Bottle` and `BottleBackend` are the drop-in names; `AgentResult` is the richer
-outcome of an agent session; `LaunchSpec` describes a machine to launch; `get_backend(name)`
+outcome of an agent session; `LaunchSpec` describes a machine to launch; `MachineInfo` is a
+machine as a backend's listing shows it; `get_backend(name)`
 finds a backend (`smolmachines` is built in, others register under the `bottle.backends`
 entry-point group).
 """
@@ -40,6 +41,7 @@ __all__ = [
     "BottleBackend",
     "ExecResult",
     "LaunchSpec",
+    "MachineInfo",
     "Progress",
     "available_backends",
     "get_backend",
@@ -257,6 +259,36 @@ class LaunchSpec:
                 value = dict(value)
             shown.append(f"{name}={value!r}")
         return f"LaunchSpec({', '.join(shown)})"
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """A machine as a backend lists it (`SmolmachinesBottleBackend.list_machines()`).
+
+    `network` is the network policy a bottle launch gave it (`open`, `off`, `agent`,
+    `allow`, with `allow_hosts` and `allow_cidrs` for the last two), or, for a machine
+    bottle cannot tell it launched, what the backend knows: `on` (some network: smolvm keeps
+    no allow-list where a listing shows it) or `off`; None when not even that is known.
+    `created_at` is a Unix time (None: unknown). `launched_by_bottle` is True for a machine
+    that a bottle launch created and labelled as such (smolvm 1.8.0 and later keep labels).
+    """
+
+    name: str
+    state: str
+    image: str | None = None
+    network: str | None = None
+    allow_hosts: tuple[str, ...] = ()
+    allow_cidrs: tuple[str, ...] = ()
+    created_at: float | None = None
+    launched_by_bottle: bool = False
+    cpus: int | None = None
+    memory_mib: int | None = None
+
+    def age(self, now: float) -> float | None:
+        """Seconds from its creation to `now` (a Unix time); None when unknown."""
+        if self.created_at is None:
+            return None
+        return max(0.0, now - self.created_at)
 
 
 class BottleBackend(abc.ABC):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from bottle.backend import Bottle
+from bottle.cli._errors import PROG
 from bottle.cli._options import add_env
 from bottle.cli._secrets import from_environment
 from bottle.errors import InvalidInputError
@@ -70,6 +73,16 @@ def recording(ns: argparse.Namespace) -> AbstractContextManager[Recording | None
     if ns.record is None:
         return nullcontext()
     return Recording(ns.record)
+
+
+def said_where(record: Recording | None) -> None:
+    """Tell where the recording went, once the command is done with it."""
+    if record is not None and record.used:
+        path = shlex.quote(record.path)
+        print(
+            f"{PROG}: recorded the session in {path} (play it with: asciinema play {path})",
+            file=sys.stderr,
+        )
 
 
 def run_session(

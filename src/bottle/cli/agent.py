@@ -11,6 +11,7 @@ from bottle.cli._agent import (
     check_record,
     recording,
     run_session,
+    said_where,
     session_fields,
 )
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
@@ -38,4 +39,7 @@ class Agent(Command):
         spec = LaunchSpec(machine_name=ns.name, prompt_mode=ns.prompt_mode, **session_fields(ns))
         bottle = SmolmachinesBottle.from_spec(spec, prompt_path=ns.prompt_path)
         with recording(ns) as record, bottle:
-            return run_session(bottle, ns, extra, record)
+            try:
+                return run_session(bottle, ns, extra, record)
+            finally:
+                said_where(record)
