@@ -1,7 +1,15 @@
-"""Shared pytest fixtures: the fake smolvm (tests/fake_smolvm/), the test images registered in
-it, and the guest user check. Helpers live in tests/harness/ (on sys.path through pyproject's
-`pythonpath`): `terminal` (the user's terminal on a pty), `relay` (relay sessions), `backend`
-(sessions, /proc scanners, images), `fakevm` (the fake's handle).
+"""Shared pytest fixtures: the reset of process-wide state around every test, the fake smolvm
+(tests/fake_smolvm/), the test images registered in it, and the guest user check. Helpers live
+in tests/harness/ (on sys.path through pyproject's `pythonpath`): `terminal` (the user's
+terminal on a pty), `relay` (relay sessions), `backend` (sessions, /proc scanners, images),
+`fakevm` (the fake's handle), `process_state` (the reset).
+
+`clean_process` (autouse, from harness.process_state) puts back, after every test, everything
+process-wide a test can change: bottle's module-level caches, the environment, signal handlers
+and mask, umask, cwd, logging, sys.stdout/stderr. A test may change any of it without undoing
+it; no test may rely on what an earlier one left. It also gives each test its own user
+directories ($XDG_CACHE_HOME, $XDG_CONFIG_HOME, $XDG_RUNTIME_DIR): no test reads the state bottle
+keeps for whoever runs the suite (`private_cache` hands a test its cache directory).
 
 `fake_smolvm` gives each test its own fake smolvm, first on PATH, with an empty state directory.
 Faults and the image table are FAKE_SMOLVM_* variables, documented in
@@ -30,8 +38,7 @@ pytest.register_assert_rewrite("harness")
 
 from harness.backend import add_test_images  # noqa: E402
 from harness.fakevm import FAKE_DIR, FakeSmolvm  # noqa: E402
-
-from bottle import smolvm as sv  # noqa: E402
+from harness.process_state import clean_process, private_cache  # noqa: E402, F401 (fixtures)
 
 GUEST_USER = "node"
 
@@ -52,6 +59,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked `after(NAME)` runs right after the test NAME of its module, in whatever
+    order the run has shuffled the rest (give both one xdist_group to keep them in one worker)."""
+    for item in [i for i in items if i.get_closest_marker("after")]:
+        first = item.get_closest_marker("after").args[0]  # type: ignore[union-attr]
+        before = [i for i in items if i.module is item.module and i.originalname == first]
+        if before:
+            items.remove(item)
+            items.insert(items.index(before[-1]) + 1, item)
+
+
 @pytest.fixture(scope="session")
 def python3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory whose `python3` is this interpreter, in a bare venv of its own.
@@ -64,16 +83,6 @@ def python3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("python3-venv")
     venv.create(path, symlinks=True, with_pip=False)
     return path / "bin"
-
-
-@pytest.fixture(autouse=True)
-def _no_user_config(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No test reads the config file of whoever runs the suite (~/.config/bottle/config.toml):
-    XDG_CONFIG_HOME is an empty directory of the test's own, BOTTLE_CONFIG unset."""
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
-    monkeypatch.delenv("BOTTLE_CONFIG", raising=False)
 
 
 @pytest.fixture
@@ -98,10 +107,6 @@ def fake_smolvm(
     version = request.config.getoption("--fake-smolvm-version")
     if version:
         monkeypatch.setenv("FAKE_SMOLVM_VERSION", version)
-    # bottle caches what it learnt of an installed smolvm (its version, whether `exec --help`
-    # shows --user) by the executable's file, which is the same fake whatever release it fakes:
-    # an answer left by an earlier test of this process would be another release's.
-    sv.clear_version_cache()
     return FakeSmolvm(state, monkeypatch)
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 __all__ = [
+    "AgentInstallError",
+    "AgentNotFoundError",
     "BottleClosedError",
     "BottleError",
     "ConnectionLostError",
@@ -98,13 +100,19 @@ class Message(str):
 
     def render(self, name: Callable[[Param], str]) -> str:
         """The message with every `Param` said as `name` says it."""
-        return self.template.format(
-            **{k: name(v) if isinstance(v, Param) else v for k, v in self.fields.items()}
-        )
+        return self.template.format(**{k: _render(v, name) for k, v in self.fields.items()})
 
     def __reduce__(self) -> tuple[Callable[..., Message], tuple[str, dict[str, object]]]:
         # Exceptions are pickled (multiprocessing): keep the template, not just the text.
         return _message, (self.template, dict(self.fields))
+
+
+def _render(value: object, name: Callable[[Param], str]) -> object:
+    if isinstance(value, Param):
+        return name(value)
+    if isinstance(value, Message):  # a part of the message, with parameters of its own
+        return value.render(name)
+    return value
 
 
 def _message(template: str, fields: dict[str, object]) -> Message:
@@ -239,6 +247,20 @@ class GuestUserError(BottleError):
         self.running_as = running_as
         self.wanted = wanted
         self.version = tuple(version)
+
+
+class AgentNotFoundError(BottleError):
+    """The agent's command does not resolve for the agent's user in the guest: no session ran."""
+
+    def __init__(self, message: str, *, command: str, user: str, machine: str) -> None:
+        super().__init__(message)
+        self.command = command
+        self.user = user
+        self.machine = machine
+
+
+class AgentInstallError(BottleError):
+    """Installing the agent provider's CLI in the guest failed."""
 
 
 class CommandOutcome(Protocol):

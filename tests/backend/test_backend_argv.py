@@ -19,7 +19,6 @@ from harness.backend import image_machine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bottle import smolvm as sv
 from bottle.agent_provider import PROVIDERS, PromptMode, agent_args, get_provider, prompt_args
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottle, home_for
@@ -34,7 +33,6 @@ def machine(fake_smolvm: Any) -> str:
     """A running machine whose guest commands run as root, with a `node` user (like node:22), on
     a smolvm without `exec --user` (before 1.14.0), so bottle switches with runuser; the command
     lines with smolvm's own option are test_agent_argv_with_smolvms_user_option's."""
-    sv.clear_version_cache()
     fake_smolvm.set_fault(VERSION="1.9.3")
     image_machine(fake_smolvm, "m")
     return "m"

@@ -51,10 +51,6 @@ FAST = RetryPolicy(attempts=2, delay=0.01)
 pytestmark = pytest.mark.usefixtures("test_images")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
 
 @pytest.fixture
 def backend(fake_smolvm: Any) -> SmolmachinesBottleBackend:

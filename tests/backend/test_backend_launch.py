@@ -26,10 +26,6 @@ BOTTLE = [sys.executable, "-m", "bottle"]
 pytestmark = pytest.mark.usefixtures("test_images")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
 
 def _backend(**timeouts: float) -> SmolmachinesBottleBackend:
     return SmolmachinesBottleBackend(
@@ -252,6 +248,11 @@ def test_teardown_never_hangs_on_a_wedged_smolvm(
         fake_smolvm.set_fault(DELAY_STOP=60, DELAY_DELETE=60)
         raise RuntimeError("the agent failed")
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any("teardown: stop of machine 'm1' failed" in m and "within 1 s" in m for m in errors)
-    assert any("teardown: delete of machine 'm1' failed" in m for m in errors)
-    assert fake_smolvm.subcommands()[-2:] == ["stop", "delete"]
+    stopped = [i for i, m in enumerate(errors) if "teardown: stop of machine 'm1' failed" in m]
+    deleted = [i for i, m in enumerate(errors) if "teardown: delete of machine 'm1' failed" in m]
+    assert len(stopped) == len(deleted) == 1 and stopped < deleted, errors
+    assert "within 1 s" in errors[stopped[0]] and "within 1 s" in errors[deleted[0]], errors
+    # The fake logs a call once its Python is up, which a loaded machine can put off past the
+    # 1 s limit: a call stopped before that is missing from its log (seen), never out of order.
+    teardown = [c for c in fake_smolvm.subcommands() if c in ("stop", "delete")]
+    assert teardown in ([], ["stop"], ["delete"], ["stop", "delete"]), teardown

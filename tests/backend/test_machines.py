@@ -23,10 +23,6 @@ from bottle.errors import (
 pytestmark = pytest.mark.usefixtures("test_images")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
 
 def _backend() -> SmolmachinesBottleBackend:
     return SmolmachinesBottleBackend(smolvm=sv.Smolvm(), retry=RetryPolicy(delay=0.01))
@@ -191,6 +187,7 @@ def test_dry_run_plans_exactly_what_the_launch_then_runs(
     spec = LaunchSpec(
         "m1", image=AGENT_IMAGE, prompt_file=str(prompt), workdir="/home/node/src",
         secret_env={"TOKEN_FOR_TEST": "hunter2-dry-run"}, env={"PROJECT": "x"}, cpus=2,
+        agent_command="true",  # there, so that the real session runs after the check
     )  # fmt: skip
     backend = _backend()
     planned = backend.dry_run(spec, ["--model", "sonnet"], tty=False)
@@ -201,12 +198,12 @@ def test_dry_run_plans_exactly_what_the_launch_then_runs(
     assert "hunter2-dry-run" not in json.dumps([c.argv for c in planned])
     assert [c.step for c in planned] == [
         "creating", "starting", "provisioning", "provisioning", "provisioning", "provisioning",
-        "session", "stopping", "deleting",
+        "session", "session", "stopping", "deleting",
     ]  # fmt: skip
     assert all(isinstance(c, PlannedCall) and c.argv[0] == "smolvm" for c in planned)
     # The launch itself, then the same agent session by hand: the same calls, in order.
     with backend.launch(spec) as bottle:
-        assert bottle.exec_agent(["--model", "sonnet"], tty=False) != 0  # no claude here
+        assert bottle.exec_agent(["--model", "sonnet"], tty=False) == 0
     real = _real_calls(fake_smolvm)
     assert len(real) == len(planned)
     for plan, ran in zip(planned, real, strict=True):
@@ -219,6 +216,7 @@ def test_dry_run_plans_exactly_what_the_launch_then_runs(
     notes = {c.note for c in planned if c.note}
     assert "who the guest runs commands as: the image's USER (assumed: node)" in notes
     assert "node's uid and gid in the guest (UID and GID below)" in notes
+    assert "assumed: 'true' is there" in notes  # the agent check before the session
 
 
 def test_dry_run_refuses_what_launch_refuses(fake_smolvm: Any) -> None:

@@ -27,12 +27,6 @@ from bottle.errors import (
     SmolvmVersionError,
 )
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
-
 # --- argv builders ---------------------------------------------------------------------
 
 

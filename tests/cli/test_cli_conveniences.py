@@ -318,6 +318,10 @@ def test_dry_run_prints_the_smolvm_commands_and_runs_none(fake_smolvm: Any) -> N
         "# session",
         "#   who the guest runs commands as: the image's USER (assumed: node):",
         "smolvm machine exec --name m1 -- id",
+        "#   assumed: 'claude' is there:",
+        "smolvm machine exec --name m1 -w /home/node -e MY_API_KEY -- env HOME=/home/node "
+        "USER=node MODE=dev /bin/sh -c 'command -v claude || { printf '\"'\"'PATH=%s\\n'\"'\"' "
+        "\"$PATH\"; exit 127; }'",
         "#   as node if the image's USER is node; through `runuser -u node --` if it is root:",
         "smolvm machine exec --name m1 -i -t -w /home/node -e MY_API_KEY -- env HOME=/home/node "
         "USER=node MODE=dev claude --model sonnet",

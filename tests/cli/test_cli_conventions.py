@@ -117,7 +117,9 @@ def test_bad_global_options_are_usage_errors(args: list[str]) -> None:
     [
         ["-v", "exec", "-n", "m", "true"],
         ["exec", "-v", "-n", "m", "true"],
-        ["exec", "-n", "m", "true", "--verbose"],
+        # After the command word an option is the command's (docker's rule): after -c SCRIPT
+        # there is none.
+        ["exec", "-n", "m", "-c", "true", "--verbose"],
         ["-q", "exec", "-n", "m", "--verbose", "true"],
     ],
 )

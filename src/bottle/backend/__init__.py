@@ -14,7 +14,6 @@ import os
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from importlib import metadata
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING
 
@@ -50,10 +49,10 @@ __all__ = [
 ENTRY_POINT_GROUP = "bottle.backends"
 BUILTIN_BACKEND = "smolmachines"
 # The built-in backend is loaded by reference, like any registered one (pyproject.toml declares
-# the same entry point): the contract never imports an implementation.
-_BUILTIN_ENTRY_POINT = metadata.EntryPoint(
-    BUILTIN_BACKEND, "bottle.backend.smolmachines:SmolmachinesBottleBackend", ENTRY_POINT_GROUP
-)
+# the same entry point): the contract never imports an implementation. importlib.metadata is
+# imported only to find a backend by name: it costs more than the rest of this module (about
+# 10 ms of start-up, with the email package it pulls in), which every command would pay.
+_BUILTIN_TARGET = "bottle.backend.smolmachines:SmolmachinesBottleBackend"
 
 
 class Bottle(abc.ABC):
@@ -143,6 +142,9 @@ class LaunchSpec:
     is refused.
     `allow_hosts` are DNS names or IP addresses (a name also allows its subdomains, every
     port); `allow_cidrs` are ranges like `10.0.0.0/8`. See `bottle.network`.
+    `install_agent` installs the agent provider's CLI while provisioning (as root, the way
+    `bottle.agent_provider` says: npm for claude and codex), for an image that lacks it; with
+    an allow-list, the provider's `install_hosts` must be among `allow_hosts`.
     """
 
     machine_name: str
@@ -163,6 +165,7 @@ class LaunchSpec:
     terminal_color: str = ""
     allow_hosts: Sequence[str] = ()
     allow_cidrs: Sequence[str] = ()
+    install_agent: bool = False
 
     def __post_init__(self) -> None:
         # Checked here, once: what passes is kept in its checked form (see bottle._validate).
@@ -195,6 +198,7 @@ class LaunchSpec:
         check.text(self.agent_provider, "agent_provider")
         check.text(self.terminal_title, "terminal_title")
         check.text(self.terminal_color, "terminal_color")
+        check.flag(self.install_agent, "install_agent")
         self._check_network()
         # What the provider, prompt mode, image, cpus, memory, title and colour may be is for
         # the backend that interprets them (it checks them before it starts anything).
@@ -303,6 +307,8 @@ class BottleBackend(abc.ABC):
 
 def available_backends() -> list[str]:
     """Names of all backends: the built-in one and those registered as entry points."""
+    from importlib import metadata
+
     names = {BUILTIN_BACKEND}
     names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
     return sorted(names)
@@ -310,7 +316,10 @@ def available_backends() -> list[str]:
 
 def get_backend(name: str) -> BottleBackend:
     """Instantiate the backend registered under `name`."""
-    found = [_BUILTIN_ENTRY_POINT] if name == BUILTIN_BACKEND else []
+    from importlib import metadata
+
+    builtin = metadata.EntryPoint(BUILTIN_BACKEND, _BUILTIN_TARGET, ENTRY_POINT_GROUP)
+    found = [builtin] if name == BUILTIN_BACKEND else []
     found += [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     for ep in found[:1]:
         factory = ep.load()

@@ -10,7 +10,7 @@ from typing import Any
 
 from bottle.backend import Bottle
 from bottle.cli._errors import PROG
-from bottle.cli._options import add_env
+from bottle.cli._options import add_env, add_retry
 from bottle.cli._secrets import from_environment
 from bottle.errors import InvalidInputError
 
@@ -30,6 +30,12 @@ def add_agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color", default="", help="terminal background colour (#rgb, #rrggbb, name)")
     p.add_argument("--no-tty", action="store_true", help="run without a terminal (no relay)")
     p.add_argument(
+        "--install-agent",
+        action="store_true",
+        help="install the provider's CLI first, as root (npm: @anthropic-ai/claude-code, "
+        "@openai/codex), for an image that lacks it",
+    )
+    p.add_argument(
         "--record",
         metavar="FILE.cast",
         help="record the session into a new file (asciicast v2, mode 0600; "
@@ -41,6 +47,7 @@ def add_agent_options(p: argparse.ArgumentParser) -> None:
         help="record typed input too (off by default: typed secrets would land in the file)",
     )
     add_env(p)
+    add_retry(p)
 
 
 def session_fields(ns: argparse.Namespace) -> dict[str, Any]:
@@ -54,6 +61,7 @@ def session_fields(ns: argparse.Namespace) -> dict[str, Any]:
         "agent_user": ns.user,
         "terminal_title": ns.title,
         "terminal_color": ns.color,
+        "install_agent": ns.install_agent,
     }
 
 

@@ -60,6 +60,17 @@ class Command(abc.ABC):
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         """Do it; return the exit status."""
 
+    def parse(self, parser: Parser, args: list[str]) -> tuple[argparse.Namespace, list[str]]:
+        """The command's options, and the arguments after the first `--` (the agent's)."""
+        extra: list[str] = []
+        if "--" in args:
+            cut = args.index("--")
+            args, extra = args[:cut], args[cut + 1 :]
+        ns = parser.parse_args(args)
+        if extra and not self.takes_extra:
+            parser.error(f"{parser.prog.split()[-1]} takes no arguments after '--'")
+        return ns, extra
+
     def parser(self, name: str) -> Parser:
         """The command's parser, global options included."""
         parser = Parser(

@@ -42,6 +42,7 @@ FLAGS = {
     "env": "-e",
     "guest_env": "-e",
     "image": "--image",
+    "install_agent": "--install-agent",
     "memory_mib": "--memory",
     "network": "--network",
     "record": "--record",
@@ -63,6 +64,8 @@ def flag(param: Param) -> str:
         return name
     if param.value is None:
         return f"no {name}"
+    if param.value is True:  # a switch: given, it is on
+        return name
     values = param.value if isinstance(param.value, (list, tuple)) else [param.value]
     return " ".join(f"{name} {shlex.quote(str(v))}" for v in values)
 

@@ -23,12 +23,9 @@ COMMANDS: dict[str, Entry] = {
         "create and start a machine, run the agent in it, then tear it down",
     ),
     "agent": Entry("bottle.cli.agent", "Agent", "run the agent in an existing, running machine"),
-    "exec": Entry(
-        "bottle.cli.exec",
-        "Exec",
-        "run a shell script in a machine, print its output, exit with its status",
-    ),
-    "cp": Entry("bottle.cli.cp", "Cp", "copy a host file into a machine"),
+    "exec": Entry("bottle.cli.exec", "Exec", "run a command in a machine, exit with its status"),
+    "shell": Entry("bottle.cli.shell", "Shell", "open an interactive shell in a machine"),
+    "cp": Entry("bottle.cli.cp", "Cp", "copy files and directories between host and machine"),
     "ls": Entry("bottle.cli.machines", "Ls", "list machines: state, image, network, age"),
     "stop": Entry("bottle.cli.machines", "Stop", "stop machines"),
     "rm": Entry("bottle.cli.machines", "Rm", "remove machines (-f: running ones too)"),
@@ -155,16 +152,10 @@ def main(
         defaults = _config_defaults(name, parser)
     except ValueError as exc:
         broken, defaults = exc, lambda ns: None  # said after parsing: --help still helps
-    extra: list[str] = []
-    if "--" in rest:
-        cut = rest.index("--")
-        rest, extra = rest[:cut], rest[cut + 1 :]
-    ns = parser.parse_args(rest)
+    ns, extra = command.parse(parser, rest)
     if broken is not None:
         return report(broken)
     defaults(ns)
-    if extra and not command.takes_extra:
-        parser.error(f"{name} takes no arguments after '--'")
     for _, long, _ in GLOBAL_OPTIONS:  # given before the command, or after it
         setattr(ns, long[2:], getattr(ns, long[2:]) or long[2:] in seen)
     _configure_logging(verbose=ns.verbose)

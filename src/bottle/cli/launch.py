@@ -20,7 +20,7 @@ from bottle.cli._agent import (
     session_fields,
 )
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
-from bottle.cli._options import add_name, positive_int
+from bottle.cli._options import add_name, positive_int, retry_policy
 from bottle.cli._progress import ProgressDisplay
 from bottle.errors import InvalidInputError
 
@@ -93,6 +93,8 @@ class Launch(Command):
             **session_fields(ns),
         )
         backend = get_backend(ns.backend)
+        if isinstance(backend, SmolmachinesBottleBackend):
+            backend.retry = retry_policy(ns)
         if ns.dry_run:
             return _dry_run(backend, spec, extra, tty=not ns.no_tty)
         display = ProgressDisplay(enabled=not ns.quiet)
