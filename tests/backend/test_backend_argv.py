@@ -42,7 +42,6 @@ def machine(fake_smolvm: Any) -> str:
 def test_agent_argv_with_smolvms_user_option(fake_smolvm: Any, version: str) -> None:
     # From release notes, not source: smolvm PR #1148's `exec --user` (1.14.0). bottle sees it
     # in `exec --help` and hands the user to smolvm: no runuser, nothing to learn first.
-    sv.clear_version_cache()
     fake_smolvm.set_fault(VERSION=version)
     image_machine(fake_smolvm, "m")
     b = SmolmachinesBottle("m", secret_env={"TOKEN": "v"})

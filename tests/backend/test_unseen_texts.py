@@ -28,11 +28,6 @@ pytestmark = pytest.mark.usefixtures("test_images")
 UNSEEN = "the VM of machine 'm' ended: killed by signal 9 (SIGKILL)"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
-
 def _statuses_after_first_exec(fake: Any) -> list[str]:
     subs = fake.subcommands()
     return [s for s in subs[subs.index("exec"):] if s == "status"]
