@@ -875,6 +875,7 @@ def run_streamed(
     feed: Callable[[IO[bytes]], None] | None = None,
     drain: Callable[[IO[bytes]], None] | None = None,
     capture_stderr: bool = False,
+    judge: Callable[[int, str], bool] | None = None,
 ) -> tuple[int, str]:
     """Run `argv` (a smolvm exec), its output passing through untouched; return (status, text).
 
@@ -884,8 +885,11 @@ def run_streamed(
     then closed: the guest reads its end) or `drain(pipe)` empties. stderr is copied to this
     process's as it comes, all but a last line in smolvm's own error shape (`Error: vm not
     found: …`) when the status is 1: that line is smolvm's failure, not the guest's output,
-    and is returned instead, for the caller to report (`classify_failure`); otherwise the text
-    is empty. With `capture_stderr` stderr is not shown: all of it is the returned text.
+    and is returned instead, for the caller to report (`classify_failure`). Any other failing
+    last line that starts `Error: ` goes to `judge(status, line)`, which says whether it is
+    smolvm's after all (a newer smolvm's words look just like a guest's line: see
+    `Smolvm.settle_exec_failure`): returned if so, shown if not. Otherwise the text is empty.
+    With `capture_stderr` stderr is not shown: all of it is the returned text.
 
     An interrupt at any point, even while the child is still starting, kills and reaps it
     before the exception goes on. The status is the child's (negative: killed by a signal).
@@ -927,6 +931,11 @@ def run_streamed(
         return status, text
     line = text.rstrip("\r\n")
     if status == 1 and "\n" not in line and _SMOLVM_ERROR.match(line):
+        return status, line
+    if (
+        judge is not None and status != 0 and "\n" not in line and line.startswith("Error: ")
+        and judge(status, line)
+    ):  # fmt: skip
         return status, line
     _write_all_quietly(2, kept)
     return status, ""
@@ -1083,22 +1092,27 @@ class Smolvm:
         status, out, err = ran
         proc = subprocess.CompletedProcess(argv, status, out, err)
         error = classify_failure(argv, status, err, machine=machine, guest=guest)
-        if guest and machine is not None and _unsettled(status, err, error):
-            error = self._by_state(argv, status, err, machine, error)
+        if guest and machine is not None:
+            error = self.settle_exec_failure(argv, status, err, machine=machine, error=error)
         return proc, error
 
-    def _by_state(
+    def settle_exec_failure(
         self,
         argv: Sequence[str],
         returncode: int,
         stderr: str,
+        *,
         machine: str,
         error: SmolvmCommandError | None,
     ) -> SmolvmCommandError | None:
-        """Settle an exec failure whose text bottle cannot read by asking for the machine's state:
-        gone is `MachineNotFoundError`, never started (`created`) `MachineNotRunningError`, any
-        other state but running `ConnectionLostError`; still running leaves it as it was (a
-        guest's own status, or smolvm's error as read)."""
+        """`error` (what `classify_failure(..., guest=True)` read in `stderr`), settled by the
+        machine's state when the text leaves open what failed: a last line in smolvm's `Error: `
+        shape that names no cause bottle knows. Then gone is `MachineNotFoundError`, never started
+        (`created`) `MachineNotRunningError`, any other state but running `ConnectionLostError`;
+        still running leaves it as it was (a guest's own status, or smolvm's error as read).
+        Anything else costs nothing: `error` comes back as it was."""
+        if not _unsettled(returncode, stderr, error):
+            return error
         try:
             state = self.state(machine)
         except BottleError as exc:  # best effort: what the text said stands

@@ -156,3 +156,37 @@ def test_smolvm_exec_wrapper_classifies_by_state_too(fake_smolvm: Any) -> None:
     fake_smolvm.set_fault(VERSION="1.16.0", DIE_AFTER=0.3)
     with pytest.raises(ConnectionLostError):
         sv.Smolvm().exec("m", ["sleep", "10"])
+
+
+# --- a command whose output passes through (run_command: `bottle exec`) ----------------------
+
+
+def test_streamed_command_vm_killed_is_connection_lost(fake_smolvm: Any, capfd: Any) -> None:
+    image_machine(fake_smolvm, "m")
+    fake_smolvm.set_fault(VERSION="1.16.0", DIE_AFTER=0.3)
+    result = SmolmachinesBottle("m").run_command(["sleep", "10"], user="root")
+    assert (result.returncode, type(result.error)) == (1, ConnectionLostError)
+    assert UNSEEN in str(result.error)
+    # smolvm's line is held back: it became bottle's error, not the command's output.
+    assert capfd.readouterr().err == ""
+
+
+def test_streamed_guest_error_line_is_shown_as_it_was(
+    fake_smolvm: Any, capfdbinary: Any
+) -> None:
+    # Held while the machine's state is asked, then shown byte for byte (not UTF-8, a CR).
+    image_machine(fake_smolvm, "m")
+    result = SmolmachinesBottle("m").run_command(
+        ["sh", "-c", r"printf 'out\n'; printf 'Error: mine \377\r\n' >&2; exit 1"], user="root"
+    )
+    assert (result.returncode, result.error) == (1, None)
+    assert capfdbinary.readouterr() == (b"out\n", b"Error: mine \xff\r\n")
+    assert _statuses_after_first_exec(fake_smolvm) == ["status"]
+
+
+def test_streamed_plain_failure_asks_nothing(fake_smolvm: Any, capfd: Any) -> None:
+    image_machine(fake_smolvm, "m")
+    result = SmolmachinesBottle("m").run_command(["sh", "-c", "echo no >&2; exit 1"], user="root")
+    assert (result.returncode, result.error) == (1, None)
+    assert capfd.readouterr().err == "no\n"
+    assert _statuses_after_first_exec(fake_smolvm) == []
