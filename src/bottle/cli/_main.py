@@ -39,6 +39,12 @@ COMMANDS: dict[str, Entry] = {
         "run a shell script in a machine, print its output, exit with its status",
     ),
     "cp": Entry("bottle.cli.cp", "Cp", "copy a host file into a machine"),
+    "attach": Entry(
+        "bottle.cli.attach", "Attach", "connect this terminal to a detached agent session"
+    ),
+    "sessions": Entry(
+        "bottle.cli.sessions", "Sessions", "list detached agent sessions (rm: forget ended ones)"
+    ),
     "relay": Entry(
         "bottle.relay.__main__", None, "run an interactive command through the PTY relay"
     ),

@@ -15,6 +15,7 @@ from bottle.cli._agent import (
 )
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
 from bottle.cli._options import add_name
+from bottle.cli._sessions import settle
 
 
 class Agent(Command):
@@ -35,6 +36,7 @@ class Agent(Command):
 
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         check_record(ns)
+        settle()
         spec = LaunchSpec(machine_name=ns.name, prompt_mode=ns.prompt_mode, **session_fields(ns))
         bottle = SmolmachinesBottle.from_spec(spec, prompt_path=ns.prompt_path)
         with recording(ns) as record, bottle:

@@ -21,6 +21,7 @@ from bottle.cli._agent import (
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
 from bottle.cli._options import add_name, positive_int
 from bottle.cli._progress import ProgressDisplay
+from bottle.cli._sessions import settle
 from bottle.errors import InvalidInputError
 
 
@@ -74,6 +75,7 @@ class Launch(Command):
 
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         check_record(ns)
+        settle()
         spec = LaunchSpec(
             machine_name=ns.name,
             image=ns.image,
