@@ -11,7 +11,6 @@ cdef enum:
     C_EV_FRAME = 7
     C_EV_CLOSED = 8
     A_CONTROL_MAX = 256
-    A_DETACH_MAX = 32
     A_RBUF = 256 * 1024
     A_SEND_MAX = 64 * 1024
     A_SEND_SLACK = 256
@@ -21,7 +20,7 @@ EV_DETACH = C_EV_DETACH
 EV_FRAME = C_EV_FRAME
 EV_CLOSED = C_EV_CLOSED
 CONTROL_MAX = A_CONTROL_MAX
-DETACH_KEYS_MAX = A_DETACH_MAX
+DETACH_KEYS_MAX = W_DETACH_KEYS_MAX
 
 
 cdef class Attach:
@@ -30,9 +29,8 @@ cdef class Attach:
     """
 
     cdef int in_fd, out_fd, sock_fd, wake_fd, size_fd, nsigs, err
-    cdef bint winch, in_tty, readonly, in_eof, sock_eof, sock_blocked, out_blocked, busy
-    cdef unsigned char dkeys[A_DETACH_MAX]
-    cdef int dlen, dpos
+    cdef bint winch, in_tty, readonly, keys, in_eof, sock_eof, sock_blocked, out_blocked, busy
+    cdef dmatch dk
     cdef unsigned char *rbuf
     cdef size_t rpos, rlen
     cdef unsigned char head[4]
@@ -50,13 +48,14 @@ cdef class Attach:
     cdef unsigned char sigs[NSIG + 1]
 
     def __cinit__(self, int in_fd, int out_fd, int sock_fd, int wake_fd=-1, int size_fd=-1, *,
-                  bint winch=True, bint in_tty=False, detach_keys=b"", bint readonly=False):
+                  bint winch=True, bint in_tty=False, detach_keys=b"", bint readonly=False,
+                  bint keys=True, unsigned long long offset=0):
         cdef Py_ssize_t i
         if not isinstance(detach_keys, bytes):
             raise TypeError(f"detach_keys must be bytes, not {type(detach_keys).__name__}")
-        if len(detach_keys) > A_DETACH_MAX:
+        if len(detach_keys) > W_DETACH_KEYS_MAX:
             raise ValueError(
-                f"detach_keys: at most {A_DETACH_MAX} keys, not {len(detach_keys)}")
+                f"detach_keys: at most {W_DETACH_KEYS_MAX} keys, not {len(detach_keys)}")
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.sock_fd = sock_fd
@@ -65,12 +64,14 @@ cdef class Attach:
         self.winch = winch
         self.in_tty = in_tty
         self.readonly = readonly
+        self.keys = keys
         self.in_eof = in_fd < 0
+        self.off = offset
         self.kind = -1
         self.frame_kind = -1
-        self.dlen = <int>len(detach_keys)
-        for i in range(self.dlen):
-            self.dkeys[i] = detach_keys[i]
+        self.dk.len = <int>len(detach_keys)
+        for i in range(self.dk.len):
+            self.dk.keys[i] = detach_keys[i]
         self.rbuf = <unsigned char *>malloc(A_RBUF)
         self.sbuf = <unsigned char *>malloc(A_SEND_MAX + A_SEND_SLACK)
         if self.rbuf == NULL or self.sbuf == NULL:
@@ -82,14 +83,14 @@ cdef class Attach:
 
     # ------------------------------------------------------------------ public
 
-    def run(self):
+    def run(self, int timeout_ms=-1):
         """Relay until an event needs Python; return it (EV_FRAME, EV_DETACH, EV_HUP,
-        EV_CLOSED or EV_SIGNAL)."""
+        EV_CLOSED or EV_SIGNAL; EV_DONE when ``timeout_ms`` >= 0 ran out first)."""
         cdef int ev
         self._enter()
         try:
             with nogil:
-                ev = self._run()
+                ev = self._run(timeout_ms)
         finally:
             self.busy = False
         if ev < 0:
@@ -156,10 +157,11 @@ cdef class Attach:
 
     # ------------------------------------------------------------------ the loop
 
-    cdef int _run(self) noexcept nogil:
+    cdef int _run(self, int timeout_ms) noexcept nogil:
         cdef pollfd fds[4]
-        cdef int n, r, iw, isk, io, ii
+        cdef int n, r, iw, isk, io, ii, timeout = -1
         cdef short sock_ev, rev
+        cdef long long deadline = _now_us() + <long long>timeout_ms * 1000, left
         while True:
             r = self._consume()
             if r != 0:
@@ -191,7 +193,7 @@ cdef class Attach:
                 io = n
                 n += 1
             if not self.in_eof:
-                if self._keys_room():
+                if self.keys and self._keys_room():
                     fds[n].fd = self.in_fd
                     fds[n].events = POLLIN
                     ii = n
@@ -205,7 +207,12 @@ cdef class Attach:
             if n == 0:
                 self.err = EINVAL
                 return -1
-            r = poll(fds, n, -1)
+            if timeout_ms >= 0:
+                left = deadline - _now_us()
+                if left <= 0:
+                    return C_EV_DONE
+                timeout = <int>((left + 999) // 1000)
+            r = poll(fds, n, timeout)
             if r < 0:
                 if errno == EINTR:
                     continue
@@ -228,6 +235,11 @@ cdef class Attach:
                 if sock_ev & POLLIN and rev & (POLLIN | POLLHUP | POLLERR):
                     self._read_sock()
             if ii >= 0 and fds[ii].revents:
+                if not self.keys:
+                    # The holder reads this terminal (a direct client): only its end matters.
+                    if fds[ii].revents & (POLLHUP | POLLERR):
+                        return C_EV_HUP
+                    continue
                 r = self._read_in(fds[ii].revents)
                 if r != 0:
                     return r
@@ -399,12 +411,12 @@ cdef class Attach:
             return C_EV_HUP
         while self._keys_room():
             self._compact(W_HEADER + A_KEYS_READ)
-            want = A_KEYS_READ - self.dpos
+            want = A_KEYS_READ - self.dk.pos
             r = read(self.in_fd, self.kbuf, want)
             if r > 0:
                 detached = False
-                n = self._match(self.kbuf, <size_t>r, self.sbuf + self.stail + W_HEADER,
-                                &detached)
+                n = _dmatch(&self.dk, self.kbuf, <size_t>r, self.sbuf + self.stail + W_HEADER,
+                            &detached)
                 if n > 0 and not self.readonly:
                     _header(self.sbuf + self.stail, W_KEYS, n)
                     self.stail += W_HEADER + n
@@ -430,36 +442,6 @@ cdef class Attach:
                 self.err = errno
                 return -1
         return 0
-
-    cdef size_t _match(self, const unsigned char *data, size_t n, unsigned char *out,
-                       bint *detached) noexcept nogil:
-        # The keys of data to send, into out (at most dpos + n bytes); detached[0] set when
-        # the detach sequence was completed (what follows it in data is dropped).
-        cdef size_t i, o = 0
-        cdef unsigned char b
-        if self.dlen == 0 or (self.dpos == 0 and memchr(data, self.dkeys[0], n) == NULL):
-            memcpy(out, data, n)
-            return n
-        for i in range(n):
-            b = data[i]
-            if b == self.dkeys[self.dpos]:
-                self.dpos += 1
-                if self.dpos == self.dlen:
-                    self.dpos = 0
-                    detached[0] = True
-                    return o
-                continue
-            if self.dpos:
-                # Not the sequence after all: its keys go as they were typed.
-                memcpy(out + o, self.dkeys, self.dpos)
-                o += self.dpos
-                self.dpos = 0
-                if b == self.dkeys[0]:
-                    self.dpos = 1
-                    continue
-            out[o] = b
-            o += 1
-        return o
 
     # ------------------------------------------------------------------ signals and size
 

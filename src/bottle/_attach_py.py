@@ -29,17 +29,19 @@ import threading
 import time
 
 from bottle import _sessionwire as wire
-from bottle._ptyrelay_py import EV_HUP, EV_SIGNAL
+from bottle._ptyrelay_py import EV_DONE, EV_HUP, EV_SIGNAL
 
 __all__ = [
     "CONTROL_MAX",
     "DETACH_KEYS_MAX",
     "EV_CLOSED",
     "EV_DETACH",
+    "EV_DONE",
     "EV_FRAME",
     "EV_HUP",
     "EV_SIGNAL",
     "Attach",
+    "match_keys",
 ]
 
 EV_DETACH = 6
@@ -49,7 +51,7 @@ EV_CLOSED = 8
 # The longest payload of a frame other than OUTPUT that a holder sends (ERROR, at most
 # ERROR_MAX bytes; ATTACHED 14): anything longer breaks the protocol.
 CONTROL_MAX = 256
-DETACH_KEYS_MAX = 32
+DETACH_KEYS_MAX = wire.DETACH_KEYS_MAX
 # The socket's bytes are read into this buffer (several OUTPUT frames at a time under a
 # stream); the keys go out through one of SEND_MAX, with room kept for a RESIZE and the
 # frames Python queues (`send`).
@@ -67,6 +69,29 @@ _WINSIZE = struct.Struct("HHHH")
 _SIGWINCH = int(signal.SIGWINCH)
 
 
+def match_keys(seq: bytes, pos: int, data: bytes) -> tuple[bytes, int, bool]:
+    """Watch typed ``data`` for the detach sequence ``seq`` (``pos`` of its keys matched
+    before, and held back): the keys to send on, the keys matched now, and whether the
+    sequence is complete (what follows it in ``data`` is dropped)."""
+    if not seq or (not pos and seq[0] not in data):
+        return data, pos, False
+    out = bytearray()
+    for b in data:
+        if b == seq[pos]:
+            pos += 1
+            if pos == len(seq):
+                return bytes(out), 0, True
+            continue
+        if pos:
+            out += seq[:pos]  # not the sequence after all: its keys go as they were typed
+            pos = 0
+            if b == seq[0]:
+                pos = 1
+                continue
+        out.append(b)
+    return bytes(out), pos, False
+
+
 class Attach:
     """Copy the user's keys to a session holder's socket and its output back, until something
     needs Python.
@@ -79,7 +104,10 @@ class Attach:
     hang-up; otherwise the keyboard is just no longer read. ``detach_keys`` (at most
     DETACH_KEYS_MAX bytes; empty for none) typed in a row end the run with EV_DETACH; they
     never reach the holder. A ``readonly`` client sends no keys at all, but its detach keys
-    work. One thread at a time may run it.
+    work. With ``keys`` False the loop never reads ``in_fd`` (a direct client: the holder
+    reads that terminal) and only watches it for a hang-up. ``offset`` is the output offset
+    the connection starts at, when its ATTACHED frame was read before the loop. One thread at
+    a time may run it.
     """
 
     def __init__(
@@ -94,6 +122,8 @@ class Attach:
         in_tty: bool = False,
         detach_keys: bytes = b"",
         readonly: bool = False,
+        keys: bool = True,
+        offset: int = 0,
     ) -> None:
         if not isinstance(detach_keys, bytes):
             raise TypeError(f"detach_keys must be bytes, not {type(detach_keys).__name__}")
@@ -110,6 +140,7 @@ class Attach:
         self._in_tty = in_tty
         self._keys = detach_keys
         self._readonly = readonly
+        self._read_keys = keys
         self._dpos = 0  # detach keys matched so far (held back)
         self._in_eof = in_fd < 0
         self._sbuf = bytearray()  # frames for the socket
@@ -123,7 +154,7 @@ class Attach:
         self._left = 0  # its payload bytes still to come
         self._control = bytearray()
         self._frame: tuple[int, bytes] | None = None  # the frame `frame()` returns
-        self._offset = 0
+        self._offset = offset
         self._sigs = bytearray()
         self._busy = threading.Lock()
         self._poll = select.poll()
@@ -131,17 +162,20 @@ class Attach:
 
     # ------------------------------------------------------------------ public
 
-    def run(self) -> int:
+    def run(self, timeout_ms: int = -1) -> int:
         """Relay until an event needs Python; return it.
 
         EV_FRAME (a frame other than OUTPUT arrived: see `frame`), EV_DETACH (the detach
         keys were typed), EV_HUP (the user's terminal went away), EV_CLOSED (the holder
-        closed the connection, or it broke) or EV_SIGNAL (see `signals`).
+        closed the connection, or it broke) or EV_SIGNAL (see `signals`); EV_DONE when
+        ``timeout_ms`` >= 0 ran out first (a bounded wait on the way out: while it runs for
+        good the loop has no timer).
         """
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this Attach is already running in another thread")
         try:
-            return self._run()
+            deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms >= 0 else None
+            return self._run(deadline)
         finally:
             self._busy.release()
 
@@ -200,7 +234,7 @@ class Attach:
 
     # ------------------------------------------------------------------ loop
 
-    def _wait(self, want: dict[int, int]) -> dict[int, int]:
+    def _wait(self, want: dict[int, int], timeout: int) -> dict[int, int]:
         registered = self._registered
         for fd in [fd for fd in registered if fd not in want]:
             self._poll.unregister(fd)
@@ -209,13 +243,9 @@ class Attach:
             if registered.get(fd) != events:
                 self._poll.register(fd, events)
                 registered[fd] = events
-        while True:
-            try:
-                return dict(self._poll.poll(-1))
-            except InterruptedError:
-                continue
+        return dict(self._poll.poll(timeout))
 
-    def _run(self) -> int:
+    def _run(self, deadline: float | None) -> int:
         while True:
             ev = self._consume()
             if ev:
@@ -239,13 +269,21 @@ class Attach:
             if self._out_blocked:
                 want[self._out_fd] = _POLLOUT
             if not self._in_eof:
-                if len(self._sbuf) <= _SEND_MAX - (wire.HEADER_SIZE + _KEYS_READ):
+                if self._read_keys and len(self._sbuf) <= _SEND_MAX - (
+                    wire.HEADER_SIZE + _KEYS_READ
+                ):
                     want[self._in_fd] = _POLLIN
                 elif self._in_tty:
                     want[self._in_fd] = 0  # nothing to read for now; a hang-up must be seen
             if not want:
                 raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-            ready = self._wait(want)
+            timeout = -1
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return EV_DONE
+                timeout = int(left * 1000) + 1
+            ready = self._wait(want, timeout)
             if any(rev & _POLLNVAL for rev in ready.values()):
                 raise OSError(errno.EBADF, os.strerror(errno.EBADF))
             if self._wake_fd >= 0 and self._wake_fd in ready and self._read_wake():
@@ -257,7 +295,12 @@ class Attach:
                 self._sock_blocked = False
             if sock_ev & _POLLIN and rev & (_POLLIN | _POLLHUP | _POLLERR):
                 self._read_sock()
-            if not self._in_eof and self._in_fd in ready:
+            if not self._in_eof and ready.get(self._in_fd, 0):
+                if not self._read_keys:
+                    # The holder reads this terminal (a direct client): only its end matters.
+                    if ready[self._in_fd] & (_POLLHUP | _POLLERR):
+                        return EV_HUP
+                    continue
                 ev = self._read_in(ready[self._in_fd])
                 if ev:
                     return ev
@@ -402,7 +445,7 @@ class Attach:
                     return EV_HUP
                 self._in_eof = True
                 return 0
-            keys, detached = self._match(data)
+            keys, self._dpos, detached = match_keys(self._keys, self._dpos, data)
             if keys and not self._readonly:
                 self._sbuf += wire.header(wire.KEYS, len(keys)) + keys
             if detached:
@@ -412,28 +455,6 @@ class Attach:
             if len(data) < _KEYS_READ - self._dpos:
                 return 0  # a short read took all there was
         return 0
-
-    def _match(self, data: bytes) -> tuple[bytes, bool]:
-        """The keys of ``data`` to send, and whether the detach sequence was completed."""
-        seq = self._keys
-        if not seq or (not self._dpos and seq[0] not in data):
-            return data, False
-        out = bytearray()
-        for b in data:
-            if b == seq[self._dpos]:
-                self._dpos += 1
-                if self._dpos == len(seq):
-                    self._dpos = 0
-                    return bytes(out), True
-                continue
-            if self._dpos:
-                out += seq[: self._dpos]  # not the sequence after all: typed as it came
-                self._dpos = 0
-                if b == seq[0]:
-                    self._dpos = 1
-                    continue
-            out.append(b)
-        return bytes(out), False
 
     # ------------------------------------------------------------------ signals and size
 

@@ -412,6 +412,7 @@ def attach(
     since: int = wire.SINCE_OLDEST,
     redraw: bool = True,
     decoration: Decoration | None = None,
+    direct: bool | None = None,
 ) -> AttachResult:
     """Attach this process's terminal (``stdin_fd``, ``stdout_fd``) to a session until the
     user detaches or the session ends; how it ended.
@@ -427,6 +428,11 @@ def attach(
     is written once attached and reset on the way out. The terminal's exact settings come
     back on every way out, whatever it was (see `bottle.sessions._client`).
 
+    Where keys and output are one terminal, the client hands it to the holder, which then
+    reads the keys and writes the output itself (``direct``: one process less on the way,
+    as in a session run in process; see `bottle._sessionwire`); ``direct=False`` keeps it
+    in this process (frames over the socket), as it does for anything else.
+
     Raises:
         SessionNotFoundError: no such session.
         SessionEndedError: the session is over (its status and last output attached): the
@@ -437,8 +443,16 @@ def attach(
     keys = parse_detach_keys(detach_keys)
     found = find_session(session) if isinstance(session, str) else session
 
-    def connect_at(at: int, size: tuple[int, int], repaint: bool) -> socket.socket:
-        return _connect(found, readonly, size, repaint, at, 10.0)
+    def connect_at(
+        at: int, size: tuple[int, int], repaint: bool, hand_over: bool
+    ) -> tuple[socket.socket, int, int]:
+        sock = _connect(found, readonly, size, repaint, at, 10.0, hand_over)
+        try:
+            flags, offset = _greeted(found, sock)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, flags, offset
 
     return _run_client(
         connect_at,
@@ -449,7 +463,36 @@ def attach(
         stdout_fd=stdout_fd,
         redraw=redraw,
         decoration=decoration,
+        direct=direct,
     )
+
+
+def _greeted(session: Session, sock: socket.socket) -> tuple[int, int]:
+    """Read the holder's first frame: ATTACHED's (flags, offset); an ERROR (the holder
+    refused) or a connection closed at once (the session ended meanwhile) raise."""
+
+    def take(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise _ended(session) if not session.running() else SessionError(
+                    f"session {session.name!r}: the holder closed the connection"
+                )
+            data += chunk
+        return data
+
+    head = take(wire.HEADER_SIZE)
+    kind, length = head[0], int.from_bytes(head[1:], "big")
+    if length > wire.ERROR_MAX + 64:
+        raise SessionError(f"session {session.name!r}: the holder sent a bad first frame")
+    payload = take(length)
+    if kind == wire.ERROR:
+        raise SessionError(f"session {session.name!r}: {payload.decode(errors='replace')}")
+    if kind != wire.ATTACHED:
+        raise SessionError(f"session {session.name!r}: the holder sent a bad first frame")
+    _, flags, _, _, offset = wire.parse_attached(payload)
+    return flags, offset
 
 
 def _ended(session: Session) -> SessionEndedError:
@@ -468,6 +511,7 @@ def _connect(
     redraw: bool,
     since: int,
     timeout: float | None,
+    direct: bool = False,
 ) -> socket.socket:
     sdir = session._dir
     sdir.check()
@@ -493,7 +537,9 @@ def _connect(
                 f"session {session.name!r}: the process behind {sdir.socket_path} runs as "
                 f"uid {uid}, not as you; refused"
             )
-        sock.sendall(wire.attach(rows, cols, readonly=readonly, redraw=redraw, since=since))
+        sock.sendall(
+            wire.attach(rows, cols, readonly=readonly, redraw=redraw, since=since, direct=direct)
+        )
     except BaseException:
         sock.close()
         raise

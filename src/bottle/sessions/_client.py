@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import socket
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -128,8 +129,9 @@ class AttachResult:
     offset: int = 0
 
 
-# connect(since, size, redraw): a connected socket whose ATTACH frame went out.
-Connect = Callable[[int, tuple[int, int], bool], socket.socket]
+# connect(since, size, redraw, direct): a connected socket whose ATTACHED frame was read, the
+# flags it took and the output offset it starts at.
+Connect = Callable[[int, tuple[int, int], bool, bool], tuple[socket.socket, int, int]]
 
 
 def run(
@@ -142,11 +144,11 @@ def run(
     stdout_fd: int,
     redraw: bool,
     decoration: Decoration | None,
+    direct: bool | None,
 ) -> AttachResult:
     """Attach the terminal on ``stdin_fd``/``stdout_fd`` until one of the ways out."""
-    return _Client(connect, readonly, detach_keys, stdin_fd, stdout_fd, decoration).run(
-        since, redraw
-    )
+    c = _Client(connect, readonly, detach_keys, stdin_fd, stdout_fd, decoration, direct)
+    return c.run(since, redraw)
 
 
 class _Client:
@@ -158,6 +160,7 @@ class _Client:
         stdin_fd: int,
         stdout_fd: int,
         decoration: Decoration | None,
+        direct: bool | None,
     ) -> None:
         self._connect = connect
         self._readonly = readonly
@@ -165,10 +168,12 @@ class _Client:
         self._stdin_fd = stdin_fd
         self._stdout_fd = stdout_fd
         self._decoration = decoration
+        self._want_direct = direct
         self._undo = ExitStack()
         self._term: UserTerminal | None = None
         self._wake_fd = -1
         self._loop_fds = (-1, -1)
+        self._direct = False  # the holder has the terminal (see `bottle._sessionwire`)
 
     def run(self, since: int, redraw: bool) -> AttachResult:
         with self._undo:
@@ -176,29 +181,47 @@ class _Client:
             # Listen for SIGWINCH before reading the size, so that no window change is lost.
             self._wake_fd = term.catch_signals(_CAUGHT, _KEPT_IF_IGNORED)
             size = term.window() or DEFAULT_SIZE
+            direct = self._can_hand_over(term) if self._want_direct is not False else False
             # Connected before the terminal is touched: a session that is over or cannot be
             # reached leaves it as it was.
-            sock = self._connect(since, size, redraw)
+            sock, flags, offset = self._connect(since, size, redraw, direct)
             self._undo.callback(_close, sock)
             self._loop_fds = term.loop_descriptors()
             term.make_raw(keep_output=False)  # the holder's pty processed the output already
             if self._decoration is not None and term.out_tty:
                 self._write(self._decoration.start.encode())
                 self._undo.callback(self._reset_decoration)
-            result = self._relay(sock)
+            result = self._relay(self._start(sock, flags, offset))
             if result.ended != "hangup" and term.out_tty:
                 self._write(LEAVE)
             return result
+
+    @staticmethod
+    def _can_hand_over(term: UserTerminal) -> bool:
+        """Whether the terminal can go to the holder: keys and output on one terminal."""
+        if not (term.in_tty and term.out_tty):
+            return False
+        try:
+            return os.fstat(term.in_fd).st_rdev == os.fstat(term.out_fd).st_rdev
+        except OSError:
+            return False
 
     def _reset_decoration(self) -> None:
         assert self._decoration is not None
         self._write(self._decoration.reset.encode())
 
-    def _loop(self, sock: socket.socket) -> client.Attach:
+    def _start(
+        self, sock: socket.socket, flags: int, offset: int
+    ) -> tuple[socket.socket, client.Attach]:
+        """The loop for a connection; a direct one's terminal handed over first."""
         assert self._term is not None
-        sock.setblocking(False)
         in_fd, out_fd = self._loop_fds
-        return client.Attach(
+        self._direct = bool(flags & wire.DIRECT) and in_fd == out_fd and in_fd >= 0
+        if self._direct:
+            # Blocking: the TERMINAL frame goes whole, with the descriptor on its first byte.
+            socket.send_fds(sock, [wire.frame(wire.TERMINAL, self._keys)], [in_fd])
+        sock.setblocking(False)
+        loop = client.Attach(
             in_fd,
             out_fd,
             sock.fileno(),
@@ -207,15 +230,18 @@ class _Client:
             in_tty=self._term.in_tty,
             detach_keys=self._keys,
             readonly=self._readonly,
+            keys=not self._direct,
+            offset=offset,
         )
+        return sock, loop
 
-    def _relay(self, sock: socket.socket) -> AttachResult:
-        loop = self._loop(sock)
+    def _relay(self, conn: tuple[socket.socket, client.Attach]) -> AttachResult:
+        sock, loop = conn
         while True:
             event = loop.run()
             if event == client.EV_FRAME:
                 kind, payload = loop.frame()
-                if kind == wire.DROPPED:
+                if kind == wire.DROPPED and not self._direct:
                     self._dropped(loop, wire.parse_dropped(payload))
                 elif kind == wire.EXIT:
                     return AttachResult("exited", status=wire.parse_exit(payload),
@@ -223,26 +249,27 @@ class _Client:
                 elif kind == wire.ERROR:
                     message = payload.decode(errors="replace")
                     return AttachResult("refused", message=message, offset=loop.offset)
+                elif kind == wire.DETACHED:
+                    reason, offset = wire.parse_detached(payload)
+                    ended = "hangup" if reason == wire.DETACHED_HANGUP else "detached"
+                    return AttachResult(ended, offset=offset)
             elif event == client.EV_DETACH:
-                return self._leave(loop, AttachResult("detached", offset=loop.offset))
+                return self._leave(loop, AttachResult("detached"))
             elif event == client.EV_HUP:
-                return self._leave(loop, AttachResult("hangup", offset=loop.offset))
+                return self._leave(loop, AttachResult("hangup"))
             elif event == client.EV_CLOSED:
                 return AttachResult("lost", offset=loop.offset)
             elif event == client.EV_SIGNAL:
                 for sig in loop.signals():
                     if sig == signal.SIGHUP:
-                        result = AttachResult("hangup", signal=sig, offset=loop.offset)
-                        return self._leave(loop, result)
+                        return self._leave(loop, AttachResult("hangup", signal=sig))
                     if sig in _DETACHING:
-                        result = AttachResult("signal", signal=sig, offset=loop.offset)
-                        return self._leave(loop, result)
+                        return self._leave(loop, AttachResult("signal", signal=sig))
                     if sig == signal.SIGTSTP:
                         resumed = self._suspend(loop, sock)
                         if isinstance(resumed, AttachResult):
                             return resumed
-                        sock = resumed
-                        loop = self._loop(sock)
+                        sock, loop = resumed
                     elif sig == signal.SIGCONT:
                         assert self._term is not None
                         self._term.resume()
@@ -250,40 +277,55 @@ class _Client:
 
     def _dropped(self, loop: client.Attach, count: int) -> None:
         """Output this client will never get: say so, and have the program repaint."""
-        self._write(
-            f"\r\n[bottle: {count} bytes of the session's output were dropped here; "
-            "redrawing]\r\n".encode()
-        )
+        self._write(wire.DROPPED_NOTICE.format(count).encode())
         with contextlib.suppress(BlockingIOError):
             loop.send(wire.frame(wire.REDRAW))
 
     def _leave(self, loop: client.Attach, result: AttachResult) -> AttachResult:
-        """Detach: say goodbye to the holder (closing the connection would do too)."""
+        """Detach: say goodbye to the holder (closing the connection would do too), and have
+        the terminal back from it; ``result`` with the offset reached."""
+        offset = self._let_go(loop)
+        return AttachResult(result.ended, signal=result.signal, offset=offset)
+
+    def _let_go(self, loop: client.Attach) -> int:
+        """Send DETACH; a direct client waits (a while) until the holder has let go of its
+        terminal. The output offset reached."""
         with contextlib.suppress(BlockingIOError):
             loop.send(wire.frame(wire.DETACH))
-        loop.flush(_DETACH_FLUSH_MS)
-        return result
+        if not loop.flush(_DETACH_FLUSH_MS) or not self._direct:
+            return loop.offset
+        deadline = time.monotonic() + _DETACH_FLUSH_MS / 1000
+        while (left := deadline - time.monotonic()) > 0:
+            event = loop.run(int(left * 1000) + 1)
+            if event == client.EV_FRAME:
+                kind, payload = loop.frame()
+                if kind == wire.DETACHED:
+                    return wire.parse_detached(payload)[1]
+                if kind in (wire.EXIT, wire.ERROR):
+                    break
+            elif event in (client.EV_CLOSED, client.EV_DONE, client.EV_HUP):
+                break
+        return loop.offset
 
-    def _suspend(self, loop: client.Attach, sock: socket.socket) -> socket.socket | AttachResult:
+    def _suspend(
+        self, loop: client.Attach, sock: socket.socket
+    ) -> tuple[socket.socket, client.Attach] | AttachResult:
         """SIGTSTP: detach, stop with the terminal's settings back, and attach again once
         continued, from where the output left off."""
         assert self._term is not None
-        offset = loop.offset
-        with contextlib.suppress(BlockingIOError):
-            loop.send(wire.frame(wire.DETACH))
-        loop.flush(_DETACH_FLUSH_MS)
+        offset = self._let_go(loop)
         _close(sock)
         self._term.stop()
         self._term.resume()
         size = self._term.window() or DEFAULT_SIZE
         try:
-            new = self._connect(offset, size, False)
+            new, flags, start = self._connect(offset, size, False, self._direct)
         except SessionEndedError as exc:
             if exc.status is None:
                 return AttachResult("lost", offset=offset)
             return AttachResult("exited", status=exc.status, offset=offset)
         self._undo.callback(_close, new)
-        return new
+        return self._start(new, flags, start)
 
     def _write(self, data: bytes) -> None:
         """Write to the terminal outside the loop (a notice; the way out): a terminal that
