@@ -314,3 +314,25 @@ def test_arguments(mod: ModuleType) -> None:
         mod.Attach(-1, 1, 1, detach_keys="ctrl-p")
     with pytest.raises(RuntimeError, match="no frame"):
         mod.Attach(-1, 1, 1).frame()
+
+
+def test_direct_loop_leaves_the_keys_to_the_holder(mod: ModuleType) -> None:
+    # keys=False: the holder reads this terminal; the loop only sees it hang up.
+    r = Rig(mod, keys=False, offset=500)
+    try:
+        assert r.loop.offset == 500
+        os.write(r.keyboard, b"for the holder")
+        assert r.loop.run(200) == mod.EV_DONE  # a bounded wait: nothing happened
+        got = b""
+        while len(got) < 14:
+            got += os.read(r.tty, 64)
+        assert got == b"for the holder"  # still there: the loop never read it
+        r.send(wire.detached(wire.DETACHED_KEYS, 512))
+        r.start()
+        assert r.event() == mod.EV_FRAME
+        assert r.loop.frame() == (wire.DETACHED, wire.detached(wire.DETACHED_KEYS, 512)[4:])
+        r.start()
+        os.close(r.keyboard)
+        assert r.event() == mod.EV_HUP
+    finally:
+        r.close()
