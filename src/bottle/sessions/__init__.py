@@ -428,10 +428,11 @@ def attach(
     is written once attached and reset on the way out. The terminal's exact settings come
     back on every way out, whatever it was (see `bottle.sessions._client`).
 
-    Where keys and output are one terminal, the client hands it to the holder, which then
-    reads the keys and writes the output itself (``direct``: one process less on the way,
-    as in a session run in process; see `bottle._sessionwire`); ``direct=False`` keeps it
-    in this process (frames over the socket), as it does for anything else.
+    Where keys and output are one terminal, a writer hands it to the holder, which then
+    reads the keys and writes the output itself (``direct``: one process less each way, as
+    in a session run in process; see `bottle._sessionwire`). A watcher keeps its terminal
+    (the holder sends it frames, and its own process writes them), unless ``direct=True``;
+    ``direct=False`` keeps a writer's too, as happens anyway where there is no such terminal.
 
     Raises:
         SessionNotFoundError: no such session.

@@ -181,7 +181,10 @@ class _Client:
             # Listen for SIGWINCH before reading the size, so that no window change is lost.
             self._wake_fd = term.catch_signals(_CAUGHT, _KEPT_IF_IGNORED)
             size = term.window() or DEFAULT_SIZE
-            direct = self._can_hand_over(term) if self._want_direct is not False else False
+            # A watcher keeps its terminal unless told otherwise: the hand-over saves a hop for
+            # typing, and would cost the holder's one loop a terminal's writes per watcher.
+            wanted = not self._readonly if self._want_direct is None else self._want_direct
+            direct = wanted and self._can_hand_over(term)
             # Connected before the terminal is touched: a session that is over or cannot be
             # reached leaves it as it was.
             sock, flags, offset = self._connect(since, size, redraw, direct)
