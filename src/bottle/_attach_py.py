@@ -29,6 +29,7 @@ import threading
 import time
 
 from bottle import _sessionwire as wire
+from bottle._hub_py import Poller, match_keys
 from bottle._ptyrelay_py import EV_DONE, EV_HUP, EV_SIGNAL
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "EV_HUP",
     "EV_SIGNAL",
     "Attach",
-    "match_keys",
 ]
 
 EV_DETACH = 6
@@ -67,29 +67,6 @@ _POLLERR = select.POLLERR
 _POLLNVAL = select.POLLNVAL
 _WINSIZE = struct.Struct("HHHH")
 _SIGWINCH = int(signal.SIGWINCH)
-
-
-def match_keys(seq: bytes, pos: int, data: bytes) -> tuple[bytes, int, bool]:
-    """Watch typed ``data`` for the detach sequence ``seq`` (``pos`` of its keys matched
-    before, and held back): the keys to send on, the keys matched now, and whether the
-    sequence is complete (what follows it in ``data`` is dropped)."""
-    if not seq or (not pos and seq[0] not in data):
-        return data, pos, False
-    out = bytearray()
-    for b in data:
-        if b == seq[pos]:
-            pos += 1
-            if pos == len(seq):
-                return bytes(out), 0, True
-            continue
-        if pos:
-            out += seq[:pos]  # not the sequence after all: its keys go as they were typed
-            pos = 0
-            if b == seq[0]:
-                pos = 1
-                continue
-        out.append(b)
-    return bytes(out), pos, False
 
 
 class Attach:
@@ -157,8 +134,7 @@ class Attach:
         self._offset = offset
         self._sigs = bytearray()
         self._busy = threading.Lock()
-        self._poll = select.poll()
-        self._registered: dict[int, int] = {}
+        self._poller = Poller()
 
     # ------------------------------------------------------------------ public
 
@@ -234,17 +210,6 @@ class Attach:
 
     # ------------------------------------------------------------------ loop
 
-    def _wait(self, want: dict[int, int], timeout: int) -> dict[int, int]:
-        registered = self._registered
-        for fd in [fd for fd in registered if fd not in want]:
-            self._poll.unregister(fd)
-            del registered[fd]
-        for fd, events in want.items():
-            if registered.get(fd) != events:
-                self._poll.register(fd, events)
-                registered[fd] = events
-        return dict(self._poll.poll(timeout))
-
     def _run(self, deadline: float | None) -> int:
         while True:
             ev = self._consume()
@@ -283,7 +248,7 @@ class Attach:
                 if left <= 0:
                     return EV_DONE
                 timeout = int(left * 1000) + 1
-            ready = self._wait(want, timeout)
+            ready = self._poller.wait(want, timeout)
             if any(rev & _POLLNVAL for rev in ready.values()):
                 raise OSError(errno.EBADF, os.strerror(errno.EBADF))
             if self._wake_fd >= 0 and self._wake_fd in ready and self._read_wake():

@@ -42,7 +42,6 @@ import threading
 import time
 
 from bottle import _sessionwire as wire
-from bottle._attach_py import match_keys
 from bottle._ptyrelay_py import (
     _REC_PIPE_SIZE,
     _REC_SLACK,
@@ -66,6 +65,8 @@ __all__ = [
     "STALL_PROGRESS",
     "TWITCH_MS",
     "Hub",
+    "Poller",
+    "match_keys",
     "peer_uid",
 ]
 
@@ -125,6 +126,50 @@ def peer_uid(fd: int) -> int:
 
 def _now_us() -> int:
     return time.monotonic_ns() // 1000
+
+
+def match_keys(seq: bytes, pos: int, data: bytes) -> tuple[bytes, int, bool]:
+    """Watch typed ``data`` for the detach sequence ``seq`` (``pos`` of its keys matched
+    before, and held back): the keys to send on, the keys matched now, and whether the
+    sequence is complete (what follows it in ``data`` is dropped)."""
+    if not seq or (not pos and seq[0] not in data):
+        return data, pos, False
+    out = bytearray()
+    for b in data:
+        if b == seq[pos]:
+            pos += 1
+            if pos == len(seq):
+                return bytes(out), 0, True
+            continue
+        if pos:
+            out += seq[:pos]  # not the sequence after all: its keys go as they were typed
+            pos = 0
+            if b == seq[0]:
+                pos = 1
+                continue
+        out.append(b)
+    return bytes(out), pos, False
+
+
+class Poller:
+    """poll() over a set of descriptors that changes from one wait to the next: only what
+    changed is registered again."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._registered: dict[int, int] = {}
+
+    def wait(self, want: dict[int, int], timeout: int) -> dict[int, int]:
+        """Wait for the events ``want`` asks of each descriptor; those that came."""
+        registered = self._registered
+        for fd in [fd for fd in registered if fd not in want]:
+            self._poll.unregister(fd)
+            del registered[fd]
+        for fd, events in want.items():
+            if registered.get(fd) != events:
+                self._poll.register(fd, events)
+                registered[fd] = events
+        return dict(self._poll.poll(timeout))
 
 
 class _Recorder:
@@ -435,8 +480,7 @@ class Hub:
         self._master_blocked = False
         self._sigs = bytearray()
         self._busy = threading.Lock()
-        self._poll = select.poll()
-        self._registered: dict[int, int] = {}
+        self._poller = Poller()
         self._changed = False
         self._refused = 0
         self._lagged = 0
@@ -587,17 +631,6 @@ class Hub:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this Hub is already running in another thread")
 
-    def _wait(self, want: dict[int, int], timeout: int) -> dict[int, int]:
-        registered = self._registered
-        for fd in [fd for fd in registered if fd not in want]:
-            self._poll.unregister(fd)
-            del registered[fd]
-        for fd, events in want.items():
-            if registered.get(fd) != events:
-                self._poll.register(fd, events)
-                registered[fd] = events
-        return dict(self._poll.poll(timeout))
-
     def _run(self) -> int:
         while True:
             timeout = -1
@@ -643,7 +676,7 @@ class Hub:
                     want[c.term] = ev | (_POLLOUT if c.tblocked else 0)
             if rec is not None and rec.pending:
                 want[rec.fd] = _POLLOUT
-            ready = self._wait(want, timeout)
+            ready = self._poller.wait(want, timeout)
             if any(rev & _POLLNVAL for rev in ready.values()):
                 raise OSError(errno.EBADF, os.strerror(errno.EBADF))
             if self._wake_fd in ready and self._read_wake():
@@ -721,7 +754,7 @@ class Hub:
                 if c.term >= 0:
                     want[c.term] = _POLLOUT if c.tblocked else 0
             started = _now_us()
-            ready = self._wait(want, timeout)
+            ready = self._poller.wait(want, timeout)
             if master_polled:
                 budget -= _now_us() - started
                 if not ready:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
+from harness.sessions import loop_module
 from harness.terminal import set_winsize
 
 from bottle import _attach_py
@@ -27,24 +28,9 @@ CONSTANTS = ("EV_SIGNAL", "EV_HUP", "EV_DETACH", "EV_FRAME", "EV_CLOSED", "CONTR
 TIMEOUT = 10.0
 
 
-def native() -> ModuleType | None:
-    try:
-        import bottle._ptyrelay as mod
-    except ImportError:
-        return None
-    return mod
-
-
 @pytest.fixture(params=["native", "pure"])
 def mod(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "pure":
-        return _attach_py
-    found = native()
-    if found is None:
-        if os.environ.get("BOTTLE_REQUIRE_EXTENSION", "") not in ("", "0"):
-            pytest.fail("BOTTLE_REQUIRE_EXTENSION is set but bottle._ptyrelay is not importable")
-        pytest.skip("native extension not built")
-    return found
+    return loop_module(request.param, _attach_py)
 
 
 class Rig:

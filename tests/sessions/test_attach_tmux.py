@@ -81,6 +81,11 @@ def same_settings(t: TmuxServer, window: str) -> None:
     assert before == after
 
 
+def written(path: Path) -> bool:
+    """Whether stty's line is in ``path`` (the shell creates the file before stty writes)."""
+    return path.exists() and path.read_text().endswith("\n")
+
+
 def clients_in(t: TmuxServer) -> list[int]:
     """The attach clients running in tmux's windows."""
     found = []
@@ -217,7 +222,7 @@ def test_a_stop_detaches_and_fg_attaches_again_where_it_left_off(
     during = shlex.quote(str(tmux.tmp / "a.during"))
     tmux.type("a", f"stty -g > {during}")
     tmux.keys("a", "Enter")
-    wait_for(lambda: (tmux.tmp / "a.during").exists(), "the shell to run stty")
+    wait_for(lambda: written(tmux.tmp / "a.during"), "the shell to run stty")
     # Meanwhile the program goes on, and nobody waits for the stopped terminal.
     other = Client.attach(s, since=sessions.wire.SINCE_NOW)
     other.keys(b"2")
@@ -234,7 +239,7 @@ def test_a_stop_detaches_and_fg_attaches_again_where_it_left_off(
     tmux.wait_screen("a", lambda x: x.rstrip().endswith("prompt>"), "the shell again")
     tmux.type("a", f"stty -g > {after}")
     tmux.keys("a", "Enter")
-    wait_for(lambda: (tmux.tmp / "a.after").exists(), "the shell to run stty")
+    wait_for(lambda: written(tmux.tmp / "a.after"), "the shell to run stty")
     same_settings(tmux, "a")
     assert (tmux.tmp / "a.during").read_text() == (tmux.tmp / "a.before").read_text()
 

@@ -10,8 +10,9 @@ import os
 import select
 import socket
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness.sessions import TIMEOUT, Client, Sessions, blob_program, size_report, wait_for
@@ -32,8 +33,10 @@ class Direct:
         since: int = wire.SINCE_OLDEST,
         size: tuple[int, int] = (24, 80),
     ) -> None:
+        # The terminal: its far end (the emulator's), and a descriptor of it that stays open
+        # as the user's shell's would.
         self.master, slave = os.openpty()
-        self.slave_name = os.ttyname(slave)
+        self.shell = slave
         tty.setraw(slave)
         self.client = Client.raw(session.socket_path)
         self.client.send(wire.attach(*size, readonly=readonly, since=since, direct=True))
@@ -43,7 +46,6 @@ class Direct:
         self.client.sock.setblocking(True)
         socket.send_fds(self.client.sock, [wire.frame(wire.TERMINAL, keys)], [slave])
         self.client.sock.setblocking(False)
-        os.close(slave)  # the holder has it now
         self.screen = bytearray()
 
     def type(self, data: bytes) -> None:
@@ -79,15 +81,25 @@ class Direct:
         return wire.parse_detached(found[0])
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.master)
+        for fd in (self.master, self.shell):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self.client.close()
 
 
+Attacher = Callable[..., Direct]
+
+
 @pytest.fixture
-def direct(holders: Sessions) -> Iterator[list[Direct]]:
+def direct(holders: Sessions) -> Iterator[Attacher]:
+    """Attach a direct client (`Direct`'s arguments); closed after the test."""
     made: list[Direct] = []
-    yield made
+
+    def attach(session: sessions.Session, **kwargs: Any) -> Direct:
+        made.append(Direct(session, **kwargs))
+        return made[-1]
+
+    yield attach
     for d in made:
         d.close()
 
@@ -96,10 +108,9 @@ def started(d: Direct) -> int:
     return d.expect(b";")
 
 
-def test_keys_from_and_output_to_the_terminal(holders: Sessions, direct: list[Direct]) -> None:
+def test_keys_from_and_output_to_the_terminal(holders: Sessions, direct: Attacher) -> None:
     s = holders.start(size=(24, 80))
-    d = Direct(s, size=(30, 100))
-    direct.append(d)
+    d = direct(s, size=(30, 100))
     start = d.expect(size_report(30, 100))
     d.type(b"hello")
     d.expect(b"KhKeKlKlKo", start)
@@ -109,14 +120,12 @@ def test_keys_from_and_output_to_the_terminal(holders: Sessions, direct: list[Di
     # A framed client sees the same output.
     c = Client.attach(s, size=(30, 100))
     c.expect(b"KhKeKlKlKo")
-    info = s.info()
-    assert (info.clients, info.writers) == (2, 2)
+    wait_for(lambda: (s.info().clients, s.info().writers) == (2, 2), "two writers listed")
 
 
-def test_detach_keys_give_the_terminal_back(holders: Sessions, direct: list[Direct]) -> None:
+def test_detach_keys_give_the_terminal_back(holders: Sessions, direct: Attacher) -> None:
     s = holders.start()
-    d = Direct(s)
-    direct.append(d)
+    d = direct(s)
     started(d)
     d.sync()
     d.type(b"a\x10x\x10\x11after")
@@ -129,25 +138,18 @@ def test_detach_keys_give_the_terminal_back(holders: Sessions, direct: list[Dire
     watcher = Client.attach(s, readonly=True)
     watcher.expect(b"Ka" + b"K\x10" + b"Kx")
     assert b"Kx" not in d.screen and b"Kafter" not in watcher.got.output
-    # The holder no longer reads the terminal: what is typed now stays there for whoever
-    # has it next (the user's shell).
+    # The holder no longer reads the terminal: what is typed now is the shell's.
     d.type(b"shell")
-    again = os.open(d.slave_name, os.O_RDWR | os.O_NOCTTY)
-    try:
-        tty.setraw(again)
-        got = b""
-        while len(got) < 5:
-            got += os.read(again, 5 - len(got))
-        assert got == b"shell"
-    finally:
-        os.close(again)
+    got = b""
+    while len(got) < 5:
+        got += os.read(d.shell, 5 - len(got))
+    assert got == b"shell"
     assert s.info().state == "running"
 
 
-def test_a_hang_up_gives_the_terminal_back(holders: Sessions, direct: list[Direct]) -> None:
+def test_a_hang_up_gives_the_terminal_back(holders: Sessions, direct: Attacher) -> None:
     s = holders.start()
-    d = Direct(s)
-    direct.append(d)
+    d = direct(s)
     started(d)
     os.close(d.master)  # the terminal emulator went away
     reason, _ = d.detached()
@@ -158,10 +160,9 @@ def test_a_hang_up_gives_the_terminal_back(holders: Sessions, direct: list[Direc
     assert s.info().state == "running"
 
 
-def test_detach_frame_answers_with_the_offset(holders: Sessions, direct: list[Direct]) -> None:
+def test_detach_frame_answers_with_the_offset(holders: Sessions, direct: Attacher) -> None:
     s = holders.start()
-    d = Direct(s)
-    direct.append(d)
+    d = direct(s)
     started(d)
     d.sync()
     d.client.detach()
@@ -177,10 +178,9 @@ def test_detach_frame_answers_with_the_offset(holders: Sessions, direct: list[Di
     assert bytes(later.got.output) == bytes(c.got.output[offset:])
 
 
-def test_exit_after_the_output(holders: Sessions, direct: list[Direct]) -> None:
+def test_exit_after_the_output(holders: Sessions, direct: Attacher) -> None:
     s = holders.start(env_extra={"PROG_STATUS": "4"})
-    d = Direct(s)
-    direct.append(d)
+    d = direct(s)
     started(d)
     d.type(b"X")
     d.client.until(lambda g: g.exit_status is not None, "EXIT")
@@ -190,12 +190,11 @@ def test_exit_after_the_output(holders: Sessions, direct: list[Direct]) -> None:
     d.client.wait_eof()
 
 
-def test_a_watcher_types_nothing_but_detaches(holders: Sessions, direct: list[Direct]) -> None:
+def test_a_watcher_types_nothing_but_detaches(holders: Sessions, direct: Attacher) -> None:
     s = holders.start()
     writer = Client.attach(s)
     writer.expect(b";")
-    d = Direct(s, readonly=True, keys=b"\x01d")
-    direct.append(d)
+    d = direct(s, readonly=True, keys=b"\x01d")
     started(d)
     d.type(b"ignored")
     writer.sync()
@@ -206,13 +205,12 @@ def test_a_watcher_types_nothing_but_detaches(holders: Sessions, direct: list[Di
 
 
 def test_dropped_output_is_said_on_the_terminal(
-    holders: Sessions, direct: list[Direct], tmp_path: Path
+    holders: Sessions, direct: Attacher, tmp_path: Path
 ) -> None:
     history = 64 * 1024
     _, env_extra, _ = blob_program(tmp_path, 400_000)
     s = holders.start(history=history, env_extra=env_extra, size=(24, 80))
-    d = Direct(s)
-    direct.append(d)
+    d = direct(s)
     started(d)
     reference = Client.attach(s)  # keeps up: the whole stream
     reference.expect(b";")
@@ -238,7 +236,7 @@ def test_dropped_output_is_said_on_the_terminal(
 
 
 def test_dropped_before_attach_is_said_first(
-    holders: Sessions, direct: list[Direct], tmp_path: Path
+    holders: Sessions, direct: Attacher, tmp_path: Path
 ) -> None:
     history = 8192
     data, env_extra, done = blob_program(tmp_path, 50_000)
@@ -248,8 +246,7 @@ def test_dropped_before_attach_is_said_first(
     c.keys(b"OT")
     c.close()
     wait_for(done.exists, "the program's output")
-    d = Direct(s)
-    direct.append(d)
+    d = direct(s)
     d.expect(b"KT")
     lost = d.client.got.dropped
     assert len(lost) == 1

@@ -173,17 +173,20 @@ def _end_client(s: Session) -> None:
     s.close()
 
 
-class _Watcher:
-    """A watcher's terminal, read in a thread of its own into a CRC-32."""
+class _Counted:
+    """A stream read in a thread of its own, counted and checked (sha256, or CRC-32 when not
+    ``strong``): `expect` more bytes, `wait` until they came."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    what = "reader"
+
+    def __init__(self, strong: bool) -> None:
+        self.strong = strong
+        self.digest = hashlib.sha256()
         self.crc = 0
         self.got = 0
         self.want = 0
         self.error: str | None = None
         self._cond = threading.Condition()
-        self._stop = False
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def start(self) -> None:
@@ -199,10 +202,40 @@ class _Watcher:
             while self.got < self.want and not self.error:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise BenchError(f"watcher: {self.got} of {self.want} bytes after {timeout} s")
+                    raise BenchError(
+                        f"{self.what}: {self.got} of {self.want} bytes after {timeout} s"
+                    )
                 self._cond.wait(left)
         if self.error:
-            raise BenchError(f"watcher: {self.error}")
+            raise BenchError(f"{self.what}: {self.error}")
+
+    def _take(self, chunk: memoryview) -> None:
+        if self.strong:
+            self.digest.update(chunk)
+        else:
+            self.crc = zlib.crc32(chunk, self.crc)
+        with self._cond:
+            self.got += len(chunk)
+            self._cond.notify_all()
+
+    def _fail(self, message: str) -> None:
+        with self._cond:
+            self.error = self.error or message
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class _Watcher(_Counted):
+    """A watcher's terminal (CRC-32)."""
+
+    what = "watcher"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(strong=False)
+        self.session = session
+        self._stop = False
 
     def _loop(self) -> None:
         buf = bytearray(1 << 16)
@@ -212,16 +245,11 @@ class _Watcher:
                 n = self.session.read_some(buf, 3600)
             except (BenchError, OSError) as exc:
                 if not self._stop:
-                    with self._cond:
-                        self.error = str(exc)
-                        self._cond.notify_all()
+                    self._fail(str(exc))
                 return
             if n == 0:
                 return
-            self.crc = zlib.crc32(view[:n], self.crc)
-            with self._cond:
-                self.got += n
-                self._cond.notify_all()
+            self._take(view[:n])
 
     def stop(self) -> None:
         self._stop = True
@@ -286,42 +314,18 @@ class AttachedStream:
         self.holder.close()
 
 
-class _Reader:
-    """One client connection, read in a thread of its own: OUTPUT frames into a digest."""
+class _Reader(_Counted):
+    """One connection to a holder: the payload of its OUTPUT frames."""
+
+    what = "holder client"
 
     def __init__(self, sock: socket.socket, strong: bool) -> None:
+        super().__init__(strong)
         self.sock = sock
-        self.strong = strong
-        self.digest = hashlib.sha256()
-        self.crc = 0
-        self.got = 0
-        self.want = 0
         self.kind = -1
         self.left = 0  # payload bytes of the current frame still to come
         self.head = bytearray()
         self.control = bytearray()
-        self.error: str | None = None
-        self.done = threading.Event()
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def expect(self, count: int) -> None:
-        """Wait (in `wait`) until ``count`` more output bytes have come."""
-        with self._cond:
-            self.want += count
-            self.done.clear()
-            if self.got >= self.want:
-                self.done.set()
-            self._cond.notify()
-
-    def wait(self, timeout: float) -> None:
-        if not self.done.wait(timeout):
-            raise BenchError(f"holder client: {self.got} of {self.want} bytes after {timeout} s")
-        if self.error:
-            raise BenchError(f"holder client: {self.error}")
 
     def _loop(self) -> None:
         buf = bytearray(1 << 18)
@@ -333,13 +337,8 @@ class _Reader:
                 self._fail(f"recv: {exc}")
                 return
             if n == 0:
-                self.done.set()
                 return
             self._feed(view[:n])
-
-    def _fail(self, message: str) -> None:
-        self.error = self.error or message
-        self.done.set()
 
     def _feed(self, data: memoryview) -> None:
         pos, n = 0, len(data)
@@ -360,14 +359,7 @@ class _Reader:
             take = min(self.left, n - pos)
             chunk = data[pos : pos + take]
             if self.kind == wire.OUTPUT:
-                if self.strong:
-                    self.digest.update(chunk)
-                else:
-                    self.crc = zlib.crc32(chunk, self.crc)
-                with self._cond:
-                    self.got += take
-                    if self.got >= self.want:
-                        self.done.set()
+                self._take(chunk)
             else:
                 self.control += chunk
             pos += take

@@ -82,12 +82,16 @@ def _as_json(info: sessions.SessionInfo) -> dict[str, object]:
 
 
 def _remove(names: list[str]) -> int:
-    """Forget each ended session; a running one (or any other failure) is one error line, and
-    the others are removed all the same."""
+    """Forget each ended session (once its holder has finished tearing its machine down); a
+    running one (or any other failure) is one error line, and the others are removed all the
+    same."""
     failed = False
     for name in names:
         try:
-            sessions.find_session(name).remove()
+            session = sessions.find_session(name)
+            if session.exit_status is not None and session.running():
+                session.wait()  # its program ended: the holder is tearing its machine down
+            session.remove()
         except BottleError as exc:
             print(f"{PROG}: error: {describe(exc)}", file=sys.stderr)
             failed = True
