@@ -307,6 +307,19 @@ class NetworkPolicy:
     allow_cidrs: tuple[str, ...] = ()
     pull_hosts: tuple[str, ...] = ()
 
+    def reaches(self, host: str) -> bool:
+        """Whether the machine may reach `host` for its whole life: always with `open`; with an
+        allow-list, when an allowed name is `host` or a domain above it (smolvm allows a name's
+        subdomains). The pull hosts do not count: a later smolvm may allow them for the image
+        pull only."""
+        if self.mode is NetworkMode.OPEN:
+            return True
+        name = host.lower().rstrip(".")
+        return any(
+            name == allowed or name.endswith("." + allowed)
+            for allowed in (h.lower().rstrip(".") for h in self.allow_hosts)
+        )
+
     def describe(self) -> str:
         """One line for logs and messages."""
         if not self.mode.restricted:

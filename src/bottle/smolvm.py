@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
+from bottle import _cache
 from bottle import _validate as check
 from bottle import network as net
 from bottle.errors import (
@@ -49,22 +50,27 @@ from bottle.errors import (
 __all__ = [
     "DEFAULT_TIMEOUTS",
     "ENV_OVERRIDE",
+    "LABELS_SINCE",
     "MIN_VERSION",
+    "OutputLine",
     "Smolvm",
     "Timeouts",
     "classify_failure",
     "clear_version_cache",
     "cp_args",
+    "cp_out_args",
     "create_args",
     "delete_args",
     "exec_args",
     "find_executable",
+    "identity",
     "is_registry_image",
     "ls_args",
     "parse_version",
     "read_version",
     "run_attached",
     "run_captured",
+    "run_streamed",
     "start_args",
     "status_args",
     "stop_args",
@@ -76,6 +82,8 @@ ENV_OVERRIDE = "BOTTLE_SMOLVM"
 # 1.0.2 made machine names flags everywhere (`create -n`, `delete -n`); older CLIs need
 # positional names, which this module does not speak.
 MIN_VERSION = (1, 0, 2)
+# `machine create --label KEY=VALUE`, read back by `ls --json` (src/cli/machine.rs, CreateCmd).
+LABELS_SINCE = (1, 8, 0)
 
 
 # --- argv builders (everything after the executable) -------------------------------------
@@ -125,12 +133,14 @@ def create_args(
     network: bool = False,
     allow_hosts: Sequence[str] = (),
     allow_cidrs: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Arguments of `smolvm machine create`.
 
     `network` is `--net` (anything reachable). `allow_hosts` / `allow_cidrs` are
     `--allow-host` / `--allow-cidr`, one per entry: they imply `--net` and limit it to those
     (smolvm resolves each host at create; see `bottle.network`), even alongside `--net`.
+    `labels` are `--label KEY=VALUE` (smolvm 1.8.0 and later; `ls --json` gives them back).
     """
     check.machine_name(name)
     args = ["machine", "create", "-n", name]
@@ -149,6 +159,13 @@ def create_args(
         args += ["--allow-host", host]
     for cidr in net.check_cidrs(allow_cidrs):
         args += ["--allow-cidr", cidr]
+    for key, value in (labels or {}).items():
+        check.no_nul(key, "label key")
+        check.no_nul(value, "label value")
+        if not key or "=" in key:
+            # smolvm splits KEY=VALUE at the first '=' (src/util.rs parse_labels).
+            raise InvalidInputError(f"invalid label key {key!r}")
+        args += ["--label", f"{key}={value}"]
     return args
 
 
@@ -232,6 +249,15 @@ def cp_args(
     return [*args, src, f"{name}:{dst}"]
 
 
+def cp_out_args(name: str, src: str, dst: str) -> list[str]:
+    """Arguments of `smolvm machine cp NAME:SRC DST` (a download of a regular file)."""
+    check.machine_name(name)
+    check.guest_path(src)
+    check.no_nul(dst, "host path")
+    # SRC holds the colon, so smolvm takes DST as a host path whatever it contains.
+    return ["machine", "cp", f"{name}:{src}", dst]
+
+
 # --- executable and version --------------------------------------------------------------
 
 
@@ -285,21 +311,38 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
 
 
 _VERSION = re.compile(r"\bsmolvm\s+v?(\d+)\.(\d+)\.(\d+)")
-_version_cache: dict[tuple[str, int, int, int], tuple[int, int, int]] = {}
+# What an installed smolvm answered, by its file identity (`identity`), in this process; the same
+# answers are kept across processes in bottle's cache (`bottle._cache`, kind "smolvm").
+Identity = tuple[str, int, int, int, int, int]
+_version_cache: dict[Identity, tuple[int, int, int]] = {}
+_exec_user_cache: dict[Identity, bool] = {}
+_FACTS = "smolvm"
 
 
-_exec_user_cache: dict[tuple[str, int, int, int], bool] = {}
-
-
-def _cache_key(path: str) -> tuple[str, int, int, int]:
+def identity(path: str) -> Identity:
+    """The file identity of a smolvm executable: its real path, device, inode, size, mtime and
+    ctime. Installing another smolvm, in place or not, changes at least one of them, so an answer
+    kept under this key is never the answer of another build."""
     st = os.stat(path)
-    return (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    return (
+        os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    )  # fmt: skip
+
+
+def _facts(key: Identity) -> dict[str, Any]:
+    return _cache.load(_FACTS, key) or {}
+
+
+def _remember(key: Identity, **facts: Any) -> None:
+    _cache.store(_FACTS, key, {**_facts(key), **facts})
 
 
 def clear_version_cache() -> None:
-    """Forget every cached answer of an installed smolvm (for tests that swap versions)."""
+    """Forget everything bottle learnt of installed smolvms and their machines, in this process
+    and in its cache directory (for tests that swap the release a fake smolvm fakes)."""
     _version_cache.clear()
     _exec_user_cache.clear()
+    _cache.clear()
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -314,17 +357,21 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 
 def read_version(path: str) -> tuple[int, int, int]:
-    """Run `PATH --version` once per executable file and cache the result."""
+    """Run `PATH --version` once per executable file and remember the answer (across processes:
+    see `identity`)."""
     try:
-        st = os.stat(path)
+        key = identity(path)
     except OSError as exc:
         raise SmolvmNotFoundError(
             f"smolvm at {path} cannot be used: {exc.strerror}", filename=path
         ) from None
-    key = (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
     cached = _version_cache.get(key)
     if cached is not None:
         return cached
+    kept = _facts(key).get("version")
+    if isinstance(kept, list) and len(kept) == 3 and all(type(n) is int for n in kept):
+        _version_cache[key] = (kept[0], kept[1], kept[2])
+        return _version_cache[key]
     try:
         ran = run_captured([path, "--version"], timeout=60)
     except PermissionError:
@@ -345,6 +392,7 @@ def read_version(path: str) -> tuple[int, int, int]:
         )
     version = parse_version(stdout)
     _version_cache[key] = version
+    _remember(key, version=list(version))
     return version
 
 
@@ -507,18 +555,37 @@ class Timeouts:
 DEFAULT_TIMEOUTS = Timeouts()
 
 
+class OutputLine(str):
+    """A line smolvm printed; `redrawn` when it ended in a bare carriage return, which a
+    terminal overwrites with the next line (smolvm's progress bars, src/cli/mod.rs)."""
+
+    redrawn: bool
+
+    def __new__(cls, text: str, *, redrawn: bool = False) -> OutputLine:
+        self = super().__new__(cls, text)
+        self.redrawn = redrawn
+        return self
+
+
 def _lines(buffer: bytearray, on_line: Callable[[str], None], final: bool = False) -> None:
-    # smolvm redraws progress with "\r", so both "\r" and "\n" end a line.
+    # smolvm redraws progress with "\r", so both "\r" and "\n" end a line; "\r\n" is one end.
     while True:
         cut = min((i for i in (buffer.find(b"\n"), buffer.find(b"\r")) if i >= 0), default=-1)
         if cut < 0:
             break
+        end = cut + 1
+        redrawn = buffer[cut] == 0x0D
+        if redrawn:
+            if end == len(buffer) and not final:
+                break  # a "\n" may follow in the next read
+            if buffer[end : end + 1] == b"\n":
+                redrawn, end = False, end + 1
         line = bytes(buffer[:cut]).decode("utf-8", "replace").strip()
-        del buffer[: cut + 1]
+        del buffer[:end]
         if line:
-            on_line(line)
+            on_line(OutputLine(line, redrawn=redrawn))
     if final and buffer.strip():
-        on_line(bytes(buffer).decode("utf-8", "replace").strip())
+        on_line(OutputLine(bytes(buffer).decode("utf-8", "replace").strip()))
         buffer.clear()
 
 
@@ -626,7 +693,8 @@ def run_captured(
 
     smolvm runs in a process group of its own so that, when the time is up (or the caller is
     interrupted), it is killed together with anything it started in that group, and nothing
-    left holding its pipes can stall the read. Each stderr line goes to `on_line` as it comes.
+    left holding its pipes can stall the read. Each stderr line goes to `on_line` as it comes,
+    an `OutputLine` (a `str`) that says whether smolvm redraws it in place.
     An interrupt (a signal whose handler raises) at any point, even while the child is still
     starting, kills and reaps it before the exception goes on. `timeout`: None or infinity is
     no limit.
@@ -707,8 +775,152 @@ def run_attached(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -
         raise
 
 
+# smolvm prints its own failure as one last line, `Error: <Display>`, on the stderr that also
+# carries the guest's (src/main.rs); see `run_streamed`.
+_ERROR_START = b"Error: "
+# A last line longer than this is the guest's: smolvm's own are short.
+_HELD_MAX = 64 * 1024
+# After the child is gone, how long its stderr may stay open (a process it left behind holding
+# the pipe) before the copy stops waiting for it.
+_STDERR_GRACE = 5.0
+
+
+def _write_all_quietly(fd: int, data: bytes) -> bool:
+    """Write all of `data` to `fd`; False once `fd` takes no more (closed, a reader gone)."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        return False
+    return True
+
+
+class _StderrCopy:
+    """A child's stderr, copied to this process's as it comes (in a thread of its own), but
+    for a last line that starts like smolvm's `Error: `: whether that line is smolvm's is known
+    only at the end, so it is held until more output comes or the child has exited. With
+    `capture`, nothing is copied: all of it is kept for the caller."""
+
+    def __init__(self, pipe: IO[bytes], *, capture: bool) -> None:
+        self._pipe = pipe
+        self._capture = capture
+        self.kept = bytearray()
+        self._thread = threading.Thread(target=self._copy, name="bottle-stderr", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        held = b""
+        shown = True
+        try:
+            while chunk := os.read(self._pipe.fileno(), 65536):
+                if self._capture:
+                    self.kept += chunk
+                    continue
+                data = held + chunk
+                start = data.rfind(b"\n", 0, len(data) - 1) + 1  # the last line and its newline
+                last = data[start:]
+                held = b""
+                if len(last) <= _HELD_MAX and (
+                    last.startswith(_ERROR_START) or _ERROR_START.startswith(last)
+                ):
+                    data, held = data[:start], last
+                if shown and data:
+                    # A stderr that takes no more (closed) must not stop the child: drain on.
+                    shown = _write_all_quietly(2, data)
+        except OSError:
+            pass
+        finally:
+            self.kept += held
+            # Closed here, by the one thread that reads it: closed from another, its number
+            # could be reused while a read still waits on it.
+            _close_quietly(self._pipe)
+
+    def finish(self) -> bytes:
+        """What was kept, once the child's stderr has ended (or, if something the child left
+        behind holds it open, after a grace: the copy then goes on by itself)."""
+        self._thread.join(_STDERR_GRACE)
+        return bytes(self.kept)
+
+
+def _close_quietly(pipe: IO[bytes] | None) -> None:
+    if pipe is not None:
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+
+def run_streamed(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: int | None = None,
+    stdout: int | None = None,
+    feed: Callable[[IO[bytes]], None] | None = None,
+    drain: Callable[[IO[bytes]], None] | None = None,
+    capture_stderr: bool = False,
+) -> tuple[int, str]:
+    """Run `argv` (a smolvm exec), its output passing through untouched; return (status, text).
+
+    `stdin` and `stdout`: None gives the child this process's own (what the guest writes
+    reaches it byte for byte, as it comes; what the user types or pipes reaches the guest),
+    `subprocess.DEVNULL` none, `subprocess.PIPE` a pipe that `feed(pipe)` fills (the pipe is
+    then closed: the guest reads its end) or `drain(pipe)` empties. stderr is copied to this
+    process's as it comes, all but a last line in smolvm's own error shape (`Error: vm not
+    found: …`) when the status is 1: that line is smolvm's failure, not the guest's output,
+    and is returned instead, for the caller to report (`classify_failure`); otherwise the text
+    is empty. With `capture_stderr` stderr is not shown: all of it is the returned text.
+
+    An interrupt at any point, even while the child is still starting, kills and reaps it
+    before the exception goes on. The status is the child's (negative: killed by a signal).
+    """
+    held = _HeldSignals()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=None if env is None else dict(env),
+        )
+    except BaseException:
+        held.release()
+        raise
+    assert proc.stderr is not None
+    copy = _StderrCopy(proc.stderr, capture=capture_stderr)
+    try:
+        held.release()
+        if feed is not None and proc.stdin is not None:
+            try:
+                feed(proc.stdin)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the guest stopped reading: its status says why
+        if drain is not None and proc.stdout is not None:
+            drain(proc.stdout)
+        status = proc.wait()
+    except BaseException:
+        _kill(proc, group=False)
+        raise
+    finally:
+        _close_quietly(proc.stdin)
+        _close_quietly(proc.stdout)
+        kept = copy.finish()
+    text = kept.decode("utf-8", "replace")
+    if capture_stderr:
+        return status, text
+    line = text.rstrip("\r\n")
+    if status == 1 and "\n" not in line and _SMOLVM_ERROR.match(line):
+        return status, line
+    _write_all_quietly(2, kept)
+    return status, ""
+
+
 class Smolvm:
     """Runs smolvm subcommands; finds the executable and checks its version on first use."""
+
+    # Whether what its guests answer may be kept for later processes (`bottle._cache`): not for
+    # a stand-in that only assumes the answers (the dry run's).
+    keeps_guest_answers = True
 
     def __init__(
         self,
@@ -729,6 +941,7 @@ class Smolvm:
         self._environ = environ
         self._path: str | None = None
         self._version: tuple[int, int, int] | None = None
+        self._identity: Identity | None = None
         self._exec_user_option: bool | None = None
         self.timeouts = timeouts
 
@@ -766,6 +979,19 @@ class Smolvm:
         return self._path
 
     @property
+    def identity(self) -> Identity:
+        """The file identity of the smolvm in use (`bottle.smolvm.identity`), taken once."""
+        if self._identity is None:
+            path = self.path
+            try:
+                self._identity = identity(path)
+            except OSError as exc:
+                raise SmolvmNotFoundError(
+                    f"smolvm at {path} cannot be used: {exc.strerror}", filename=path
+                ) from None
+        return self._identity
+
+    @property
     def version(self) -> tuple[int, int, int]:
         """The installed smolvm version (read once)."""
         self.path  # noqa: B018 - resolves and checks
@@ -780,7 +1006,11 @@ class Smolvm:
     def has_exec_user_option(self) -> bool:
         """Whether `smolvm machine exec --help` offers `--user` (no release up to 1.9.3 does)."""
         if self._exec_user_option is None:
-            key = _cache_key(self.path)
+            key = self.identity
+            if key not in _exec_user_cache:
+                kept = _facts(key).get("exec_user_option")
+                if isinstance(kept, bool):
+                    _exec_user_cache[key] = kept
             if key not in _exec_user_cache:
                 ran = run_captured(
                     [self.path, "machine", "exec", "--help"], timeout=self.timeouts.probe
@@ -788,6 +1018,8 @@ class Smolvm:
                 text = ran[1] if ran is not None and ran[0] == 0 else ""
                 found = re.search(r"^\s*(-u, )?--user\b", text, re.M) is not None
                 _exec_user_cache[key] = found
+                if ran is not None and ran[0] == 0:  # a failed probe is asked again next time
+                    _remember(key, exec_user_option=found)
             self._exec_user_option = _exec_user_cache[key]
         return self._exec_user_option
 
@@ -866,6 +1098,7 @@ class Smolvm:
         network: bool = False,
         allow_hosts: Sequence[str] = (),
         allow_cidrs: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
         on_line: Callable[[str], None] | None = None,
     ) -> None:
         """Create a machine (raises `MachineExistsError` if the name is taken)."""
@@ -877,6 +1110,7 @@ class Smolvm:
             network=network,
             allow_hosts=allow_hosts,
             allow_cidrs=allow_cidrs,
+            labels=labels,
         )
         self.run(
             args,

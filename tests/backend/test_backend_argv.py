@@ -19,7 +19,6 @@ from harness.backend import image_machine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bottle import smolvm as sv
 from bottle.agent_provider import PROVIDERS, PromptMode, agent_args, get_provider, prompt_args
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottle, home_for
@@ -32,7 +31,6 @@ AS_NODE = ["runuser", "-u", "node", "--", "env", "HOME=/home/node", "USER=node"]
 @pytest.fixture
 def machine(fake_smolvm: Any) -> str:
     """A running machine whose guest commands run as root, with a `node` user (like node:22)."""
-    sv.clear_version_cache()
     image_machine(fake_smolvm, "m")
     return "m"
 

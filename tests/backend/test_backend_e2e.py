@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from harness.backend import ROOT_IMAGE, guest_execs, image_machine, root_spec
 
+from bottle import __version__
 from bottle import smolvm as sv
 from bottle.backend import (
     Bottle,
@@ -49,10 +50,6 @@ FAST = RetryPolicy(attempts=2, delay=0.01)
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 @pytest.fixture
@@ -124,7 +121,10 @@ def test_launch_lifecycle(fake_smolvm: Any, backend: SmolmachinesBottleBackend,
     assert subs[:4] == ["--version", "status", "create", "start"]
     assert subs[-2:] == ["stop", "delete"]
     create = ["machine", "create", "-n", "m1", "-I", ROOT_IMAGE, "--cpus", "2", "--mem", "1024"]
-    assert [*create, "--net"] in fake_smolvm.calls()
+    # Labelled as bottle's own, with its network (smolvm 1.8.0 and later keep labels).
+    labels = ["--label", f"bottle.version={__version__}", "--label", "bottle.network=open"]
+    labelled = sv.parse_version(fake_smolvm.run("--version").stdout) >= sv.LABELS_SINCE
+    assert [*create, "--net", *(labels if labelled else [])] in fake_smolvm.calls()
 
 
 def test_body_exception_tears_down_and_propagates(

@@ -17,16 +17,11 @@ import pytest
 from harness.backend import child_argv, image_machine
 from harness.terminal import run_in_pty
 
-from bottle import smolvm as sv
 from bottle.backend import terminal
 from bottle.backend.smolmachines import SmolmachinesBottle
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 def _env(**cfg: Any) -> dict[str, str]:
@@ -131,7 +126,7 @@ p=$$
 while [ "$p" -gt 1 ] && ! tr '\\0' '\\n' < /proc/$p/cmdline | head -2 | grep -qx '.*smolvm'; do
     p=$(cut -d' ' -f4 /proc/$p/stat)
 done
-echo $p > "$0/pid"
+echo $p > "$0/pid.new" && mv "$0/pid.new" "$0/pid"
 while [ ! -e "$0/gate" ]; do sleep 0.02; done
 """
 

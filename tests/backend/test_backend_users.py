@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from bottle import smolvm as sv
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottle, SmolmachinesBottleBackend
 from bottle.errors import GuestUserError
@@ -25,10 +24,6 @@ FAST = RetryPolicy(attempts=2, delay=0.01)
 IMAGE = "bottle-test/agent:1"  # a registry reference in the fake's image table, USER node
 ID = 'printf "%s|%s|%s|%s" "$(id -un)" "$HOME" "$USER" "$(pwd)"'
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 @pytest.fixture
@@ -39,7 +34,6 @@ def node_image(fake_smolvm: Any, require_node_user: Any) -> str:
 
 def _version(fake_smolvm: Any, version: str) -> None:
     fake_smolvm.set_fault(VERSION=version)
-    sv.clear_version_cache()
 
 
 def _execs(fake_smolvm: Any) -> list[list[str]]:

@@ -42,7 +42,6 @@ from harness.backend import (
 )
 from harness.terminal import user_terminal, wait_status
 
-from bottle import smolvm as sv
 from bottle.backend import ExecResult
 from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottleBackend
 from bottle.errors import RetryExhaustedError
@@ -52,10 +51,6 @@ GUEST_UP = 'echo "guest-up pid=$$"; exec sleep 60'
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 def _guest_pid(output: bytes) -> int:

@@ -27,12 +27,6 @@ from bottle.errors import (
     SmolvmVersionError,
 )
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
-
 # --- argv builders ---------------------------------------------------------------------
 
 
@@ -406,6 +400,18 @@ def test_run_captured_reports_stderr_lines_as_they_come(tmp_path: Path) -> None:
         "Pulling image a... [==  ]", "Pulling image a... [====]", "Pulling image a... done.",
         "tail",
     ]  # fmt: skip
+    # Each says whether smolvm redraws it in place (a bare "\r" ends it) or leaves it.
+    assert [getattr(line, "redrawn", None) for line in lines] == [True, True, False, False]
+
+
+def test_a_line_ended_by_cr_lf_is_a_line_even_split_across_reads() -> None:
+    # "\r" at the end of one read may be the first half of "\r\n": not a redraw.
+    script = "printf 'one\\r' >&2; sleep 0.3; printf '\\ntwo\\r' >&2; sleep 0.3; printf x >&2"
+    lines: list[str] = []
+    ran = sv.run_captured(["sh", "-c", script], on_line=lines.append, timeout=30)
+    assert ran is not None and ran[0] == 0
+    assert [(str(x), getattr(x, "redrawn", None)) for x in lines] == [
+        ("one", False), ("two", True), ("x", False)]  # fmt: skip
 
 
 def test_run_captured_timeout_kills_the_whole_group(tmp_path: Path) -> None:

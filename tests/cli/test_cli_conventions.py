@@ -79,6 +79,10 @@ def test_help_and_version_load_no_backend(args: list[str]) -> None:
     modules = imported(*args)
     assert "bottle.cli._main" in modules  # the table was consulted
     backend = ("bottle.backend", "bottle.smolvm", "bottle.relay", "bottle.network")
+    if args == ["--version"]:
+        # It says which relay is in use and which smolvm is found (the wrapper, which brings
+        # bottle.network), and no more.
+        backend = ("bottle.backend",)
     assert sorted(m for m in modules if m.startswith(backend)) == []
 
 
@@ -113,7 +117,9 @@ def test_bad_global_options_are_usage_errors(args: list[str]) -> None:
     [
         ["-v", "exec", "-n", "m", "true"],
         ["exec", "-v", "-n", "m", "true"],
-        ["exec", "-n", "m", "true", "--verbose"],
+        # After the command word an option is the command's (docker's rule): after -c SCRIPT
+        # there is none.
+        ["exec", "-n", "m", "-c", "true", "--verbose"],
         ["-q", "exec", "-n", "m", "--verbose", "true"],
     ],
 )

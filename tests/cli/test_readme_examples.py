@@ -21,15 +21,17 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from harness.backend import npm_image_env
 from harness.sessions import runtime_dir
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*\n", re.M | re.S)
 
 # What the examples may refer to, set up as a user's machine would have it: `node:22` like
-# docker's (no USER, so commands run as root; a `node` user inside), and the names an
-# allow-list example resolves (documentation addresses, RFC 5737: nothing is contacted).
-IMAGES = {"node:22": {}}
+# docker's (no USER, so commands run as root; a `node` user inside; npm on its PATH, here the
+# tests' fake one, and no agent CLI), and the names an allow-list example resolves
+# (documentation addresses, RFC 5737: nothing is contacted).
+IMAGES: dict[str, dict[str, Any]] = {"node:22": {"npm": True}}
 HOSTS = {
     "github.com": "192.0.2.10",
     "api.anthropic.com": "192.0.2.20",
@@ -92,9 +94,13 @@ def test_the_parser_pairs_an_example_with_its_output() -> None:
     assert not matches("a\n", "a\nmore\n")
 
 
-def test_readme_examples_run(fake_smolvm: Any, require_node_user: Any, tmp_path: Path) -> None:
+def test_readme_examples_run(fake_smolvm: Any, shared_dir: Path, tmp_path: Path) -> None:
     fake_smolvm.set_fault(VERSION="1.9.3")  # exact output: no warning of an older release
     for ref, config in IMAGES.items():
+        npm = config.get("npm", False)
+        config = {k: v for k, v in config.items() if k != "npm"}
+        if npm:  # the image's npm installs into a prefix of this test's
+            config["env"] = npm_image_env(shared_dir / "npm-global")
         fake_smolvm.add_image(ref, **config)
     for name, address in HOSTS.items():
         fake_smolvm.add_host(name, address)

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -32,6 +33,26 @@ def add_test_images(fake_smolvm: Any) -> None:
     """Register ROOT_IMAGE and AGENT_IMAGE with the fake."""
     fake_smolvm.add_image(ROOT_IMAGE)
     fake_smolvm.add_image(AGENT_IMAGE, user="node", workdir="/home/node")
+
+
+# An image like docker's node:22 (no USER, npm on its PATH) that has no agent CLI: its npm is
+# tests/harness/fake_npm/npm, which installs stubs of the agent CLIs into the test's prefix.
+NPM_IMAGE = "bottle-test/node-npm:1"
+FAKE_NPM_DIR = Path(__file__).resolve().parent / "fake_npm"
+# crun's PATH for an image that sets none (crates/smolvm-agent/src/crun.rs ensure_path_in_env).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def npm_image_env(prefix: Path) -> list[str]:
+    """The ENV of an image whose npm is the fake one, installing into `prefix` (a directory the
+    guest's users can enter: its bin is on the image's PATH)."""
+    return [f"PATH={FAKE_NPM_DIR}:{prefix}/bin:{DEFAULT_PATH}", f"NPM_CONFIG_PREFIX={prefix}"]
+
+
+def add_npm_image(fake_smolvm: Any, prefix: Path, *, ref: str = NPM_IMAGE, **config: Any) -> str:
+    """Register `ref` (default NPM_IMAGE) with the fake npm installing into `prefix`."""
+    fake_smolvm.add_image(ref, env=npm_image_env(prefix), **config)
+    return ref
 
 
 def root_spec(name: str = "m1", **kw: Any) -> LaunchSpec:
@@ -141,9 +162,22 @@ def child_argv(agent_args: Sequence[str]) -> list[str]:
 
 PY = sys.executable
 BOTTLE = (PY, "-m", "bottle")
+
+
+def run_bottle(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """`bottle ARGS…` as a process of its own, no terminal (stdin /dev/null), output captured."""
+    return subprocess.run(
+        [*BOTTLE, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=timeout, check=False, env=None if env is None else dict(env),
+    )  # fmt: skip
+
+
 # The status of bottle's own failures on the command line (README "Command line"), docker's 125.
 CLI_FAILURE = 125
 TIMEOUT = 60.0
+
 
 # The exact fixed sequences bottle writes around a decorated session (see backend/terminal.py);
 # written out here independently so that a change there has to be a deliberate one here too.

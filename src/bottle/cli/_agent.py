@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from bottle.backend import Bottle
 from bottle.backend.smolmachines import SmolmachinesBottle
-from bottle.cli._options import add_env
+from bottle.cli._errors import PROG
+from bottle.cli._options import add_env, add_retry
 from bottle.cli._secrets import from_environment
+from bottle.cli._stderr import CONSOLE
 from bottle.errors import InvalidInputError
 
 # Loaded with the command, before Ctrl-C is handed to it (bottle._console): an import that a
@@ -28,6 +31,12 @@ def add_agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title", default="", help="terminal title for the session")
     p.add_argument("--color", default="", help="terminal background colour (#rgb, #rrggbb, name)")
     p.add_argument("--no-tty", action="store_true", help="run without a terminal (no relay)")
+    p.add_argument(
+        "--install-agent",
+        action="store_true",
+        help="install the provider's CLI first, as root (npm: @anthropic-ai/claude-code, "
+        "@openai/codex), for an image that lacks it",
+    )
     p.add_argument(
         "--record",
         metavar="FILE.cast",
@@ -52,6 +61,7 @@ def add_agent_options(p: argparse.ArgumentParser) -> None:
         help="with --detach: the session's name (default: the machine's, made unique)",
     )
     add_env(p)
+    add_retry(p)
 
 
 def session_fields(ns: argparse.Namespace) -> dict[str, Any]:
@@ -65,6 +75,7 @@ def session_fields(ns: argparse.Namespace) -> dict[str, Any]:
         "agent_user": ns.user,
         "terminal_title": ns.title,
         "terminal_color": ns.color,
+        "install_agent": ns.install_agent,
     }
 
 
@@ -90,6 +101,21 @@ def recording(ns: argparse.Namespace) -> AbstractContextManager[Recording | None
     return Recording(ns.record)
 
 
+def said_where(record: Recording | None, *, detached: bool = False) -> None:
+    """Tell where the recording went, once the command is done with it (a detached session's
+    holder goes on recording into it)."""
+    if record is not None and record.used:
+        path = shlex.quote(record.path)
+        if detached:
+            CONSOLE.print(f"{PROG}: the session records into {path} as it runs (play it with: "
+                          f"asciinema play {path})")  # fmt: skip
+            return
+        print(
+            f"{PROG}: recorded the session in {path} (play it with: asciinema play {path})",
+            file=sys.stderr,
+        )
+
+
 def run_session(
     bottle: Bottle, ns: argparse.Namespace, agent_args: list[str], record: Recording | None
 ) -> int:
@@ -104,8 +130,8 @@ def run_session(
         )  # fmt: skip
         print(session.name, flush=True)
         if not ns.quiet:
-            print(f"bottle: session {session.name!r} runs detached: bottle attach "
-                  f"{session.name}", file=sys.stderr)  # fmt: skip
+            CONSOLE.print(f"bottle: session {session.name!r} runs detached: bottle attach "
+                  f"{session.name}")  # fmt: skip
         return 0
     result = bottle.run_agent(
         agent_args, tty=not ns.no_tty, record=record, record_input=ns.record_input

@@ -5,20 +5,31 @@ from __future__ import annotations
 import abc
 import argparse
 import sys
-from typing import NoReturn
+from collections.abc import Mapping
+from typing import NamedTuple, NoReturn
 
 from bottle.cli._errors import FAILURE, PROG
 
 # Accepted before the subcommand and after it (`bottle -q launch …`, `bottle launch -q …`).
 GLOBAL_OPTIONS = (
     ("-v", "--verbose", "log each smolvm call"),
-    ("-q", "--quiet", "no progress display while launching"),
+    ("-q", "--quiet", "no progress display"),
 )
 
 SECRETS_NOTE = """\
 Secrets: --secret-env NAME takes a variable NAME from bottle's own environment and hands it to
 the guest by name only; the value never appears on any command line.
 """
+
+
+class Entry(NamedTuple):
+    """A line of the command table (`bottle.cli._main.COMMANDS`)."""
+
+    module: str
+    # The `Command` class in `module`; None: a program of its own, run as `module.main(args)`
+    # with every argument after its name.
+    command: str | None
+    summary: str
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,6 +48,9 @@ class Command(abc.ABC):
     epilog: str | None = None
     # Whether it takes arguments after `--` (the agent's); any other command refuses them.
     takes_extra: bool = False
+    # The command table, handed over before `run` (a command that lists the others, such as
+    # `completion`, reads it here: the table's module sits above the commands).
+    commands: Mapping[str, Entry] = {}
 
     @abc.abstractmethod
     def configure(self, parser: Parser) -> None:
@@ -45,6 +59,17 @@ class Command(abc.ABC):
     @abc.abstractmethod
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         """Do it; return the exit status."""
+
+    def parse(self, parser: Parser, args: list[str]) -> tuple[argparse.Namespace, list[str]]:
+        """The command's options, and the arguments after the first `--` (the agent's)."""
+        extra: list[str] = []
+        if "--" in args:
+            cut = args.index("--")
+            args, extra = args[:cut], args[cut + 1 :]
+        ns = parser.parse_args(args)
+        if extra and not self.takes_extra:
+            parser.error(f"{parser.prog.split()[-1]} takes no arguments after '--'")
+        return ns, extra
 
     def parser(self, name: str) -> Parser:
         """The command's parser, global options included."""

@@ -7,11 +7,13 @@ parameters as `Param`s, which `flag` says the command line's way (`--network ope
 from __future__ import annotations
 
 import difflib
+import os
 import shlex
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 
+from bottle.cli._stderr import CONSOLE
 from bottle.errors import (
     BottleError,
     GuestCommandError,
@@ -19,6 +21,7 @@ from bottle.errors import (
     MachineNotRunningError,
     Message,
     Param,
+    TeardownInterrupted,
 )
 
 PROG = "bottle"
@@ -27,6 +30,7 @@ PROG = "bottle"
 # failing around the command): docker's choice, so that a guest's 1 or 2 is never taken for it.
 FAILURE = 125
 INTERRUPTED = 130  # 128 + SIGINT
+BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 # The command-line spelling of every API parameter an error message can name (a test checks
 # that none is missing).
@@ -39,6 +43,7 @@ FLAGS = {
     "env": "-e",
     "guest_env": "-e",
     "image": "--image",
+    "install_agent": "--install-agent",
     "memory_mib": "--memory",
     "network": "--network",
     "record": "--record",
@@ -56,10 +61,12 @@ def flag(param: Param) -> str:
     name = FLAGS.get(param.name)
     if name is None:
         return str(param)
-    if not param.has_value:
+    if not param.has_value or param.value is True:
         return name
     if param.value is None:
         return f"no {name}"
+    if param.value is True:  # a switch: given, it is on
+        return name
     values = param.value if isinstance(param.value, (list, tuple)) else [param.value]
     return " ".join(f"{name} {shlex.quote(str(v))}" for v in values)
 
@@ -112,7 +119,7 @@ def describe(exc: BaseException) -> str:
 
 def report(exc: BaseException) -> int:
     """Print `exc` as one error line; return the exit status it stands for."""
-    print(f"{PROG}: error: {describe(exc)}", file=sys.stderr)
+    CONSOLE.print(f"{PROG}: error: {describe(exc)}")
     if isinstance(exc, GuestCommandError):
         return exc.result.returncode or FAILURE  # the guest's own status (137: retry spent)
     return FAILURE
@@ -123,8 +130,20 @@ def run(command: Callable[[], int], interrupts: Callable[[], AbstractContextMana
     try:
         with interrupts():
             return command()
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except TeardownInterrupted as exc:
+        # Ctrl-C during the teardown gave it up: say what is left, and how to remove it.
+        CONSOLE.print(
+            f"{PROG}: interrupted: machine {exc.machine!r} is left behind ({exc.step} it was "
+            f"cut short); remove it with: {PROG} rm -f {exc.machine}"
+        )
         return INTERRUPTED
+    except KeyboardInterrupt:
+        CONSOLE.print(f"{PROG}: interrupted")
+        return INTERRUPTED
+    except BrokenPipeError:
+        # What it printed is no longer read (`bottle ls | head -1`): as a shell's own
+        # commands end on SIGPIPE, quietly, and with nothing left to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
     except (BottleError, ValueError, OSError) as exc:
         return report(exc)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from bottle import sessions
 from bottle.cli._errors import PROG
+from bottle.cli._stderr import CONSOLE
 from bottle.errors import SessionError
 
 log = logging.getLogger("bottle.cli")
@@ -25,8 +25,6 @@ def settle() -> None:
     for info, outcome in done:
         what = f"session {info.name!r} was lost (its holder died)"
         if outcome == "done":
-            print(f"{PROG}: {what}: its machine {info.machine!r} is stopped and deleted",
-                  file=sys.stderr)  # fmt: skip
+            CONSOLE.print(f"{PROG}: {what}: its machine {info.machine!r} is stopped and deleted")
         else:
-            print(f"{PROG}: {what}: tearing its machine {info.machine!r} down {outcome}",
-                  file=sys.stderr)  # fmt: skip
+            CONSOLE.print(f"{PROG}: {what}: tearing its machine {info.machine!r} down {outcome}")

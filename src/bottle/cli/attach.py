@@ -12,6 +12,7 @@ from bottle.backend.terminal import decoration
 from bottle.cli._command import Command, Parser
 from bottle.cli._errors import FAILURE, PROG, did_you_mean
 from bottle.cli._sessions import settle
+from bottle.cli._stderr import CONSOLE
 from bottle.errors import SessionEndedError, SessionError, SessionNotFoundError
 
 
@@ -58,17 +59,17 @@ class Attach(Command):
         name = session.name
         if result.ended == "exited":
             assert result.status is not None
-            print(f"{PROG}: session {name!r} exited with status {result.status}", file=sys.stderr)
+            CONSOLE.print(f"{PROG}: session {name!r} exited with status {result.status}")
             return result.status
         if result.ended == "detached":
-            print(f"{PROG}: detached from session {name!r}; it runs on ({PROG} attach {name})",
-                  file=sys.stderr)  # fmt: skip
+            CONSOLE.print(
+                f"{PROG}: detached from session {name!r}; it runs on ({PROG} attach {name})"
+            )
             return 0
         if result.ended == "signal":
             assert result.signal is not None
             what = signal.Signals(result.signal).name
-            print(f"{PROG}: {what}: detached from session {name!r}; it runs on",
-                  file=sys.stderr)  # fmt: skip
+            CONSOLE.print(f"{PROG}: {what}: detached from session {name!r}; it runs on")
             return 128 + result.signal
         if result.ended == "hangup":
             return 128 + signal.SIGHUP
@@ -88,8 +89,7 @@ def _ended(session: sessions.Session, exc: SessionEndedError) -> int:
         out.flush()
     if exc.status is None:
         settle()
-        print(f"{PROG}: error: session {session.name!r} was lost: its holder died",
-              file=sys.stderr)  # fmt: skip
+        CONSOLE.print(f"{PROG}: error: session {session.name!r} was lost: its holder died")
         return FAILURE
-    print(f"{PROG}: session {session.name!r} exited with status {exc.status}", file=sys.stderr)
+    CONSOLE.print(f"{PROG}: session {session.name!r} exited with status {exc.status}")
     return exc.status

@@ -12,6 +12,7 @@ from bottle import sessions
 from bottle.cli._command import Command, Parser
 from bottle.cli._errors import FAILURE, PROG, describe
 from bottle.cli._sessions import settle
+from bottle.cli._stderr import CONSOLE
 from bottle.errors import BottleError, InvalidInputError
 
 _COLUMNS = ("NAME", "MACHINE", "STARTED", "STATE", "CLIENTS", "STATUS")
@@ -93,7 +94,7 @@ def _remove(names: list[str]) -> int:
                 session.wait()  # its program ended: the holder is tearing its machine down
             session.remove()
         except BottleError as exc:
-            print(f"{PROG}: error: {describe(exc)}", file=sys.stderr)
+            CONSOLE.print(f"{PROG}: error: {describe(exc)}")
             failed = True
         else:
             print(name)
