@@ -131,12 +131,14 @@ def test_a_lost_holder_is_torn_down_by_the_next_command(
     os.kill(session.pid, 9)
     wait_for(lambda: not session.running(), "the holder to die")
     assert fake_smolvm.machine("m1")["state"] == "running"
-    listing = bottle(env, "sessions")
-    assert listing.stderr == (
+    noticed = bottle(env, "ls")  # the machines' list: it is not there any more
+    assert noticed.stderr == (
         "bottle: session 'm1' was lost (its holder died): its machine 'm1' is stopped and "
         "deleted\n"
     )
     assert fake_smolvm.machine("m1") is None
+    assert "m1" not in noticed.stdout
+    listing = bottle(env, "sessions")
     assert listing.stdout.splitlines()[1].split()[4:] == ["lost", "-", "-"]
     # Once: the next command has nothing left to do.
     assert bottle(env, "sessions").stderr == ""
