@@ -29,7 +29,7 @@ import threading
 import time
 
 from bottle import _sessionwire as wire
-from bottle._hub_py import Poller, match_keys
+from bottle._hub_py import Poller, match_keys, read_wakeups
 from bottle._ptyrelay_py import EV_DONE, EV_HUP, EV_SIGNAL
 
 __all__ = [
@@ -424,24 +424,17 @@ class Attach:
     # ------------------------------------------------------------------ signals and size
 
     def _read_wake(self) -> bool:
+        data, closed = read_wakeups(self._wake_fd)
+        if closed:
+            self._wake_fd = -1
         report = False
-        while True:
-            try:
-                data = os.read(self._wake_fd, 128)
-            except BlockingIOError:
-                break
-            except InterruptedError:
+        for sig in data:
+            if sig == _SIGWINCH and self._winch:
+                self._resize()
                 continue
-            if not data:
-                self._wake_fd = -1
-                break
-            for sig in data:
-                if sig == _SIGWINCH and self._winch:
-                    self._resize()
-                    continue
-                if sig not in self._sigs:
-                    self._sigs.append(sig)
-                report = True
+            if sig not in self._sigs:
+                self._sigs.append(sig)
+            report = True
         return report
 
     def _resize(self) -> tuple[int, int] | None:

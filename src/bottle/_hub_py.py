@@ -68,6 +68,7 @@ __all__ = [
     "Poller",
     "match_keys",
     "peer_uid",
+    "read_wakeups",
 ]
 
 EV_CLIENTS = 5
@@ -149,6 +150,22 @@ def match_keys(seq: bytes, pos: int, data: bytes) -> tuple[bytes, int, bool]:
                 continue
         out.append(b)
     return bytes(out), pos, False
+
+
+def read_wakeups(fd: int) -> tuple[bytes, bool]:
+    """The signal numbers waiting in the `signal.set_wakeup_fd` pipe ``fd`` (non-blocking),
+    and whether the pipe has been closed."""
+    got = bytearray()
+    while True:
+        try:
+            data = os.read(fd, 128)
+        except BlockingIOError:
+            return bytes(got), False
+        except InterruptedError:
+            continue
+        if not data:
+            return bytes(got), True
+        got += data
 
 
 class Poller:
@@ -944,20 +961,13 @@ class Hub:
     # ------------------------------------------------------------------ signals
 
     def _read_wake(self) -> bool:
-        report = False
-        while True:
-            try:
-                data = os.read(self._wake_fd, 128)
-            except BlockingIOError:
-                break
-            if not data:
-                self._wake_fd = -1
-                break
-            for sig in data:
-                if sig not in self._sigs:
-                    self._sigs.append(sig)
-                report = True
-        return report
+        data, closed = read_wakeups(self._wake_fd)
+        if closed:
+            self._wake_fd = -1
+        for sig in data:
+            if sig not in self._sigs:
+                self._sigs.append(sig)
+        return bool(data)
 
     # ------------------------------------------------------------------ clients
 

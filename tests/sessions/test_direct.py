@@ -283,3 +283,20 @@ def test_terminal_frames_that_break_the_rules(holders: Sessions) -> None:
     c.expect(b";")
     c.sync()
     assert s.info().state == "running"
+
+
+def test_a_client_gone_outright_gives_the_terminal_back(
+    holders: Sessions, direct: Attacher
+) -> None:
+    # `bottle attach` killed with SIGKILL: only its connection tells the holder.
+    s = holders.start()
+    d = direct(s)
+    started(d)
+    d.client.close()
+    wait_for(lambda: s.info().clients == 0, "the holder to notice")
+    d.type(b"shell")
+    got = b""
+    while len(got) < 5:
+        got += os.read(d.shell, 5 - len(got))
+    assert got == b"shell"
+    assert s.info().state == "running"
