@@ -1322,3 +1322,5 @@ cdef class Pump:
 
 # The session holder's loop (Hub): a file of its own, compiled into this module.
 include "_hub.pxi"
+# The attach client's loop (Attach), after the Hub's protocol numbers it shares.
+include "_attach.pxi"

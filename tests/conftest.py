@@ -55,7 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="X.Y.Z",
         help="smolvm release the fake smolvm fakes unless a test picks one (default: 1.9.3); "
-        "run the suite at 1.0.2, 1.6.0 and 1.9.3",
+        "run the suite at 1.0.2, 1.6.0, 1.9.3 and 1.16.0",
     )
 
 

@@ -10,9 +10,12 @@ What smolvm does with them (smol-machines/smolvm, tag v1.9.3):
   src/cli/machine.rs); a name that does not resolve fails the create (exit 1). `start`
   resolves the names again and only warns on failure (`start_vm_named_with_db`,
   src/cli/vm_common.rs). A host also allows its subdomains.
-- The guest's DNS queries are answered only for the allowed names, and its connections may
-  only reach the allowed CIDRs, the addresses the names resolved to, and the addresses learnt
-  from allowed DNS answers (crates/smolvm-network/src/egress.rs; libkrun's TSI filter).
+- Any policy puts the machine on smolvm's virtio-net gateway (src/network/launch.rs, since
+  1.1.3; `--net-backend tsi` beside one is refused). The gateway answers the guest's DNS
+  (crates/smolvm-network/src/stack.rs): names on the list and under them are forwarded, others
+  get NXDOMAIN; with CIDRs only every name is forwarded. Connections may only reach the allowed
+  CIDRs, the addresses the names resolved to on the host, and the addresses learnt from allowed
+  DNS answers (crates/smolvm-network/src/egress.rs). README.md, "Network egress", has the rest.
 - A registry image is pulled inside the guest on first boot, through that filter. Since smolvm
   1.3.5 (commit aa99522a) smolvm lets that boot reach the image's registry by folding
   `registry_pull_hosts` (src/registry.rs) into the DNS allow-list, when the list names hosts

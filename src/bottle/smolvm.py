@@ -28,6 +28,7 @@ from bottle import _cache, _log
 from bottle import _validate as check
 from bottle import network as net
 from bottle.errors import (
+    BottleError,
     ConnectionLostError,
     InvalidInputError,
     MachineExistsError,
@@ -208,8 +209,9 @@ def exec_args(
     `tty` gives `-i -t`, `interactive` alone `-i` (stdin forwarded, output as it comes).
     `env_names` become bare `-e KEY` options: smolvm copies each value from its own
     environment, so values never appear on a command line. `workdir` is `-w DIR` (every
-    supported smolvm). `user` is `--user USER`, which no released smolvm has: pass it only
-    when `smolvm machine exec --help` shows the option.
+    supported smolvm). `user` is `--user USER`, which smolvm has from 1.14.0 (known from its
+    pull request #1148, not from source): pass it only when `smolvm machine exec --help` shows
+    the option.
     """
     check.machine_name(name)
     command = check.argv(command, "guest command argument", "command")
@@ -460,7 +462,8 @@ def classify_failure(
 
     With `guest=True` (exec), exit statuses 1 and 2 are ambiguous: they are taken as smolvm's
     only when stderr shows smolvm's own error shape; otherwise the guest command failed and
-    the caller gets its status.
+    the caller gets its status. Text alone cannot tell a newer smolvm's new words from a guest's
+    `Error: ` line: `Smolvm.call` settles those by the machine's state.
     """
     if returncode == 0:
         return None
@@ -508,6 +511,20 @@ def classify_failure(
         stderr=stderr,
         machine=machine,
     )
+
+
+def _unsettled(returncode: int, stderr: str, error: SmolvmCommandError | None) -> bool:
+    """Whether a failed exec's text leaves open what failed.
+
+    smolvm prints every failure as `Error: <Display>` (src/main.rs), and a newer smolvm words some
+    in ways bottle has never seen (1.14 reports a VM killed by a signal with a new text, smolvm PR
+    #1154). So a last stderr line of that shape that bottle does not recognise, or that names no
+    precise cause, is settled by the machine's state. A guest command's own failure without such a
+    line (the common case) costs nothing.
+    """
+    if returncode == 0 or (error is not None and type(error) is not SmolvmError):
+        return False
+    return _last_line(stderr).startswith("Error: ")
 
 
 # --- runner ------------------------------------------------------------------------------
@@ -986,6 +1003,7 @@ def run_streamed(
     drain: Callable[[IO[bytes]], None] | None = None,
     capture_stderr: bool = False,
     marks: Marks | None = None,
+    judge: Callable[[int, str], bool] | None = None,
 ) -> tuple[int, str]:
     """Run `argv` (a smolvm exec), its output passing through untouched; return (status, text).
 
@@ -995,8 +1013,11 @@ def run_streamed(
     then closed: the guest reads its end) or `drain(pipe)` empties. stderr is copied to this
     process's as it comes, all but a last line in smolvm's own error shape (`Error: vm not
     found: …`) when the status is 1: that line is smolvm's failure, not the guest's output,
-    and is returned instead, for the caller to report (`classify_failure`); otherwise the text
-    is empty. With `capture_stderr` stderr is not shown: all of it is the returned text.
+    and is returned instead, for the caller to report (`classify_failure`). Any other failing
+    last line that starts `Error: ` goes to `judge(status, line)`, which says whether it is
+    smolvm's after all (a newer smolvm's words look just like a guest's line: see
+    `Smolvm.settle_exec_failure`): returned if so, shown if not. Otherwise the text is empty.
+    With `capture_stderr` stderr is not shown: all of it is the returned text.
 
     With `marks` the guest command is bottle's wrapper around the real one: its lines are taken
     out of stderr (`marks` says what they were), and `stdin=None` forwards this process's stdin
@@ -1056,6 +1077,11 @@ def run_streamed(
         return status, text
     line = text.rstrip("\r\n")
     if status == 1 and "\n" not in line and _SMOLVM_ERROR.match(line):
+        return status, line
+    if (
+        judge is not None and status != 0 and "\n" not in line and line.startswith("Error: ")
+        and judge(status, line)
+    ):  # fmt: skip
         return status, line
     _write_all_quietly(2, kept)
     return status, ""
@@ -1163,7 +1189,8 @@ class Smolvm:
         return _fmt(self.version)
 
     def has_exec_user_option(self) -> bool:
-        """Whether `smolvm machine exec --help` offers `--user` (no release up to 1.9.3 does)."""
+        """Whether `smolvm machine exec --help` offers `--user` (none up to 1.9.3 does; 1.14.0
+        and later do, by smolvm's pull request #1148)."""
         if self._exec_user_option is None:
             key = self.identity
             if key not in _exec_user_cache:
@@ -1224,7 +1251,62 @@ class Smolvm:
         status, out, err = ran
         proc = subprocess.CompletedProcess(argv, status, out, err)
         error = classify_failure(argv, status, err, machine=machine, guest=guest)
+        if guest and machine is not None:
+            error = self.settle_exec_failure(argv, status, err, machine=machine, error=error)
         return proc, error
+
+    def settle_exec_failure(
+        self,
+        argv: Sequence[str],
+        returncode: int,
+        stderr: str,
+        *,
+        machine: str,
+        error: SmolvmCommandError | None,
+    ) -> SmolvmCommandError | None:
+        """`error` (what `classify_failure(..., guest=True)` read in `stderr`), settled by the
+        machine's state when the text leaves open what failed: a last line in smolvm's `Error: `
+        shape that names no cause bottle knows. Then gone is `MachineNotFoundError`, never started
+        (`created`) `MachineNotRunningError`, any other state but running `ConnectionLostError`;
+        still running leaves it as it was (a guest's own status, or smolvm's error as read).
+        Anything else costs nothing: `error` comes back as it was."""
+        if not _unsettled(returncode, stderr, error):
+            return error
+        try:
+            state = self.state(machine)
+        except BottleError as exc:  # best effort: what the text said stands
+            log.debug("machine %r: state probe after a failed exec failed: %s", machine, exc)
+            return error
+        if state == "running":
+            return error
+        said = _last_line(stderr).removeprefix("Error: ")
+        sub = " ".join(argv[1:3])
+        if state is None:
+            return MachineNotFoundError(
+                f"smolvm {sub} failed (machine {machine!r}): {said}; machine {machine!r} does "
+                "not exist",
+                argv=argv,
+                returncode=returncode,
+                stderr=stderr,
+                machine=machine,
+            )
+        if state == "created":
+            return MachineNotRunningError(
+                f"smolvm {sub} failed (machine {machine!r}): {said}; machine {machine!r} has "
+                "never been started",
+                argv=argv,
+                returncode=returncode,
+                stderr=stderr,
+                machine=machine,
+            )
+        return ConnectionLostError(
+            f"connection to the VM lost: machine {machine!r} is {state} after smolvm {sub} "
+            f"failed: {said}",
+            argv=argv,
+            returncode=returncode,
+            stderr=stderr,
+            machine=machine,
+        )
 
     def run(
         self,

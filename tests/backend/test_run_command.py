@@ -130,7 +130,7 @@ def test_run_command_runs_again_only_a_bring_up_kill(
 ) -> None:
     """The default: a command smolvm killed before it started, on a machine in its first 60 s,
     runs once more; on a machine long up, or with NO_RETRY, the 137 is the result."""
-    fake_smolvm.set_fault(EXEC_USER_OPTION=1)
+    fake_smolvm.set_fault(VERSION="1.14.0")  # exec --user (smolvm PR #1148)
     sv.clear_version_cache()
     image_machine(fake_smolvm, "old", created_at=int(time.time()) - 3600)
     runs = shared_dir / "runs"

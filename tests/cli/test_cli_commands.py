@@ -176,6 +176,17 @@ def test_exec_errors_are_one_line(fake_smolvm: Any) -> None:
     assert_one_line_error(bottle("exec", "-n", "m", "sleep 5"), "connection to VM lost")
 
 
+def test_exec_vm_killed_in_words_bottle_has_never_seen(fake_smolvm: Any) -> None:
+    # smolvm 1.14.1 and later say so in words of their own (smolvm PR #1154; the fake's text is
+    # a stand-in): bottle asks for the machine's state and reports the lost connection.
+    fake_smolvm.set_fault(VERSION="1.16.0")
+    image_machine(fake_smolvm, "m")
+    fake_smolvm.set_fault(DIE_AFTER=0.3)
+    proc = bottle("exec", "-n", "m", "sleep 5")
+    assert_one_line_error(proc, "connection to the VM lost: machine 'm' is stopped",
+                          "killed by signal 9")  # fmt: skip
+
+
 def test_missing_and_too_old_smolvm(fake_smolvm: Any, tmp_path: Path) -> None:
     env = {**os.environ, "PATH": "/usr/bin:/bin"}
     assert_one_line_error(bottle("exec", "-n", "m", "true", env=env), "BOTTLE_SMOLVM",

@@ -140,6 +140,7 @@ def test_bad_global_options_are_usage_errors(args: list[str]) -> None:
     ],
 )
 def test_verbose_before_or_after_the_command(fake_smolvm: Any, args: list[str]) -> None:
+    fake_smolvm.set_fault(VERSION="1.9.3")  # exact stderr: below 1.8.1 a paste warning comes first
     image_machine(fake_smolvm, "m")
     proc = bottle(*args)
     assert proc.returncode == 0, proc.stderr
@@ -190,6 +191,7 @@ def test_a_guests_status_passes_through_unchanged(fake_smolvm: Any, status: int)
 def test_a_missing_machine_is_one_text_everywhere_with_a_suggestion(
     fake_smolvm: Any, tmp_path: Path
 ) -> None:
+    fake_smolvm.set_fault(VERSION="1.9.3")  # exact stderr: below 1.8.1 a paste warning comes first
     image_machine(fake_smolvm, "demo")
     image_machine(fake_smolvm, "other")
     note = tmp_path / "note.txt"
@@ -205,6 +207,7 @@ def test_a_missing_machine_is_one_text_everywhere_with_a_suggestion(
 
 
 def test_a_stopped_machine_is_one_text_everywhere(fake_smolvm: Any) -> None:
+    fake_smolvm.set_fault(VERSION="1.9.3")  # exact stderr: below 1.8.1 a paste warning comes first
     fake_smolvm.create("idle", running=False)  # created, never started
     want = "machine 'idle' is not running (state: created); start it with: smolvm machine " \
            "start --name idle"  # fmt: skip
@@ -256,6 +259,7 @@ CASES = [
 @pytest.mark.parametrize(("args", "said"), CASES, ids=[" ".join(a[:4]) for a, _ in CASES])
 def test_messages_name_flags_not_python_parameters(fake_smolvm: Any, args: list[str],
                                                    said: str) -> None:  # fmt: skip
+    fake_smolvm.set_fault(VERSION="1.9.3")  # exact stderr: below 1.8.1 a paste warning comes first
     image_machine(fake_smolvm, "m")
     calls = len(fake_smolvm.calls())
     text = one_error(bottle(*args, env={**os.environ, "TOKEN": "t"}))

@@ -2,11 +2,11 @@
 
 An example is a fenced block opened with ```` ```sh example ````. The examples run in the order
 the README gives them, as one user's session at a shell: one fake smolvm (tests/fake_smolvm/,
-at 1.9.3), one working directory, `bottle` on PATH, each block under `bash -euo pipefail` with
-no terminal (stdin is /dev/null). A ```` ```text ```` block right after an example is its
-output, stdout and stderr together (a pty's CRLF read as LF; `…` stands for any text within a
-line, such as a time); without one, the block only has to succeed. To show a failure, end the
-line with `|| echo "status $?"`.
+at 1.9.3), one working directory, one session directory, `bottle` on PATH, each block under
+`bash -euo pipefail` with no terminal (stdin is /dev/null). A ```` ```text ```` block right
+after an example is its output, stdout and stderr together (a pty's CRLF read as LF; `…`
+stands for any text within a line, such as a time); without one, the block only has to
+succeed. To show a failure, end the line with `|| echo "status $?"`.
 
 A ```` ```sh ```` block with a line starting `bottle ` that is not marked is refused, so that no
 example of the command line goes untested.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from harness.backend import npm_image_env
+from harness.sessions import runtime_dir
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*\n", re.M | re.S)
@@ -106,6 +107,12 @@ def test_readme_examples_run(fake_smolvm: Any, shared_dir: Path, tmp_path: Path)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     work = tmp_path / "work"
     work.mkdir()
+    with runtime_dir() as runtime:  # the user's own session directory (detached sessions)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+        run_examples(env, work)
+
+
+def run_examples(env: dict[str, str], work: Path) -> None:
     for example in examples(README.read_text()):
         proc = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", example.script], cwd=work, env=env,

@@ -32,13 +32,15 @@ LAYERS: list[tuple[str, ...]] = [
         "bottle._sessionwire",
     ),
     # The tools the backend uses: the relay (both copy loops and the front), detached sessions
-    # (their holder's loop, both twins, and the holder), the smolvm CLI wrapper, and the agent
-    # provider table.
+    # (their holder's and their attach client's loops, both twins; the holder; the client),
+    # the smolvm CLI wrapper, and the agent provider table.
     (
         "bottle._ptyrelay",
         "bottle._ptyrelay_py",
         "bottle._hub_py",
+        "bottle._attach_py",
         "bottle.sessions",
+        "bottle.sessions._client",
         "bottle.sessions._dirs",
         "bottle.sessions._holder",
         "bottle.relay",

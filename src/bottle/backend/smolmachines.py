@@ -3,10 +3,11 @@
 Who a guest command runs as is smolvm's choice, not ours (its `machine exec` in
 src/cli/machine.rs, and the image user applied since commits 5bbffccf and 957bd755): root on a
 bare VM; the image's USER on an image machine (for `-i`/`-t` since smolvm 1.3.0, for captured
-exec since 1.6.0); no released smolvm can pick another. So a bottle learns once who its guest
-commands run as (`id`, run in the guest), runs directly when that is the wanted user, switches
-with `runuser -u USER --` only from root (never `-l`: a login PAM session can hang on a minimal
-guest), uses smolvm's own `--user` where a newer smolvm offers it, and otherwise refuses with a
+exec since 1.6.0); up to 1.13.x nothing can pick another, and 1.14.0 added `exec --user` (known
+from smolvm's pull request #1148, not from its source). So a bottle uses smolvm's `--user` where
+`exec --help` shows it; otherwise it learns once who its guest commands run as (`id`, run in the
+guest), runs directly when that is the wanted user, switches with `runuser -u USER --` only from
+root (never `-l`: a login PAM session can hang on a minimal guest), and otherwise refuses with a
 `GuestUserError`. `HOME`/`USER` and the bottle's env are set with `env K=V…`; the working
 directory is smolvm's `-w` (no shell, no login profile).
 
@@ -819,7 +820,9 @@ class SmolmachinesBottle(Bottle):
         env). The result's `error` is `MachineNotFoundError` / `MachineNotRunningError` /
         `GuestUserError` when no session could start (status 1, nothing run),
         `AgentNotFoundError` when the agent's command is not there (status 127, nothing run),
-        and `ConnectionLostError` when smolvm exited 1 and the machine is no longer running.
+        and `ConnectionLostError` when smolvm exited 1 and the machine is no longer running:
+        exit 1 is the agent's or smolvm's, and smolvm's words for a dying VM change between
+        releases, so the machine's state decides.
 
         With ``detach``, the same smolvm command runs in a session holder
         (`bottle.sessions.start`: its own pty, not this process's terminal) and this returns
@@ -1118,10 +1121,21 @@ class SmolmachinesBottle(Bottle):
                 workdir=workdir, user=option,
             )]  # fmt: skip
             log.debug("%s in %s: %s", what, self.machine_name, full)
+            settled: list[SmolvmCommandError | None] = []
+
+            def smolvms(
+                raw: int, line: str, full: list[str] = full,
+                settled: list[SmolvmCommandError | None] = settled,
+            ) -> bool:  # fmt: skip
+                # A failing last line in smolvm's shape that bottle cannot read: held back
+                # until the machine's state says whose it is (shown only if the command's).
+                settled.append(self._settle(full, exit_status(raw), line))
+                return settled[-1] is not None
+
             with _runnable(full[0]):
                 status, said = sv.run_streamed(
                     full, env=self.child_env(), stdin=None if stdin else subprocess.DEVNULL,
-                    marks=marks,
+                    marks=marks, judge=smolvms,
                 )  # fmt: skip
             status = exit_status(status)
             if found is not None and marks is not None and marks.refusal is not None:
@@ -1129,7 +1143,7 @@ class SmolmachinesBottle(Bottle):
                 self._refused(found, marks.refusal)
                 kept = False
                 continue
-            error = sv.classify_failure(full, status, said, machine=self.machine_name, guest=True)
+            error = settled[0] if settled else self._settle(full, status, said)
             if error is not None:
                 log.error("%s in machine %r: %s", what, self.machine_name, error,
                           extra=RETURNED_ERROR)  # fmt: skip
@@ -1218,7 +1232,9 @@ class SmolmachinesBottle(Bottle):
         Returns the last `ExecResult`, as the replaced class did, even when smolvm failed (its
         `Error:` line is in `stderr`, the precise error in `error`) or every attempt of the
         retry policy ended with a retryable status (`retry_exhausted`, earlier attempts in
-        `retried`). `result.check()` raises the precise error. Each retry is logged.
+        `retried`). `result.check()` raises the precise error. Each retry is logged. A failure
+        whose `Error:` line bottle cannot read costs one `smolvm machine status`: a machine that
+        is gone or stopped makes it smolvm's error, a running one leaves the guest's status.
         """
         self._ensure_open()
         check.no_nul(script, "script")
@@ -1586,11 +1602,19 @@ class SmolmachinesBottle(Bottle):
         self._refused(tar.found, tar.marks.refusal)
         return True
 
+    def _settle(self, full: list[str], status: int, said: str) -> SmolvmCommandError | None:
+        """smolvm's failure in an exec's stderr `said`, settled by the machine's state where
+        the text cannot tell (`Smolvm.settle_exec_failure`); None: the guest's own status."""
+        error = sv.classify_failure(full, status, said, machine=self.machine_name, guest=True)
+        return self._smolvm.settle_exec_failure(
+            full, status, said, machine=self.machine_name, error=error
+        )
+
     def _tar_done(self, full: list[str], status: int, said: str, what: str) -> None:
         status = exit_status(status)
         if status == 0:
             return
-        error = sv.classify_failure(full, status, said, machine=self.machine_name, guest=True)
+        error = self._settle(full, status, said)
         if error is not None:
             raise error
         result = ExecResult(status, "", said)

@@ -38,6 +38,7 @@ FLAGS = {
     "allow_cidrs": "--allow-cidr",
     "allow_hosts": "--allow-host",
     "cpus": "--cpus",
+    "detach_keys": "--detach-keys",
     "env": "-e",
     "guest_env": "-e",
     "image": "--image",

@@ -31,6 +31,12 @@ COMMANDS: dict[str, Entry] = {
     "completion": Entry(
         "bottle.cli.completion", "Completion", "print a shell's completion script for bottle"
     ),
+    "attach": Entry(
+        "bottle.cli.attach", "Attach", "connect this terminal to a detached agent session"
+    ),
+    "sessions": Entry(
+        "bottle.cli.sessions", "Sessions", "list detached agent sessions (rm: forget ended ones)"
+    ),
     "relay": Entry(
         "bottle.relay.__main__", None, "run an interactive command through the PTY relay"
     ),

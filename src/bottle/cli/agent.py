@@ -16,6 +16,7 @@ from bottle.cli._agent import (
 )
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
 from bottle.cli._options import add_name, retry_policy
+from bottle.cli._sessions import settle
 
 
 class Agent(Command):
@@ -36,6 +37,7 @@ class Agent(Command):
 
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         check_record(ns)
+        settle()
         spec = LaunchSpec(machine_name=ns.name, prompt_mode=ns.prompt_mode, **session_fields(ns))
         bottle = SmolmachinesBottle.from_spec(
             spec, prompt_path=ns.prompt_path, retry=retry_policy(ns)
@@ -46,4 +48,4 @@ class Agent(Command):
                     bottle.install_agent()
                 return run_session(bottle, ns, extra, record)
             finally:
-                said_where(record)
+                said_where(record, detached=ns.detach)

@@ -22,6 +22,7 @@ from bottle.cli._agent import (
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
 from bottle.cli._options import add_name, positive_int, retry_policy
 from bottle.cli._progress import ProgressDisplay
+from bottle.cli._sessions import settle
 from bottle.errors import InvalidInputError
 
 
@@ -81,6 +82,7 @@ class Launch(Command):
 
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         check_record(ns)
+        settle()
         spec = LaunchSpec(
             machine_name=ns.name,
             image=ns.image,
@@ -104,7 +106,7 @@ class Launch(Command):
                     # The session owns the terminal; the display is back for the teardown.
                     return run_session(bottle, ns, extra, record)
             finally:
-                said_where(record)
+                said_where(record, detached=ns.detach)
 
 
 def _network(ns: argparse.Namespace) -> bool | str | None:

@@ -13,6 +13,7 @@ from bottle.backend.smolmachines import SmolmachinesBottleBackend
 from bottle.cli._command import Command, Parser
 from bottle.cli._errors import PROG, report
 from bottle.cli._progress import ProgressDisplay
+from bottle.cli._sessions import settle
 from bottle.errors import BottleError, MachineRunningError
 
 
@@ -68,6 +69,8 @@ class Ls(Command):
         shown.add_argument("--names", action="store_true", help="only the names, one a line")
 
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
+        if not ns.names:  # completion's quick question stays quick
+            settle()  # a dead holder's machine: torn down before it is listed
         machines = SmolmachinesBottleBackend().list_machines()
         if ns.json:
             text = json.dumps([as_json(m) for m in machines], indent=2) + "\n"

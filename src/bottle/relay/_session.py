@@ -5,20 +5,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import signal
 import stat
 import sys
 import termios
-import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 
 from bottle.relay._children import KILL_GRACE, Child, ResizeWorker
 from bottle.relay._impl import core
-from bottle.relay._recording import Recording
+from bottle.relay._recording import Recording, write_header
 from bottle.relay._tty import DEFAULT_SIZE, WINSIZE, UserTerminal, defer, window_size
 
 # Ways to carry the child's output (see `run`); the first is the default.
@@ -46,9 +44,6 @@ _DRAIN_IDLE_MS = 100
 _DRAIN_CAP_MS = 2000
 # At the end, the recording's last events get this long to reach the file (a stalled disk).
 _RECORD_FINISH_MS = 5000
-# The host variables a recording's header names (asciicast v2 "env"); nothing else of the
-# environment goes into the file, so secrets passed to the child never do.
-_RECORD_ENV = ("TERM", "SHELL")
 
 log = logging.getLogger("bottle.relay")
 
@@ -299,20 +294,8 @@ class Session:
     def _write_header(self, fd: int, master: int) -> None:
         assert self._record is not None
         rows, cols = window_size(master) or DEFAULT_SIZE
-        header: dict[str, object] = {
-            "version": 2,
-            "width": cols,
-            "height": rows,
-            "timestamp": int(time.time()),
-        }
-        env = {name: os.environ[name] for name in _RECORD_ENV if name in os.environ}
-        if env:
-            header["env"] = env
-        header["title"] = self._record[1]
-        line = (json.dumps(header, ensure_ascii=False) + "\n").encode()
         try:
-            while line:
-                line = line[os.write(fd, line) :]
+            write_header(fd, rows, cols, self._record[1])
         except OSError as exc:
             raise OSError(
                 exc.errno, f"cannot write recording file: {exc.strerror}", self._record[0].path
