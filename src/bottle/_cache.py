@@ -20,15 +20,16 @@ from __future__ import annotations
 import binascii
 import contextlib
 import json
-import logging
 import os
 import stat
 from collections.abc import Sequence
 from typing import Any
 
+from bottle import _log
+
 __all__ = ["clear", "directory", "forget", "load", "store"]
 
-log = logging.getLogger(__name__)
+log = _log.get_logger(__name__)
 
 # Bumped when an entry's meaning changes: entries of another format are misses.
 _FORMAT = 1

@@ -30,12 +30,15 @@ back at once (see bottle._validate).
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bottle.errors import InvalidInputError, Message, Param
+
+if TYPE_CHECKING:
+    import ipaddress
 
 __all__ = [
     "PULL_FOLD_SINCE",
@@ -149,12 +152,18 @@ def check_cidr(cidr: str) -> AllowedCidr:
     return AllowedCidr(cidr)
 
 
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    import ipaddress  # only where an allow-list is checked: not every command's start-up
+
+    return ipaddress.ip_address(text)
+
+
 def _check_host(host: object) -> str:
     if not isinstance(host, str):
         raise InvalidInputError(f"allowed host must be a string, not {type(host).__name__}")
     problem = None
     try:
-        ipaddress.ip_address(host)
+        _ip_address(host)
     except ValueError:
         pass
     else:
@@ -200,7 +209,7 @@ def _check_cidr(cidr: object) -> str:
     try:
         if "%" in addr:
             raise ValueError(cidr)
-        ip = ipaddress.ip_address(addr)
+        ip = _ip_address(addr)
         if slash:
             if not _PREFIX.fullmatch(prefix) or int(prefix) > ip.max_prefixlen:
                 raise ValueError(cidr)
@@ -258,7 +267,7 @@ def split_allow_list(entries: Iterable[str]) -> tuple[tuple[str, ...], tuple[str
                 f"allow-list entries must be strings, not {type(entry).__name__}"
             )
         try:
-            ipaddress.ip_address(entry.partition("/")[0])
+            _ip_address(entry.partition("/")[0])
         except ValueError:
             hosts.append(entry)
         else:

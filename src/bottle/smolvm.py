@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import math
 import os
 import re
 import selectors
-import shutil
 import signal
 import subprocess
 import threading
@@ -26,7 +24,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import IO, Any
 
-from bottle import _cache
+from bottle import _cache, _log
 from bottle import _validate as check
 from bottle import network as net
 from bottle.errors import (
@@ -53,6 +51,7 @@ __all__ = [
     "ENV_OVERRIDE",
     "LABELS_SINCE",
     "MIN_VERSION",
+    "Marks",
     "OutputLine",
     "Smolvm",
     "Timeouts",
@@ -77,7 +76,7 @@ __all__ = [
     "stop_args",
 ]
 
-log = logging.getLogger(__name__)
+log = _log.get_logger(__name__)
 
 ENV_OVERRIDE = "BOTTLE_SMOLVM"
 # 1.0.2 made machine names flags everywhere (`create -n`, `delete -n`); older CLIs need
@@ -263,6 +262,17 @@ def cp_out_args(name: str, src: str, dst: str) -> list[str]:
 # --- executable and version --------------------------------------------------------------
 
 
+def _which(name: str, search: str) -> str | None:
+    """The first executable file `name` in the directories of `search`, as `shutil.which`
+    finds it (shutil, with the archive modules it loads, would be a few ms of every bottle
+    command's start-up)."""
+    for directory in search.split(os.pathsep):
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
+
+
 def find_executable(environ: Mapping[str, str] | None = None) -> str:
     """Locate smolvm: `$BOTTLE_SMOLVM` if set, else the PATH of `environ` (default os.environ).
 
@@ -274,7 +284,7 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
     override = env.get(ENV_OVERRIDE)
     if override:
         if os.sep not in override:
-            found = shutil.which(override, path=env.get("PATH", os.defpath))
+            found = _which(override, env.get("PATH", os.defpath))
             if found is None:
                 raise SmolvmNotFoundError(
                     f"{ENV_OVERRIDE}={override!r}: no such program on PATH "
@@ -294,7 +304,7 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
             )
         return override
     search = env.get("PATH", os.defpath)
-    found = shutil.which("smolvm", path=search)
+    found = _which("smolvm", search)
     if found is not None:
         return found
     for directory in search.split(os.pathsep):
@@ -813,15 +823,125 @@ def _write_all_quietly(fd: int, data: bytes) -> bool:
     return True
 
 
+# What bottle's wrapper around a guest command (bottle.backend.smolmachines) writes on its
+# stderr before the command: `bottle-exec NONCE run` as it hands over to the command, or
+# `bottle-exec NONCE refused: <id's output>` when it will not run it (then it exits 125).
+MARK_RUN = "run"
+MARK_REFUSED = "refused: "
+# A longer first line is not the wrapper's (`id` lists the groups, a few hundred bytes).
+_MARK_MAX = 64 * 1024
+
+
+def mark_prefix(nonce: str) -> str:
+    """The start of each line the wrapper of the call with `nonce` writes."""
+    return f"bottle-exec {nonce} "
+
+
+class Marks:
+    """The wrapper's lines, taken out of a guest command's stderr (`run_streamed`'s `marks`).
+
+    Until one of them has come, a line on stderr is held only while it could still be one (its
+    start so far is the nonce's prefix): what comes before the wrapper's line is smolvm's own,
+    written in whole lines, and the command has not started. After it, nothing is held.
+    `started`: the command was handed over to (so it may have run, printed, read input).
+    `refusal`: the wrapper's refusal (the guest's `id` output): the command did not run.
+    `settled` is set once either is known, or stderr has ended without them.
+    """
+
+    def __init__(self, nonce: str) -> None:
+        self._prefix = mark_prefix(nonce).encode()
+        self.started = False
+        self.refusal: str | None = None
+        self.settled = threading.Event()
+        self._held = b""
+        self._passing = False  # within a line that is not the wrapper's: through to its end
+
+    def filter(self, data: bytes) -> bytes:
+        """What of `data` goes on (held bytes included once they cannot be a mark)."""
+        if self.settled.is_set():
+            return data
+        data, self._held = self._held + data, b""
+        out = bytearray()
+        while data:
+            end = data.find(b"\n") + 1
+            line = data[:end] if end else data
+            if self._passing:
+                out += line
+                self._passing = not end
+            elif len(line) > _MARK_MAX or not (
+                line.startswith(self._prefix) or self._prefix.startswith(line)
+            ):
+                self._passing = True
+                continue
+            elif not end:
+                self._held = line  # it may still become the wrapper's line
+            else:
+                word = line[len(self._prefix) : -1].decode("utf-8", "replace")
+                if word == MARK_RUN:
+                    self.started = True
+                elif word.startswith(MARK_REFUSED):
+                    self.refusal = word[len(MARK_REFUSED) :]
+                else:
+                    out += line  # the wrapper's shape, not its word: nobody's to drop
+                    data = data[len(line) :]
+                    continue
+                self.settled.set()
+                return bytes(out + data[end:])
+            data = data[len(line) :]
+        return bytes(out)
+
+    def end(self) -> bytes:
+        """stderr has ended: what is still held goes on."""
+        held, self._held = self._held, b""
+        self.settled.set()
+        return held
+
+
+def _forward_input(pipe: IO[bytes], marks: Marks, stop: int) -> None:
+    """Copy this process's stdin to `pipe` once the wrapper has handed over to the command,
+    its end included; stop (closing `pipe`) when `stop` becomes readable. A refusal, or a
+    command killed before it started, takes nothing from stdin."""
+    try:
+        marks.settled.wait()
+        if not marks.started:
+            return
+        with selectors.DefaultSelector() as sel:
+            try:
+                sel.register(0, selectors.EVENT_READ)
+                sel.register(stop, selectors.EVENT_READ)
+                waits = True
+            except PermissionError:
+                # epoll takes no regular file (nor /dev/null): a read of one never waits, and
+                # its copy ends at its end or when the command has gone.
+                waits = False
+            while True:
+                if waits and any(key.fd == stop for key, _ in sel.select()):
+                    return
+                try:
+                    chunk = os.read(0, 65536)
+                except BlockingIOError:  # a non-blocking stdin, shared: not ours to change
+                    continue
+                if not chunk:
+                    return  # its end: closing the pipe hands it on
+                if not _write_all_quietly(pipe.fileno(), chunk):
+                    return  # the command (or smolvm) is gone
+    except (OSError, ValueError):
+        pass  # stdin closed or unreadable: the command reads its end
+    finally:
+        _close_quietly(pipe)
+
+
 class _StderrCopy:
     """A child's stderr, copied to this process's as it comes (in a thread of its own), but
     for a last line that starts like smolvm's `Error: `: whether that line is smolvm's is known
     only at the end, so it is held until more output comes or the child has exited. With
-    `capture`, nothing is copied: all of it is kept for the caller."""
+    `capture`, nothing is copied: all of it is kept for the caller. With `marks`, the guest
+    wrapper's lines are taken out first."""
 
-    def __init__(self, pipe: IO[bytes], *, capture: bool) -> None:
+    def __init__(self, pipe: IO[bytes], *, capture: bool, marks: Marks | None = None) -> None:
         self._pipe = pipe
         self._capture = capture
+        self._marks = marks
         self.kept = bytearray()
         self._thread = threading.Thread(target=self._copy, name="bottle-stderr", daemon=True)
         self._thread.start()
@@ -829,8 +949,13 @@ class _StderrCopy:
     def _copy(self) -> None:
         held = b""
         shown = True
+        marks = self._marks
         try:
             while chunk := os.read(self._pipe.fileno(), 65536):
+                if marks is not None:
+                    chunk = marks.filter(chunk)
+                    if not chunk:
+                        continue
                 if self._capture:
                     self.kept += chunk
                     continue
@@ -848,6 +973,8 @@ class _StderrCopy:
         except OSError:
             pass
         finally:
+            if marks is not None:
+                held += marks.end()
             self.kept += held
             # Closed here, by the one thread that reads it: closed from another, its number
             # could be reused while a read still waits on it.
@@ -875,6 +1002,7 @@ def run_streamed(
     feed: Callable[[IO[bytes]], None] | None = None,
     drain: Callable[[IO[bytes]], None] | None = None,
     capture_stderr: bool = False,
+    marks: Marks | None = None,
     judge: Callable[[int, str], bool] | None = None,
 ) -> tuple[int, str]:
     """Run `argv` (a smolvm exec), its output passing through untouched; return (status, text).
@@ -891,14 +1019,20 @@ def run_streamed(
     `Smolvm.settle_exec_failure`): returned if so, shown if not. Otherwise the text is empty.
     With `capture_stderr` stderr is not shown: all of it is the returned text.
 
+    With `marks` the guest command is bottle's wrapper around the real one: its lines are taken
+    out of stderr (`marks` says what they were), and `stdin=None` forwards this process's stdin
+    through a pipe only once the wrapper has handed over to the command, so that a refusal or
+    a kill before the command started has taken none of it.
+
     An interrupt at any point, even while the child is still starting, kills and reaps it
     before the exception goes on. The status is the child's (negative: killed by a signal).
     """
+    forward = marks is not None and stdin is None
     held = _HeldSignals()
     try:
         proc = subprocess.Popen(
             list(argv),
-            stdin=stdin,
+            stdin=subprocess.PIPE if forward else stdin,
             stdout=stdout,
             stderr=subprocess.PIPE,
             env=None if env is None else dict(env),
@@ -907,8 +1041,17 @@ def run_streamed(
         held.release()
         raise
     assert proc.stderr is not None
-    copy = _StderrCopy(proc.stderr, capture=capture_stderr)
+    copy = _StderrCopy(proc.stderr, capture=capture_stderr, marks=marks)
+    forwarder = None
     try:
+        if forward:
+            assert marks is not None and proc.stdin is not None
+            stop_r, stop_w = os.pipe()
+            forwarder = threading.Thread(
+                target=_forward_input, args=(proc.stdin, marks, stop_r), name="bottle-stdin",
+                daemon=True,
+            )  # fmt: skip
+            forwarder.start()
         held.release()
         if feed is not None and proc.stdin is not None:
             try:
@@ -923,9 +1066,12 @@ def run_streamed(
         _kill(proc, group=False)
         raise
     finally:
-        _close_quietly(proc.stdin)
+        if forwarder is None:
+            _close_quietly(proc.stdin)
         _close_quietly(proc.stdout)
         kept = copy.finish()
+        if forwarder is not None:
+            _stop_forwarding(forwarder, marks, stop_r, stop_w)
     text = kept.decode("utf-8", "replace")
     if capture_stderr:
         return status, text
@@ -939,6 +1085,19 @@ def run_streamed(
         return status, line
     _write_all_quietly(2, kept)
     return status, ""
+
+
+def _stop_forwarding(
+    forwarder: threading.Thread, marks: Marks | None, stop_r: int, stop_w: int
+) -> None:
+    """The child is gone: stop copying stdin to it (the forwarder owns, and closes, its pipe)."""
+    assert marks is not None
+    marks.settled.set()  # a forwarder still waiting to hear from the wrapper never will
+    os.write(stop_w, b"x")
+    forwarder.join(_STDERR_GRACE)
+    os.close(stop_w)
+    if not forwarder.is_alive():  # else it may still select on it
+        os.close(stop_r)
 
 
 class Smolvm:

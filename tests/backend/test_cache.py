@@ -183,10 +183,26 @@ def test_a_machine_made_again_as_root_never_runs_a_command_meant_for_node_as_roo
     proc = bottle("exec", "-n", "m", f"id -un >> {log}; id -un")
     assert (proc.returncode, proc.stdout) == (0, "node\n"), proc.stderr
     assert log.read_text() == "node\n"
-    guests = [c[c.index("--") + 1 :] for c in smolvm_calls(fake_smolvm, before)]
-    assert guests[0][:3] == ["/bin/sh", "-c", guests[0][2]]  # the guard, which stopped it
-    assert guests[1] == ["id"]  # asked again
-    assert guests[2][:4] == ["runuser", "-u", "node", "--"]  # and run as node, once
+    first, then = [c[c.index("--") + 1 :] for c in smolvm_calls(fake_smolvm, before)]
+    assert first[:3] == ["/bin/sh", "-c", first[2]]  # the guard, which stopped it, saying `id`
+    at = then.index("runuser")
+    assert then[at : at + 4] == ["runuser", "-u", "node", "--"]  # so run as node, once
+
+
+def test_a_refused_command_took_none_of_its_input(fake_smolvm: Any, shared_dir: Path) -> None:
+    """`exec -i`: stdin is forwarded only once the check has let the command through, so what
+    the refused run never read is all there for the run that follows (smolvm reads its stdin
+    from the start: given it directly, the refused run would have swallowed it)."""
+    fake_smolvm.set_fault(VERSION="1.9.3")
+    image_machine(fake_smolvm, "m", image=AGENT_IMAGE)
+    assert bottle("exec", "m", "true").returncode == 0
+    fake_smolvm.run("machine", "delete", "-n", "m", "-f")
+    image_machine(fake_smolvm, "m", image=ROOT_IMAGE)
+    before = len(fake_smolvm.calls())
+    data = "".join(f"line {n}\n" for n in range(2000))
+    proc = bottle("exec", "-i", "m", "sh", "-c", 'echo "$(id -un)" >&2; cat', input=data)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, data, "node\n")
+    assert len(smolvm_calls(fake_smolvm, before)) == 2  # refused, then run
 
 
 def test_a_machine_made_again_with_user_node_runs_directly(fake_smolvm: Any) -> None:
@@ -245,3 +261,36 @@ def test_concurrent_first_execs_share_one_cache(fake_smolvm: Any) -> None:
     before = len(fake_smolvm.calls())
     assert bottle("exec", "-n", "m", "true").returncode == 0
     assert len(smolvm_calls(fake_smolvm, before)) == 1
+
+
+def test_a_copy_made_on_a_kept_answer_is_checked_too(
+    fake_smolvm: Any, shared_dir: Path, tmp_path: Path
+) -> None:
+    """A directory's tar runs as the kept answer says, behind the check: on a machine made
+    again, nothing is unpacked by the refused tar, and the copy is done as the machine needs
+    (here root, so the files are root's, as on a machine bottle never saw)."""
+    fake_smolvm.set_fault(VERSION="1.9.3")
+    image_machine(fake_smolvm, "m", image=AGENT_IMAGE)
+    assert bottle("exec", "m", "true").returncode == 0  # kept: node runs commands
+    fake_smolvm.run("machine", "delete", "-n", "m", "-f")
+    image_machine(fake_smolvm, "m", image=ROOT_IMAGE)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "data").write_bytes(bytes(range(256)))
+    before = len(fake_smolvm.calls())
+    proc = bottle("cp", str(src), f"m:{shared_dir}/")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    copied = shared_dir / "src" / "sub" / "data"
+    assert copied.read_bytes() == bytes(range(256))
+    assert (copied.stat().st_uid, (shared_dir / "src").stat().st_uid) == (0, 0)
+    ids, refused, tar = [c[c.index("--") + 1 :] for c in smolvm_calls(fake_smolvm, before)]
+    assert ids == ["id", "--", "node"]  # the archive's owner, as the kept answer had it
+    assert refused[:3] == ["/bin/sh", "-c", refused[2]] and "tar -x" in " ".join(refused)
+    assert tar[0] == "env" and "tar -x" in " ".join(tar)  # as root, as the refusal said
+    # Back, on what was learnt then: the guest is never asked who it runs commands as.
+    before = len(fake_smolvm.calls())
+    proc = bottle("cp", f"m:{shared_dir}/src", str(tmp_path / "back"))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert (tmp_path / "back" / "sub" / "data").read_bytes() == bytes(range(256))
+    assert ["id"] not in [c[c.index("--") + 1 :] for c in smolvm_calls(fake_smolvm, before)
+                          if "--" in c]  # fmt: skip

@@ -14,6 +14,7 @@ import logging
 import os
 import stat
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 from harness.backend import AGENT_IMAGE, image_machine
 
 from bottle import smolvm as sv
-from bottle.backend.smolmachines import SmolmachinesBottle
+from bottle.backend.smolmachines import NO_RETRY, RetryPolicy, SmolmachinesBottle
 from bottle.errors import (
     BottleError,
     ConnectionLostError,
@@ -124,10 +125,28 @@ def test_run_command_users_across_smolvm_releases(
             assert capfd.readouterr().out == f"{shown}\n"
 
 
-def test_run_command_never_runs_twice(fake_smolvm: Any, m: SmolmachinesBottle) -> None:
-    fake_smolvm.set_fault(EXEC_USER_OPTION=1, KILL_EXECS=1)
+def test_run_command_runs_again_only_a_bring_up_kill(
+    fake_smolvm: Any, m: SmolmachinesBottle, shared_dir: Path, capfd: Any
+) -> None:
+    """The default: a command smolvm killed before it started, on a machine in its first 60 s,
+    runs once more; on a machine long up, or with NO_RETRY, the 137 is the result."""
+    fake_smolvm.set_fault(VERSION="1.14.0")  # exec --user (smolvm PR #1148)
     sv.clear_version_cache()
-    assert SmolmachinesBottle("m").run_command(["true"]) == AgentResult(137)
+    image_machine(fake_smolvm, "old", created_at=int(time.time()) - 3600)
+    runs = shared_dir / "runs"
+    command = ["sh", "-c", f"echo x >> {runs}; echo out"]
+    quick = RetryPolicy(delay=0.01)  # the bring-up limit is BRING_UP_RETRY's
+    for name, retry, result, ran in (
+        ("m", quick, AgentResult(0), "x\n"),
+        ("old", quick, AgentResult(137), ""),
+        ("m", NO_RETRY, AgentResult(137), ""),
+    ):
+        fake_smolvm.set_fault(KILL_EXECS=1)
+        assert SmolmachinesBottle(name, retry=retry).run_command(command) == result, name
+        assert capfd.readouterr().out == ("out\n" if ran else "")
+        assert (runs.read_text() if runs.exists() else "") == ran
+        runs.unlink(missing_ok=True)
+        (fake_smolvm.state_dir / "exec_kills").unlink()
 
 
 def test_run_command_vm_lost(fake_smolvm: Any, m: SmolmachinesBottle, capfd: Any) -> None:

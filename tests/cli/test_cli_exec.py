@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -100,14 +101,50 @@ def test_the_guests_status_is_bottles(machine: Any, shared_dir: Path) -> None:
     assert mark.read_text() == "x\n"
 
 
-def test_a_137_from_smolvm_is_not_retried(machine: Any) -> None:
+def test_a_137_from_smolvm_on_a_machine_long_up_is_not_retried(machine: Any) -> None:
     # A smolvm with `exec --user`: bottle asks the guest nothing first, so the kill hits the
-    # command itself.
-    machine.set_fault(EXEC_USER_OPTION=1, KILL_EXECS=1)
+    # command itself. Past the machine's bring-up, a 137 is the command's own.
+    machine.set_fault(VERSION="1.14.0")  # exec --user (smolvm PR #1148)
+    image_machine(machine, "old", created_at=int(time.time()) - 3600)
+    machine.set_fault(KILL_EXECS=1)
     before = len(guest_execs(machine))
-    proc = bottle("exec", "-u", "root", "m", "echo", "hi")
+    proc = bottle("exec", "-u", "root", "old", "echo", "hi")
     assert (proc.returncode, proc.stdout, proc.stderr) == (137, b"", b"")
     assert len(guest_execs(machine)) - before == 1
+
+
+def test_a_kill_before_the_command_started_in_bring_up_runs_it_again(
+    machine: Any, shared_dir: Path
+) -> None:
+    """Killed before it started, on a machine just up: once more, saying why; what the second
+    run reads is all of stdin (the first took none). --no-retry: the 137 is bottle's answer."""
+    assert bottle("exec", "m", "true").returncode == 0  # who runs commands: learnt, kept
+    machine.set_fault(KILL_EXECS=1)
+    runs = shared_dir / "runs"
+    proc = bottle("exec", "-i", "m", "sh", "-c", f"echo x >> {runs}; cat; echo ran >&2",
+                  input=b"all of it\n")  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, b"all of it\n"), proc.stderr
+    first, then = proc.stderr.decode().splitlines()
+    assert first.startswith("bottle: exec in machine 'm' exited with status 137 and no output "
+                            "before the command started, "), first  # fmt: skip
+    assert first.endswith("running it again in 1.0 s"), first
+    assert then == "ran"
+    assert runs.read_text() == "x\n"
+    (machine.state_dir / "exec_kills").unlink()
+    proc = bottle("exec", "--no-retry", "-i", "m", "sh", "-c", f"echo x >> {runs}; cat",
+                  input=b"never read\n")  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (137, b"", b"")
+    assert runs.read_text() == "x\n"
+
+
+def test_a_command_that_started_is_never_run_again(machine: Any, shared_dir: Path) -> None:
+    """The issue's `echo x >> f; kill -9 $$` on a machine in its bring-up: it printed nothing,
+    but it ran: once, its 137."""
+    runs = shared_dir / "runs"
+    proc = bottle("exec", "m", "sh", "-c", f'echo x >> {runs}; kill -9 "$$"')
+    assert proc.returncode == 137
+    assert runs.read_text() == "x\n"
+    assert b"bottle" not in proc.stderr, proc.stderr
 
 
 # --- input and output ------------------------------------------------------------------------

@@ -13,10 +13,11 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.backend import image_machine
+from harness.backend import AGENT_IMAGE, image_machine, run_bottle
 from harness.relay import IMPLEMENTATIONS, implementation_env, require_implementation
 from harness.tmux import Tmux
 
@@ -103,3 +104,47 @@ def test_shell_errors_are_bottles(run_in_tmux: Any, fake_smolvm: Any) -> None:
     assert t.exit_status() == 125
     errors = [x for x in t.lines() if x.startswith("bottle: error:")]
     assert len(errors) == 1 and "machine 'idle' is not running" in errors[0], t.lines()
+
+
+# --- the guest user kept across processes, on a terminal ---------------------------------------
+# Who a machine runs commands as comes from bottle's cache, behind a check in the guest. On a
+# terminal the check refuses without a word and exits 125; bottle then asks the guest itself.
+
+
+def test_a_machine_made_again_runs_a_terminal_command_once_as_it_must(
+    run_in_tmux: Any, fake_smolvm: Any, shared_dir: Path
+) -> None:
+    fake_smolvm.set_fault(VERSION="1.9.3")  # no `exec --user`: the guest user matters
+    assert run_bottle("exec", "m", "true").returncode == 0  # m runs commands as root: kept
+    fake_smolvm.run("machine", "delete", "-n", "m", "-f")
+    image_machine(fake_smolvm, "m", image=AGENT_IMAGE)  # now as node: runuser would fail
+    before = len(fake_smolvm.calls())
+    runs = shared_dir / "runs"
+    t = run_in_tmux(f"exec -it m sh -c 'echo x >> {runs}; echo \"ME=$(id -un)\"; exit 4'")
+    assert t.exit_status() == 4
+    assert any(x == "ME=node" for x in t.lines()), t.lines()
+    assert not any("bottle" in x for x in t.lines()[:-1]), t.lines()  # nothing said but EXIT
+    assert runs.read_text() == "x\n"
+    guests = [c[c.index("--") + 1 :] for c in fake_smolvm.calls()[before:] if "--" in c]
+    assert [g[0] for g in guests] == ["/bin/sh", "id", "env"]  # refused, asked, run directly
+    # Learnt, and kept: the next session is one smolvm exec (and the state asked first).
+    before = len(fake_smolvm.calls())
+    t = run_in_tmux("exec -t m id -un")
+    assert t.exit_status() == 0
+    assert [c[1] for c in fake_smolvm.calls()[before:]] == ["status", "exec"]
+
+
+def test_a_terminal_commands_own_125_is_not_run_again(
+    run_in_tmux: Any, fake_smolvm: Any, shared_dir: Path
+) -> None:
+    fake_smolvm.set_fault(VERSION="1.9.3")
+    assert run_bottle("exec", "m", "true").returncode == 0
+    runs = shared_dir / "runs"
+    before = len(fake_smolvm.calls())
+    t = run_in_tmux("shell m")
+    t.wait(lambda lines: lines[-1].startswith("$"), "the prompt")
+    t.send(f"echo x >> {runs}; exit 125", "Enter")
+    assert t.exit_status() == 125
+    assert runs.read_text() == "x\n"
+    guests = [c[c.index("--") + 1 :] for c in fake_smolvm.calls()[before:] if "--" in c]
+    assert [g[0] for g in guests] == ["/bin/sh", "id"]  # the shell, then the guest asked

@@ -180,12 +180,15 @@ BOTTLE = (PY, "-m", "bottle")
 
 
 def run_bottle(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = 90
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 90,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`bottle ARGS…` as a process of its own, no terminal (stdin /dev/null), output captured."""
+    """`bottle ARGS…` as a process of its own, no terminal (stdin /dev/null, or a pipe that
+    gives `input`), output captured."""
     return subprocess.run(
-        [*BOTTLE, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=timeout, check=False, env=None if env is None else dict(env),
+        [*BOTTLE, *args], stdin=subprocess.DEVNULL if input is None else None, input=input,
+        capture_output=True, text=True, timeout=timeout, check=False,
+        env=None if env is None else dict(env),
     )  # fmt: skip
 
 

@@ -17,8 +17,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: list[tuple[str, ...]] = [
-    # Exceptions, and the package itself (a version string and a platform check).
-    ("bottle", "bottle.errors"),
+    # Exceptions, the package itself (a version string and a platform check), and the
+    # loggers that load `logging` only when needed (the standard library only).
+    ("bottle", "bottle.errors", "bottle._log"),
     # Input checks and the small result types, built on the exceptions only; the network
     # policy (checks of allowed hosts and CIDRs) is one of them; the cache of what bottle
     # learnt of smolvm and its machines (the standard library only).

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import posixpath
@@ -36,7 +35,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
-from bottle import __version__, _cache
+from bottle import __version__, _cache, _log
 from bottle import _validate as check
 from bottle import smolvm as sv
 from bottle.agent_provider import PromptMode, agent_args, get_provider
@@ -64,6 +63,8 @@ from bottle.network import NetworkMode, NetworkPolicy, plan
 from bottle.results import AgentResult, ExecResult, Progress, exit_status
 
 if TYPE_CHECKING:
+    import tarfile
+
     from bottle.relay import Recording
     from bottle.sessions import Session
 
@@ -78,7 +79,7 @@ __all__ = [
     "home_for",
 ]
 
-log = logging.getLogger(__name__)
+log = _log.get_logger(__name__)
 
 # Marks a log record whose failure is also handed back in a result (a status, not an
 # exception): callers that only look at statuses still see why, and the bottle CLI, which
@@ -130,6 +131,22 @@ _GUARD = (
 )
 
 
+# The status of a command the check in the guest refused to run (docker's, for a command that
+# could not be run).
+_REFUSED = 125
+# The wrapper of a streamed guest command (`run_command`, a copy's tar). $1: this call's nonce;
+# $2: the kept `id` token the guest must still start with, empty for no check. It says on
+# stderr that it hands over to the command, or that it will not (with the guest's `id`; exit
+# 125, nothing run): bottle.smolvm.Marks takes those lines out. On a terminal it says nothing
+# (a line there would be the user's to read): the caller asks the guest itself after a 125.
+_WRAP = (
+    'n=$1 k=$2; shift 2; if [ -n "$k" ]; then i=$(id); case "$i" in "$k "*) ;; *) '
+    f'[ -t 2 ] || printf "{sv.mark_prefix("%s")}{sv.MARK_REFUSED}%s\\n" "$n" "$i" >&2; '
+    f"exit {_REFUSED};; esac; fi; "
+    f'[ -t 2 ] || printf "{sv.mark_prefix("%s")}{sv.MARK_RUN}\\n" "$n" >&2; exec "$@"'
+)
+
+
 class _Kept(NamedTuple):
     kind: bool  # interactive (only where smolvm 1.3.0 to 1.5.x makes the kinds differ)
     user: str
@@ -138,6 +155,11 @@ class _Kept(NamedTuple):
 
 def _guarded(ident: str, nonce: str, prefix: list[str], command: list[str]) -> list[str]:
     return ["/bin/sh", "-c", _GUARD, "bottle-guard", ident, nonce, *prefix, *command]
+
+
+def _wrapped(nonce: str, found: _Kept | None, command: list[str]) -> list[str]:
+    check = found.ident if found is not None else ""
+    return ["/bin/sh", "-c", _WRAP, "bottle-exec", nonce, check, *command]
 
 
 def _guard_stopped(result: ExecResult, nonce: str) -> bool:
@@ -435,20 +457,40 @@ class SmolmachinesBottle(Bottle):
         """
         key = interactive and self._kinds_differ()
         if key not in self._guest_users:
-            m = self._guest_id(["id"], interactive=key)
-            user = m.group(2) or m.group(1)
-            self._guest_users[key] = user
-            ident = f"uid={m.group(1)}" + (f"({m.group(2)})" if m.group(2) is not None else "")
-            if self._smolvm.keeps_guest_answers:
-                _cache.store(_GUEST, self._kept_key(key), {"user": user, "id": ident})
-            log.info(
-                "machine %r runs %s guest commands as %r (smolvm %s)",
-                self.machine_name,
-                "interactive" if key else "captured" if self._kinds_differ() else "all",
-                self._guest_users[key],
-                self._smolvm.version_text,
-            )
+            self._learn(key, self._guest_id(["id"], interactive=key))
         return self._guest_users[key]
+
+    def _learn(self, kind: bool, m: re.Match[str]) -> str:
+        """Take the guest's `id` output (`m`, of `_ID`) as who it runs commands of `kind` as,
+        here and in bottle's cache; return the user."""
+        user = m.group(2) or m.group(1)
+        self._guest_users[kind] = user
+        ident = f"uid={m.group(1)}" + (f"({m.group(2)})" if m.group(2) is not None else "")
+        if self._smolvm.keeps_guest_answers:
+            _cache.store(_GUEST, self._kept_key(kind), {"user": user, "id": ident})
+        log.info(
+            "machine %r runs %s guest commands as %r (smolvm %s)",
+            self.machine_name,
+            "interactive" if kind else "captured" if self._kinds_differ() else "all",
+            user,
+            self._smolvm.version_text,
+        )
+        return user
+
+    def _refused(self, found: _Kept, said: str) -> None:
+        """The wrapper would not run a command as the kept answer `found` had it: the machine
+        is another one under the same name. What it said is the guest's `id`: learn from it."""
+        log.info(
+            "machine %r no longer runs guest commands as %r (bottle's cache was stale): %s",
+            self.machine_name,
+            found.user,
+            said,
+        )
+        m = _ID.search(said)
+        if m is None:
+            _cache.forget(_GUEST, self._kept_key(found.kind))
+        else:
+            self._learn(found.kind, m)
 
     def _user_ids(self, user: str) -> tuple[int, int]:
         if user not in self._ids:
@@ -991,8 +1033,19 @@ class SmolmachinesBottle(Bottle):
         at once. `tty` runs it on a terminal through bottle's relay (`exec -i -t`), sized like
         this process's terminal and resized with it, as an agent session is; its stderr then
         comes on that terminal too. `workdir` is smolvm's `-w` (default: the image's WORKDIR,
-        else `/`). Never retried: its output is already out and its input taken, so a second
-        run could not be told from the first; a 137 is the command's.
+        else `/`).
+
+        Run again only when smolvm killed it before it started (status 137: a machine's bring-
+        up can do that) on a machine at most the bottle's `retry.bring_up` seconds old (60 when
+        the policy sets none, as `BRING_UP_RETRY`), as often as `retry` allows, after its
+        delay; the reason is logged. Any other status is the command's own, run once: what it
+        printed is out, its input taken. On a terminal (`tty`), never. With `stdin`, this
+        process's stdin is read only once the command has started, so such a run took none.
+
+        Who the guest runs commands as may come from bottle's cache (see `exec`): the command
+        then runs behind a check in the guest, and where the machine now runs commands as
+        someone else (deleted and made again under the name), nothing has run, and it runs
+        once as that machine needs. The guest needs /bin/sh for these checks.
 
         The result's `returncode` is the command's status (128+N when signal N ended it), or 1
         when the command could not run or smolvm failed around it; `error` is then that failure
@@ -1024,52 +1077,142 @@ class SmolmachinesBottle(Bottle):
         check.flag(stdin, "stdin")
         check.flag(tty, "tty")
         what = "command" if not tty else "terminal session"
-        if tty:
-            # smolvm's error line would go to the terminal past us: ask first, as for an agent.
-            refused, _ = self._not_running()
-            if refused is not None:
-                return self._not_started(what, refused)
-        try:
-            prefix, option, _ = self._as_user(user, interactive=True)
-        except GuestUserError as exc:
-            return self._not_started(what, exc)
-        except _ProbeError as exc:
-            return self._not_started(what, exc.result.error or exc)
-        full = [self._smolvm.path, *sv.exec_args(
-            self.machine_name, [*prefix, *argv], tty=tty, interactive=not tty,
-            env_names=self.secret_names, workdir=workdir, user=option,
-        )]  # fmt: skip
-        env = self.child_env()
-        log.debug("%s in %s: %s", what, self.machine_name, full)
-        if tty:
-            from bottle import relay
+        if not tty:
+            return self._run_streamed(argv, user, workdir, stdin, what)
+        # smolvm's error line would go to the terminal past us: ask first, as for an agent.
+        refused, _ = self._not_running()
+        if refused is not None:
+            return self._not_started(what, refused)
+        return self._run_on_terminal(argv, user, workdir, stdin, what)
+
+    def _streamed_retry(self) -> RetryPolicy:
+        """The bottle's retry policy, within a bring-up (BRING_UP_RETRY's when it sets none):
+        a streamed command's output is out as it comes, so the replaced class's rule (again
+        on 137, whatever happened) cannot apply to it."""
+        policy = self.retry
+        if policy.bring_up is not None:
+            return policy
+        return RetryPolicy(policy.attempts, policy.delay, policy.statuses, BRING_UP_RETRY.bring_up)
+
+    def _run_streamed(
+        self, argv: list[str], user: str, workdir: str | None, stdin: bool, what: str
+    ) -> AgentResult:
+        policy = self._streamed_retry()
+        kept = True
+        attempt = 1
+        while True:
+            try:
+                prefix, option, found = self._as_user(user, interactive=True, kept=kept)
+            except GuestUserError as exc:
+                return self._not_started(what, exc)
+            except _ProbeError as exc:
+                return self._not_started(what, exc.result.error or exc)
+            may_retry = attempt < policy.attempts
+            # Wrapped when bottle must hear from the guest before the command: whether the
+            # kept answer still holds, whether the command started (a kill before it did is
+            # the bring-up's, and takes no input: stdin is held until then).
+            nonce = os.urandom(8).hex()
+            marks = sv.Marks(nonce) if found is not None or may_retry else None
+            guest = [*prefix, *argv]
+            if marks is not None:
+                guest = _wrapped(nonce, found, guest)
+            full = [self._smolvm.path, *sv.exec_args(
+                self.machine_name, guest, interactive=True, env_names=self.secret_names,
+                workdir=workdir, user=option,
+            )]  # fmt: skip
+            log.debug("%s in %s: %s", what, self.machine_name, full)
+            settled: list[SmolvmCommandError | None] = []
+
+            def smolvms(
+                raw: int, line: str, full: list[str] = full,
+                settled: list[SmolvmCommandError | None] = settled,
+            ) -> bool:  # fmt: skip
+                # A failing last line in smolvm's shape that bottle cannot read: held back
+                # until the machine's state says whose it is (shown only if the command's).
+                settled.append(self._settle(full, exit_status(raw), line))
+                return settled[-1] is not None
 
             with _runnable(full[0]):
-                status = relay.run(
-                    full, env=env, stdin_fd=0 if stdin else -1, machine=self.machine_name,
-                    hold_until_raw=True, output="direct",
+                status, said = sv.run_streamed(
+                    full, env=self.child_env(), stdin=None if stdin else subprocess.DEVNULL,
+                    marks=marks, judge=smolvms,
                 )  # fmt: skip
-            return self._ended(what, exit_status(status))
-        settled: list[SmolvmCommandError | None] = []
+            status = exit_status(status)
+            if found is not None and marks is not None and marks.refusal is not None:
+                # Nothing ran and no input was taken: run it as the machine now says.
+                self._refused(found, marks.refusal)
+                kept = False
+                continue
+            error = settled[0] if settled else self._settle(full, status, said)
+            if error is not None:
+                log.error("%s in machine %r: %s", what, self.machine_name, error,
+                          extra=RETURNED_ERROR)  # fmt: skip
+                return AgentResult(status, error)
+            started = marks is None or marks.started
+            if found is not None and started:
+                self._guest_users.setdefault(found.kind, found.user)  # the check passed
+            if may_retry and status in policy.statuses and not started:
+                assert policy.bring_up is not None
+                past, why = self._past_bring_up("", "", policy.bring_up)
+                if not past:
+                    log.warning(
+                        "exec in machine %r exited with status %d and no output before the "
+                        "command started, %s (attempt %d of %d); running it again in %.1f s",
+                        self.machine_name, status, why, attempt, policy.attempts, policy.delay,
+                    )  # fmt: skip
+                    time.sleep(policy.delay)
+                    attempt += 1
+                    continue
+                log.info("%s in machine %r exited with status %d; not run again: %s",
+                         what, self.machine_name, status, why)  # fmt: skip
+            log.info("%s in machine %r ended with status %d", what, self.machine_name, status)
+            return AgentResult(status)
 
-        def smolvms(raw: int, line: str) -> bool:
-            # A failing last line in smolvm's shape that bottle cannot read: held back until
-            # the machine's state says whose it is (shown only if it is the command's).
-            settled.append(self._settle(full, exit_status(raw), line))
-            return settled[-1] is not None
+    def _run_on_terminal(
+        self, argv: list[str], user: str, workdir: str | None, stdin: bool, what: str
+    ) -> AgentResult:
+        from bottle import relay
 
-        with _runnable(full[0]):
-            status, said = sv.run_streamed(
-                full, env=env, stdin=None if stdin else subprocess.DEVNULL, judge=smolvms
-            )
-        status = exit_status(status)
-        error = settled[0] if settled else self._settle(full, status, said)
-        if error is not None:
-            log.error("%s in machine %r: %s", what, self.machine_name, error,
-                      extra=RETURNED_ERROR)  # fmt: skip
-            return AgentResult(status, error)
-        log.info("%s in machine %r ended with status %d", what, self.machine_name, status)
-        return AgentResult(status)
+        # On a terminal the wrapper refuses without a word (a line there is the user's to
+        # read, not ours), and what the relay forwarded to a refused command is gone: a kept
+        # answer is used only where that can be no more than keys typed ahead.
+        kept = not stdin or os.isatty(0)
+        while True:
+            try:
+                prefix, option, found = self._as_user(user, interactive=True, kept=kept)
+            except GuestUserError as exc:
+                return self._not_started(what, exc)
+            except _ProbeError as exc:
+                return self._not_started(what, exc.result.error or exc)
+            guest = [*prefix, *argv]
+            if found is not None:
+                guest = _wrapped(os.urandom(8).hex(), found, guest)
+            full = [self._smolvm.path, *sv.exec_args(
+                self.machine_name, guest, tty=True, env_names=self.secret_names,
+                workdir=workdir, user=option,
+            )]  # fmt: skip
+            log.debug("%s in %s: %s", what, self.machine_name, full)
+            with _runnable(full[0]):
+                status = relay.run(
+                    full, env=self.child_env(), stdin_fd=0 if stdin else -1,
+                    machine=self.machine_name, hold_until_raw=True, output="direct",
+                )  # fmt: skip
+            status = exit_status(status)
+            if found is None:
+                break
+            if status == _REFUSED:
+                # The command's own 125, or the wrapper's: the guest says which.
+                try:
+                    m = self._guest_id(["id"], interactive=True)
+                except _ProbeError:
+                    break
+                if not m.group(0).startswith(found.ident + " "):
+                    self._refused(found, m.string)
+                    kept = False
+                    continue
+            self._guest_users.setdefault(found.kind, found.user)
+            break
+        return self._ended(what, status)
 
     def shell(self, *, user: str = "node", workdir: str | None = None) -> AgentResult:
         """An interactive shell in the guest as `user`, through the relay: `run_command` with
@@ -1407,30 +1550,57 @@ class SmolmachinesBottle(Bottle):
         """Whether `path` is a directory in the guest, asked as whoever guest commands run as.
         When the guest cannot be asked, `otherwise` (the failure that led here) is raised, or
         the reason."""
+        script = f"test -d {shlex.quote(path)}"
         try:
-            result = self.exec(f"test -d {shlex.quote(path)}", user=self.guest_user())
+            found = None if False in self._guest_users else self._kept_guest(False)
+            # As bottle's cache has it, behind the check in the guest (`exec`).
+            result = self.exec(script, user=found.user if found else self.guest_user())
+            if found is not None and isinstance(result.error, GuestUserError):
+                # The machine is another one now, whose user cannot become the kept one.
+                result = self.exec(script, user=self.guest_user())
         except _ProbeError as exc:
             raise (otherwise or exc.result.error or exc) from None
         if result.error is not None:
             raise (otherwise or result.error) from None
         return result.returncode == 0
 
-    def _tree_user(self) -> str:
+    def _tree_user(self, *, kept: bool) -> tuple[str, bool]:
         """Who packs or unpacks a directory in the guest: root where guest commands can run as
-        root, else the user they run as."""
+        root, else the user they run as; and whether that is only what bottle's cache says
+        (`kept` allows it: the tar then runs behind the check in the guest)."""
         if self._smolvm.has_exec_user_option():
-            return "root"
+            return "root", False
+        kind = self._kinds_differ()
+        if kept and kind not in self._guest_users:
+            found = self._kept_guest(kind)
+            if found is not None:
+                return found.user, True
         try:
-            return self.guest_user(interactive=True)
+            return self.guest_user(interactive=True), False
         except _ProbeError as exc:
             raise (exc.result.error or exc) from None
 
-    def _tar(self, user: str, command: list[str]) -> list[str]:
-        """The full smolvm command line of a tar at either end of a copy (`exec -i`, as
-        `user`, who must be reachable)."""
-        prefix, option, _ = self._as_user(user, interactive=True)
-        args = sv.exec_args(self.machine_name, [*prefix, *command], interactive=True, user=option)
-        return [self._smolvm.path, *args]
+    def _tar(self, user: str, command: list[str], *, kept: bool) -> _Tar:
+        """A tar at either end of a copy (`exec -i`, as `user`, who must be reachable; with
+        `kept`, behind the check of the kept answer)."""
+        prefix, option, found = self._as_user(user, interactive=True, kept=kept)
+        guest, marks = [*prefix, *command], None
+        if found is not None:
+            nonce = os.urandom(8).hex()
+            guest, marks = _wrapped(nonce, found, guest), sv.Marks(nonce)
+        args = sv.exec_args(self.machine_name, guest, interactive=True, user=option)
+        return _Tar([self._smolvm.path, *args], marks, found)
+
+    def _tar_refused(self, tar: _Tar) -> bool:
+        """Whether the check in the guest stopped the tar (learning who runs commands now)."""
+        if tar.found is None or tar.marks is None:
+            return False
+        if tar.marks.refusal is None:
+            if tar.marks.started:
+                self._guest_users.setdefault(tar.found.kind, tar.found.user)
+            return False
+        self._refused(tar.found, tar.marks.refusal)
+        return True
 
     def _settle(self, full: list[str], status: int, said: str) -> SmolvmCommandError | None:
         """smolvm's failure in an exec's stderr `said`, settled by the machine's state where
@@ -1451,24 +1621,47 @@ class SmolmachinesBottle(Bottle):
         result.check(f"{what}: tar in machine {self.machine_name!r}")
 
     def _upload_tree(self, src: str, target: str, owner: str | None) -> None:
-        user = self._tree_user()
-        if owner is not None and user != "root" and owner != user:
-            raise GuestUserError(
-                f"cannot give {target} to {owner!r} in machine {self.machine_name!r}: guest "
-                f"commands run as {user!r}, not root (smolvm {self._smolvm.version_text} has "
-                f"no option to choose another), so what they unpack belongs to {user!r}",
-                running_as=user,
-                wanted=owner,
-                version=self._smolvm.version,
-            )
-        try:
-            uid, gid = (0, 0) if (owner or user) == "root" else self._user_ids(owner or user)
-        except _ProbeError as exc:
-            raise (exc.result.error or exc) from None
-        # The archive carries the final owner's ids: root unpacks them as they are, and a
-        # user unpacking its own files gives them to itself either way.
-        unpack = ["/bin/sh", "-c", 'mkdir -p "$1" && exec tar -x -p -f - -C "$1"', "sh", target]
-        full = self._tar(user, unpack)
+        kept = True
+        while True:
+            user, kept = self._tree_user(kept=kept)
+            if owner is not None and user != "root" and owner != user:
+                if kept:  # refused only on what the guest says now
+                    kept = False
+                    continue
+                raise GuestUserError(
+                    f"cannot give {target} to {owner!r} in machine {self.machine_name!r}: guest "
+                    f"commands run as {user!r}, not root (smolvm {self._smolvm.version_text} "
+                    f"has no option to choose another), so what they unpack belongs to "
+                    f"{user!r}",
+                    running_as=user,
+                    wanted=owner,
+                    version=self._smolvm.version,
+                )
+            try:
+                uid, gid = (0, 0) if (owner or user) == "root" else self._user_ids(owner or user)
+            except _ProbeError as exc:
+                raise (exc.result.error or exc) from None
+            # The archive carries the final owner's ids: root unpacks them as they are, and a
+            # user unpacking its own files gives them to itself either way.
+            unpack = ["/bin/sh", "-c", 'mkdir -p "$1" && exec tar -x -p -f - -C "$1"', "sh",
+                      target]  # fmt: skip
+            tar = self._tar(user, unpack, kept=kept)
+            status, said, left_out, unread = self._send_tree(tar, src, uid, gid)
+            if not self._tar_refused(tar):
+                break
+            kept = False  # nothing was unpacked: again, as the machine now needs
+        if unread:
+            raise unread[0]
+        if left_out:
+            log.warning("copy of %s: left out (not a file, directory or link): %s",
+                        src, ", ".join(left_out))  # fmt: skip
+        self._tar_done(tar.argv, status, said, f"copy of {src} to {target}")
+
+    def _send_tree(
+        self, tar: _Tar, src: str, uid: int, gid: int
+    ) -> tuple[int, str, list[str], list[OSError]]:
+        """Run `tar` with `src` packed into its stdin: its status and stderr, what was left
+        out, and the host's read errors."""
         left_out: list[str] = []
         unread: list[OSError] = []
 
@@ -1482,31 +1675,20 @@ class SmolmachinesBottle(Bottle):
                 # guest's tar has seen the archive end short. Not smolvm's failure to start.
                 unread.append(exc)
 
-        with _runnable(full[0]):
+        with _runnable(tar.argv[0]):
             status, said = sv.run_streamed(
-                full, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, feed=feed,
-                capture_stderr=True,
+                tar.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, feed=feed,
+                capture_stderr=True, marks=tar.marks,
             )  # fmt: skip
-        if unread:
-            raise unread[0]
-        if left_out:
-            log.warning("copy of %s: left out (not a file, directory or link): %s",
-                        src, ", ".join(left_out))  # fmt: skip
-        self._tar_done(full, status, said, f"copy of {src} to {target}")
+        return status, said, left_out, unread
 
-    def _download_tree(self, src: str, target: str) -> None:
-        import shutil
+    def _receive_tree(
+        self, tar: _Tar, target: str
+    ) -> tuple[int, str, list[str], list[tarfile.TarError], list[OSError]]:
+        """Run `tar`, its stdout unpacked into `target`: its status and stderr, what was left
+        out, and the archive's and the host's errors."""
         import tarfile
 
-        full = self._tar(self._tree_user(), ["tar", "-c", "-f", "-", "-C", src, "."])
-        made = not os.path.lexists(target)
-        if not made and (os.path.islink(target) or not os.path.isdir(target)):
-            raise InvalidInputError(
-                f"cannot overwrite {target!r}, not a directory, with directory {src} of "
-                f"machine {self.machine_name!r}"
-            )
-        if made:
-            os.mkdir(target, 0o700)
         left_out: list[str] = []
         unreadable: list[tarfile.TarError] = []
         unwritten: list[OSError] = []
@@ -1524,13 +1706,34 @@ class SmolmachinesBottle(Bottle):
             while pipe.read(65536):  # to the end, for the guest's tar to finish
                 pass
 
+        with _runnable(tar.argv[0]):
+            status, said = sv.run_streamed(
+                tar.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, drain=drain,
+                capture_stderr=True, marks=tar.marks,
+            )  # fmt: skip
+        return status, said, left_out, unreadable, unwritten
+
+    def _download_tree(self, src: str, target: str) -> None:
+        import shutil
+
+        made = not os.path.lexists(target)
+        if not made and (os.path.islink(target) or not os.path.isdir(target)):
+            raise InvalidInputError(
+                f"cannot overwrite {target!r}, not a directory, with directory {src} of "
+                f"machine {self.machine_name!r}"
+            )
+        if made:
+            os.mkdir(target, 0o700)
         try:
-            with _runnable(full[0]):
-                status, said = sv.run_streamed(
-                    full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, drain=drain,
-                    capture_stderr=True,
-                )  # fmt: skip
-            self._tar_done(full, status, said, f"copy of {src}")
+            kept = True
+            while True:
+                user, kept = self._tree_user(kept=kept)
+                tar = self._tar(user, ["tar", "-c", "-f", "-", "-C", src, "."], kept=kept)
+                status, said, left_out, unreadable, unwritten = self._receive_tree(tar, target)
+                if not self._tar_refused(tar):
+                    break
+                kept = False  # no archive came: again, as the machine now needs
+            self._tar_done(tar.argv, status, said, f"copy of {src}")
             if unwritten:
                 raise unwritten[0]
             if unreadable:
@@ -1545,6 +1748,12 @@ class SmolmachinesBottle(Bottle):
         if left_out:
             log.warning("copy of %s: left out (not a file, directory or link): %s",
                         src, ", ".join(left_out))  # fmt: skip
+
+
+class _Tar(NamedTuple):
+    argv: list[str]
+    marks: sv.Marks | None
+    found: _Kept | None  # the kept answer it runs on, behind the check
 
 
 class _ProbeError(BottleError):

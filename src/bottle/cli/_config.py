@@ -31,11 +31,6 @@ from typing import Any
 from bottle.cli._errors import did_you_mean
 from bottle.errors import BottleError, InvalidInputError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # the same parser, before it joined the standard library (a dependency on 3.10 only)
-    import tomli as tomllib
-
 ENV = "BOTTLE_CONFIG"
 
 
@@ -140,6 +135,12 @@ class Config:
     def __init__(self, file: str, text: str, commands: Mapping[str, object]) -> None:
         self.file = file
         self._lines = text.splitlines()
+        # Here, not at the top: most runs have no file, and the parser (datetime with it) is a
+        # few ms of every command's start-up.
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # the same parser, before it joined the standard library (a dependency on 3.10)
+            import tomli as tomllib
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

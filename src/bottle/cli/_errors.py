@@ -6,7 +6,6 @@ parameters as `Param`s, which `flag` says the command line's way (`--network ope
 
 from __future__ import annotations
 
-import difflib
 import os
 import shlex
 import sys
@@ -73,6 +72,8 @@ def flag(param: Param) -> str:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """` (did you mean 'x'?)` for the closest of `choices`, or nothing."""
+    import difflib  # only for a mistake: not part of every command's start-up
+
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.7)
     if not close:
         return ""

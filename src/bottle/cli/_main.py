@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -164,7 +163,7 @@ def main(
     defaults(ns)
     for _, long, _ in GLOBAL_OPTIONS:  # given before the command, or after it
         setattr(ns, long[2:], getattr(ns, long[2:]) or long[2:] in seen)
-    _configure_logging(verbose=ns.verbose)
+    _configure_logging(verbose=ns.verbose, deferred=command.defers_logging)
     return run(lambda: command.run(ns, extra), interrupts)
 
 
@@ -180,21 +179,18 @@ def _config_defaults(
     return _config.apply(config, name, parser)
 
 
-def _configure_logging(*, verbose: bool) -> None:
-    from bottle.cli._stderr import ConsoleHandler
+def _configure_logging(*, verbose: bool, deferred: bool) -> None:
+    """The log through the console (`bottle.cli._log`); with `deferred`, only once a record
+    could be shown: most runs of such a command show none, and loading `logging` costs
+    several ms of its start-up (see `bottle._log`)."""
+    from bottle import _log
 
-    # Through the console: above a progress display's status line, never into it.
-    handler = ConsoleHandler()
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
-    handler.addFilter(_not_returned)
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, ConsoleHandler)]:
-        root.removeHandler(old)  # run again in one process (tests): one handler, not two
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    def configure() -> None:
+        from bottle.cli import _log as cli_log
 
+        cli_log.configure(verbose=verbose)
 
-def _not_returned(record: logging.LogRecord) -> bool:
-    # A failure the library logs *and* returns in a result: the commands raise it from the
-    # result (`check()`) and print it once, as an error line.
-    return not getattr(record, "returned_error", False)
+    if verbose or not deferred:
+        import logging  # noqa: F401 - loaded now, so that every record reaches it
+
+    _log.when_loaded(configure)

@@ -48,13 +48,13 @@ def add_env(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_retry(p: argparse.ArgumentParser) -> None:
+def add_retry(p: argparse.ArgumentParser, *, before: str = "it printed anything") -> None:
+    """`--no-retry`; `before` says when a kill is the bring-up's for this command."""
     p.add_argument(
         "--no-retry",
         action="store_true",
         help="never run a guest command a second time (by default, one that smolvm killed "
-        "(status 137) in its machine's first minute, before it printed anything, runs once "
-        "more)",
+        f"(status 137) in its machine's first minute, before {before}, runs once more)",
     )
 
 

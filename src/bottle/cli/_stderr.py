@@ -8,7 +8,6 @@ again after.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import threading
@@ -104,21 +103,3 @@ class Console:
 
 
 CONSOLE = Console()
-
-
-class ConsoleHandler(logging.Handler):
-    """The log, written through a `Console`: above the status line, never into it."""
-
-    def __init__(self, console: Console = CONSOLE) -> None:
-        super().__init__()
-        self.console = console
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        shown = getattr(record, "bottle_progress", None)
-        return shown not in self.console.shows and super().filter(record)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.console.print(self.format(record))
-        except Exception:
-            self.handleError(record)

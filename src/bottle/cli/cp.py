@@ -16,6 +16,7 @@ from bottle.errors import InvalidInputError
 
 
 class Cp(Command):
+    defers_logging = True  # the backend logs through bottle._log
     description = (
         "Copy a file or a directory between the host and a machine: SRC or DST is NAME:PATH, "
         "a path in machine NAME (smolvm's syntax; a host path with ':' is written ./a:b). A "

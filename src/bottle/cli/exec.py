@@ -7,12 +7,13 @@ import sys
 
 from bottle.backend.smolmachines import SmolmachinesBottle
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
-from bottle.cli._options import add_env, split_at_command
+from bottle.cli._options import add_env, add_retry, retry_policy, split_at_command
 from bottle.cli._secrets import from_environment
 from bottle.errors import InvalidInputError
 
 
 class Exec(Command):
+    defers_logging = True  # the backend logs through bottle._log
     description = (
         "Run COMMAND in machine NAME as USER and exit with its status. Its output comes as it "
         "is written, byte for byte; its standard input is empty unless -i forwards this one "
@@ -41,6 +42,7 @@ class Exec(Command):
         parser.add_argument("-u", "--user", default="node", help="guest user (default: node)")
         parser.add_argument("-w", "--workdir", help="guest directory the command runs in")
         add_env(parser)
+        add_retry(parser, before="it started")
         parser.add_argument(
             "-c", dest="script", metavar="SCRIPT", help="run SCRIPT with /bin/sh -c instead"
         )
@@ -75,7 +77,9 @@ class Exec(Command):
                 )
             argv[-1] = sys.stdin.read()
         secrets = from_environment(ns.secret_env)
-        with SmolmachinesBottle(name, guest_env=dict(ns.env), secret_env=secrets) as bottle:
+        with SmolmachinesBottle(
+            name, guest_env=dict(ns.env), secret_env=secrets, retry=retry_policy(ns)
+        ) as bottle:
             result = bottle.run_command(
                 argv, user=ns.user, workdir=ns.workdir, stdin=ns.interactive, tty=ns.tty
             )
