@@ -85,6 +85,8 @@ READY_TIMEOUT = 30.0
 # With hold_until_raw: keys are held while the program's pty is canonical, at most this long
 # (smolvm's client flushes its input when it goes raw; see bottle.relay.run).
 HOLD_MS = 30_000
+# A holder whose connection closed as it died lets go of its lock within this (it is exiting).
+_LET_GO_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -455,7 +457,7 @@ def attach(
             raise
         return sock, flags, offset
 
-    return _run_client(
+    result = _run_client(
         connect_at,
         since=since,
         readonly=readonly,
@@ -466,6 +468,12 @@ def attach(
         decoration=decoration,
         direct=direct,
     )
+    if result.ended == "lost":
+        # The holder's socket closes as it dies, but its lock (the sign of a live holder)
+        # only when all its descriptors are gone, maybe a moment later: wait for that, so
+        # that what comes next (its teardown) sees the session as lost, not running.
+        found._dir.wait_let_go(found.pid, _LET_GO_S)
+    return result
 
 
 def _greeted(session: Session, sock: socket.socket) -> tuple[int, int]:

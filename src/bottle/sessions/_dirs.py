@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import re
+import select
 import stat
 from collections.abc import Mapping
 from typing import Any
@@ -211,6 +212,25 @@ class SessionDir:
         finally:
             os.close(fd)  # closing it also lets go of a lock taken here
         return False
+
+    def wait_let_go(self, pid: int | None, timeout: float) -> bool:
+        """Wait until no holder holds the lock, when holder `pid` is dying (its lock goes
+        with its last descriptor, after its socket may have closed): watched through a
+        pidfd, no polling, at most `timeout` s. Whether the lock is free."""
+        if not self.holder_alive():
+            return True
+        if pid is not None:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:  # gone already (reaped), or no pidfds: look once more
+                pass
+            else:
+                try:
+                    # Readable once the process has exited: its descriptors are closed by then.
+                    select.select([fd], [], [], timeout)
+                finally:
+                    os.close(fd)
+        return not self.holder_alive()
 
     def take_lock(self) -> int | None:
         """This session's lock, held exclusively, as an open descriptor; None when a holder
