@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from bottle.bench.relays import RELAY_NAMES
+from bottle.bench.relays import RELAY_NAMES, Relay, baseline
 from bottle.bench.report import format_report
 from bottle.bench.suite import run_bench
 from bottle.bench.workload import FULL, QUICK, Settings
@@ -28,7 +28,23 @@ def main(argv: list[str] | None = None) -> int:
         choices=RELAY_NAMES,
         help="measure only this relay (repeatable; default: all)",
     )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="also measure the native relay (copy mode) that PYTHON runs, for instance another "
+        "checkout's .venv/bin/python, as column NAME, interleaved with the rest (repeatable)",
+    )
     args = parser.parse_args(argv)
+    baselines: list[Relay] = []
+    for spec in args.baseline:
+        name, sep, python = spec.partition("=")
+        if not sep or not name or not python:
+            parser.error(f"--baseline takes NAME=PYTHON, got {spec!r}")
+        if name in RELAY_NAMES or name in (b.name for b in baselines):
+            parser.error(f"--baseline name {name!r} is taken; choose another")
+        baselines.append(baseline(name, python))
     settings = QUICK if args.quick else FULL
     if args.runs is not None:
         if args.runs < 1:
@@ -49,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bottle bench: cannot write {args.json}: {e.strerror}", file=sys.stderr)
             return 2
     try:
-        report = run_bench(settings, args.relay or RELAY_NAMES, log)
+        report = run_bench(settings, args.relay or RELAY_NAMES, log, baselines)
         print(format_report(report))
         if out is not None:
             json.dump(report, out, indent=2)
