@@ -1,8 +1,8 @@
 """`python -m bottle`: the `bottle` command line."""
 
-import sys
-
-from bottle.cli import main
+from bottle._console import main  # first: it takes Ctrl-C over before anything else loads
 
 if __name__ == "__main__":
+    import sys
+
     sys.exit(main())

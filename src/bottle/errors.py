@@ -4,13 +4,17 @@ Every error bottle raises on purpose derives from `BottleError`, so a host CLI c
 class and print one line. Bad input detected before anything runs is an `InvalidInputError`,
 which is also a `ValueError`; a missing or unrunnable smolvm is also the `FileNotFoundError` or
 `PermissionError` that `subprocess` would have raised.
+
+A message that names a parameter (`network='open'`) is a `Message`: as a string it speaks
+Python, and a front end with other names for the same things (the command line's `--network
+open`) renders it in its own terms.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 __all__ = [
@@ -23,6 +27,8 @@ __all__ = [
     "MachineExistsError",
     "MachineNotFoundError",
     "MachineNotRunningError",
+    "Message",
+    "Param",
     "RetryExhaustedError",
     "SmolvmCommandError",
     "SmolvmError",
@@ -36,6 +42,65 @@ __all__ = [
     "UnknownBackendError",
     "UnknownProviderError",
 ]
+
+
+_NO_VALUE = object()
+
+
+class Param:
+    """A parameter named in an error message, with the value it should have when one is meant.
+
+    `str()` says it in Python terms (`network='open'`, or `allow_hosts` alone); a front end
+    that calls it something else says it its own way (see `Message.render`).
+    """
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, value: object = _NO_VALUE) -> None:
+        self.name = name
+        self.value = value
+
+    @property
+    def has_value(self) -> bool:
+        return self.value is not _NO_VALUE
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value!r}" if self.has_value else self.name
+
+    def __repr__(self) -> str:
+        return f"Param({self.name!r}{f', {self.value!r}' if self.has_value else ''})"
+
+
+class Message(str):
+    """An error message that names parameters: a `str` in Python terms, renderable in others.
+
+    `Message("use {mode}, not {bad!r}", mode=Param("network", "open"), bad="x")` is the string
+    "use network='open', not 'x'"; `render(name)` formats the same template with each `Param`
+    replaced by `name(param)`, and every other field as it is.
+    """
+
+    template: str
+    fields: Mapping[str, object]
+
+    def __new__(cls, template: str, /, **fields: object) -> Message:
+        self = super().__new__(cls, template.format(**fields))
+        self.template = template
+        self.fields = fields
+        return self
+
+    def render(self, name: Callable[[Param], str]) -> str:
+        """The message with every `Param` said as `name` says it."""
+        return self.template.format(
+            **{k: name(v) if isinstance(v, Param) else v for k, v in self.fields.items()}
+        )
+
+    def __reduce__(self) -> tuple[Callable[..., Message], tuple[str, dict[str, object]]]:
+        # Exceptions are pickled (multiprocessing): keep the template, not just the text.
+        return _message, (self.template, dict(self.fields))
+
+
+def _message(template: str, fields: dict[str, object]) -> Message:
+    return Message(template, **fields)
 
 
 class BottleError(Exception):

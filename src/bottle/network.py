@@ -20,7 +20,8 @@ What smolvm does with them (smol-machines/smolvm, tag v1.9.3):
   wherever smolvm's fold would not work (see `plan`).
 
 Every name and CIDR is checked here, before any smolvm call, once: what passed comes back as
-`AllowedHost` / `AllowedCidr`, which a check hands back at once (see bottle._validate).
+`AllowedHost` / `AllowedCidr`, which check themselves when constructed and which a check hands
+back at once (see bottle._validate).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bottle.errors import InvalidInputError
+from bottle.errors import InvalidInputError, Message, Param
 
 __all__ = [
     "PULL_FOLD_SINCE",
@@ -103,26 +104,49 @@ class NetworkMode(str, enum.Enum):
 
 
 class AllowedHost(str):
-    """A host that `check_host` accepted: checked again, it is handed back at once."""
-
-    __slots__ = ()
-
-
-class AllowedCidr(str):
-    """A CIDR in the normal form `check_cidr` gave it: checked again, handed back at once."""
-
-    __slots__ = ()
-
-
-def check_host(host: str) -> AllowedHost:
-    """Check one `--allow-host` value: a DNS name or an IP address, nothing else.
+    """An `--allow-host` value: a DNS name or an IP address. Constructing one checks it
+    (`InvalidInputError`), as `ipaddress` types check theirs, so there is no unchecked one.
 
     A name is not resolved here (smolvm resolves it at create, and its failure is reported as
     smolvm's error). Refused: ports (smolvm allows every port of an allowed host), URLs,
     wildcards (a host already allows its subdomains), and anything that is not a name.
     """
-    if type(host) is AllowedHost:
-        return host
+
+    __slots__ = ()
+
+    def __new__(cls, host: object) -> AllowedHost:
+        if type(host) is cls:
+            return host  # checked when it was made
+        return super().__new__(cls, _check_host(host))
+
+
+class AllowedCidr(str):
+    """An `--allow-cidr` value in its normal form: constructing one checks it and normalises
+    it as smolvm's `parse_cidr` does (`AllowedCidr("1.1.1.1") == "1.1.1.1/32"`).
+
+    `ADDR/PREFIX` or a bare address (`/32` or `/128` added). Host bits are kept, as smolvm's
+    `ipnet` keeps them (`10.1.2.3/8` stays so; it still means 10.0.0.0/8).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, cidr: object) -> AllowedCidr:
+        if type(cidr) is cls:
+            return cidr
+        return super().__new__(cls, _check_cidr(cidr))
+
+
+def check_host(host: str) -> AllowedHost:
+    """Check one `--allow-host` value (`AllowedHost(host)`); see `AllowedHost`."""
+    return AllowedHost(host)
+
+
+def check_cidr(cidr: str) -> AllowedCidr:
+    """Check one `--allow-cidr` value; its normal form (`AllowedCidr(cidr)`)."""
+    return AllowedCidr(cidr)
+
+
+def _check_host(host: object) -> str:
     if not isinstance(host, str):
         raise InvalidInputError(f"allowed host must be a string, not {type(host).__name__}")
     problem = None
@@ -134,7 +158,7 @@ def check_host(host: str) -> AllowedHost:
         if "%" in host:
             problem = "an IPv6 zone (%…) is not accepted"
         else:
-            return AllowedHost(host)
+            return host
     bare = host[:-1] if host.endswith(".") else host
     if problem is not None:
         pass
@@ -163,17 +187,10 @@ def check_host(host: str) -> AllowedHost:
         problem = "it looks like an IP address but is not one"
     if problem is not None:
         raise InvalidInputError(f"invalid allowed host {host!r}: {problem}")
-    return AllowedHost(host)
+    return host
 
 
-def check_cidr(cidr: str) -> AllowedCidr:
-    """Check one `--allow-cidr` value as smolvm's `parse_cidr` does; return its normal form.
-
-    `ADDR/PREFIX` or a bare address (`/32` or `/128` added). Host bits are kept, as smolvm's
-    `ipnet` keeps them (`10.1.2.3/8` stays so; it still means 10.0.0.0/8).
-    """
-    if type(cidr) is AllowedCidr:
-        return cidr
+def _check_cidr(cidr: object) -> str:
     if not isinstance(cidr, str):
         raise InvalidInputError(f"allowed CIDR must be a string, not {type(cidr).__name__}")
     addr, slash, prefix = cidr.partition("/")
@@ -192,7 +209,7 @@ def check_cidr(cidr: str) -> AllowedCidr:
             f"invalid allowed CIDR {cidr!r}: expected an address with an optional prefix "
             "length, like 10.0.0.0/8, 1.1.1.1 or 2001:db8::/32"
         ) from None
-    return AllowedCidr(f"{ip}/{bits}")
+    return f"{ip}/{bits}"
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
@@ -210,8 +227,9 @@ def check_hosts(hosts: Iterable[str] | None, what: str = "allow_hosts") -> tuple
     """Check a list of hosts (not a bare string); duplicates (any case) are dropped."""
     if hosts is None:
         return ()
-    if isinstance(hosts, str):
-        raise InvalidInputError(f"{what} must be a list of host names, not a string")
+    if isinstance(hosts, (str, bytes)) or not isinstance(hosts, Iterable):
+        kind = "a string" if isinstance(hosts, str) else type(hosts).__name__
+        raise InvalidInputError(f"{what} must be a list of host names, not {kind}")
     return _unique(check_host(h) for h in hosts)
 
 
@@ -219,8 +237,9 @@ def check_cidrs(cidrs: Iterable[str] | None, what: str = "allow_cidrs") -> tuple
     """Check a list of CIDRs (not a bare string); return their normal forms, deduplicated."""
     if cidrs is None:
         return ()
-    if isinstance(cidrs, str):
-        raise InvalidInputError(f"{what} must be a list of CIDRs, not a string")
+    if isinstance(cidrs, (str, bytes)) or not isinstance(cidrs, Iterable):
+        kind = "a string" if isinstance(cidrs, str) else type(cidrs).__name__
+        raise InvalidInputError(f"{what} must be a list of CIDRs, not {kind}")
     return tuple(dict.fromkeys(check_cidr(c) for c in cidrs))
 
 
@@ -328,24 +347,38 @@ def plan(
     if network is None:
         if hosts or cidrs:
             raise InvalidInputError(
-                "allowed hosts and CIDRs need network='agent' (the agent provider's hosts plus "
-                "these) or network='allow' (these only)"
+                Message(
+                    "allowed hosts and CIDRs need {agent} (the agent provider's hosts plus "
+                    "these) or {allow} (these only)",
+                    agent=Param("network", "agent"),
+                    allow=Param("network", "allow"),
+                )
             )
         mode = NetworkMode.OPEN if registry else NetworkMode.OFF
     else:
         mode = NetworkMode.parse(network)
     if mode is NetworkMode.OFF and registry:
         raise InvalidInputError(
-            f"image {image!r} is pulled from a registry, which needs the machine's network, "
-            "and networking is off. Turn it on (network='open', or 'agent' for the agent's "
-            "hosts only), or supply the image locally: save it to an archive (`docker save "
-            f"{image} -o image.tar`) and launch with image='./image.tar'"
+            Message(
+                "image {image!r} is pulled from a registry, which needs the machine's network, "
+                "and networking is off. Turn it on ({open}, or {agent} for the agent's hosts "
+                "only), or supply the image locally: save it to an archive (`docker save "
+                "{image} -o image.tar`) and launch with {local}",
+                image=image,
+                open=Param("network", "open"),
+                agent=Param("network", "agent"),
+                local=Param("image", "./image.tar"),
+            )
         )
     if not mode.restricted:
         if hosts or cidrs:
             raise InvalidInputError(
-                f"allowed hosts and CIDRs only apply to network='agent' or 'allow', not "
-                f"{mode.value!r}"
+                Message(
+                    "allowed hosts and CIDRs only apply to {agent} or {allow}, not {mode}",
+                    agent=Param("network", "agent"),
+                    allow=Param("network", "allow"),
+                    mode=Param("network", mode.value),
+                )
             )
         return NetworkPolicy(mode)
     if mode is NetworkMode.AGENT:
@@ -353,24 +386,43 @@ def plan(
         hosts = _unique([*wanted, *hosts])
         if not hosts and not cidrs:
             raise InvalidInputError(
-                f"agent provider {provider_name!r} names no hosts, so network='agent' would "
-                "allow nothing: give allow_hosts / allow_cidrs, or network='off'"
+                Message(
+                    "agent provider {provider!r} names no hosts, so {agent} would allow "
+                    "nothing: give {hosts} / {cidrs}, or {off}",
+                    provider=provider_name,
+                    agent=Param("network", "agent"),
+                    hosts=Param("allow_hosts"),
+                    cidrs=Param("allow_cidrs"),
+                    off=Param("network", "off"),
+                )
             )
     elif not hosts and not cidrs:
         raise InvalidInputError(
-            "network='allow' needs allowed hosts or CIDRs (allow_hosts, allow_cidrs); for no "
-            "network at all use network='off'"
+            Message(
+                "{allow} needs allowed hosts or CIDRs ({hosts}, {cidrs}); for no network at "
+                "all use {off}",
+                allow=Param("network", "allow"),
+                hosts=Param("allow_hosts"),
+                cidrs=Param("allow_cidrs"),
+                off=Param("network", "off"),
+            )
         )
     folded: tuple[str, ...] = ()
     if registry and image is not None:
         needed = registry_pull_hosts(image)
         if not hosts:
             raise InvalidInputError(
-                f"image {image!r} is pulled from a registry inside the machine, and an "
-                "allow-list of CIDRs only lets it reach no registry (smolvm allows the "
-                "registry's hosts only alongside allowed hosts). Add the registry's hosts "
-                f"(allow_hosts={list(needed)!r}), use network='open', or supply the image "
-                f"locally (`docker save {image} -o image.tar`, then image='./image.tar')"
+                Message(
+                    "image {image!r} is pulled from a registry inside the machine, and an "
+                    "allow-list of CIDRs only lets it reach no registry (smolvm allows the "
+                    "registry's hosts only alongside allowed hosts). Add the registry's hosts "
+                    "({hosts}), use {open}, or supply the image locally (`docker save {image} "
+                    "-o image.tar`, then {local})",
+                    image=image,
+                    hosts=Param("allow_hosts", list(needed)),
+                    open=Param("network", "open"),
+                    local=Param("image", "./image.tar"),
+                )
             )
         smolvm_folds = smolvm_version >= PULL_FOLD_SINCE and ":" not in registry_host(image)
         missing = [h for h in needed if h.lower() not in {x.lower() for x in hosts}]

@@ -12,15 +12,18 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import re
 import selectors
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 from bottle import _validate as check
@@ -31,6 +34,8 @@ from bottle.errors import (
     MachineExistsError,
     MachineNotFoundError,
     MachineNotRunningError,
+    Message,
+    Param,
     SmolvmCommandError,
     SmolvmError,
     SmolvmNotExecutableError,
@@ -58,6 +63,7 @@ __all__ = [
     "ls_args",
     "parse_version",
     "read_version",
+    "run_attached",
     "run_captured",
     "start_args",
     "status_args",
@@ -95,11 +101,18 @@ def is_registry_image(image: str) -> bool:
     )
 
 
-def _bounded(value: int | None, what: str, maximum: int) -> int | None:
+def _bounded(value: int | None, what: Param, maximum: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidInputError(f"{what} must be an integer from 1 to {maximum}, not {value!r}")
+        raise InvalidInputError(
+            Message(
+                "{what} must be an integer from 1 to {maximum}, not {value!r}",
+                what=what,
+                maximum=maximum,
+                value=value,
+            )
+        )
     return value
 
 
@@ -126,9 +139,9 @@ def create_args(
         if not image or image.startswith("-"):
             raise InvalidInputError(f"invalid image reference {image!r}")
         args += ["-I", image]
-    if _bounded(cpus, "cpus", CPUS_MAX) is not None:
+    if _bounded(cpus, Param("cpus"), CPUS_MAX) is not None:
         args += ["--cpus", str(cpus)]
-    if _bounded(memory_mib, "memory (MiB)", MEMORY_MIB_MAX) is not None:
+    if _bounded(memory_mib, Param("memory_mib"), MEMORY_MIB_MAX) is not None:
         args += ["--mem", str(memory_mib)]
     if network:
         args.append("--net")
@@ -183,7 +196,7 @@ def exec_args(
     when `smolvm machine exec --help` shows the option.
     """
     check.machine_name(name)
-    command = check.argv(command, "guest command argument")
+    command = check.argv(command, "guest command argument", "command")
     if not command:
         raise InvalidInputError("the guest command is empty")
     args = ["machine", "exec", "--name", name]
@@ -313,15 +326,7 @@ def read_version(path: str) -> tuple[int, int, int]:
     if cached is not None:
         return cached
     try:
-        proc = subprocess.run(
-            [path, "--version"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            encoding="utf-8",
-            errors="replace",
-            timeout=60,
-            check=False,
-        )
+        ran = run_captured([path, "--version"], timeout=60)
     except PermissionError:
         raise SmolvmNotExecutableError(
             f"smolvm at {path} is not executable", filename=path
@@ -330,14 +335,15 @@ def read_version(path: str) -> tuple[int, int, int]:
         raise SmolvmNotFoundError(
             f"cannot run smolvm at {path}: {exc.strerror}", filename=path
         ) from None
-    except subprocess.TimeoutExpired:
-        raise SmolvmVersionError(f"'{path} --version' did not answer within 60 s") from None
-    if proc.returncode != 0:
+    if ran is None:
+        raise SmolvmVersionError(f"'{path} --version' did not answer within 60 s")
+    status, stdout, stderr = ran
+    if status != 0:
         raise SmolvmVersionError(
-            f"'{path} --version' failed with status {proc.returncode}: "
-            f"{_last_line(proc.stderr) or _last_line(proc.stdout)}"
+            f"'{path} --version' failed with status {status}: "
+            f"{_last_line(stderr) or _last_line(stdout)}"
         )
-    version = parse_version(proc.stdout)
+    version = parse_version(stdout)
     _version_cache[key] = version
     return version
 
@@ -454,9 +460,28 @@ PASTE_SAFE_VERSION = (1, 8, 1)
 _warned_old: set[str] = set()
 
 
+def _check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
+    """A time limit in seconds: None or infinity for none, else a number above 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidInputError(
+            f"{what} must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int beyond any float: as good as no limit
+        seconds = math.inf
+    if math.isnan(seconds) or seconds <= 0:
+        raise InvalidInputError(f"{what} must be above 0 seconds (None: no limit), not {timeout}")
+    return None if math.isinf(seconds) else seconds
+
+
 @dataclass(frozen=True)
 class Timeouts:
-    """Time limits in seconds for smolvm's lifecycle calls (None: no limit).
+    """Time limits in seconds for smolvm's lifecycle calls (None or `math.inf`: no limit).
+
+    Each is checked on construction: a number above 0, or None (`InvalidInputError`).
 
     `create` and `start` may pull the image (a registry pull of an agent image, hundreds of MiB
     to a few GiB) and `start` then waits up to 30 s for the guest agent (AGENT_READY_TIMEOUT,
@@ -473,6 +498,10 @@ class Timeouts:
     delete: float | None = 120.0
     status: float | None = 30.0
     probe: float | None = 30.0
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            _check_timeout(getattr(self, name), f"Timeouts {name}")
 
 
 DEFAULT_TIMEOUTS = Timeouts()
@@ -493,10 +522,97 @@ def _lines(buffer: bytearray, on_line: Callable[[str], None], final: bool = Fals
         buffer.clear()
 
 
+# signal.valid_signals() takes about 0.2 ms a call; the set never changes.
+_SIGNALS = tuple(signal.valid_signals())
+try:
+    # CPython's own functions under signal.py's: the same handlers, without the conversion to
+    # enums that costs signal.getsignal about 1 us a call (62 signals, on every smolvm call).
+    from _signal import (  # type: ignore[import-not-found]
+        getsignal as _getsignal,
+    )
+    from _signal import signal as _setsignal
+except ImportError:  # another Python
+    _getsignal, _setsignal = signal.getsignal, signal.signal
+
+
+class _HeldSignals:
+    """This process's Python signal handlers, held back while a child starts.
+
+    `subprocess.Popen` forks, then waits for the child's exec: a handler that raises there
+    (KeyboardInterrupt, the CLI's SystemExit on SIGTERM/SIGHUP) leaves Popen before it has
+    handed back the child, and smolvm, in a session of its own, runs on with nobody to stop or
+    wait for it. While held, a signal is only noted; `release` puts the handlers back and runs
+    those of the noted signals, at a point where the caller holds the child and will kill it.
+    Only the main thread runs Python signal handlers: in any other there is nothing to hold.
+    """
+
+    def __init__(self) -> None:
+        self._holding = True
+        self._noted: list[tuple[int, FrameType | None]] = []
+        self._handlers: dict[int, Callable[[int, FrameType | None], Any]] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            for sig in _SIGNALS:
+                handler = _getsignal(sig)
+                if callable(handler):
+                    self._handlers[sig] = handler
+                    # Runs the handlers of signals already pending first: one of those may
+                    # raise here, before anything has started.
+                    _setsignal(sig, self._note)
+        except BaseException:
+            self._holding = False
+            self._put_back()
+            raise
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        if self._holding:
+            self._noted.append((signum, frame))
+        else:
+            # Still installed after release (a signal raised while the handlers were put
+            # back): act exactly as the handler that belongs here.
+            self._handlers[signum](signum, frame)
+
+    def _put_back(self) -> None:
+        for sig, handler in self._handlers.items():
+            _setsignal(sig, handler)
+
+    def release(self) -> None:
+        """Put the handlers back, then run those of the signals that came meanwhile."""
+        # No handler of this process can raise before the next line: every one that could
+        # is `_note`, holding.
+        if not self._holding:
+            return
+        self._holding = False
+        self._put_back()
+        noted, self._noted = self._noted, []
+        for i, (signum, frame) in enumerate(noted):
+            try:
+                self._handlers[signum](signum, frame)
+            except BaseException:
+                # As Python does when a handler raises: the others run at the next chance.
+                for later, _ in noted[i + 1 :]:
+                    signal.raise_signal(later)
+                raise
+
+
+def _kill(proc: subprocess.Popen[bytes], *, group: bool) -> None:
+    """SIGKILL the child (with its process group, when it leads one) and reap it; a second
+    interrupt meanwhile waits until it is done."""
+    held = _HeldSignals()
+    try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        proc.wait()
+    finally:
+        held.release()
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill(proc, group=True)
 
 
 def run_captured(
@@ -511,18 +627,29 @@ def run_captured(
     smolvm runs in a process group of its own so that, when the time is up (or the caller is
     interrupted), it is killed together with anything it started in that group, and nothing
     left holding its pipes can stall the read. Each stderr line goes to `on_line` as it comes.
+    An interrupt (a signal whose handler raises) at any point, even while the child is still
+    starting, kills and reaps it before the exception goes on. `timeout`: None or infinity is
+    no limit.
     """
-    proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=None if env is None else dict(env),
-        start_new_session=True,
-    )
-    deadline = None if timeout is None else time.monotonic() + timeout
+    timeout = _check_timeout(timeout)
+    held = _HeldSignals()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=None if env is None else dict(env),
+            start_new_session=True,
+        )
+    except BaseException:
+        held.release()
+        raise
     out, err, pending = bytearray(), bytearray(), bytearray()
     try:
+        # Now that the child is ours, a signal that came while it started takes effect.
+        held.release()
+        deadline = None if timeout is None else time.monotonic() + timeout
         assert proc.stdout is not None and proc.stderr is not None
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ, out)
@@ -560,6 +687,26 @@ def run_captured(
     return status, decode(bytes(out)), decode(bytes(err))
 
 
+def run_attached(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+    """Run `argv` on this process's stdin, stdout and stderr; return its status.
+
+    Like `subprocess.run`, the child is killed and reaped when the caller is interrupted,
+    and, unlike it, also when the interrupt comes while the child is still starting.
+    """
+    held = _HeldSignals()
+    try:
+        proc = subprocess.Popen(list(argv), env=None if env is None else dict(env))
+    except BaseException:
+        held.release()
+        raise
+    try:
+        held.release()
+        return proc.wait()
+    except BaseException:
+        _kill(proc, group=False)
+        raise
+
+
 class Smolvm:
     """Runs smolvm subcommands; finds the executable and checks its version on first use."""
 
@@ -570,6 +717,14 @@ class Smolvm:
         environ: Mapping[str, str] | None = None,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> None:
+        if executable is not None:
+            check.no_nul(executable, "executable")
+        if environ is not None and not isinstance(environ, Mapping):
+            raise InvalidInputError(f"environ must be a mapping, not {type(environ).__name__}")
+        if not isinstance(timeouts, Timeouts):
+            raise InvalidInputError(
+                f"timeouts must be a bottle.smolvm.Timeouts, not {type(timeouts).__name__}"
+            )
         self._executable = executable
         self._environ = environ
         self._path: str | None = None

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.backend import AGENT_IMAGE, ROOT_IMAGE
+from harness.backend import AGENT_IMAGE, CLI_FAILURE, ROOT_IMAGE
 from harness.terminal import run_in_pty
 
 from bottle import smolvm as sv
@@ -122,7 +122,7 @@ def test_cli_no_net_with_a_registry_image_is_one_clear_line(fake_smolvm: Any) ->
         [*BOTTLE, "launch", "-n", "m1", "--image", AGENT_IMAGE, "--no-net", "--no-tty"],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == CLI_FAILURE
     assert proc.stderr.startswith("bottle: error: image 'bottle-test/agent:1' is pulled from a ")
     assert len(proc.stderr.splitlines()) == 1
     assert fake_smolvm.calls() == []

@@ -9,6 +9,7 @@ the `bottle` CLI on a real terminal.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,14 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.backend import BOTTLE, LAUNCH, ROOT_IMAGE, ProcWatch, image_machine
+from harness.backend import BOTTLE, CLI_FAILURE, LAUNCH, ROOT_IMAGE, ProcWatch, image_machine
 from harness.terminal import terminal_on_stdio, user_terminal, wait_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bottle import smolvm as sv
 from bottle.backend import LaunchSpec, get_backend
-from bottle.backend.smolmachines import SmolmachinesBottle, SmolmachinesBottleBackend
+from bottle.backend.smolmachines import (
+    RetryPolicy,
+    SmolmachinesBottle,
+    SmolmachinesBottleBackend,
+)
 from bottle.errors import (
     InvalidInputError,
     SmolvmNotExecutableError,
@@ -57,6 +62,11 @@ def _bottle(**kw: Any) -> SmolmachinesBottle:
 def _launch(**kw: Any) -> None:
     spec = LaunchSpec(**{"machine_name": "m1", "image": ROOT_IMAGE, **kw})
     with SmolmachinesBottleBackend().launch(spec):
+        pytest.fail("the body must not run")
+
+
+def _enter(context: Any) -> None:
+    with context:
         pytest.fail("the body must not run")
 
 
@@ -142,6 +152,79 @@ CASES: list[Case] = [
      InvalidInputError, "invalid user name 'a b'"),
     ("no cpus", lambda f: _launch(cpus=0), InvalidInputError,
      "cpus must be an integer from 1 to 255"),
+    *[
+        # Issue 19: a wrong type is refused naming the parameter (it used to be an
+        # AttributeError or TypeError traceback from deep inside, or accepted outright).
+        (f"type: {what}", action, InvalidInputError, needle)
+        for what, action, needle in [
+            ("LaunchSpec image", lambda f: _launch(image=5),
+             "image must be a string or None, not int"),
+            ("LaunchSpec env", lambda f: _launch(env=[("A", "1")]),
+             "env must be a mapping of variable names to strings (a dict), not list"),
+            ("LaunchSpec secret_env", lambda f: _launch(secret_env=[("T", "1")]),
+             "secret_env must be a mapping"),
+            ("LaunchSpec cpus", lambda f: _launch(cpus="2"),
+             "cpus must be an integer or None, not a string"),
+            ("LaunchSpec memory_mib", lambda f: _launch(memory_mib=True),
+             "memory_mib must be an integer or None, not bool"),
+            ("LaunchSpec prompt_file", lambda f: _launch(prompt_file=5),
+             "prompt_file must be a path (str or os.PathLike) or None, not int"),
+            ("LaunchSpec agent_provider", lambda f: _launch(agent_provider=None),
+             "agent_provider must be a string, not NoneType"),
+            ("LaunchSpec agent_command", lambda f: _launch(agent_command=["claude"]),
+             "agent_command must be a string or None, not list"),
+            ("LaunchSpec prompt_mode", lambda f: _launch(prompt_mode=1),
+             "prompt_mode must be a string or None, not int"),
+            ("LaunchSpec terminal_title", lambda f: _launch(terminal_title=None),
+             "terminal_title must be a string, not NoneType"),
+            ("LaunchSpec terminal_color", lambda f: _launch(terminal_color=0x203040),
+             "terminal_color must be a string, not int"),
+            ("LaunchSpec allow_hosts", lambda f: _launch(network="allow", allow_hosts=5),
+             "allow_hosts must be a list of host names, not int"),
+            ("LaunchSpec allow_cidrs", lambda f: _launch(network="allow", allow_cidrs=8),
+             "allow_cidrs must be a list of CIDRs, not int"),
+            ("LaunchSpec image '-'", lambda f: _launch(image="-"), "invalid image reference '-'"),
+            ("Timeouts", lambda f: sv.Timeouts(start="300"),
+             "Timeouts start must be a number of seconds or None, not str"),
+            ("RetryPolicy attempts", lambda f: RetryPolicy(attempts="2"),
+             "RetryPolicy attempts must be an integer, not a string"),
+            ("RetryPolicy delay", lambda f: RetryPolicy(delay=math.nan),
+             "RetryPolicy delay must be 0 or more seconds (and finite), not nan"),
+            ("RetryPolicy statuses", lambda f: RetryPolicy(statuses=137),
+             "RetryPolicy statuses must be a set of exit statuses, not int"),
+            ("RetryPolicy status", lambda f: RetryPolicy(statuses={"137"}),
+             "each of RetryPolicy statuses must be an integer, not a string"),
+            ("bottle guest_env", lambda f: _bottle(guest_env=[("A", "1")]),
+             "guest_env must be a mapping"),
+            ("bottle smolvm", lambda f: _bottle(smolvm="/usr/bin/smolvm"),
+             "smolvm must be a bottle.smolvm.Smolvm or None, not str"),
+            ("bottle retry", lambda f: _bottle(retry=3), "retry must be a RetryPolicy, not int"),
+            ("backend retry", lambda f: SmolmachinesBottleBackend(retry=None),
+             "retry must be a RetryPolicy, not NoneType"),
+            ("Smolvm timeouts", lambda f: sv.Smolvm(timeouts=60),
+             "timeouts must be a bottle.smolvm.Timeouts, not int"),
+            ("exec_agent argv", lambda f: _bottle().exec_agent(5),
+             "argv must be a sequence of strings, not int"),
+            ("exec_agent tty", lambda f: _bottle().exec_agent([], tty="no"),
+             "tty must be True or False, not 'no'"),
+            ("run_agent record_input", lambda f: _bottle().run_agent([], record_input=1),
+             "record_input must be True or False, not 1"),
+            ("agent_argv argv", lambda f: _bottle().agent_argv(None),
+             "argv must be a sequence of strings, not NoneType"),
+            ("exec script", lambda f: _bottle().exec(b"true"), "script must be a string"),
+            ("cp_in host_path", lambda f: _bottle().cp_in(5, "/x"),
+             "host file must be a path (str or os.PathLike), not int"),
+            ("cp_in container_path", lambda f: _bottle().cp_in(f["file"], 5),
+             "guest path must be a string, not int"),
+            ("launch spec", lambda f: _enter(SmolmachinesBottleBackend().launch("m1")),
+             "spec must be a LaunchSpec, not str"),
+            ("launch progress", lambda f: _enter(SmolmachinesBottleBackend().launch(
+                LaunchSpec("m1", image=ROOT_IMAGE), progress="bar")),
+             "progress must be a callable or None, not str"),
+            ("from_spec spec", lambda f: SmolmachinesBottle.from_spec({"machine_name": "m"}),
+             "spec must be a LaunchSpec, not dict"),
+        ]
+    ],
 ]
 
 
@@ -264,7 +347,7 @@ CLI_CASES: list[tuple[list[str], str]] = [
 
 @pytest.mark.parametrize(("args", "needle"), CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
 def test_cli_bad_input_on_a_terminal(fake_smolvm: Any, args: list[str], needle: str) -> None:
-    """One line `bottle: error: …` naming the problem, exit 1, no smolvm call, no process
+    """One line `bottle: error: …` naming the problem, exit 125, no smolvm call, no process
     left, and the terminal exactly as it was."""
     image_machine(fake_smolvm, "m")
     argv = [*BOTTLE, *args]
@@ -277,7 +360,7 @@ def test_cli_bad_input_on_a_terminal(fake_smolvm: Any, args: list[str], needle: 
             out = term.settle(quiet=0.2)
             leftovers = watch.leftovers()
         term.assert_restored()
-    assert status == 1, out
+    assert status == CLI_FAILURE, out
     lines = out.rstrip().splitlines()
     assert len(lines) == 1, out
     assert lines[0].startswith(b"bottle: error: ") and needle.encode() in lines[0], out
@@ -292,7 +375,7 @@ def test_cli_non_executable_smolvm_on_a_terminal(fake_smolvm: Any, unexecutable:
         status = wait_status(term.spawn(argv, dict(os.environ)))
         out = term.settle(quiet=0.2)
         term.assert_restored()
-    assert status == 1
+    assert status == CLI_FAILURE
     assert out.rstrip() == (
         f"bottle: error: BOTTLE_SMOLVM={str(unexecutable)!r} is not an executable file".encode()
     )

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from harness.backend import (
     BOTTLE,
+    CLI_FAILURE,
     LAUNCH,
     POP_TITLE,
     PUSH_TITLE,
@@ -402,7 +403,7 @@ HOSTILE_COLORS = [
 @pytest.mark.parametrize("color", HOSTILE_COLORS)
 def test_hostile_colour_is_refused_before_anything_runs(fake_smolvm: Any, color: str) -> None:
     """API: InvalidInputError naming the colour, from the bottle and from launch; no smolvm
-    call. CLI on a terminal: one error line without a control character, exit 1, the terminal
+    call. CLI on a terminal: one error line without a control character, exit 125, the terminal
     untouched."""
     image_machine(fake_smolvm, "m")
     with pytest.raises(InvalidInputError, match="invalid terminal colour") as info:
@@ -417,7 +418,7 @@ def test_hostile_colour_is_refused_before_anything_runs(fake_smolvm: Any, color:
         status = wait_status(term.spawn(argv, env))
         out = term.settle()
         term.assert_restored()
-    assert status == 1
+    assert status == CLI_FAILURE
     lines = out.rstrip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(b"bottle: error: invalid terminal colour"), out
     assert control_characters(out) == [], out
@@ -462,7 +463,7 @@ def test_bad_input_errors_never_echo_control_characters(fake_smolvm: Any,
     turn that text into escape sequences on the user's terminal (it shows them escaped)."""
     image_machine(fake_smolvm, "m")
     proc = _cli(*args)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == CLI_FAILURE, proc.stderr
     assert proc.stderr.startswith(b"bottle: error: "), proc.stderr
     assert control_characters(proc.stderr) == [], (
         f"bottle printed raw control characters from its input: {proc.stderr!r}"

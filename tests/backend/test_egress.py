@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.backend import AGENT_IMAGE
+from harness.backend import AGENT_IMAGE, CLI_FAILURE
 
 from bottle import network as net
 from bottle import smolvm as sv
@@ -267,7 +267,7 @@ def test_off_with_a_registry_image_names_the_ways_out(fake_smolvm: Any) -> None:
     ):
         pytest.fail("body must not run")
     message = str(info.value)
-    assert "network='open', or 'agent'" in message
+    assert "network='open', or network='agent'" in message
     assert f"docker save {AGENT_IMAGE} -o image.tar" in message
     assert fake_smolvm.calls() == []
 
@@ -353,14 +353,14 @@ def test_cli_network_agent_with_additions(fake_smolvm: Any) -> None:
         (["--net", "--network", "agent"], "--net and --network agent both choose"),
         (["--network", "agent", "--allow-host", "https://github.com"], "not a URL"),
         (["--network", "agent", "--allow-cidr", "10.0.0.0/33"], "invalid allowed CIDR"),
-        (["--network", "allow"], "needs allow_hosts or allow_cidrs"),
+        (["--network", "allow"], "needs --allow-host or --allow-cidr"),
     ],
 )
 def test_cli_bad_network_is_one_line_before_smolvm(
     fake_smolvm: Any, args: list[str], needle: str
 ) -> None:
     proc = _bottle("launch", "-n", "m1", "--image", AGENT_IMAGE, "--no-tty", *args)
-    assert proc.returncode == 1
+    assert proc.returncode == CLI_FAILURE
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("bottle: error: ") and needle in proc.stderr, proc.stderr
     assert fake_smolvm.calls() == []
@@ -368,6 +368,6 @@ def test_cli_bad_network_is_one_line_before_smolvm(
 
 def test_cli_unknown_network_is_a_usage_error(fake_smolvm: Any) -> None:
     proc = _bottle("launch", "-n", "m1", "--network", "closed")
-    assert proc.returncode == 2
+    assert proc.returncode == CLI_FAILURE
     assert "invalid choice: 'closed'" in proc.stderr
     assert fake_smolvm.calls() == []

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.backend import LAUNCH, image_machine
+from harness.backend import CLI_FAILURE, LAUNCH, image_machine, root_spec
 from harness.terminal import run_in_pty
 
 from bottle import smolvm as sv
-from bottle.backend.smolmachines import SmolmachinesBottle
-from bottle.errors import InvalidInputError
+from bottle.backend.smolmachines import SmolmachinesBottle, SmolmachinesBottleBackend
+from bottle.errors import InvalidInputError, MachineNotRunningError, SmolvmError
+from bottle.relay import Recording
 
 BOTTLE = [sys.executable, "-m", "bottle"]
 HASH = 'printf %s "$BOTTLE_TOKEN" | sha256sum | cut -d" " -f1'
@@ -124,6 +125,9 @@ def test_refused_before_anything_runs(fake_smolvm: Any, tmp_path: Path) -> None:
         b.exec_agent(["-c", "true"], record=existing)
     with pytest.raises(InvalidInputError, match="does not exist"):
         b.exec_agent(["-c", "true"], record=tmp_path / "no-dir" / "x.cast")
+    # Issue 19: a place that takes no new file was a plain ValueError, after smolvm had run.
+    with pytest.raises(InvalidInputError, match=r"cannot create recording file '/proc/x\.cast'"):
+        b.exec_agent(["-c", "true"], record="/proc/x.cast")
     with pytest.raises(InvalidInputError, match="terminal session"):
         b.exec_agent(["-c", "true"], tty=False, record=tmp_path / "x.cast")
     with pytest.raises(InvalidInputError, match="record_input needs"):
@@ -139,6 +143,10 @@ def test_refused_before_anything_runs(fake_smolvm: Any, tmp_path: Path) -> None:
         (["--record-input"], "--record-input needs --record"),
         (["--no-tty", "--record", "{tmp}/x.cast"], "needs a terminal session"),
         (["--record", "{tmp}/old.cast"], "already exists"),
+        # Issue 19: refused only after create, start and provisioning.
+        (["--record", "/proc/session.cast"],
+         "cannot create recording file '/proc/session.cast': directory '/proc' takes no new "
+         "files"),
     ],
 )
 def test_cli_refuses_a_bad_recording_before_launching(
@@ -150,6 +158,67 @@ def test_cli_refuses_a_bad_recording_before_launching(
         [*BOTTLE, *LAUNCH, "--agent-command", "/bin/sh", *args],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == CLI_FAILURE
     assert proc.stderr.startswith("bottle: error: ") and message in proc.stderr, proc.stderr
     assert fake_smolvm.calls() == []  # no machine was touched
+
+
+def test_a_session_that_never_started_leaves_no_file(fake_smolvm: Any, tmp_path: Path) -> None:
+    """The file is made before anything runs, and removed when no session started: here the
+    machine is stopped, then (the retry) running."""
+    image_machine(fake_smolvm, "m", state="stopped")
+    cast = tmp_path / "s.cast"
+    b = SmolmachinesBottle("m", agent_command="/bin/sh", agent_prompt_mode="none")
+    result = b.run_agent(["-c", "true"], record=cast)
+    assert isinstance(result.error, MachineNotRunningError)
+    assert not cast.exists()
+    fake_smolvm.run("machine", "start", "-n", "m")
+    code = f"""
+import sys
+from bottle.backend.smolmachines import SmolmachinesBottle
+b = SmolmachinesBottle("m", agent_command="/bin/sh", agent_prompt_mode="none")
+sys.exit(b.exec_agent(["-c", "echo second-try"], record={str(cast)!r}))
+"""
+    run = run_in_pty([sys.executable, "-c", code], dict(os.environ))
+    assert run.status == 0, run.output
+    assert b"second-try" in asciinema_cat(cast)
+
+
+def test_cli_launch_that_fails_leaves_no_file(fake_smolvm: Any, tmp_path: Path) -> None:
+    cast = tmp_path / "launch.cast"
+    argv = [*BOTTLE, "--quiet", *LAUNCH, "--agent-command", "/bin/sh", "--record", str(cast),
+            "--", "-c", "echo launched"]  # fmt: skip
+    fake_smolvm.set_fault(START_FAIL=1)
+    failed = run_in_pty(argv, dict(os.environ))
+    assert failed.status == CLI_FAILURE, failed.output
+    assert b"did not become ready" in failed.output
+    assert not cast.exists()
+    fake_smolvm.set_fault(START_FAIL=None)
+    again = run_in_pty(argv, dict(os.environ))
+    assert again.status == 0, again.output
+    assert b"launched" in asciinema_cat(cast)
+
+
+def test_cli_recording_is_private_whatever_the_umask(fake_smolvm: Any, tmp_path: Path) -> None:
+    # Issue 19: mode 0400 under umask 0277, where the README promises 0600.
+    image_machine(fake_smolvm, "m1")
+    cast = tmp_path / "a.cast"
+    argv = ["sh", "-c", 'umask 277; exec "$@"', "sh", *BOTTLE, "agent", "-n", "m1",
+            "--agent-command", "/bin/sh", "--record", str(cast), "--", "-c", "true"]  # fmt: skip
+    run = run_in_pty(argv, dict(os.environ))
+    assert run.status == 0, run.output
+    assert stat.S_IMODE(cast.stat().st_mode) == 0o600
+
+
+def test_a_recording_made_before_the_launch(fake_smolvm: Any, tmp_path: Path) -> None:
+    """The API's way to refuse a recording before any machine is made: make it first."""
+    with pytest.raises(InvalidInputError, match="takes no new files"):
+        Recording("/proc/x.cast")
+    cast = tmp_path / "s.cast"
+    fake_smolvm.set_fault(FAIL_CREATE="image pull failed")
+    with pytest.raises(SmolvmError, match="image pull failed"), Recording(cast) as rec:
+        assert cast.exists()
+        with SmolmachinesBottleBackend().launch(root_spec()) as b:
+            b.run_agent([], record=rec)
+    assert rec.closed and not rec.used
+    assert not cast.exists()

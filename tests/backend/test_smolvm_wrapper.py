@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ def test_create_args_minimal_and_full() -> None:
         # clap types of smolvm's create: --cpus u8, --mem u32 (src/cli/machine.rs, CreateCmd)
         ({"cpus": 256}, "cpus must be an integer from 1 to 255"),
         ({"memory_mib": -1}, "memory"),
-        ({"memory_mib": 2**32}, "memory .MiB. must be an integer from 1 to 4294967295"),
+        ({"memory_mib": 2**32}, "memory_mib must be an integer from 1 to 4294967295"),
         ({"image": "-x"}, "image"),
         ({"image": "a\0b"}, "NUL"),
     ],
@@ -447,3 +448,31 @@ def test_default_timeouts_are_long_enough_for_a_pull_and_bound_teardown() -> Non
     assert t.start is not None and t.start >= 600
     assert t.stop is not None and t.delete is not None and t.status is not None
     assert max(t.stop, t.delete, t.status) <= 120
+
+
+@pytest.mark.parametrize("value", ["900", True, 0, -1.5, math.nan, [60]])
+def test_timeouts_refuse_what_is_not_a_time_limit(value: object) -> None:
+    # Issue 19: Timeouts(create="900") used to start smolvm, fail on the arithmetic and leave
+    # it running (and its pipes open); now it is refused before anything runs.
+    with pytest.raises(InvalidInputError, match=r"^Timeouts create must be "):
+        sv.Timeouts(create=value)  # type: ignore[arg-type]
+
+
+def test_a_timeout_that_is_not_a_time_limit_starts_nothing(tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    with pytest.raises(InvalidInputError, match="timeout must be a number of seconds"):
+        sv.run_captured(["sh", "-c", f"touch {ran}"], timeout="900")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match=r"timeouts must be a bottle\.smolvm\.Timeouts"):
+        sv.Smolvm(timeouts={"create": 900})  # type: ignore[arg-type]
+    assert not ran.exists()
+
+
+def test_an_infinite_timeout_is_no_limit(tmp_path: Path) -> None:
+    # It used to be an OverflowError traceback (from the select), with smolvm killed.
+    assert sv.run_captured(["sh", "-c", "echo out; echo err >&2"], timeout=math.inf) == (
+        0, "out\n", "err\n",
+    )  # fmt: skip
+    assert sv.run_captured(["true"], timeout=10**400) == (0, "", "")
+    exe = _exe(tmp_path / "smolvm", "#!/bin/sh\necho 'smolvm 1.9.3'\n")
+    s = sv.Smolvm(str(exe), timeouts=sv.Timeouts(stop=math.inf))
+    s.stop("m")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.backend import LAUNCH, ROOT_IMAGE, image_machine, wait_for_file
+from harness.backend import CLI_FAILURE, LAUNCH, ROOT_IMAGE, image_machine, wait_for_file
 from harness.terminal import run_in_pty
 
 BOTTLE = [sys.executable, "-m", "bottle"]
@@ -37,7 +37,7 @@ def bottle(*args: str, input: str | None = None, timeout: float = 60,
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode != 0
+    assert proc.returncode == CLI_FAILURE, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("bottle: error: "), lines[0]
@@ -120,11 +120,11 @@ def test_bench_is_delegated() -> None:
     assert "bottle bench" in proc.stdout
 
 
-def test_usage_errors_exit_2() -> None:
-    assert bottle("exec", "true").returncode == 2  # no --name
-    assert bottle("frobnicate").returncode == 2
+def test_usage_errors_exit_with_bottles_own_status() -> None:
+    assert bottle("exec", "true").returncode == CLI_FAILURE  # no --name
+    assert bottle("frobnicate").returncode == CLI_FAILURE
     proc = bottle("exec", "-n", "m", "true", "--", "x")
-    assert proc.returncode == 2
+    assert proc.returncode == CLI_FAILURE
     assert "takes no arguments after '--'" in proc.stderr
 
 
@@ -163,7 +163,7 @@ def test_exec_errors_are_one_line(fake_smolvm: Any) -> None:
     # Exact output: a smolvm older than 1.8.1 puts its paste warning first (pytest
     # --fake-smolvm-version; test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal).
     fake_smolvm.set_fault(VERSION="1.9.3")
-    assert_one_line_error(bottle("exec", "-n", "ghost", "true"), "vm not found: ghost")
+    assert_one_line_error(bottle("exec", "-n", "ghost", "true"), "machine 'ghost' does not exist")
     fake_smolvm.create("idle", running=False)
     assert_one_line_error(bottle("exec", "-n", "idle", "true"), "not running")
     assert_one_line_error(bottle("exec", "-n", "bad name", "true"), "invalid machine name")
@@ -271,7 +271,7 @@ def test_launch_bad_input(fake_smolvm: Any, tmp_path: Path) -> None:
     assert_one_line_error(bottle(*LAUNCH, "--prompt-file", str(tmp_path)),
                           "directory")  # fmt: skip
     assert_one_line_error(bottle(*LAUNCH, "--backend", "qemu"), "known backends")
-    assert bottle(*LAUNCH, "--cpus", "0").returncode == 2
+    assert bottle(*LAUNCH, "--cpus", "0").returncode == CLI_FAILURE
     assert fake_smolvm.calls() == []
 
 
@@ -328,5 +328,5 @@ def test_agent_connection_lost(fake_smolvm: Any) -> None:
     proc = bottle("agent", "-n", "m", "--no-tty", "--agent-command", "/bin/sh", "--",
                   "-c", "sleep 30")  # fmt: skip
     assert time.monotonic() - start < 30
-    assert proc.returncode == 1
+    assert proc.returncode == CLI_FAILURE
     assert proc.stderr.splitlines()[-1].startswith("bottle: error: connection to the VM lost")

@@ -141,6 +141,8 @@ def child_argv(agent_args: Sequence[str]) -> list[str]:
 
 PY = sys.executable
 BOTTLE = (PY, "-m", "bottle")
+# The status of bottle's own failures on the command line (README "Command line"), docker's 125.
+CLI_FAILURE = 125
 TIMEOUT = 60.0
 
 # The exact fixed sequences bottle writes around a decorated session (see backend/terminal.py);

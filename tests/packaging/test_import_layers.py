@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
         "bottle.relay._children",
         "bottle.relay._tty",
         "bottle.relay._session",
+        "bottle.relay._recording",
         "bottle.smolvm",
         "bottle.agent_provider",
     ),
@@ -39,15 +40,24 @@ LAYERS: list[tuple[str, ...]] = [
     ("bottle.backend", "bottle.backend.terminal"),
     # The smolmachines backend.
     ("bottle.backend.smolmachines",),
-    # Programs: the CLIs and the benchmark.
-    ("bottle.cli", "bottle.__main__", "bottle.relay.__main__", "bottle.bench*"),
+    # Programs: the relay's and the benchmark's; the command line's shared pieces (errors in
+    # its terms, parsing, option groups, progress, secrets, the agent session).
+    ("bottle.relay.__main__", "bottle.bench*", "bottle.cli._*"),
+    # The command line's commands, one module per family, each over the API and the pieces.
+    ("bottle.cli.*",),
+    # Its entry: the console script's first module, `python -m bottle`, the command table.
+    ("bottle._console", "bottle.__main__", "bottle.cli", "bottle.cli._main"),
 ]
 
 
 def layer_of(module: str) -> int:
+    # A name given exactly wins over a pattern (`bottle.cli._main` over `bottle.cli._*`).
+    for rank, names in enumerate(LAYERS):
+        if module in names:
+            return rank
     for rank, names in enumerate(LAYERS):
         for name in names:
-            if module == name or (name.endswith("*") and module.startswith(name[:-1])):
+            if name.endswith("*") and module.startswith(name[:-1]):
                 return rank
     raise AssertionError(f"{module} has no layer in LAYERS: give it one")
 
@@ -145,6 +155,10 @@ def test_the_graph_sees_what_it_checks() -> None:
     assert "bottle.relay" in edges["bottle.backend.smolmachines"]  # imported in exec_agent
     # An upward edge is caught: the CLI as seen from the errors module.
     assert layer_of("bottle.cli") > layer_of("bottle.errors")
+    # The command line's layers: shared pieces, then commands, then the table that finds them.
+    assert layer_of("bottle.cli._errors") < layer_of("bottle.cli.launch")
+    assert layer_of("bottle.cli.launch") < layer_of("bottle.cli._main")
+    assert "bottle.cli._agent" in edges["bottle.cli.launch"]
 
 
 def test_the_builtin_backend_is_loaded_by_the_reference_pyproject_declares() -> None:

@@ -221,9 +221,43 @@ def test_file_is_new_and_private(start: Start, tmp_path: Path) -> None:
     assert load(cast)[1] == []
 
 
+@pytest.mark.parametrize("umask", ["0", "277"])
+def test_the_file_is_private_whatever_the_umask(impl: str, tmp_path: Path, umask: str) -> None:
+    # Issue 19: under umask 0277 a recording came out mode 0400, not the 0600 promised.
+    cast = tmp_path / "s.cast"
+    relay = [*RELAY_ARGV, "--record", str(cast), "--", "true"]
+    s = Session([], impl=impl, tmp=tmp_path,
+                argv=["sh", "-c", f'umask {umask}; exec "$@"', "sh", *relay])  # fmt: skip
+    try:
+        assert s.wait() == 0, s.describe()
+    finally:
+        s.close()
+    assert stat.S_IMODE(cast.stat().st_mode) == 0o600
+    assert load(cast)[0]["version"] == 2
+
+
+@pytest.mark.parametrize("command", ["missing", "not-executable"])
+def test_a_command_that_cannot_start_leaves_no_file(
+    start: Start, tmp_path: Path, command: str
+) -> None:
+    # Issue 19: the header was written before the spawn failed, and the file left behind then
+    # refused the retry ("already exists").
+    program = tmp_path / command
+    if command == "not-executable":
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o644)
+    cast = tmp_path / "s.cast"
+    for attempt in (1, 2):
+        s = start([str(program)], "--record", str(cast))
+        assert s.wait() == (127 if command == "missing" else 126), s.describe()
+        assert "already exists" not in s.text(), f"attempt {attempt}: {s.describe()}"
+        assert not cast.exists(), f"attempt {attempt}"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--record", "/proc/x.cast"], "directory '/proc' takes no new files"),
         (["--output", "direct", "--record", "x.cast"], "output='copy'"),
         (["--record-input"], "record_input needs a recording"),
         (["--record", ""], "empty"),

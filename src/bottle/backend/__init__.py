@@ -19,11 +19,19 @@ from typing import TYPE_CHECKING
 
 from bottle import _validate as check
 from bottle import network as net
-from bottle.errors import BottleClosedError, InvalidInputError, UnknownBackendError
+from bottle.errors import (
+    BottleClosedError,
+    InvalidInputError,
+    Message,
+    Param,
+    UnknownBackendError,
+)
 from bottle.results import AgentResult, ExecResult, Progress
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from bottle.relay import Recording
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -60,13 +68,14 @@ class Bottle(abc.ABC):
         argv: Sequence[str],
         *,
         tty: bool = True,
-        record: str | os.PathLike[str] | None = None,
+        record: str | os.PathLike[str] | Recording | None = None,
         record_input: bool = False,
     ) -> AgentResult:
         """Like `exec_agent`, but the outcome's `check()` raises what went wrong around it.
 
         Backends that learn more than a status override this; the default knows the status
-        and cannot record (``record`` is refused with `InvalidInputError`).
+        and cannot record (``record``, a path or a `bottle.relay.Recording`, is refused with
+        `InvalidInputError`).
         """
         if record is not None or record_input:
             raise InvalidInputError(f"the {type(self).__name__} backend cannot record sessions")
@@ -116,7 +125,8 @@ def _frozen_env(env: Mapping[str, str] | None, what: str) -> Mapping[str, str]:
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    """What to launch. Checked on construction: bad input raises `ValueError` at once.
+    """What to launch. Checked on construction: a wrong type or value raises
+    `InvalidInputError` (a `ValueError`) naming the field, at once.
 
     `prompt_file` is a *host* path to the system-prompt file; `launch` copies it into the
     guest at `prompt_guest_path` (default `~agent_user/.bottle/prompt.md`), owned by
@@ -155,22 +165,37 @@ class LaunchSpec:
     def __post_init__(self) -> None:
         # Checked here, once: what passes is kept in its checked form (see bottle._validate).
         object.__setattr__(self, "machine_name", check.machine_name(self.machine_name))
+        if check.optional_text(self.image, "image") is not None:
+            assert self.image is not None
+            if not self.image or self.image.startswith("-"):
+                raise InvalidInputError(f"invalid image reference {self.image!r}")
+        check.count(self.cpus, "cpus", optional=True)
+        check.count(self.memory_mib, "memory_mib", optional=True)
         object.__setattr__(self, "env", _frozen_env(self.env, "env"))
         object.__setattr__(self, "secret_env", _frozen_env(self.secret_env, "secret_env"))
         if self.prompt_file is not None:
+            if not isinstance(self.prompt_file, (str, os.PathLike)):
+                raise InvalidInputError(
+                    "prompt_file must be a path (str or os.PathLike) or None, "
+                    f"not {type(self.prompt_file).__name__}"
+                )
             object.__setattr__(self, "prompt_file", os.fspath(self.prompt_file))
             check.no_nul(self.prompt_file, "prompt file")
         if self.prompt_guest_path is not None:
             path = check.guest_path(self.prompt_guest_path, "prompt guest path")
             object.__setattr__(self, "prompt_guest_path", path)
         if self.workdir is not None:
-            object.__setattr__(self, "workdir", check.guest_path(self.workdir, "workdir"))
+            workdir = check.guest_path(self.workdir, Param("workdir"))
+            object.__setattr__(self, "workdir", workdir)
         object.__setattr__(self, "agent_user", check.user_name(self.agent_user))
-        if self.agent_command is not None:
-            check.no_nul(self.agent_command, "agent command")
+        check.optional_text(self.agent_command, "agent_command")
+        check.optional_text(self.prompt_mode, "prompt_mode")
+        check.text(self.agent_provider, "agent_provider")
+        check.text(self.terminal_title, "terminal_title")
+        check.text(self.terminal_color, "terminal_color")
         self._check_network()
-        # Provider, image, cpus, memory, title and colour are checked by the backend that
-        # interprets them (before it starts anything).
+        # What the provider, prompt mode, image, cpus, memory, title and colour may be is for
+        # the backend that interprets them (it checks them before it starts anything).
 
     def _check_network(self) -> None:
         hosts = net.check_hosts(self.allow_hosts)
@@ -192,13 +217,25 @@ class LaunchSpec:
         listed = bool(self.allow_hosts or self.allow_cidrs)
         if listed and (mode is None or not mode.restricted):
             raise InvalidInputError(
-                "allow_hosts and allow_cidrs need network='agent' (the agent provider's hosts "
-                f"plus these) or network='allow' (these only), not network={self.network!r}"
+                Message(
+                    "{hosts} and {cidrs} need {agent} (the agent provider's hosts plus these) "
+                    "or {allow} (these only), not {now}",
+                    hosts=Param("allow_hosts"),
+                    cidrs=Param("allow_cidrs"),
+                    agent=Param("network", "agent"),
+                    allow=Param("network", "allow"),
+                    now=Param("network", mode.value if mode is not None else None),
+                )
             )
         if mode is net.NetworkMode.ALLOW and not listed:
             raise InvalidInputError(
-                "network='allow' needs allow_hosts or allow_cidrs; for no network at all use "
-                "network='off'"
+                Message(
+                    "{allow} needs {hosts} or {cidrs}; for no network at all use {off}",
+                    allow=Param("network", "allow"),
+                    hosts=Param("allow_hosts"),
+                    cidrs=Param("allow_cidrs"),
+                    off=Param("network", "off"),
+                )
             )
         # What 'agent' allows depends on the provider, and a registry image's pull on the
         # smolvm version: the backend completes the policy (bottle.network.plan).

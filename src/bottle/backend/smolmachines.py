@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import posixpath
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bottle import _validate as check
 from bottle import smolvm as sv
@@ -45,12 +46,17 @@ from bottle.errors import (
     MachineExistsError,
     MachineNotFoundError,
     MachineNotRunningError,
+    Message,
+    Param,
     SmolvmCommandError,
     SmolvmNotExecutableError,
     SmolvmNotFoundError,
 )
 from bottle.network import NetworkMode, NetworkPolicy, plan
 from bottle.results import AgentResult, ExecResult, Progress, exit_status
+
+if TYPE_CHECKING:
+    from bottle.relay import Recording
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -86,7 +92,7 @@ _CP_OWNER_SINCE = (1, 9, 0)
 _ID = re.compile(r"uid=(\d+)(?:\(([^)]*)\))?\s+gid=(\d+)")
 
 
-def _check_names(env: Mapping[str, str], what: str, *, host: bool) -> None:
+def _check_names(env: Mapping[str, str], what: Param, *, host: bool) -> None:
     for key in env:
         reason = None
         if key in _GUEST_RESERVED:
@@ -94,10 +100,17 @@ def _check_names(env: Mapping[str, str], what: str, *, host: bool) -> None:
         elif host and (key in _HOST_RESERVED or key.startswith(_HOST_RESERVED_PREFIXES)):
             reason = (
                 "a secret is also in the environment of the host smolvm process, where this "
-                "name would change how it runs (pass it in guest_env if it is not secret)"
+                "name would change how it runs (pass it in {guest_env} if it is not secret)"
             )
         if reason:
-            raise InvalidInputError(f"{what} name {key!r} is reserved: {reason}")
+            raise InvalidInputError(
+                Message(
+                    "{what} name {key!r} is reserved: " + reason,
+                    what=what,
+                    key=key,
+                    guest_env=Param("guest_env"),
+                )
+            )
 
 
 def home_for(user: str) -> str:
@@ -121,14 +134,51 @@ class RetryPolicy:
     statuses: frozenset[int] = frozenset({137})
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise InvalidInputError(f"retry attempts must be at least 1, not {self.attempts}")
-        if self.delay < 0:
-            raise InvalidInputError(f"retry delay must not be negative, not {self.delay}")
-        object.__setattr__(self, "statuses", frozenset(self.statuses))
+        check.count(self.attempts, "RetryPolicy attempts", minimum=1)
+        delay = self.delay
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise InvalidInputError(
+                f"RetryPolicy delay must be a number of seconds, not {type(delay).__name__}"
+            )
+        if not 0 <= delay < math.inf:  # NaN too
+            raise InvalidInputError(
+                f"RetryPolicy delay must be 0 or more seconds (and finite), not {delay}"
+            )
+        statuses = self.statuses
+        if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
+            raise InvalidInputError(
+                "RetryPolicy statuses must be a set of exit statuses, not "
+                f"{type(statuses).__name__}"
+            )
+        statuses = frozenset(statuses)
+        for status in statuses:
+            check.count(status, "each of RetryPolicy statuses", minimum=0)
+        object.__setattr__(self, "statuses", statuses)
 
 
 DEFAULT_RETRY = RetryPolicy()
+
+
+def _launch_spec(spec: object) -> LaunchSpec:
+    if not isinstance(spec, LaunchSpec):
+        raise InvalidInputError(f"spec must be a LaunchSpec, not {type(spec).__name__}")
+    return spec
+
+
+def _retry_policy(retry: object) -> RetryPolicy:
+    if not isinstance(retry, RetryPolicy):
+        raise InvalidInputError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
+    return retry
+
+
+def _smolvm(smolvm: object) -> sv.Smolvm:
+    if smolvm is None:
+        return sv.Smolvm()
+    if not isinstance(smolvm, sv.Smolvm):
+        raise InvalidInputError(
+            f"smolvm must be a bottle.smolvm.Smolvm or None, not {type(smolvm).__name__}"
+        )
+    return smolvm
 
 
 class SmolmachinesBottle(Bottle):
@@ -156,12 +206,19 @@ class SmolmachinesBottle(Bottle):
             None if prompt_path is None else check.guest_path(prompt_path, "prompt path")
         )
         self.guest_env = dict(check.env_mapping(guest_env, "guest_env"))
-        _check_names(self.guest_env, "guest_env", host=False)
+        _check_names(self.guest_env, Param("guest_env"), host=False)
         secrets = check.env_mapping(secret_env, "secret_env")
-        _check_names(secrets, "secret_env", host=True)
+        _check_names(secrets, Param("secret_env"), host=True)
         for key in secrets:
             if key in self.guest_env:
-                raise InvalidInputError(f"{key!r} is in both guest_env and secret_env")
+                raise InvalidInputError(
+                    Message(
+                        "{key!r} is in both {env} and {secrets}",
+                        key=key,
+                        env=Param("guest_env"),
+                        secrets=Param("secret_env"),
+                    )
+                )
         self._secret_env = secrets
         check.no_nul(agent_command, "agent command")
         if not agent_command:
@@ -177,8 +234,8 @@ class SmolmachinesBottle(Bottle):
         self.agent_workdir = check.guest_path(
             agent_workdir if agent_workdir is not None else home_for(agent_user), "agent workdir"
         )
-        self.retry = retry
-        self._smolvm = smolvm if smolvm is not None else sv.Smolvm()
+        self.retry = _retry_policy(retry)
+        self._smolvm = _smolvm(smolvm)
         self._guest_users: dict[bool, str] = {}
         self._ids: dict[str, tuple[int, int]] = {}
 
@@ -197,7 +254,7 @@ class SmolmachinesBottle(Bottle):
         `prompt_path` is the prompt's path in the guest (the spec's `prompt_file` is a host
         path that only `launch` copies in); `spec.workdir` defaults to the agent user's home.
         """
-        provider = get_provider(spec.agent_provider)
+        provider = get_provider(_launch_spec(spec).agent_provider)
         return cls(
             spec.machine_name,
             prompt_path=prompt_path,
@@ -309,6 +366,7 @@ class SmolmachinesBottle(Bottle):
                 stopped, …); its `result` is the probe's `ExecResult`.
         """
         args = check.argv(argv)
+        check.flag(tty, "tty")
         guest, user = self._as_user(self.agent_user, interactive=True)
         guest.append(self.agent_command)
         guest += agent_args(
@@ -368,7 +426,7 @@ class SmolmachinesBottle(Bottle):
         argv: Sequence[str],
         *,
         tty: bool = True,
-        record: str | os.PathLike[str] | None = None,
+        record: str | os.PathLike[str] | Recording | None = None,
         record_input: bool = False,
     ) -> int:
         """Run the agent; return smolvm's exit status (128+N when it died of signal N).
@@ -378,14 +436,17 @@ class SmolmachinesBottle(Bottle):
         failures. `run_agent` gives the same status with the precise error.
 
         ``record`` names a new file that receives the session as an asciicast v2 recording
-        (see `bottle.relay.run`); the relay then copies smolvm's output instead of letting it
-        write to the terminal itself. ``record_input`` records typed input too. Secrets never
+        (see `bottle.relay.run`), or is a `bottle.relay.Recording` made beforehand (before a
+        launch, say, so that a file that cannot be made is refused before any machine is);
+        the relay then copies smolvm's output instead of letting it write to the terminal
+        itself. A file named here is created (mode 0600) before anything runs and removed
+        again if no session started. ``record_input`` records typed input too. Secrets never
         reach the file: they go to smolvm through its environment, and the header names only
         ``TERM`` and ``SHELL``.
 
         Raises:
-            InvalidInputError: bad arguments (a ``record`` file that exists, a recording
-                without ``tty``), before anything runs.
+            InvalidInputError: bad arguments (a ``record`` file that exists or cannot be
+                created, a recording without ``tty``), before anything runs.
             SmolvmNotFoundError, SmolvmNotExecutableError: smolvm cannot be run at all (also
                 `FileNotFoundError` / `PermissionError`).
         """
@@ -398,7 +459,7 @@ class SmolmachinesBottle(Bottle):
         argv: Sequence[str],
         *,
         tty: bool = True,
-        record: str | os.PathLike[str] | None = None,
+        record: str | os.PathLike[str] | Recording | None = None,
         record_input: bool = False,
     ) -> AgentResult:
         """Run the agent like `exec_agent`; the result's `check()` raises what went wrong.
@@ -413,13 +474,34 @@ class SmolmachinesBottle(Bottle):
         """
         self._ensure_open()
         check.argv(argv)
-        recording = None
-        if record is not None or record_input:
-            if record is None:
-                raise InvalidInputError("record_input needs a recording: give record=FILE")
-            if not tty:
-                raise InvalidInputError("recording needs a terminal session (tty=True)")
-            recording = check.new_file(record)
+        check.flag(tty, "tty")
+        check.flag(record_input, "record_input")
+        if record is None:
+            if record_input:
+                raise InvalidInputError(
+                    Message(
+                        "{record_input} needs a recording: give {record}=FILE",
+                        record_input=Param("record_input"),
+                        record=Param("record"),
+                    )
+                )
+            return self._session(argv, tty, None, False)
+        if not tty:
+            raise InvalidInputError(
+                Message("recording needs a terminal session ({tty})", tty=Param("tty", True))
+            )
+        from bottle.relay import Recording
+
+        if isinstance(record, Recording):
+            return self._session(argv, tty, record, record_input)
+        # Made first, so that a file that cannot be is refused before anything runs; removed
+        # again when no session started.
+        with Recording(record) as recording:
+            return self._session(argv, tty, recording, record_input)
+
+    def _session(
+        self, argv: Sequence[str], tty: bool, recording: Recording | None, record_input: bool
+    ) -> AgentResult:
         refused = self._not_running()
         full: list[str] = []
         if refused is None:
@@ -444,7 +526,7 @@ class SmolmachinesBottle(Bottle):
             if tty:
                 status = self._run_tty(full, env, recording, record_input)
             else:
-                status = subprocess.run(full, env=env, check=False).returncode
+                status = sv.run_attached(full, env=env)
         except PermissionError:
             raise SmolvmNotExecutableError(
                 f"smolvm at {full[0]} is not executable", filename=full[0]
@@ -474,7 +556,11 @@ class SmolmachinesBottle(Bottle):
         return AgentResult(status)
 
     def _run_tty(
-        self, full: list[str], env: dict[str, str], record: str | None, record_input: bool
+        self,
+        full: list[str],
+        env: dict[str, str],
+        record: Recording | None,
+        record_input: bool,
     ) -> int:
         from bottle import relay
 
@@ -519,7 +605,7 @@ class SmolmachinesBottle(Bottle):
         check.no_nul(script, "script")
         check.user_name(user)
         if workdir is not None:
-            check.guest_path(workdir, "workdir")
+            check.guest_path(workdir, Param("workdir"))
         try:
             prefix, option = self._as_user(user, interactive=False)
         except GuestUserError as exc:
@@ -695,8 +781,8 @@ class SmolmachinesBottleBackend(BottleBackend):
     def __init__(
         self, *, smolvm: sv.Smolvm | None = None, retry: RetryPolicy = DEFAULT_RETRY
     ) -> None:
-        self.smolvm = smolvm if smolvm is not None else sv.Smolvm()
-        self.retry = retry
+        self.smolvm = _smolvm(smolvm)
+        self.retry = _retry_policy(retry)
 
     def __repr__(self) -> str:
         return f"SmolmachinesBottleBackend(smolvm={self.smolvm!r})"
@@ -714,13 +800,23 @@ class SmolmachinesBottleBackend(BottleBackend):
         step (creating, starting, provisioning) is logged and, when given, reported to
         `progress` as it begins, for every line smolvm prints meanwhile, and as it ends.
         """
-        user = spec.agent_user
+        user = _launch_spec(spec).agent_user
+        if progress is not None and not callable(progress):
+            raise InvalidInputError(
+                f"progress must be a callable or None, not {type(progress).__name__}"
+            )
         home = home_for(user)
         if spec.image is None and user != "root":
             raise InvalidInputError(
-                f"a machine without an image is a bare VM whose only user is root, so the agent "
-                f"cannot run as {user!r}: give an image whose USER is {user!r} (or root, with "
-                f"{user!r} in it), or run the agent as root"
+                Message(
+                    "a machine without an image is a bare VM whose only user is root, so the "
+                    "agent cannot run as {user!r}: give an image whose USER is {user!r} (or "
+                    "root, with {user!r} in it) ({image}=IMAGE), or run the agent as root "
+                    "({root})",
+                    user=user,
+                    image=Param("image"),
+                    root=Param("agent_user", "root"),
+                )
             )
         policy = self.network_policy(spec)
         prompt_src = None
@@ -751,19 +847,20 @@ class SmolmachinesBottleBackend(BottleBackend):
         if policy.mode.restricted:
             log.info("machine %r: %s", name, policy.describe())
         with ExitStack() as stack:
+            # Registered before the create, so that an interrupt at any point from here on
+            # removes what it made: the name was free a moment ago, so whatever stands under it
+            # is this create's, unless smolvm said the name was taken.
+            create_done: list[bool] = []  # [False]: someone else's machine; [True]: ours
+            stack.callback(self._undo_create, name, create_done)
             try:
                 with _step("creating", name, progress) as on_line:
                     smolvm.run(
                         create, machine=name, timeout=smolvm.timeouts.create, on_line=on_line
                     )
             except MachineExistsError:
-                raise  # someone else's machine, created since our check: not ours to touch
-            except BaseException:
-                # Failed or interrupted half-way: the name was free a moment ago, so whatever
-                # stands under it now is what this create left behind.
-                self._remove_leftover(name)
+                create_done.append(False)  # created since our check: not ours to touch
                 raise
-            stack.callback(self._undo, "delete", smolvm.delete, name)
+            create_done.append(True)
             # A start that fails or times out is undone by the delete (which stops first).
             with _step("starting", name, progress) as on_line:
                 smolvm.start(name, on_line=on_line)
@@ -783,7 +880,7 @@ class SmolmachinesBottleBackend(BottleBackend):
             InvalidInputError: a combination that cannot work (off, or CIDRs only, with a
                 registry image; an allow-list with nothing in it).
         """
-        provider = get_provider(spec.agent_provider)
+        provider = get_provider(_launch_spec(spec).agent_provider)
         registry = spec.image is not None and sv.is_registry_image(spec.image)
         version = (0, 0, 0)
         mode = spec.network_mode
@@ -829,6 +926,13 @@ class SmolmachinesBottleBackend(BottleBackend):
                     raise exc from None
                 log.info("prompt file %s stays owned by root, readable by %r: %s",
                          guest_prompt, user, exc)  # fmt: skip
+
+    def _undo_create(self, name: str, done: list[bool]) -> None:
+        if not done:
+            # Failed or interrupted half-way (or just after): remove whatever it left.
+            self._remove_leftover(name)
+        elif done[0]:
+            self._undo("delete", self.smolvm.delete, name)
 
     def _remove_leftover(self, name: str) -> None:
         try:

@@ -19,6 +19,7 @@ from typing import Any
 
 from bottle.relay._children import KILL_GRACE, Child, ResizeWorker
 from bottle.relay._impl import core
+from bottle.relay._recording import Recording
 from bottle.relay._tty import DEFAULT_SIZE, WINSIZE, private_writer, raw, window_size
 
 # Ways to carry the child's output (see `run`); the first is the default.
@@ -63,7 +64,7 @@ def run(
     resize_command: str | None = None,
     hold_until_raw: bool = False,
     output: str = "copy",
-    record: str | os.PathLike[str] | None = None,
+    record: str | os.PathLike[str] | Recording | None = None,
     record_input: bool = False,
     record_title: str | None = None,
 ) -> int:
@@ -90,8 +91,10 @@ def run(
     suits terminal clients that run raw and write finished output, like ``smolvm machine exec
     -i -t``, and costs the relay nothing for everything they print.
 
-    ``record`` names a new file (created mode 0600; an existing one is refused) that receives
-    the session as an asciicast v2 recording, written as it goes: a header with the terminal's
+    ``record`` names a new file (created mode 0600 whatever the umask, before anything else;
+    an existing one is refused; removed again if the command cannot start), or is a
+    `Recording` made beforehand, that receives the session as an asciicast v2 recording,
+    written as it goes: a header with the terminal's
     size, the time, ``TERM``/``SHELL`` and ``record_title`` (default: the command's name), an
     ``"o"`` event for each piece of output the terminal took and an ``"r"`` event for each
     window change. ``record_input`` adds ``"i"`` events for what was typed (off by default:
@@ -114,19 +117,17 @@ def run(
         ValueError: empty ``argv``, an ``env`` name that is empty or holds ``=``, a bad
             ``resize_command``, an unknown ``output``, a closed ``stdout_fd``, a recording
             with ``output="direct"`` or ``record_input`` without one, or a ``record`` file
-            that cannot be created (it exists, or its directory does not).
+            that cannot be created (`InvalidInputError`: it exists, its directory does not,
+            or the place takes no new file).
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
     if record is None and record_input:
         raise ValueError("record_input needs a recording: give record=FILE")
-    if record is not None:
-        if output != "copy":
-            raise ValueError(
-                "recording needs output='copy': the relay can only record the output it copies"
-            )
-        if not os.fspath(record):
-            raise ValueError("record: the recording file name is empty")
+    if record is not None and output != "copy":
+        raise ValueError(
+            "recording needs output='copy': the relay can only record the output it copies"
+        )
     args = [os.fsencode(arg) for arg in argv]
     if not args:
         raise ValueError("nothing to run: argv is empty")
@@ -148,10 +149,16 @@ def run(
         hold_until_raw,
         output == "direct",
     )
-    if record is not None:
-        title = os.path.basename(os.fsdecode(argv[0])) if record_title is None else record_title
-        session.record(os.fspath(record), title, record_input)
-    return session.run()
+    if record is None:
+        return session.run()
+    title = os.path.basename(os.fsdecode(argv[0])) if record_title is None else record_title
+    if isinstance(record, Recording):
+        session.record(record, title, record_input)
+        return session.run()
+    # Created before the session sets anything up, and removed again if it never starts.
+    with Recording(record) as recording:
+        session.record(recording, title, record_input)
+        return session.run()
 
 
 def _envp(environ: Mapping[str, str]) -> list[bytes]:
@@ -261,12 +268,12 @@ class Session:
         self._released = False  # the terminal was given back before the end
         self._size_reported = False
         self._worker: ResizeWorker | None = None
-        self._record: tuple[str, str, bool] | None = None
+        self._record: tuple[Recording, str, bool] | None = None
         self._record_err = 0
 
-    def record(self, path: str, title: str, with_input: bool) -> None:
-        """Record the session into the new file ``path`` (see `run`)."""
-        self._record = (path, title, with_input)
+    def record(self, recording: Recording, title: str, with_input: bool) -> None:
+        """Record the session into ``recording`` (see `run`)."""
+        self._record = (recording, title, with_input)
 
     def run(self) -> int:
         try:
@@ -278,28 +285,17 @@ class Session:
                 log.warning(
                     "bottle relay: the recording %s is incomplete (%s): the session went on "
                     "unrecorded from there",
-                    self._record[0],
+                    self._record[0].path,
                     "the disk took too long"
                     if self._record_err == errno.ETIMEDOUT
                     else os.strerror(self._record_err),
                 )
 
     def _open_recording(self) -> int:
-        """Create the recording file (-1 when not recording); closed at the end."""
+        """The recording file's descriptor (-1 when not recording); its `Recording` owns it."""
         if self._record is None:
             return -1
-        path = self._record[0]
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            fd = os.open(path, flags, 0o600)
-        except FileExistsError:
-            raise ValueError(
-                f"recording file {path!r} already exists (bottle never overwrites one)"
-            ) from None
-        except OSError as exc:
-            raise ValueError(f"cannot create recording file {path!r}: {exc.strerror}") from None
-        self._later(os.close, fd)
-        return fd
+        return self._record[0].take()
 
     def _write_header(self, fd: int, master: int) -> None:
         assert self._record is not None
@@ -320,10 +316,13 @@ class Session:
                 line = line[os.write(fd, line) :]
         except OSError as exc:
             raise OSError(
-                exc.errno, f"cannot write recording file: {exc.strerror}", self._record[0]
+                exc.errno, f"cannot write recording file: {exc.strerror}", self._record[0].path
             ) from None
 
     def _end_recording(self, pump: core.Pump) -> None:
+        # Registered once the child runs and the loop is set up: the session happened.
+        assert self._record is not None
+        self._record[0].session_ran()
         self._record_err = pump.finish_recording(_RECORD_FINISH_MS)
 
     def _later(self, undo: Callable[..., object], *args: object) -> None:
