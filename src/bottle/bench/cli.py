@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from bottle.bench.relays import RELAY_NAMES, Relay, baseline
+from bottle.bench.relays import RELAY_NAMES, Relay, parse_baseline
 from bottle.bench.report import format_report
 from bottle.bench.suite import run_bench
 from bottle.bench.workload import FULL, QUICK, Settings
@@ -39,12 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     baselines: list[Relay] = []
     for spec in args.baseline:
-        name, sep, python = spec.partition("=")
-        if not sep or not name or not python:
-            parser.error(f"--baseline takes NAME=PYTHON, got {spec!r}")
-        if name in RELAY_NAMES or name in (b.name for b in baselines):
-            parser.error(f"--baseline name {name!r} is taken; choose another")
-        baselines.append(baseline(name, python))
+        try:
+            relay = parse_baseline(spec)
+        except ValueError as e:
+            parser.error(str(e))
+        if relay.name in RELAY_NAMES or relay.name in (b.name for b in baselines):
+            parser.error(f"--baseline name {relay.name!r} is taken; choose another")
+        baselines.append(relay)
     settings = QUICK if args.quick else FULL
     if args.runs is not None:
         if args.runs < 1:

@@ -109,6 +109,14 @@ def baseline(name: str, python: str) -> Relay:
     )
 
 
+def parse_baseline(spec: str) -> Relay:
+    """The baseline that a command line's ``--baseline NAME=PYTHON`` names (ValueError if bad)."""
+    name, sep, python = spec.partition("=")
+    if not sep or not name or not python:
+        raise ValueError(f"--baseline takes NAME=PYTHON, got {spec!r}")
+    return baseline(name, python)
+
+
 def base_env(relay: Relay) -> dict[str, str]:
     """Return the environment a relay runs with (the caller's, minus bottle's switches)."""
     env = {
