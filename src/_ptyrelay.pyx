@@ -1298,3 +1298,7 @@ cdef class Pump:
                 r = self._write_out()
                 if r != 0:
                     return r
+
+
+# The session holder's loop (Hub): a file of its own, compiled into this module.
+include "_hub.pxi"

@@ -57,3 +57,58 @@ class Pump:
     @property
     def buffered(self) -> tuple[int, int]:
         """Bytes waiting in (input, output) buffers."""
+
+# The session holder's loop (src/_hub.pxi); bottle._hub_py is its twin.
+EV_CLIENTS: int
+DEFAULT_HISTORY: int
+MIN_HISTORY: int
+MAX_CLIENTS: int
+STALL_MS: int
+STALL_PROGRESS: int
+TWITCH_MS: int
+WIRE: dict[str, int]
+
+class Hub:
+    """Copy a pty master's output to the clients of a unix socket, and their keys back."""
+
+    def __init__(
+        self,
+        master_fd: int,
+        listen_fd: int,
+        wake_fd: int = -1,
+        child_fd: int = -1,
+        *,
+        history: int = ...,
+        owner_uid: int = -1,
+        hold_ms: int = 0,
+        stall_ms: int = ...,
+        record_fd: int = -1,
+        record_input: bool = False,
+        record_stall_ms: int = ...,
+    ) -> None: ...
+    def close(self) -> None:
+        """Close every client connection; idempotent."""
+    def run(self) -> int:
+        """Relay until an event needs Python (EV_SIGNAL, EV_CHILD, EV_CLIENTS)."""
+    def drain(self, idle_ms: int, cap_ms: int) -> None:
+        """After the child's exit: pass on its last output."""
+    def finish(self, status: int, flush_ms: int) -> None:
+        """Send the rest and an EXIT frame to every client, then close them."""
+    def signals(self) -> bytes:
+        """Return the signal numbers received since the last call."""
+    def history(self) -> bytes:
+        """The output the ring still holds, oldest first."""
+    def finish_recording(self, timeout_ms: int) -> int:
+        """End the recording; 0 when complete, else an errno."""
+    @property
+    def total(self) -> int: ...
+    @property
+    def clients(self) -> tuple[int, int, int]: ...
+    @property
+    def refused(self) -> int: ...
+    @property
+    def lagged(self) -> int: ...
+    @property
+    def size(self) -> tuple[int, int]: ...
+    @property
+    def holding(self) -> bool: ...

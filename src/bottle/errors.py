@@ -30,6 +30,12 @@ __all__ = [
     "Message",
     "Param",
     "RetryExhaustedError",
+    "SessionEndedError",
+    "SessionError",
+    "SessionExistsError",
+    "SessionNotFoundError",
+    "SessionPathError",
+    "SessionRunningError",
     "SmolvmCommandError",
     "SmolvmError",
     "SmolvmNotExecutableError",
@@ -250,3 +256,35 @@ class RetryExhaustedError(GuestCommandError):
     def __init__(self, message: str, results: Sequence[CommandOutcome]) -> None:
         super().__init__(message, results[-1])
         self.results = tuple(results)
+
+
+class SessionError(BottleError):
+    """A detached session could not be started, found, reached or cleaned up."""
+
+
+class SessionNotFoundError(SessionError):
+    """No session of that name (in this user's session directory)."""
+
+
+class SessionExistsError(SessionError):
+    """A session of that name exists already (running, or finished and not yet removed)."""
+
+
+class SessionRunningError(SessionError):
+    """The session's holder still runs: what was asked needs it ended."""
+
+
+class SessionPathError(SessionError):
+    """The session directory or socket is not safely this user's: a symlink, owned by
+    another user, or open to others. Nothing was read from it or sent to it."""
+
+
+class SessionEndedError(SessionError):
+    """The session is over: its program exited (``status``) or its holder died (``status``
+    None). ``screen`` is the session's last output (empty when none was kept)."""
+
+    def __init__(self, message: str, *, name: str, status: int | None, screen: bytes) -> None:
+        super().__init__(message)
+        self.name = name
+        self.status = status
+        self.screen = screen

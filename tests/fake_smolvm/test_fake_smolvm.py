@@ -779,6 +779,52 @@ def test_tty_size_from_stdin_raw_mode_resize_and_restore(
     assert termios.tcgetattr(term.slave) == term.saved  # restored on normal return
 
 
+def test_tty_client_ends_when_its_terminal_hangs_up(
+    fake_smolvm: FakeSmolvm, tmp_path: Path
+) -> None:
+    # The pty's master closed (a detached session's holder killed outright): the kernel hangs
+    # the terminal up and SIGHUPs its session leader, smolvm's client, which has no handler
+    # for it in the exec path (src/agent/client.rs, interactive_session): it dies, and the
+    # agent kills the guest as on any disconnect.
+    running(fake_smolvm)
+    master, slave = os.openpty()
+    guest_pid = tmp_path / "guest-pid"
+
+    def take_terminal() -> None:
+        import fcntl
+
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "-t", "--", "sh", "-c",
+         f"echo $$ > {guest_pid}; exec sleep 300"],
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        preexec_fn=take_terminal,
+    )  # fmt: skip
+    os.close(slave)
+    try:
+        wait_for(lambda: guest_pid.exists() and guest_pid.read_text().strip(), "the guest")
+        guest = int(guest_pid.read_text())
+        os.close(master)
+        master = -1
+        assert proc.wait(timeout=20) == -signal.SIGHUP
+        wait_for(lambda: not _alive(guest), "the guest to be killed")
+    finally:
+        if master >= 0:
+            os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_tty_raw_mode_only_after_delay_and_type_ahead_discarded(
     fake_smolvm: FakeSmolvm, terminal: Any
 ) -> None:

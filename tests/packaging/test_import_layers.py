@@ -21,12 +21,18 @@ LAYERS: list[tuple[str, ...]] = [
     ("bottle", "bottle.errors"),
     # Input checks and the small result types, built on the exceptions only; the network
     # policy (checks of allowed hosts and CIDRs) is one of them.
-    ("bottle._validate", "bottle.results", "bottle.network"),
-    # The tools the backend uses: the relay (both copy loops and the front), the smolvm CLI
-    # wrapper, and the agent provider table.
+    # The session protocol's numbers and frames too.
+    ("bottle._validate", "bottle.results", "bottle.network", "bottle._sessionwire"),
+    # The tools the backend uses: the relay (both copy loops and the front), detached sessions
+    # (their holder's loop, both twins, and the holder), the smolvm CLI wrapper, and the agent
+    # provider table.
     (
         "bottle._ptyrelay",
         "bottle._ptyrelay_py",
+        "bottle._hub_py",
+        "bottle.sessions",
+        "bottle.sessions._dirs",
+        "bottle.sessions._holder",
         "bottle.relay",
         "bottle.relay._impl",
         "bottle.relay._children",

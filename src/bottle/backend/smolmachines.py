@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from bottle import _validate as check
 from bottle import smolvm as sv
@@ -57,6 +57,7 @@ from bottle.results import AgentResult, ExecResult, Progress, exit_status
 
 if TYPE_CHECKING:
     from bottle.relay import Recording
+    from bottle.sessions import Session
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -238,6 +239,8 @@ class SmolmachinesBottle(Bottle):
         self._smolvm = _smolvm(smolvm)
         self._guest_users: dict[bool, str] = {}
         self._ids: dict[str, tuple[int, int]] = {}
+        # Set by `launch`: the machine's teardown, which a detached session can take over.
+        self._handover: _Handover | None = None
 
     @classmethod
     def from_spec(
@@ -421,6 +424,7 @@ class SmolmachinesBottle(Bottle):
             )
         return None
 
+    @overload
     def exec_agent(
         self,
         argv: Sequence[str],
@@ -428,7 +432,31 @@ class SmolmachinesBottle(Bottle):
         tty: bool = True,
         record: str | os.PathLike[str] | Recording | None = None,
         record_input: bool = False,
-    ) -> int:
+        detach: Literal[False] = False,
+    ) -> int: ...
+
+    @overload
+    def exec_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | Recording | None = None,
+        record_input: bool = False,
+        detach: Literal[True],
+        session: str | None = None,
+    ) -> Session: ...
+
+    def exec_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | Recording | None = None,
+        record_input: bool = False,
+        detach: bool = False,
+        session: str | None = None,
+    ) -> int | Session:
         """Run the agent; return smolvm's exit status (128+N when it died of signal N).
 
         Whatever goes wrong once the arguments are accepted (no such machine, a stopped one,
@@ -444,15 +472,46 @@ class SmolmachinesBottle(Bottle):
         reach the file: they go to smolvm through its environment, and the header names only
         ``TERM`` and ``SHELL``.
 
+        With ``detach``, the session starts in a session holder and this returns its
+        `bottle.sessions.Session` at once (see `run_agent`).
+
         Raises:
             InvalidInputError: bad arguments (a ``record`` file that exists or cannot be
                 created, a recording without ``tty``), before anything runs.
             SmolvmNotFoundError, SmolvmNotExecutableError: smolvm cannot be run at all (also
                 `FileNotFoundError` / `PermissionError`).
         """
+        if detach:
+            return self.run_agent(
+                argv, tty=tty, record=record, record_input=record_input, detach=True,
+                session=session,
+            )  # fmt: skip
         return self.run_agent(
             argv, tty=tty, record=record, record_input=record_input
         ).returncode
+
+    @overload
+    def run_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | Recording | None = None,
+        record_input: bool = False,
+        detach: Literal[False] = False,
+    ) -> AgentResult: ...
+
+    @overload
+    def run_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        tty: bool = True,
+        record: str | os.PathLike[str] | Recording | None = None,
+        record_input: bool = False,
+        detach: Literal[True],
+        session: str | None = None,
+    ) -> Session: ...
 
     def run_agent(
         self,
@@ -461,7 +520,9 @@ class SmolmachinesBottle(Bottle):
         tty: bool = True,
         record: str | os.PathLike[str] | Recording | None = None,
         record_input: bool = False,
-    ) -> AgentResult:
+        detach: bool = False,
+        session: str | None = None,
+    ) -> AgentResult | Session:
         """Run the agent like `exec_agent`; the result's `check()` raises what went wrong.
 
         With `tty`, the session runs in process through `bottle.relay.run`, with the terminal
@@ -471,11 +532,32 @@ class SmolmachinesBottle(Bottle):
         `MachineNotRunningError` / `GuestUserError` when no session could start (status 1,
         nothing run), and `ConnectionLostError` when smolvm exited 1 and the machine is no
         longer running.
+
+        With ``detach``, the same smolvm command runs in a session holder
+        (`bottle.sessions.start`: its own pty, not this process's terminal) and this returns
+        the `bottle.sessions.Session` once it runs; clients attach to it with
+        `bottle.sessions.connect`. ``session`` names it (default: the machine's name, made
+        unique). Failing to start raises the precise error (a detached session has no status
+        to return). A bottle from `launch` hands its machine's teardown to the session: the
+        machine outlives the `launch` block and is stopped and deleted once the agent exits
+        (by the holder, or by `Session.teardown` if the holder died).
         """
         self._ensure_open()
         check.argv(argv)
         check.flag(tty, "tty")
         check.flag(record_input, "record_input")
+        check.flag(detach, "detach")
+        # API-only mistakes (the command line cannot make them): said in Python terms.
+        if detach and not tty:
+            raise InvalidInputError("a detached session is a terminal session: give tty=True")
+        if not detach and session is not None:
+            raise InvalidInputError("session names a detached session: give detach=True too")
+        if detach and self._handover is not None and self._handover.taken is not None:
+            raise InvalidInputError(
+                f"machine {self.machine_name!r} already belongs to detached session "
+                f"{self._handover.taken!r}, which deletes it when its agent exits; start "
+                "further sessions in a machine of their own"
+            )
         if record is None:
             if record_input:
                 raise InvalidInputError(
@@ -485,7 +567,7 @@ class SmolmachinesBottle(Bottle):
                         record=Param("record"),
                     )
                 )
-            return self._session(argv, tty, None, False)
+            return self._session(argv, tty, None, False, detach, session)
         if not tty:
             raise InvalidInputError(
                 Message("recording needs a terminal session ({tty})", tty=Param("tty", True))
@@ -493,15 +575,21 @@ class SmolmachinesBottle(Bottle):
         from bottle.relay import Recording
 
         if isinstance(record, Recording):
-            return self._session(argv, tty, record, record_input)
+            return self._session(argv, tty, record, record_input, detach, session)
         # Made first, so that a file that cannot be is refused before anything runs; removed
         # again when no session started.
         with Recording(record) as recording:
-            return self._session(argv, tty, recording, record_input)
+            return self._session(argv, tty, recording, record_input, detach, session)
 
     def _session(
-        self, argv: Sequence[str], tty: bool, recording: Recording | None, record_input: bool
-    ) -> AgentResult:
+        self,
+        argv: Sequence[str],
+        tty: bool,
+        recording: Recording | None,
+        record_input: bool,
+        detach: bool,
+        name: str | None,
+    ) -> AgentResult | Session:
         refused = self._not_running()
         full: list[str] = []
         if refused is None:
@@ -512,6 +600,8 @@ class SmolmachinesBottle(Bottle):
             except _ProbeError as exc:
                 refused = exc.result.error or exc
         if refused is not None:
+            if detach:
+                raise refused
             log.error(
                 "agent session in machine %r not started: %s",
                 self.machine_name,
@@ -521,20 +611,14 @@ class SmolmachinesBottle(Bottle):
             return AgentResult(1, refused)
         full[0] = self._smolvm.path
         env = self.child_env()
+        if detach:
+            return self._start_detached(full, env, name, recording, record_input)
         log.debug("agent session in %s: %s", self.machine_name, full)
-        try:
+        with _runnable(full[0]):
             if tty:
                 status = self._run_tty(full, env, recording, record_input)
             else:
                 status = sv.run_attached(full, env=env)
-        except PermissionError:
-            raise SmolvmNotExecutableError(
-                f"smolvm at {full[0]} is not executable", filename=full[0]
-            ) from None
-        except FileNotFoundError:
-            raise SmolvmNotFoundError(
-                f"smolvm at {full[0]} disappeared", filename=full[0]
-            ) from None
         status = exit_status(status)
         log.info("agent session in machine %r ended with status %d", self.machine_name, status)
         if status == 1:
@@ -554,6 +638,44 @@ class SmolmachinesBottle(Bottle):
                 log.error("%s", lost, extra=RETURNED_ERROR)
                 return AgentResult(status, lost)
         return AgentResult(status)
+
+    def _start_detached(
+        self,
+        full: list[str],
+        env: dict[str, str],
+        name: str | None,
+        record: Recording | None,
+        record_input: bool,
+    ) -> Session:
+        from bottle import sessions
+
+        handover = self._handover
+        plan = handover.plan() if handover is not None else None
+        with _runnable(full[0]):
+            started = sessions.start(
+                full,
+                name=name,
+                machine=self.machine_name,
+                env=env,
+                hold_until_raw=True,
+                record=record,
+                record_input=record_input,
+                record_title=self.terminal_title or f"{self.agent_command} in {self.machine_name}",
+                secret_names=self.secret_names,
+                teardown=plan,
+                terminal_title=self.terminal_title,
+                terminal_color=self.terminal_color,
+            )
+        if handover is not None:
+            handover.taken = started.name
+        log.info(
+            "agent session in machine %r detached: session %r (holder pid %s)%s",
+            self.machine_name,
+            started.name,
+            started.pid,
+            "; it tears the machine down when the agent exits" if plan else "",
+        )
+        return started
 
     def _run_tty(
         self,
@@ -762,6 +884,19 @@ def _step(
     report(done=True)
 
 
+@contextlib.contextmanager
+def _runnable(smolvm: str) -> Iterator[None]:
+    """smolvm found and checked earlier, yet not runnable now: the precise error."""
+    try:
+        yield
+    except PermissionError:
+        raise SmolvmNotExecutableError(
+            f"smolvm at {smolvm} is not executable", filename=smolvm
+        ) from None
+    except FileNotFoundError:
+        raise SmolvmNotFoundError(f"smolvm at {smolvm} disappeared", filename=smolvm) from None
+
+
 def _last(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
@@ -771,6 +906,29 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+class _Handover:
+    """What `launch` undoes for its machine (stop, delete), until a detached session takes
+    it over (`taken`: that session's name); the session's holder then does it when the agent
+    exits, and the launch's own exit leaves the machine running."""
+
+    def __init__(self, machine: str, smolvm: sv.Smolvm) -> None:
+        self.machine = machine
+        self.smolvm = smolvm
+        self.taken: str | None = None
+
+    def undo(self, what: str, step: Callable[[str], None]) -> None:
+        if self.taken is not None:
+            log.info(
+                "machine %r: %s left to detached session %r", self.machine, what, self.taken
+            )
+            return
+        SmolmachinesBottleBackend._undo(what, step, self.machine)
+
+    def plan(self) -> dict[str, Any]:
+        """The teardown as data for the session's holder: smolvm's path, the steps in order."""
+        return {"machine": self.machine, "smolvm": self.smolvm.path, "steps": ["stop", "delete"]}
 
 
 class SmolmachinesBottleBackend(BottleBackend):
@@ -846,12 +1004,13 @@ class SmolmachinesBottleBackend(BottleBackend):
             )
         if policy.mode.restricted:
             log.info("machine %r: %s", name, policy.describe())
+        handover = _Handover(name, smolvm)
         with ExitStack() as stack:
             # Registered before the create, so that an interrupt at any point from here on
             # removes what it made: the name was free a moment ago, so whatever stands under it
             # is this create's, unless smolvm said the name was taken.
             create_done: list[bool] = []  # [False]: someone else's machine; [True]: ours
-            stack.callback(self._undo_create, name, create_done)
+            stack.callback(self._undo_create, name, create_done, handover)
             try:
                 with _step("creating", name, progress) as on_line:
                     smolvm.run(
@@ -864,8 +1023,9 @@ class SmolmachinesBottleBackend(BottleBackend):
             # A start that fails or times out is undone by the delete (which stops first).
             with _step("starting", name, progress) as on_line:
                 smolvm.start(name, on_line=on_line)
-            stack.callback(self._undo, "stop", smolvm.stop, name)
+            stack.callback(handover.undo, "stop", smolvm.stop)
             stack.enter_context(bottle)
+            bottle._handover = handover
             with _step("provisioning", name, progress):
                 self._provision(bottle, prompt_src, guest_prompt)
             yield bottle
@@ -927,12 +1087,12 @@ class SmolmachinesBottleBackend(BottleBackend):
                 log.info("prompt file %s stays owned by root, readable by %r: %s",
                          guest_prompt, user, exc)  # fmt: skip
 
-    def _undo_create(self, name: str, done: list[bool]) -> None:
+    def _undo_create(self, name: str, done: list[bool], handover: _Handover) -> None:
         if not done:
             # Failed or interrupted half-way (or just after): remove whatever it left.
             self._remove_leftover(name)
         elif done[0]:
-            self._undo("delete", self.smolvm.delete, name)
+            handover.undo("delete", self.smolvm.delete)
 
     def _remove_leftover(self, name: str) -> None:
         try:

@@ -5,6 +5,7 @@ processes carrying a benchmark tag.
 from __future__ import annotations
 
 import os
+import time
 
 from bottle.bench._common import TAG_VAR
 
@@ -69,3 +70,17 @@ def tagged_pids(tag: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def settled_cpu_ns(pid: int, timeout: float = 2.0) -> int:
+    """Return ``pid``'s own CPU once it has gone back to sleep (or after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while True:
+        cpu = own_cpu_ns(pid)
+        if cpu == last and process_state(pid) in ("S", "D"):
+            return cpu
+        if time.monotonic() > deadline:
+            return cpu
+        last = cpu
+        time.sleep(0.002)

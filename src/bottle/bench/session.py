@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bottle.bench._common import OUTER_SIZE, TAG_VAR, BenchError
-from bottle.bench._procfs import own_cpu_ns, process_state, stat_fields, tagged_pids
+from bottle.bench._procfs import own_cpu_ns, settled_cpu_ns, stat_fields, tagged_pids
 from bottle.bench.relays import Relay, base_env
 
 
@@ -124,16 +124,7 @@ class Session:
 
     def settled_cpu_ns(self, timeout: float = 2.0) -> int:
         """Return the relay's own CPU once it has gone back to sleep."""
-        deadline = time.monotonic() + timeout
-        last = -1
-        while True:
-            cpu = own_cpu_ns(self.pid)
-            if cpu == last and process_state(self.pid) in ("S", "D"):
-                return cpu
-            if time.monotonic() > deadline:
-                return cpu
-            last = cpu
-            time.sleep(0.002)
+        return settled_cpu_ns(self.pid, timeout)
 
     def wait_exit(self, timeout: float = 30.0) -> ExitInfo:
         """Wait for the relay to exit, draining the terminal meanwhile; reap it."""

@@ -1,0 +1,639 @@
+"""Detached sessions: a program on a pty that outlives the terminal that started it.
+
+`start` runs a program in a *session holder*, a background process that owns the program's
+pty (and recording) and serves clients over a unix socket in the user's session directory
+(see `bottle.sessions._dirs`), then returns a `Session` handle. Clients attach with `connect`
+(the protocol is `bottle._sessionwire`); `list_sessions` and `find_session` find sessions
+again from any process of the same user. A session ends when its program exits; its status
+and last output are kept in its directory until `Session.remove`.
+
+Nobody but the session's user gets in: the directories are 0700 and checked before use, and
+the holder refuses a peer of another uid (SO_PEERCRED, or LOCAL_PEERCRED on macOS). Secrets
+reach the program through the environment the holder is started with, never through a
+command line or the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bottle import _sessionwire as wire
+from bottle.errors import (
+    InvalidInputError,
+    SessionEndedError,
+    SessionError,
+    SessionExistsError,
+    SessionNotFoundError,
+    SessionPathError,
+    SessionRunningError,
+)
+from bottle.relay import Recording
+from bottle.relay._tty import DEFAULT_SIZE, window_size
+from bottle.sessions._dirs import (
+    LOG,
+    SCREEN,
+    SOCKET_PATH_MAX,
+    SPEC,
+    STATE,
+    SessionDir,
+    base_dir,
+    check_name,
+    ensure_base,
+)
+
+__all__ = [
+    "DEFAULT_HISTORY",
+    "Session",
+    "SessionInfo",
+    "connect",
+    "find_session",
+    "list_sessions",
+    "start",
+]
+
+# Output a session keeps for clients that attach later (bytes).
+DEFAULT_HISTORY = 1 << 20
+# How long `start` waits for the holder to say it is up (Python's start-up and the program's
+# spawn; never the program's own start).
+READY_TIMEOUT = 30.0
+# With hold_until_raw: keys are held while the program's pty is canonical, at most this long
+# (smolvm's client flushes its input when it goes raw; see bottle.relay.run).
+HOLD_MS = 30_000
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A session as `list_sessions` sees it.
+
+    ``state`` is "running" (its holder is up), "exited" (the program ended with
+    ``exit_status``) or "lost" (the holder died without an exit status: killed, or the
+    machine went down under it). ``teardown`` is None when the session owns no machine,
+    else "pending", "done" or "failed: …".
+    """
+
+    name: str
+    machine: str | None
+    started: float
+    state: str
+    clients: int
+    writers: int
+    watchers: int
+    exit_status: int | None
+    pid: int | None
+    teardown: str | None
+    directory: str
+
+
+class Session:
+    """A handle on one detached session (`start`, `find_session`)."""
+
+    def __init__(self, directory: SessionDir, spec: Mapping[str, Any]) -> None:
+        self._dir = directory
+        self._spec = dict(spec)
+
+    def __repr__(self) -> str:
+        return f"Session({self.name!r}, machine={self.machine!r})"
+
+    @property
+    def name(self) -> str:
+        return self._dir.name
+
+    @property
+    def machine(self) -> str | None:
+        """The smolvm machine the session runs in (None for any other program)."""
+        machine: str | None = self._spec.get("machine")
+        return machine
+
+    @property
+    def directory(self) -> str:
+        return self._dir.path
+
+    @property
+    def socket_path(self) -> str:
+        return self._dir.socket_path
+
+    @property
+    def log_path(self) -> str:
+        """The holder's log."""
+        return self._dir.file(LOG)
+
+    @property
+    def started(self) -> float:
+        started: float = self._spec.get("created", 0.0)
+        return started
+
+    @property
+    def pid(self) -> int | None:
+        """The holder's pid (None before it wrote its state)."""
+        pid: int | None = (self._dir.read_json(STATE) or {}).get("pid")
+        return pid
+
+    @property
+    def terminal_title(self) -> str:
+        """The title a client may give the terminal it attaches from ("" for none)."""
+        return str(self._spec.get("terminal_title") or "")
+
+    @property
+    def terminal_color(self) -> str:
+        """The background colour a client may give its terminal ("" for none)."""
+        return str(self._spec.get("terminal_color") or "")
+
+    @property
+    def teardown_plan(self) -> Mapping[str, Any] | None:
+        """What ends with the session: the machine, and the smolvm steps that remove it."""
+        plan: Mapping[str, Any] | None = self._spec.get("teardown")
+        return plan
+
+    def info(self) -> SessionInfo:
+        """The session's state now."""
+        state = self._dir.read_json(STATE) or {}
+        alive = self._dir.holder_alive()
+        status = state.get("exit_status")
+        if status is not None:
+            now = "exited"
+        elif alive:
+            now = "running"
+        else:
+            now = "lost"
+        live = alive and status is None
+        teardown = state.get("teardown")
+        if self.teardown_plan and teardown is None:
+            teardown = "pending"
+        return SessionInfo(
+            name=self.name,
+            machine=self.machine,
+            started=self.started,
+            state=now,
+            clients=int(state.get("clients") or 0) if live else 0,
+            writers=int(state.get("writers") or 0) if live else 0,
+            watchers=int(state.get("watchers") or 0) if live else 0,
+            exit_status=status,
+            pid=state.get("pid"),
+            teardown=teardown,
+            directory=self.directory,
+        )
+
+    @property
+    def exit_status(self) -> int | None:
+        """The program's exit status once it ended (128+N for signal N), else None."""
+        status: int | None = (self._dir.read_json(STATE) or {}).get("exit_status")
+        return status
+
+    def running(self) -> bool:
+        """Whether the holder is up (it stays up through the teardown after the exit)."""
+        return self._dir.holder_alive()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait until the holder is gone (the program ended, the teardown done); the exit
+        status, None when the holder died without one or ``timeout`` (seconds) ran out."""
+        if timeout is None:
+            fd = os.open(self._dir.file("lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # blocks until the holder lets go
+            finally:
+                os.close(fd)
+        else:
+            deadline = time.monotonic() + timeout
+            while self._dir.holder_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                time.sleep(min(0.05, left))
+        return self.exit_status
+
+    def screen(self) -> bytes:
+        """The last output the session kept, once it ended (b"" before, or when lost)."""
+        try:
+            fd = os.open(self._dir.file(SCREEN), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return b""
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` to the holder, which passes SIGTERM, SIGHUP, SIGINT and SIGQUIT on to
+        the program (and the program's exit ends the session)."""
+        pid = self.pid
+        if pid is None or not self._dir.holder_alive():
+            raise SessionEndedError(
+                f"session {self.name!r} has no holder running",
+                name=self.name,
+                status=self.exit_status,
+                screen=self.screen(),
+            )
+        os.kill(pid, sig)
+
+    def teardown(self) -> str | None:
+        """Run the teardown the holder did not (its holder died): stop and delete the
+        session's machine. The outcome ("done", "failed: …"), None when there is none.
+
+        Raises:
+            SessionRunningError: the holder is still up (it tears down itself).
+        """
+        plan = self.teardown_plan
+        if not plan:
+            return None
+        lock = self._dir.take_lock()
+        if lock is None:
+            raise SessionRunningError(
+                f"session {self.name!r} is still running (holder pid {self.pid}); its holder "
+                "tears its machine down when the program ends"
+            )
+        try:
+            state = self._dir.read_json(STATE) or {}
+            outcome: str | None = state.get("teardown")
+            if outcome != "done":
+                outcome = run_teardown(plan)
+                state["teardown"] = outcome
+                self._dir.write_json(STATE, state)
+            return outcome
+        finally:
+            os.close(lock)
+
+    def remove(self) -> None:
+        """Forget an ended session: its teardown first, if still owed, then its directory.
+
+        Raises:
+            SessionRunningError: the holder is still up.
+        """
+        self.teardown()
+        lock = self._dir.take_lock()
+        if lock is None:
+            raise SessionRunningError(f"session {self.name!r} is still running")
+        try:
+            self._dir.check()
+            shutil.rmtree(self._dir.path)
+        finally:
+            os.close(lock)
+
+
+def run_teardown(plan: Mapping[str, Any]) -> str:
+    """Stop and delete a session's machine as its launch would have; "done" or why not."""
+    import logging
+
+    from bottle import smolvm as sv
+
+    log = logging.getLogger("bottle.sessions")
+    smolvm = sv.Smolvm(plan.get("smolvm"))
+    outcome = "done"
+    for step in plan["steps"]:
+        try:
+            getattr(smolvm, step)(plan["machine"])
+        except Exception as exc:
+            log.error("teardown: %s of machine %r failed: %s", step, plan["machine"], exc)
+            if outcome == "done":
+                outcome = f"failed: {step}: {exc}"
+    return outcome
+
+
+def find_session(name: str) -> Session:
+    """The session of that name (this user's).
+
+    Raises:
+        SessionNotFoundError: there is none.
+        SessionPathError: its directory is not safely this user's.
+    """
+    check_name(name)
+    base = ensure_base(create=False)
+    if base is None:
+        raise SessionNotFoundError(f"no session {name!r} (no session directory {base_dir()})")
+    sdir = SessionDir(os.path.join(base, name))
+    try:
+        sdir.check()
+    except FileNotFoundError:
+        raise SessionNotFoundError(f"no session {name!r} in {base}") from None
+    spec = sdir.read_json(SPEC)
+    if spec is None:
+        raise SessionNotFoundError(f"session {name!r} in {base} has no readable {SPEC}")
+    return Session(sdir, spec)
+
+
+def list_sessions() -> list[SessionInfo]:
+    """This user's sessions, by name. Entries that are not safely the user's are left out
+    (and logged)."""
+    import logging
+
+    base = ensure_base(create=False)
+    if base is None:
+        return []
+    found = []
+    for name in sorted(os.listdir(base)):
+        try:
+            found.append(find_session(name).info())
+        except (InvalidInputError, SessionNotFoundError):
+            continue
+        except SessionPathError as exc:
+            logging.getLogger("bottle.sessions").warning("%s", exc)
+    return found
+
+
+def connect(
+    session: str | Session,
+    *,
+    readonly: bool = False,
+    size: tuple[int, int] | None = None,
+    redraw: bool = False,
+    since: int = wire.SINCE_OLDEST,
+    timeout: float | None = 10.0,
+) -> socket.socket:
+    """Connect to a session's holder and attach; the socket, the ATTACH frame sent.
+
+    What comes back is the protocol's (`bottle._sessionwire`): ATTACHED, then the output from
+    ``since`` on (DROPPED first when some of it is gone), and EXIT at the end. ``size``
+    (rows, cols) is the client's terminal size (default: this process's terminal's, else
+    24x80); a writer's size becomes the program's (the most recently active writer's wins),
+    a ``readonly`` client's is ignored, as are its keys. ``redraw`` makes the program repaint
+    if attaching does not resize it. ``timeout`` applies to the socket (None: blocking).
+
+    Raises:
+        SessionNotFoundError: no such session.
+        SessionEndedError: the session is over (its status and last output attached).
+        SessionPathError: its directory or socket is not safely this user's (a symlink,
+            another user's), or the holder runs as another user.
+    """
+    found = find_session(session) if isinstance(session, str) else session
+    return _connect(found, readonly, size, redraw, since, timeout)
+
+
+def _ended(session: Session) -> SessionEndedError:
+    status = session.exit_status
+    what = f"exited with status {status}" if status is not None else "was lost (its holder died)"
+    return SessionEndedError(
+        f"session {session.name!r} {what}", name=session.name, status=status,
+        screen=session.screen(),
+    )  # fmt: skip
+
+
+def _connect(
+    session: Session,
+    readonly: bool,
+    size: tuple[int, int] | None,
+    redraw: bool,
+    since: int,
+    timeout: float | None,
+) -> socket.socket:
+    sdir = session._dir
+    sdir.check()
+    if session.exit_status is not None:
+        raise _ended(session)
+    try:
+        sdir.check_socket()
+    except FileNotFoundError:
+        raise _ended(session) from None
+    rows, cols = size or _terminal_size()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(sdir.socket_path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise _ended(session) from None
+        from bottle._hub_py import peer_uid
+
+        uid = peer_uid(sock.fileno())
+        if uid != os.geteuid():
+            raise SessionPathError(
+                f"session {session.name!r}: the process behind {sdir.socket_path} runs as "
+                f"uid {uid}, not as you; refused"
+            )
+        sock.sendall(wire.attach(rows, cols, readonly=readonly, redraw=redraw, since=since))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _terminal_size() -> tuple[int, int]:
+    for fd in (0, 1, 2):
+        size = window_size(fd)
+        if size:
+            return size
+    return DEFAULT_SIZE
+
+
+def _resolve(program: str, env: Mapping[str, str]) -> str:
+    if "/" in program:
+        return program
+    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    return found
+
+
+def _new_dir(base: str, name: str | None, default: str) -> SessionDir:
+    """Claim the session's directory (mkdir is the claim: two starters cannot share one)."""
+    names = [check_name(name)] if name is not None else [default] + [
+        f"{default}-{n}" for n in range(2, 100)
+    ]
+    for candidate in names:
+        path = os.path.join(base, candidate)
+        if len(os.fsencode(os.path.join(path, "sock"))) > SOCKET_PATH_MAX:
+            raise SessionError(
+                f"the session socket {os.path.join(path, 'sock')} is longer than a unix "
+                f"socket's path may be ({SOCKET_PATH_MAX} bytes): use a shorter session name, "
+                "or set XDG_RUNTIME_DIR to a shorter directory"
+            )
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if name is not None:
+                raise SessionExistsError(
+                    f"a session named {name!r} exists already (running, or ended and not "
+                    "removed): pick another name, or remove it"
+                ) from None
+            continue
+        return SessionDir(path)
+    raise SessionExistsError(f"sessions {default!r} to {default}-99 all exist: remove some")
+
+
+def _default_name(machine: str | None, argv: Sequence[str]) -> str:
+    stem = machine or os.path.basename(argv[0])
+    cleaned = "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in stem)[:48]
+    cleaned = cleaned.lstrip("_.-") or "session"
+    return cleaned.replace("..", ".")
+
+
+def start(
+    argv: Sequence[str],
+    *,
+    name: str | None = None,
+    machine: str | None = None,
+    env: Mapping[str, str] | None = None,
+    size: tuple[int, int] | None = None,
+    history: int = DEFAULT_HISTORY,
+    hold_until_raw: bool = False,
+    record: str | os.PathLike[str] | Recording | None = None,
+    record_input: bool = False,
+    record_title: str | None = None,
+    secret_names: Sequence[str] = (),
+    teardown: Mapping[str, Any] | None = None,
+    terminal_title: str = "",
+    terminal_color: str = "",
+) -> Session:
+    """Start ``argv`` in a new session holder and return its handle once it runs.
+
+    ``env`` is the program's environment (default: this process's), and the holder's: pass
+    secrets there (their ``secret_names`` are dropped from the holder's own environment once
+    the program runs). ``name`` defaults to the ``machine`` (or the program's name), with
+    ``-2``, ``-3``… when taken. ``size`` (rows, cols) is the pty's first size (default: this
+    process's terminal's, else 24x80); clients set it from then on. ``history`` bytes of the
+    latest output are kept for clients that attach later. ``hold_until_raw`` and the
+    recording options are `bottle.relay.run`'s (a ``record`` file is made here, before the
+    holder starts, and removed again if it does not). ``teardown``, ``{"machine": NAME, "smolvm":
+    PATH, "steps": ["stop", "delete"]}``, is run by the holder once the program has exited
+    (or by `Session.teardown` if the holder died). ``terminal_title`` and ``terminal_color``
+    are kept for clients that decorate the terminal they attach from (checked by the caller:
+    `bottle.backend.terminal`).
+
+    Raises:
+        FileNotFoundError, PermissionError: the program cannot be run (nothing is left).
+        InvalidInputError: a bad name, an empty ``argv``, a bad ``history``.
+        SessionExistsError: ``name`` is taken.
+        SessionPathError: the session directory is not safely this user's.
+        SessionError: the holder did not come up (its log's reason in the message).
+    """
+    args = [os.fspath(a) for a in argv]
+    if not args:
+        raise InvalidInputError("nothing to run: argv is empty")
+    from bottle._hub_py import MIN_HISTORY
+
+    if history < MIN_HISTORY:
+        raise InvalidInputError(f"history must be at least {MIN_HISTORY} bytes, not {history}")
+    environ = dict(os.environ if env is None else env)
+    rows, cols = size or _terminal_size()
+    if record is None and record_input:
+        raise InvalidInputError("record_input needs a recording: give record=FILE")
+    spec: dict[str, Any] = {
+        "version": 1,
+        "machine": machine,
+        "argv": args,
+        "path": _resolve(args[0], environ),
+        "rows": rows,
+        "cols": cols,
+        "history": history,
+        "hold_ms": HOLD_MS if hold_until_raw else 0,
+        "record_input": record_input,
+        "record_title": record_title,
+        "secret_names": list(secret_names),
+        "teardown": dict(teardown) if teardown else None,
+        "terminal_title": terminal_title,
+        "terminal_color": terminal_color,
+    }
+    base = ensure_base()
+    assert base is not None
+    if record is None or isinstance(record, Recording):
+        return _start(spec, environ, base, name, record)
+    with Recording(record) as recording:  # made first; removed if no session ran into it
+        return _start(spec, environ, base, name, recording)
+
+
+def _start(
+    spec: dict[str, Any],
+    environ: dict[str, str],
+    base: str,
+    name: str | None,
+    recording: Recording | None,
+) -> Session:
+    record_fd = recording.take() if recording is not None else -1
+    sdir = _new_dir(base, name, _default_name(spec["machine"], spec["argv"]))
+    spec.update(
+        name=sdir.name,
+        created=time.time(),
+        record=recording.path if recording is not None else None,
+        record_fd=record_fd if record_fd >= 0 else None,
+    )
+    try:
+        sdir.write_json(SPEC, spec)
+        _launch_holder(sdir, environ, record_fd)
+    except BaseException:
+        shutil.rmtree(sdir.path, ignore_errors=True)
+        raise
+    if recording is not None:
+        recording.session_ran()  # the holder writes into it now
+    return Session(sdir, spec)
+
+
+def _launch_holder(sdir: SessionDir, environ: Mapping[str, str], record_fd: int) -> None:
+    lock = sdir.take_lock()
+    if lock is None:  # a fresh directory: nobody can hold it
+        raise SessionError(f"session {sdir.name!r}: its lock is taken")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    log = os.open(sdir.file(LOG), flags, 0o600)
+    ready_r, ready_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bottle.sessions._holder", sdir.path, str(ready_w), str(lock)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=dict(environ),
+            cwd="/",
+            start_new_session=True,
+            # The recording's file travels as a descriptor: made (and checked) here.
+            pass_fds=(ready_w, lock) if record_fd < 0 else (ready_w, lock, record_fd),
+        )
+    finally:
+        # The holder has its own copies; the lock stays held through them.
+        os.close(ready_w)
+        os.close(log)
+        os.close(lock)
+    try:
+        proc.wait()  # the first process forks the holder and exits at once
+        report = _read_report(ready_r)
+    finally:
+        os.close(ready_r)
+    if report is None:
+        raise SessionError(
+            f"the holder of session {sdir.name!r} did not come up: {_log_tail(sdir)}"
+        )
+    if not report.get("ok"):
+        code = report.get("errno")
+        message = report.get("message") or "unknown error"
+        if code:
+            raise OSError(code, message, report.get("filename"))
+        raise SessionError(f"session {sdir.name!r} could not start: {message}")
+
+
+def _read_report(fd: int) -> dict[str, Any] | None:
+    import json
+
+    data = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(int(left * 1000) + 1):
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        report = json.loads(data)
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def _log_tail(sdir: SessionDir) -> str:
+    with contextlib.suppress(OSError):
+        with open(sdir.file(LOG), errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+        if lines:
+            return lines[-1]
+    return "no reason logged"
+
