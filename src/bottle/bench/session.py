@@ -76,12 +76,7 @@ class Session:
         """Read what the relay wrote to the terminal into ``buf``; 0 at EOF."""
         if not self._poll.poll(int(timeout * 1000)):
             raise BenchError(f"{self.relay.name}: no output for {timeout:.1f} s{self.stderr()}")
-        try:
-            return os.readv(self.master, [buf])
-        except OSError as e:
-            if e.errno == errno.EIO:  # Linux: every slave holder has gone.
-                return 0
-            raise
+        return self.read_waiting(buf)
 
     def read_waiting(self, buf: bytearray) -> int:
         """Read what the relay wrote into ``buf``, waiting inside the read (no poll first, as a
