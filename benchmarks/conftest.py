@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from bench_relays import require_relay
+from harness.process_state import clean_process  # noqa: F401 (autouse: see tests/conftest.py)
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bottle import bench

@@ -1,11 +1,12 @@
 # The session hub: a session holder's copy loop between one pty master and the clients of a
 # unix socket (bottle._sessionwire is their protocol). Included by _ptyrelay.pyx, so it is part
 # of bottle._ptyrelay; its pure twin is bottle._hub_py, whose module docstring states the
-# behaviour (the ring, backpressure and lagging clients, the size policy) that both implement.
+# behaviour (the ring, backpressure and lagging clients, the size policy, direct clients) that
+# both implement.
 
 from libc.errno cimport ECONNABORTED, EMFILE, ENFILE, EPROTO
 from libc.string cimport memset, strlen
-from posix.unistd cimport geteuid
+from posix.unistd cimport geteuid, isatty
 
 
 cdef extern from "<sys/uio.h>" nogil:
@@ -19,7 +20,9 @@ cdef extern from *:
     """
     #include <sys/types.h>
     #include <sys/socket.h>
+    #include <sys/uio.h>
     #include <fcntl.h>
+    #include <string.h>
     #include <unistd.h>
     /* The user id of the process at the other end of a unix socket; -1 when unknown.
        Linux: SO_PEERCRED (Python.h's pyconfig defines _GNU_SOURCE, which struct ucred needs);
@@ -39,6 +42,47 @@ cdef extern from *:
         return -1;
     #endif
     }
+    /* recv() that also takes the descriptors an SCM_RIGHTS message brings: the first goes to
+       *fd (if it is still -1), close-on-exec; any other is closed. */
+    static ssize_t bottle_recv_fds(int sock, void *buf, size_t n, int *fd) {
+        union { struct cmsghdr align; char space[CMSG_SPACE(4 * sizeof(int))]; } anc;
+        struct iovec v;
+        struct msghdr m;
+        struct cmsghdr *cm;
+        ssize_t r;
+        int flags = 0;
+        size_t k, count;
+        int got;
+    #if defined(MSG_CMSG_CLOEXEC)
+        flags = MSG_CMSG_CLOEXEC;
+    #endif
+        v.iov_base = buf;
+        v.iov_len = n;
+        memset(&m, 0, sizeof(m));
+        m.msg_iov = &v;
+        m.msg_iovlen = 1;
+        m.msg_control = anc.space;
+        m.msg_controllen = sizeof(anc.space);
+        r = recvmsg(sock, &m, flags);
+        if (r < 0)
+            return r;
+        for (cm = CMSG_FIRSTHDR(&m); cm != NULL; cm = CMSG_NXTHDR(&m, cm)) {
+            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                continue;
+            count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (k = 0; k < count; k++) {
+                memcpy(&got, CMSG_DATA(cm) + k * sizeof(int), sizeof(int));
+    #if !defined(MSG_CMSG_CLOEXEC)
+                fcntl(got, F_SETFD, FD_CLOEXEC);
+    #endif
+                if (*fd < 0)
+                    *fd = got;
+                else
+                    close(got);
+            }
+        }
+        return r;
+    }
     /* accept(), the connection non-blocking and close-on-exec. */
     static int bottle_accept(int fd) {
     #if defined(__linux__)
@@ -55,6 +99,7 @@ cdef extern from *:
     """
     long bottle_peer_uid(int fd) nogil
     int bottle_accept(int fd) nogil
+    ssize_t bottle_recv_fds(int sock, void *buf, size_t n, int *fd) nogil
 
 
 cdef enum:
@@ -68,19 +113,27 @@ cdef enum:
     W_RESIZE = 0x03
     W_REDRAW = 0x04
     W_DETACH = 0x05
+    W_TERMINAL = 0x06
     W_ATTACHED = 0x81
     W_OUTPUT = 0x82
     W_DROPPED = 0x83
     W_EXIT = 0x84
     W_ERROR = 0x85
+    W_DETACHED = 0x86
     W_F_READONLY = 0x01
     W_F_REDRAW = 0x02
+    W_F_DIRECT = 0x04
+    W_DETACHED_KEYS = 0
+    W_DETACHED_HANGUP = 1
+    W_DETACHED_ASKED = 2
+    W_DETACH_KEYS_MAX = 32
     W_ERROR_MAX = 200
     H_MAX_CLIENTS = 32
     H_PRE_MAX = 320
     H_RBUF = 4100  # W_HEADER + W_MAX_INPUT
     H_IBUF = 65536
     H_IOV = 16
+    H_TNOTE = 128
 
 EV_CLIENTS = C_EV_CLIENTS
 DEFAULT_HISTORY = 1 << 20
@@ -101,14 +154,59 @@ WIRE = {
     "MAX_OUTPUT": W_MAX_OUTPUT, "ATTACH": W_ATTACH, "KEYS": W_KEYS, "RESIZE": W_RESIZE,
     "REDRAW": W_REDRAW, "DETACH": W_DETACH, "ATTACHED": W_ATTACHED, "OUTPUT": W_OUTPUT,
     "DROPPED": W_DROPPED, "EXIT": W_EXIT, "ERROR": W_ERROR, "READONLY": W_F_READONLY,
-    "REDRAW_ON_ATTACH": W_F_REDRAW, "ERROR_MAX": W_ERROR_MAX,
+    "REDRAW_ON_ATTACH": W_F_REDRAW, "ERROR_MAX": W_ERROR_MAX, "TERMINAL": W_TERMINAL,
+    "DETACHED": W_DETACHED, "DIRECT": W_F_DIRECT, "DETACHED_KEYS": W_DETACHED_KEYS,
+    "DETACHED_HANGUP": W_DETACHED_HANGUP, "DETACHED_ASKED": W_DETACHED_ASKED,
+    "DETACH_KEYS_MAX": W_DETACH_KEYS_MAX,
 }
+# What goes on a direct client's terminal where output was dropped for it (wire.DROPPED_NOTICE).
+cdef const char *DROPPED_NOTICE_C = "\r\n[bottle: %llu bytes of output dropped here; redrawing]\r\n"
 
 
 cdef inline int _min_timeout(int a, int b) noexcept nogil:
     if b < 0:
         return a
     return b if a < 0 or b < a else a
+
+
+# ------------------------------------------------------------------------- the detach keys
+# Typed keys watched for a detach sequence (an attach client's, or a direct client's in the
+# hub): see bottle._attach_py.match_keys.
+
+cdef struct dmatch:
+    unsigned char keys[W_DETACH_KEYS_MAX]
+    int len, pos
+
+
+cdef size_t _dmatch(dmatch *d, const unsigned char *data, size_t n, unsigned char *out,
+                    bint *detached) noexcept nogil:
+    # The keys of data to send, into out (at most pos + n bytes); detached[0] set when the
+    # sequence was completed (what follows it in data is dropped).
+    cdef size_t i, o = 0
+    cdef unsigned char b
+    if d.len == 0 or (d.pos == 0 and memchr(data, d.keys[0], n) == NULL):
+        memcpy(out, data, n)
+        return n
+    for i in range(n):
+        b = data[i]
+        if b == d.keys[d.pos]:
+            d.pos += 1
+            if d.pos == d.len:
+                d.pos = 0
+                detached[0] = True
+                return o
+            continue
+        if d.pos:
+            # Not the sequence after all: its keys go as they were typed.
+            memcpy(out + o, d.keys, d.pos)
+            o += d.pos
+            d.pos = 0
+            if b == d.keys[0]:
+                d.pos = 1
+                continue
+        out[o] = b
+        o += 1
+    return o
 
 
 # ------------------------------------------------------------------------- the recording
@@ -375,6 +473,13 @@ cdef struct hclient:
     size_t tail_off, tail_left
     unsigned char rbuf[H_RBUF]
     size_t rlen
+    # A direct client: granted DIRECT, its terminal (term) from its TERMINAL frame on.
+    bint direct, tblocked
+    int term, given  # given: a descriptor that came over the socket, not yet claimed
+    char tnote[H_TNOTE]  # for the terminal before more output (a drop's notice)
+    size_t tnote_len
+    unsigned long long drop_note  # output dropped at attach, said once the terminal is ours
+    dmatch dk
 
 
 cdef inline void _be16(unsigned char *p, unsigned int v) noexcept nogil:
@@ -497,6 +602,10 @@ cdef class Hub:
         for i in range(self.ncl):
             close(self.cl[i].fd)
             free(self.cl[i].tail)
+            if self.cl[i].term >= 0:
+                close(self.cl[i].term)
+            if self.cl[i].given >= 0:
+                close(self.cl[i].given)
         self.ncl = 0
 
     # ------------------------------------------------------------------ public
@@ -629,11 +738,12 @@ cdef class Hub:
     # ------------------------------------------------------------------ the loop
 
     cdef int _run(self) noexcept nogil:
-        cdef pollfd fds[6 + H_MAX_CLIENTS]
-        cdef int cidx[6 + H_MAX_CLIENTS]
+        cdef pollfd fds[6 + 2 * H_MAX_CLIENTS]
+        cdef int cidx[6 + 2 * H_MAX_CLIENTS]
+        cdef bint isterm[6 + 2 * H_MAX_CLIENTS]
         cdef int n, r, i, timeout, iw, ic, il, im, ir
         cdef short ev, rev
-        cdef bint reading
+        cdef bint reading, keys_room
         cdef long long room
         cdef hclient *c
         while True:
@@ -683,6 +793,7 @@ cdef class Hub:
                 fds[n].events = POLLOUT
                 ir = n
                 n += 1
+            keys_room = self.itail - self.ihead <= H_IBUF - W_MAX_INPUT
             for i in range(self.ncl):
                 c = &self.cl[i]
                 ev = 0
@@ -693,7 +804,16 @@ cdef class Hub:
                 fds[n].fd = c.fd
                 fds[n].events = ev
                 cidx[n] = i
+                isterm[n] = False
                 n += 1
+                if c.term >= 0:
+                    # Keys while the input buffer has room (a hang-up is seen either way).
+                    ev = POLLIN if keys_room and not c.closing else 0
+                    fds[n].fd = c.term
+                    fds[n].events = ev | (POLLOUT if c.tblocked else 0)
+                    cidx[n] = i
+                    isterm[n] = True
+                    n += 1
             r = poll(fds, n, timeout)
             if r < 0:
                 if errno == EINTR:
@@ -726,6 +846,14 @@ cdef class Hub:
                 if c.dead:
                     continue
                 rev = fds[i].revents
+                if isterm[i]:
+                    if c.term != fds[i].fd:
+                        continue  # given back meanwhile
+                    if rev & (POLLOUT | POLLHUP | POLLERR):
+                        c.tblocked = False
+                    if rev & (POLLIN | POLLHUP | POLLERR):
+                        self._read_term(c, rev)
+                    continue
                 if rev & (POLLOUT | POLLHUP | POLLERR):
                     c.blocked = False
                 if rev & (POLLIN | POLLHUP | POLLERR) and not c.in_blocked:
@@ -746,8 +874,9 @@ cdef class Hub:
     cdef int _end_loop(self, int idle_ms, int cap_ms, int flush_ms) noexcept nogil:
         # drain (flush_ms < 0): read the pty while there is more; finish: until every client
         # is done or flush_ms is over. No connection is taken either way.
-        cdef pollfd fds[2 + H_MAX_CLIENTS]
-        cdef int cidx[2 + H_MAX_CLIENTS]
+        cdef pollfd fds[2 + 2 * H_MAX_CLIENTS]
+        cdef int cidx[2 + 2 * H_MAX_CLIENTS]
+        cdef bint isterm[2 + 2 * H_MAX_CLIENTS]
         cdef int n, r, i, timeout, im, ir
         cdef short rev
         cdef bint reading, master_polled
@@ -802,7 +931,14 @@ cdef class Hub:
                 fds[n].fd = c.fd
                 fds[n].events = (POLLOUT if c.blocked else 0) | (0 if c.closing else POLLIN)
                 cidx[n] = i
+                isterm[n] = False
                 n += 1
+                if c.term >= 0:
+                    fds[n].fd = c.term
+                    fds[n].events = POLLOUT if c.tblocked else 0
+                    cidx[n] = i
+                    isterm[n] = True
+                    n += 1
             started = _now_us()
             r = poll(fds, n, timeout)
             if master_polled:
@@ -830,6 +966,14 @@ cdef class Hub:
                     continue
                 c = &self.cl[cidx[i]]
                 rev = fds[i].revents
+                if isterm[i]:
+                    if c.term != fds[i].fd or c.dead:
+                        continue
+                    if rev & (POLLHUP | POLLERR):
+                        self._let_go(c, W_DETACHED_HANGUP)
+                    elif rev & POLLOUT:
+                        c.tblocked = False
+                    continue
                 if rev & (POLLOUT | POLLHUP | POLLERR):
                     c.blocked = False
                 if rev & (POLLIN | POLLHUP | POLLERR):
@@ -1074,6 +1218,7 @@ cdef class Hub:
                 c = &self.cl[self.ncl]
                 memset(c, 0, sizeof(hclient))
                 c.fd = fd
+                c.term = c.given = -1
                 self.ncl += 1
 
     cdef void _refuse(self, int fd, const char *message) noexcept nogil:
@@ -1099,6 +1244,12 @@ cdef class Hub:
                 close(c.fd)
                 free(c.tail)
                 c.tail = NULL
+                if c.term >= 0:
+                    close(c.term)
+                    c.term = -1
+                if c.given >= 0:
+                    close(c.given)
+                    c.given = -1
                 if c.attached:
                     self.changed = True
                 if c.fd == self.owner_fd:
@@ -1137,7 +1288,11 @@ cdef class Hub:
     cdef void _read_client(self, hclient *c) noexcept nogil:
         cdef ssize_t r
         while c.rlen < H_RBUF:
-            r = read(c.fd, c.rbuf + c.rlen, H_RBUF - c.rlen)
+            if c.direct and c.term < 0:
+                # Its terminal may come with these bytes.
+                r = bottle_recv_fds(c.fd, c.rbuf + c.rlen, H_RBUF - c.rlen, &c.given)
+            else:
+                r = read(c.fd, c.rbuf + c.rlen, H_RBUF - c.rlen)
             if r < 0:
                 if errno == EINTR:
                     continue
@@ -1221,8 +1376,13 @@ cdef class Hub:
             elif kind == W_REDRAW:
                 self._twitch()
             elif kind == W_DETACH:
+                if c.term >= 0:
+                    self._let_go(c, W_DETACHED_ASKED)
+                    return
                 c.dead = True
                 return
+            elif kind == W_TERMINAL:
+                self._take_terminal(c, p, length)
             else:
                 snprintf(msg, sizeof(msg), "unexpected frame type 0x%x", kind)
                 self._fail(c, msg)
@@ -1254,6 +1414,7 @@ cdef class Hub:
             return
         c.attached = True
         c.readonly = (flags & W_F_READONLY) != 0
+        c.direct = (flags & W_F_DIRECT) != 0
         c.rows = rows
         c.cols = cols
         oldest = self.written - self.rsize if self.written > self.rsize else 0
@@ -1262,7 +1423,7 @@ cdef class Hub:
             start = self.shown
         c.pos = start
         body[0] = W_VERSION
-        body[1] = flags & (W_F_READONLY | W_F_REDRAW)
+        body[1] = flags & (W_F_READONLY | W_F_REDRAW | W_F_DIRECT)
         _be16(body + 2, self.rows)
         _be16(body + 4, self.cols)
         _be64(body + 6, start)
@@ -1270,6 +1431,7 @@ cdef class Hub:
         if since < oldest:
             _be64(body, oldest - since)
             _pre_frame(c, W_DROPPED, body, 8)
+            c.drop_note = oldest - since
         self.changed = True
         before_rows = self.rows
         before_cols = self.cols
@@ -1307,14 +1469,176 @@ cdef class Hub:
     cdef void _flush_all(self) noexcept nogil:
         cdef int i
         for i in range(self.ncl):
-            if not self.cl[i].blocked and not self.cl[i].dead:
+            if not self.cl[i].dead and (self.cl[i].direct or not self.cl[i].blocked):
                 self._flush(&self.cl[i])
 
     cdef void _flush(self, hclient *c) noexcept nogil:
+        if c.direct:
+            self._flush_direct(c)
+            return
         # Until the socket is full or nothing is left: an EXIT (or a DROPPED) becomes due only
         # once what came before it is out.
         while not c.dead and not c.blocked and self._flush_once(c):
             pass
+
+    cdef void _flush_direct(self, hclient *c) noexcept nogil:
+        # A direct client: the output to its terminal, unframed; the frames to its socket.
+        cdef iovec iov[3]
+        cdef int niov
+        cdef unsigned long long oldest
+        cdef size_t offered, took, k
+        cdef ssize_t w
+        cdef unsigned char body[8]
+        cdef int j
+        if c.term >= 0 and not c.closing:
+            if self.written > self.rsize and not c.tblocked:
+                oldest = self.written - self.rsize
+                # It lagged, and its terminal takes output again: what the ring no longer has
+                # is dropped, and said there.
+                if c.pos < oldest:
+                    _be64(body, oldest - c.pos)
+                    if not _pre_frame(c, W_DROPPED, body, 8):
+                        c.dead = True
+                        return
+                    self._note_drop(c, oldest - c.pos)
+                    c.pos = oldest
+                    self._twitch()
+            if not c.tblocked:
+                niov = 0
+                offered = 0
+                if c.tnote_len:
+                    iov[0].iov_base = c.tnote
+                    iov[0].iov_len = c.tnote_len
+                    niov = 1
+                if c.pos < self.shown:
+                    niov += self._segments(iov + niov, c.pos, self.shown - c.pos)
+                if niov:
+                    for j in range(niov):
+                        offered += iov[j].iov_len
+                    while True:
+                        w = writev(c.term, iov, niov)
+                        if w >= 0 or errno != EINTR:
+                            break
+                    if w < 0 and errno == EAGAIN:
+                        w = 0
+                        c.tblocked = True
+                    elif w < 0:  # EIO: the terminal hung up
+                        self._let_go(c, W_DETACHED_HANGUP)
+                        self._flush_direct(c)
+                        return
+                    k = <size_t>w
+                    if k < offered:
+                        c.tblocked = True
+                    took = k if k < c.tnote_len else c.tnote_len
+                    if took:
+                        memmove(c.tnote, c.tnote + took, c.tnote_len - took)
+                        c.tnote_len -= took
+                    c.pos += k - took
+            if self.exit_status >= 0 and c.pos == self.shown and c.tnote_len == 0:
+                _be16(body, <unsigned int>self.exit_status)
+                if not _pre_frame(c, W_EXIT, body, 2):
+                    c.dead = True
+                    return
+                c.closing = True
+        if c.pre_len and not c.blocked:
+            while True:
+                w = write(c.fd, c.pre, c.pre_len)
+                if w >= 0 or errno != EINTR:
+                    break
+            if w < 0 and errno == EAGAIN:
+                c.blocked = True
+                return
+            if w < 0:  # EPIPE, ECONNRESET: the client is gone
+                c.dead = True
+                return
+            memmove(c.pre, c.pre + w, c.pre_len - w)
+            c.pre_len -= w
+            if c.pre_len:
+                c.blocked = True
+        if c.closing and c.pre_len == 0:
+            c.dead = True
+
+    cdef void _note_drop(self, hclient *c, unsigned long long count) noexcept nogil:
+        cdef int n = snprintf(c.tnote + c.tnote_len, H_TNOTE - c.tnote_len, DROPPED_NOTICE_C,
+                              count)
+        if n > 0 and <size_t>n < H_TNOTE - c.tnote_len:
+            c.tnote_len += n
+
+    cdef void _take_terminal(self, hclient *c, const unsigned char *p, size_t length) noexcept nogil:
+        # A direct client's TERMINAL frame: its terminal is the hub's from here.
+        cdef int fd = c.given, flags
+        c.given = -1
+        if not c.direct or c.term >= 0 or fd < 0 or length > W_DETACH_KEYS_MAX:
+            if fd >= 0:
+                close(fd)
+            self._fail(c, "a TERMINAL frame needs DIRECT, one terminal descriptor and at most "
+                       "32 detach keys")
+            return
+        if not isatty(fd):
+            close(fd)
+            self._fail(c, "TERMINAL: the descriptor is not a terminal")
+            return
+        # The client's own open file description: nobody else's flags change.
+        flags = fcntl(fd, F_GETFL)
+        fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        c.term = fd
+        memcpy(c.dk.keys, p, length)
+        c.dk.len = <int>length
+        c.dk.pos = 0
+        if c.drop_note:
+            self._note_drop(c, c.drop_note)
+            c.drop_note = 0
+            self._twitch()
+
+    cdef void _let_go(self, hclient *c, int reason) noexcept nogil:
+        # Give a direct client's terminal back: never touched again; with a reason >= 0 the
+        # client is told (DETACHED) and the connection closes after.
+        cdef unsigned char body[9]
+        if c.term < 0:
+            return
+        close(c.term)
+        c.term = -1
+        c.tblocked = False
+        c.tnote_len = 0
+        if reason >= 0 and not c.dead:
+            body[0] = <unsigned char>reason
+            _be64(body + 1, c.pos)
+            if not _pre_frame(c, W_DETACHED, body, 9):
+                c.dead = True
+                return
+            c.closing = True
+            c.in_blocked = False
+            c.rlen = 0
+            self.changed = True
+
+    cdef void _read_term(self, hclient *c, short revents) noexcept nogil:
+        # Keys from a direct client's terminal (its detach keys end it).
+        cdef unsigned char buf[W_MAX_INPUT]
+        cdef unsigned char keys[W_MAX_INPUT]
+        cdef ssize_t r, want
+        cdef size_t n
+        cdef bint detached
+        while self.itail - self.ihead <= H_IBUF - W_MAX_INPUT:
+            want = W_MAX_INPUT - c.dk.pos
+            r = read(c.term, buf, want)
+            if r < 0 and errno == EINTR:
+                continue
+            if r < 0 and errno == EAGAIN:
+                if revents & (POLLHUP | POLLERR):
+                    self._let_go(c, W_DETACHED_HANGUP)
+                return
+            if r <= 0:  # EIO, or the end: hung up
+                self._let_go(c, W_DETACHED_HANGUP)
+                return
+            detached = False
+            n = _dmatch(&c.dk, buf, <size_t>r, keys, &detached)
+            if n and not c.readonly:
+                self._keys(c, keys, n)
+            if detached:
+                self._let_go(c, W_DETACHED_KEYS)
+                return
+            if r < want:
+                return  # a short read took all there was
 
     cdef bint _flush_once(self, hclient *c) noexcept nogil:
         cdef iovec iov[H_IOV]

@@ -10,11 +10,13 @@ The orchestration (terminal modes, signal handlers, waiting for the child) lives
 import os
 
 cimport cython
-from libc.errno cimport EAGAIN, EINTR, EIO, EPIPE, EINVAL, EBADF, ENOMEM, ETIMEDOUT, errno
+from libc.errno cimport (
+    EAGAIN, EINTR, EIO, EPIPE, EINVAL, EBADF, ENOEXEC, ENOMEM, ETIMEDOUT, errno,
+)
 from libc.signal cimport SIG_DFL, SIGCHLD, SIGCONT, SIGWINCH, signal
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memmove
+from libc.string cimport memchr, memcpy, memmove
 from posix.fcntl cimport F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, O_NONBLOCK, fcntl
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.types cimport off_t, pid_t, sigset_t
@@ -126,12 +128,14 @@ cdef enum:
     C_EV_EOF = 2
     C_EV_HUP = 3
     C_EV_CHILD = 4
+    C_EV_INTR = 5
 
 EV_DONE = C_EV_DONE
 EV_SIGNAL = C_EV_SIGNAL
 EV_EOF = C_EV_EOF
 EV_HUP = C_EV_HUP
 EV_CHILD = C_EV_CHILD
+EV_INTR = C_EV_INTR
 
 DEFAULT_BUFSIZE = 128 * 1024
 # While input (or its end) is held, the child's termios is re-checked at this interval; with
@@ -172,10 +176,10 @@ cdef long long _now_ms() noexcept nogil:
     return _now_us() // 1000
 
 
-cdef void _child(const char *path, char **argv, char **envp, int slave, int out, int errfd,
-                 int maxfd) noexcept nogil:
+cdef void _child(const char *path, char **argv, char **envp, char **sh_argv, int slave,
+                 int out, int errfd, int maxfd) noexcept nogil:
     # Between fork and exec: async-signal-safe calls only (the parent may have threads).
-    cdef int i
+    cdef int i, err = 0
     cdef int report[2]
     cdef sigset_t empty
     for i in range(1, NSIG):
@@ -201,7 +205,12 @@ cdef void _child(const char *path, char **argv, char **envp, int slave, int out,
                 bottle_cloexec_from(3, maxfd)
                 report[0] = STAGE_EXEC
                 execve(path, argv, envp)
-    report[1] = errno
+                err = errno
+                if err == ENOEXEC:
+                    # What execvp does with a file the kernel cannot run as it is (a script
+                    # without "#!"): /bin/sh runs it. Its own failure reports the first one.
+                    execve(sh_argv[0], sh_argv, envp)
+    report[1] = err if err != 0 else errno
     write(errfd, report, sizeof(report))
     _exit(127)
 
@@ -234,13 +243,15 @@ def spawn(bytes path, argv, envp, int slave_fd, int out_fd=-1):
 
     The child is a session leader with the pty as its controlling terminal, stdin, stdout and
     stderr (and no other descriptor), default signal dispositions and an empty signal mask.
-    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty.
-    A failure before or at exec raises OSError in the parent, with ``args[2]`` naming the
-    stage that failed (see STAGES) when it is not exec itself.
+    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty. A file
+    the kernel cannot execute as it is (ENOEXEC: a script without "#!") is run by /bin/sh, as
+    execvp does. A failure before or at exec raises OSError in the parent, with ``args[2]``
+    naming the stage that failed (see STAGES) when it is not exec itself.
     """
     cdef list keep = []
     cdef char **c_argv = NULL
     cdef char **c_envp = NULL
+    cdef char **c_sh = NULL
     cdef const char *c_path
     cdef sigset_t all_signals, old_mask
     cdef pid_t pid
@@ -258,8 +269,11 @@ def spawn(bytes path, argv, envp, int slave_fd, int out_fd=-1):
     try:
         c_argv = _cstrings(args, keep)
         c_envp = _cstrings(env, keep)
+        # Made before fork: the child may not allocate (async-signal-safe calls only).
+        c_sh = _cstrings((b"/bin/sh", path) + args[1:], keep)
     except BaseException:
         free(c_argv)
+        free(c_envp)
         os.close(rfd)
         os.close(wfd)
         raise
@@ -270,7 +284,7 @@ def spawn(bytes path, argv, envp, int slave_fd, int out_fd=-1):
         pthread_sigmask(SIG_SETMASK, &all_signals, &old_mask)
         pid = fork()
         if pid == 0:
-            _child(c_path, c_argv, c_envp, slave_fd, out_fd, wfd, maxfd)
+            _child(c_path, c_argv, c_envp, c_sh, slave_fd, out_fd, wfd, maxfd)
         fork_errno = errno
         pthread_sigmask(SIG_SETMASK, &old_mask, NULL)
         close(wfd)
@@ -287,6 +301,7 @@ def spawn(bytes path, argv, envp, int slave_fd, int out_fd=-1):
         close(rfd)
     free(c_argv)
     free(c_envp)
+    free(c_sh)
     if pid < 0:
         raise OSError(fork_errno, os.strerror(fork_errno))
     if got == <int>sizeof(report):
@@ -498,7 +513,9 @@ cdef class Pump:
     With ``winch`` the loop applies SIGWINCH itself (reporting it only when the pty refuses
     the size). ``in_tty`` makes end-of-input a hang-up; otherwise it sends VEOF to the child.
     ``hold_ms`` > 0 holds all input and its end while the child's pty is in canonical mode,
-    for at most that long from the Pump's creation. One thread at a time may run or drain it.
+    for at most that long from the Pump's creation; ``intr`` (the user's interrupt character,
+    -1 for none) typed meanwhile drops everything held and ends the run with EV_INTR: the
+    user gave up waiting for the child. One thread at a time may run or drain it.
 
     ``record_fd`` >= 0 records the session as asciicast v2 events into that file, after the
     header its caller wrote: an ``"o"`` event for what reaches ``out_fd``, ``"r"`` for each
@@ -512,7 +529,7 @@ cdef class Pump:
     cdef int in_fd, out_fd, master_fd, wake_fd, child_fd, size_fd
     cdef bint winch, in_tty, hold_active, in_eof, master_eof, eof_reported, any_in
     cdef bint out_blocked, master_blocked, busy
-    cdef int hold_ms, veof_pending, nsigs, err
+    cdef int hold_ms, intr, veof_pending, nsigs, err
     cdef long long held_at
     cdef unsigned char last_in
     cdef unsigned char sigs[NSIG + 1]
@@ -536,11 +553,13 @@ cdef class Pump:
 
     def __cinit__(self, int in_fd, int out_fd, int master_fd, int wake_fd=-1, int child_fd=-1,
                   int size_fd=-1, *, bint winch=True, bint in_tty=False, int hold_ms=0,
-                  Py_ssize_t bufsize=DEFAULT_BUFSIZE, int record_fd=-1,
+                  int intr=-1, Py_ssize_t bufsize=DEFAULT_BUFSIZE, int record_fd=-1,
                   bint record_input=False, int record_stall_ms=REC_STALL_MS):
         self.rec_fd = self.rec_status = -1
         if bufsize < 1:
             raise ValueError("bufsize must be positive")
+        if not -1 <= intr <= 255:
+            raise ValueError(f"intr must be a byte value or -1 (got {intr})")
         if record_stall_ms < 1:
             raise ValueError("record_stall_ms must be positive")
         self.rec_stall_us = <long long>record_stall_ms * 1000
@@ -553,6 +572,7 @@ cdef class Pump:
         self.winch = winch
         self.in_tty = in_tty
         self.hold_ms = hold_ms
+        self.intr = intr
         self.hold_active = hold_ms > 0
         self.held_at = _now_ms()  # the front creates the Pump as the child starts
         self.bufsize = bufsize
@@ -636,7 +656,8 @@ cdef class Pump:
         return 0
 
     def run(self):
-        """Relay until an event needs Python; return it (EV_SIGNAL, EV_EOF, EV_HUP or EV_CHILD).
+        """Relay until an event needs Python; return it (EV_SIGNAL, EV_EOF, EV_HUP, EV_CHILD or
+        EV_INTR).
 
         EV_EOF (the child side closed the pty, output flushed) is returned once; later calls
         keep waiting for signals, the child and a hang-up.
@@ -1016,7 +1037,8 @@ cdef class Pump:
         return 0
 
     cdef int _read_in(self, short revents) noexcept nogil:
-        # Returns EV_HUP when the user's terminal went away, 0 otherwise, -1 on error.
+        # Returns EV_HUP when the user's terminal went away, EV_INTR when the user typed their
+        # interrupt character while input was held, 0 otherwise, -1 on error.
         cdef ssize_t r, want
         cdef size_t room, at
         if self.in_tty and revents & (POLLHUP | POLLERR):
@@ -1033,6 +1055,12 @@ cdef class Pump:
             if r > 0:
                 if self.rec_on and self.rec_input:
                     self._rec_event(b'i', &self.u8in, self.ibuf + at, r)
+                if (self.hold_active and self.intr >= 0
+                        and memchr(self.ibuf + at, self.intr, r) != NULL):
+                    self._hold_timeout()  # the child may have gone raw since the last look
+                    if self.hold_active:
+                        self.ihead = self.ilen = 0
+                        return C_EV_INTR
                 self.ilen += r
                 self.last_in = <unsigned char>self.ibuf[at + r - 1]
                 self.any_in = True
@@ -1302,3 +1330,5 @@ cdef class Pump:
 
 # The session holder's loop (Hub): a file of its own, compiled into this module.
 include "_hub.pxi"
+# The attach client's loop (Attach), after the Hub's protocol numbers it shares.
+include "_attach.pxi"

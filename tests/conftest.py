@@ -1,7 +1,15 @@
-"""Shared pytest fixtures: the fake smolvm (tests/fake_smolvm/), the test images registered in
-it, and the guest user check. Helpers live in tests/harness/ (on sys.path through pyproject's
-`pythonpath`): `terminal` (the user's terminal on a pty), `relay` (relay sessions), `backend`
-(sessions, /proc scanners, images), `fakevm` (the fake's handle).
+"""Shared pytest fixtures: the reset of process-wide state around every test, the fake smolvm
+(tests/fake_smolvm/), the test images registered in it, and the guest user check. Helpers live
+in tests/harness/ (on sys.path through pyproject's `pythonpath`): `terminal` (the user's
+terminal on a pty), `relay` (relay sessions), `backend` (sessions, /proc scanners, images),
+`fakevm` (the fake's handle), `process_state` (the reset).
+
+`clean_process` (autouse, from harness.process_state) puts back, after every test, everything
+process-wide a test can change: bottle's module-level caches, the environment, signal handlers
+and mask, umask, cwd, logging, sys.stdout/stderr. A test may change any of it without undoing
+it; no test may rely on what an earlier one left. It also gives each test its own user
+directories ($XDG_CACHE_HOME, $XDG_CONFIG_HOME, $XDG_RUNTIME_DIR): no test reads the state bottle
+keeps for whoever runs the suite (`private_cache` hands a test its cache directory).
 
 `fake_smolvm` gives each test its own fake smolvm, first on PATH, with an empty state directory.
 Faults and the image table are FAKE_SMOLVM_* variables, documented in
@@ -30,6 +38,7 @@ pytest.register_assert_rewrite("harness")
 
 from harness.backend import add_test_images  # noqa: E402
 from harness.fakevm import FAKE_DIR, FakeSmolvm  # noqa: E402
+from harness.process_state import clean_process, private_cache  # noqa: E402, F401 (fixtures)
 
 GUEST_USER = "node"
 
@@ -46,8 +55,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="X.Y.Z",
         help="smolvm release the fake smolvm fakes unless a test picks one (default: 1.9.3); "
-        "run the suite at 1.0.2, 1.6.0 and 1.9.3",
+        "run the suite at 1.0.2, 1.6.0, 1.9.3 and 1.16.0",
     )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked `after(NAME)` runs right after the test NAME of its module, in whatever
+    order the run has shuffled the rest (give both one xdist_group to keep them in one worker)."""
+    for item in [i for i in items if i.get_closest_marker("after")]:
+        first = item.get_closest_marker("after").args[0]  # type: ignore[union-attr]
+        before = [i for i in items if i.module is item.module and i.originalname == first]
+        if before:
+            items.remove(item)
+            items.insert(items.index(before[-1]) + 1, item)
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,18 @@ half the ring it holds the output again. Nothing is dropped for a client that ke
 
 Size: the pty takes the size of the writer (a client that is not read-only) that was active
 last: attached, typed or resized. Watchers' sizes and keys are ignored.
+
+Direct clients (`bottle._sessionwire`, DIRECT and TERMINAL) hand their terminal over: the hub
+reads their keys from it (watching for their detach keys: see `bottle._attach_py`) and writes
+the output to it itself, unframed; only the other frames go over their socket. Where output
+is dropped for one, the hub writes the notice on its terminal and makes the program repaint.
+The terminal is given back (DETACHED, and the descriptor closed) on the detach keys, its
+hang-up, or the client's DETACH; a client that goes away takes it with it.
 """
 
 from __future__ import annotations
 
+import array
 import codecs
 import contextlib
 import errno
@@ -57,7 +65,10 @@ __all__ = [
     "STALL_PROGRESS",
     "TWITCH_MS",
     "Hub",
+    "Poller",
+    "match_keys",
     "peer_uid",
+    "read_wakeups",
 ]
 
 EV_CLIENTS = 5
@@ -86,6 +97,9 @@ _DEFER_US = 1000
 _IBUF = 64 * 1024
 _HOLD_POLL_MS = 10
 _FD_FLAGS_NB = os.O_NONBLOCK
+# Ancillary room for the descriptors a TERMINAL frame brings (one is wanted; more are closed).
+_ANC = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
@@ -113,6 +127,66 @@ def peer_uid(fd: int) -> int:
 
 def _now_us() -> int:
     return time.monotonic_ns() // 1000
+
+
+def match_keys(seq: bytes, pos: int, data: bytes) -> tuple[bytes, int, bool]:
+    """Watch typed ``data`` for the detach sequence ``seq`` (``pos`` of its keys matched
+    before, and held back): the keys to send on, the keys matched now, and whether the
+    sequence is complete (what follows it in ``data`` is dropped)."""
+    if not seq or (not pos and seq[0] not in data):
+        return data, pos, False
+    out = bytearray()
+    for b in data:
+        if b == seq[pos]:
+            pos += 1
+            if pos == len(seq):
+                return bytes(out), 0, True
+            continue
+        if pos:
+            out += seq[:pos]  # not the sequence after all: its keys go as they were typed
+            pos = 0
+            if b == seq[0]:
+                pos = 1
+                continue
+        out.append(b)
+    return bytes(out), pos, False
+
+
+def read_wakeups(fd: int) -> tuple[bytes, bool]:
+    """The signal numbers waiting in the `signal.set_wakeup_fd` pipe ``fd`` (non-blocking),
+    and whether the pipe has been closed."""
+    got = bytearray()
+    while True:
+        try:
+            data = os.read(fd, 128)
+        except BlockingIOError:
+            return bytes(got), False
+        except InterruptedError:
+            continue
+        if not data:
+            return bytes(got), True
+        got += data
+
+
+class Poller:
+    """poll() over a set of descriptors that changes from one wait to the next: only what
+    changed is registered again."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._registered: dict[int, int] = {}
+
+    def wait(self, want: dict[int, int], timeout: int) -> dict[int, int]:
+        """Wait for the events ``want`` asks of each descriptor; those that came."""
+        registered = self._registered
+        for fd in [fd for fd in registered if fd not in want]:
+            self._poll.unregister(fd)
+            del registered[fd]
+        for fd, events in want.items():
+            if registered.get(fd) != events:
+                self._poll.register(fd, events)
+                registered[fd] = events
+        return dict(self._poll.poll(timeout))
 
 
 class _Recorder:
@@ -309,8 +383,13 @@ class _Client:
         "closing",
         "cols",
         "dead",
+        "direct",
+        "dkeys",
+        "dpos",
+        "drop_note",
         "fd",
         "frame_left",
+        "given",
         "in_blocked",
         "lagging",
         "pos",
@@ -318,13 +397,18 @@ class _Client:
         "rbuf",
         "readonly",
         "rows",
+        "sock",
         "stall_pos",
         "stall_since",
         "tail",
+        "tblocked",
+        "term",
+        "tnote",
     )
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock  # owns the connection's descriptor
+        self.fd = sock.fileno()
         self.attached = False
         self.readonly = False
         self.rows = self.cols = 0
@@ -341,6 +425,15 @@ class _Client:
         self.rbuf = bytearray()
         self.in_blocked = False  # keys wait for room in the hub's input buffer
         self.active = 0  # when it was last active (a sequence number), for the size
+        # A direct client: granted DIRECT, its terminal (`term`) from its TERMINAL frame on.
+        self.direct = False
+        self.term = -1
+        self.given = -1  # a descriptor that came over the socket, not yet claimed
+        self.tblocked = False  # the terminal took less than offered: wait for POLLOUT
+        self.tnote = bytearray()  # for the terminal before more output (a drop's notice)
+        self.drop_note = 0  # output dropped at attach, said on the terminal once it is ours
+        self.dkeys = b""
+        self.dpos = 0
 
 
 class Hub:
@@ -404,8 +497,7 @@ class Hub:
         self._master_blocked = False
         self._sigs = bytearray()
         self._busy = threading.Lock()
-        self._poll = select.poll()
-        self._registered: dict[int, int] = {}
+        self._poller = Poller()
         self._changed = False
         self._refused = 0
         self._lagged = 0
@@ -431,8 +523,8 @@ class Hub:
     def close(self) -> None:
         """Close every client connection (the hub owns them); idempotent."""
         for c in getattr(self, "_clients", ()):
-            with contextlib.suppress(OSError):
-                os.close(c.fd)
+            self._let_go(c)
+            c.sock.close()
         self._clients = []
         listener = getattr(self, "_listener", None)
         if listener is not None:
@@ -556,17 +648,6 @@ class Hub:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this Hub is already running in another thread")
 
-    def _wait(self, want: dict[int, int], timeout: int) -> dict[int, int]:
-        registered = self._registered
-        for fd in [fd for fd in registered if fd not in want]:
-            self._poll.unregister(fd)
-            del registered[fd]
-        for fd, events in want.items():
-            if registered.get(fd) != events:
-                self._poll.register(fd, events)
-                registered[fd] = events
-        return dict(self._poll.poll(timeout))
-
     def _run(self) -> int:
         while True:
             timeout = -1
@@ -598,6 +679,7 @@ class Hub:
                     ev |= _POLLOUT
                 if ev:
                     want[self._master_fd] = ev
+            keys_room = len(self._ibuf) <= _IBUF - wire.MAX_INPUT
             for c in self._clients:
                 ev = 0
                 if not c.in_blocked and not c.closing:
@@ -605,9 +687,13 @@ class Hub:
                 if c.blocked:
                     ev |= _POLLOUT
                 want[c.fd] = ev
+                if c.term >= 0:
+                    # Keys while the input buffer has room (a hang-up is seen either way).
+                    ev = _POLLIN if keys_room and not c.closing else 0
+                    want[c.term] = ev | (_POLLOUT if c.tblocked else 0)
             if rec is not None and rec.pending:
                 want[rec.fd] = _POLLOUT
-            ready = self._wait(want, timeout)
+            ready = self._poller.wait(want, timeout)
             if any(rev & _POLLNVAL for rev in ready.values()):
                 raise OSError(errno.EBADF, os.strerror(errno.EBADF))
             if self._wake_fd in ready and self._read_wake():
@@ -629,6 +715,11 @@ class Hub:
                     c.blocked = False
                 if crev & (_POLLIN | _POLLHUP | _POLLERR) and not c.in_blocked:
                     self._read_client(c)
+                trev = ready.get(c.term, 0) if c.term >= 0 and not c.dead else 0
+                if trev & (_POLLOUT | _POLLHUP | _POLLERR):
+                    c.tblocked = False
+                if trev & (_POLLIN | _POLLHUP | _POLLERR):
+                    self._read_term(c, trev)
             if self._listen_fd in ready:
                 self._accept()
             self._parse_blocked()
@@ -677,8 +768,10 @@ class Hub:
                     want[rec.fd] = _POLLOUT
             for c in self._clients:
                 want[c.fd] = (_POLLOUT if c.blocked else 0) | (0 if c.closing else _POLLIN)
+                if c.term >= 0:
+                    want[c.term] = _POLLOUT if c.tblocked else 0
             started = _now_us()
-            ready = self._wait(want, timeout)
+            ready = self._poller.wait(want, timeout)
             if master_polled:
                 budget -= _now_us() - started
                 if not ready:
@@ -700,6 +793,11 @@ class Hub:
                     c.blocked = False
                 if crev & (_POLLIN | _POLLHUP | _POLLERR):
                     self._discard_input(c)
+                trev = ready.get(c.term, 0) if c.term >= 0 and not c.dead else 0
+                if trev & (_POLLHUP | _POLLERR):
+                    self._let_go(c, wire.DETACHED_HANGUP)
+                elif trev & _POLLOUT:
+                    c.tblocked = False
             self._flush_all()
             self._lag_check()
 
@@ -863,20 +961,13 @@ class Hub:
     # ------------------------------------------------------------------ signals
 
     def _read_wake(self) -> bool:
-        report = False
-        while True:
-            try:
-                data = os.read(self._wake_fd, 128)
-            except BlockingIOError:
-                break
-            if not data:
-                self._wake_fd = -1
-                break
-            for sig in data:
-                if sig not in self._sigs:
-                    self._sigs.append(sig)
-                report = True
-        return report
+        data, closed = read_wakeups(self._wake_fd)
+        if closed:
+            self._wake_fd = -1
+        for sig in data:
+            if sig not in self._sigs:
+                self._sigs.append(sig)
+        return bool(data)
 
     # ------------------------------------------------------------------ clients
 
@@ -893,23 +984,22 @@ class Hub:
                 if exc.errno in (errno.ECONNABORTED, errno.EMFILE, errno.ENFILE, errno.EPROTO):
                     return
                 raise
-            fd = sock.detach()
-            os.set_blocking(fd, False)
+            sock.setblocking(False)
             try:
-                uid = peer_uid(fd)
+                uid = peer_uid(sock.fileno())
             except OSError:
                 uid = -1
             if uid != self._owner:
-                self._refuse(fd, f"refused: uid {uid} is not this session's owner")
+                self._refuse(sock, f"refused: uid {uid} is not this session's owner")
             elif len(self._clients) >= MAX_CLIENTS:
-                self._refuse(fd, f"refused: the session has {MAX_CLIENTS} clients already")
+                self._refuse(sock, f"refused: the session has {MAX_CLIENTS} clients already")
             else:
-                self._clients.append(_Client(fd))
+                self._clients.append(_Client(sock))
 
-    def _refuse(self, fd: int, message: str) -> None:
+    def _refuse(self, sock: socket.socket, message: str) -> None:
         with contextlib.suppress(OSError):  # best effort: the socket's buffer is empty
-            os.write(fd, wire.error(message))
-        os.close(fd)
+            os.write(sock.fileno(), wire.error(message))
+        sock.close()
         self._refused += 1
         self._changed = True
 
@@ -918,8 +1008,12 @@ class Hub:
         if c.dead:
             return
         c.dead = True
-        with contextlib.suppress(OSError):
-            os.close(c.fd)
+        self._let_go(c)
+        if c.given >= 0:
+            with contextlib.suppress(OSError):
+                os.close(c.given)
+            c.given = -1
+        c.sock.close()
         self._clients.remove(c)
         if c.attached:
             self._changed = True
@@ -946,8 +1040,11 @@ class Hub:
 
     def _read_client(self, c: _Client) -> None:
         while len(c.rbuf) < wire.HEADER_SIZE + wire.MAX_INPUT:
+            want = wire.HEADER_SIZE + wire.MAX_INPUT - len(c.rbuf)
+            # A direct client's terminal may come with these bytes.
+            waiting = c.direct and c.term < 0
             try:
-                data = os.read(c.fd, wire.HEADER_SIZE + wire.MAX_INPUT - len(c.rbuf))
+                data = self._receive(c, want) if waiting else os.read(c.fd, want)
             except BlockingIOError:
                 break
             except OSError:  # ECONNRESET: gone
@@ -962,6 +1059,24 @@ class Hub:
             self._parse(c)
             if c.dead or c.in_blocked or c.closing:
                 return
+
+    def _receive(self, c: _Client, n: int) -> bytes:
+        """Read from a client that may send descriptors; the first is kept (`given`), any
+        other closed."""
+        data, ancillary, _, _ = c.sock.recvmsg(n, _ANC, _CMSG_CLOEXEC)
+        for level, kind, payload in ancillary:
+            if level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS:
+                continue
+            fds = array.array("i")
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+            for fd in fds:
+                if not _CMSG_CLOEXEC:
+                    fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+                if c.given < 0:
+                    c.given = fd
+                else:
+                    os.close(fd)
+        return data
 
     def _discard_input(self, c: _Client) -> None:
         # While finishing, only a client's leaving matters.
@@ -1024,8 +1139,13 @@ class Hub:
             elif kind == wire.REDRAW:
                 self._twitch()
             elif kind == wire.DETACH:
+                if c.term >= 0:
+                    self._let_go(c, wire.DETACHED_ASKED)
+                    return
                 self._drop(c)
                 return
+            elif kind == wire.TERMINAL:
+                self._take_terminal(c, payload)
             else:
                 self._fail(c, f"unexpected frame type {kind:#x}")
                 return
@@ -1042,20 +1162,83 @@ class Hub:
             return
         c.attached = True
         c.readonly = bool(flags & wire.READONLY)
+        c.direct = bool(flags & wire.DIRECT)
         c.rows, c.cols = rows, cols
         oldest = max(0, self._total - self._size)
         start = min(max(since, oldest), self._shown)
         c.pos = start
-        c.pre += wire.attached(flags & (wire.READONLY | wire.REDRAW_ON_ATTACH),
-                               self._rows, self._cols, start)  # fmt: skip
+        taken = flags & (wire.READONLY | wire.REDRAW_ON_ATTACH | wire.DIRECT)
+        c.pre += wire.attached(taken, self._rows, self._cols, start)
         if since < oldest:
             c.pre += wire.dropped(oldest - since)
+            c.drop_note = oldest - since
         self._changed = True
         before = (self._rows, self._cols)
         if not c.readonly and rows and cols:
             self._activate(c)
         if flags & wire.REDRAW_ON_ATTACH and (self._rows, self._cols) == before:
             self._twitch()
+
+    def _take_terminal(self, c: _Client, payload: bytes) -> None:
+        """A direct client's TERMINAL frame: its terminal is the hub's from here."""
+        fd, c.given = c.given, -1
+        if not c.direct or c.term >= 0 or fd < 0 or len(payload) > wire.DETACH_KEYS_MAX:
+            if fd >= 0:
+                os.close(fd)
+            self._fail(c, "a TERMINAL frame needs DIRECT, one terminal descriptor and at "
+                       f"most {wire.DETACH_KEYS_MAX} detach keys")  # fmt: skip
+            return
+        if not os.isatty(fd):
+            os.close(fd)
+            self._fail(c, "TERMINAL: the descriptor is not a terminal")
+            return
+        os.set_blocking(fd, False)  # the client's own open file description: nobody else's
+        c.term = fd
+        c.dkeys = payload
+        if c.drop_note:
+            c.tnote += wire.DROPPED_NOTICE.format(c.drop_note).encode()
+            c.drop_note = 0
+            self._twitch()
+
+    def _let_go(self, c: _Client, reason: int = -1) -> None:
+        """Give a direct client's terminal back: never touched again; with a ``reason``, the
+        client is told (DETACHED) and the connection closes after."""
+        if c.term < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.close(c.term)
+        c.term = -1
+        c.tblocked = False
+        c.tnote.clear()
+        if reason >= 0 and not c.dead:
+            c.pre += wire.detached(reason, c.pos)
+            c.closing = True
+            c.in_blocked = False
+            c.rbuf.clear()
+            self._changed = True
+
+    def _read_term(self, c: _Client, revents: int) -> None:
+        """Keys from a direct client's terminal (its detach keys end it)."""
+        while len(self._ibuf) <= _IBUF - wire.MAX_INPUT:
+            try:
+                data = os.read(c.term, wire.MAX_INPUT - c.dpos)
+            except BlockingIOError:
+                if revents & (_POLLHUP | _POLLERR):
+                    self._let_go(c, wire.DETACHED_HANGUP)
+                return
+            except OSError:  # EIO: hung up
+                data = b""
+            if not data:
+                self._let_go(c, wire.DETACHED_HANGUP)
+                return
+            keys, c.dpos, detached = match_keys(c.dkeys, c.dpos, data)
+            if keys and not c.readonly:
+                self._keys(c, keys)
+            if detached:
+                self._let_go(c, wire.DETACHED_KEYS)
+                return
+            if len(data) < wire.MAX_INPUT - c.dpos:
+                return  # a short read took all there was
 
     def _activate(self, c: _Client) -> None:
         """A writer attached, typed or resized: it is the most recent, and its size wins."""
@@ -1080,10 +1263,13 @@ class Hub:
 
     def _flush_all(self) -> None:
         for c in list(self._clients):
-            if not c.blocked and not c.dead:
+            if not c.dead and (c.direct or not c.blocked):
                 self._flush(c)
 
     def _flush(self, c: _Client) -> None:
+        if c.direct:
+            self._flush_direct(c)
+            return
         # Until the socket is full or nothing is left: an EXIT (or a DROPPED) becomes due only
         # once what came before it is out.
         while not c.dead and not c.blocked and self._flush_once(c):
@@ -1165,6 +1351,57 @@ class Hub:
             self._drop(c)
             return False
         return not c.blocked
+
+    def _flush_direct(self, c: _Client) -> None:
+        """A direct client: the output to its terminal, unframed; the frames to its socket."""
+        if c.term >= 0 and not c.closing:
+            oldest = self._total - self._size
+            if c.pos < oldest and not c.tblocked:
+                # It lagged, and its terminal takes output again: what the ring no longer has
+                # is dropped, and said there.
+                c.pre += wire.dropped(oldest - c.pos)
+                c.tnote += wire.DROPPED_NOTICE.format(oldest - c.pos).encode()
+                c.pos = oldest
+                self._twitch()
+            if not c.tblocked:
+                iov: list[bytes | bytearray | memoryview] = []
+                if c.tnote:
+                    iov.append(c.tnote)
+                if c.pos < self._shown:
+                    iov += self._segments(c.pos, self._shown - c.pos)
+                if iov:
+                    offered = sum(len(v) for v in iov)
+                    try:
+                        k = os.writev(c.term, iov)
+                    except BlockingIOError:
+                        k = 0
+                        c.tblocked = True
+                    except OSError:  # EIO: the terminal hung up
+                        self._let_go(c, wire.DETACHED_HANGUP)
+                        self._flush_direct(c)
+                        return
+                    if k < offered:
+                        c.tblocked = True
+                    took = min(k, len(c.tnote))
+                    del c.tnote[:took]
+                    c.pos += k - took
+            if self._exit_status >= 0 and c.pos == self._shown and not c.tnote:
+                c.pre += wire.exit_frame(self._exit_status)
+                c.closing = True
+        if c.pre and not c.blocked:
+            try:
+                n = os.write(c.fd, c.pre)
+            except BlockingIOError:
+                c.blocked = True
+                return
+            except OSError:  # EPIPE, ECONNRESET: the client is gone
+                self._drop(c)
+                return
+            del c.pre[:n]
+            if c.pre:
+                c.blocked = True
+        if c.closing and not c.pre:
+            self._drop(c)
 
     def _stall_timeout(self) -> int:
         """The pty waits for the clients that hold the ring full: run their clocks (see the

@@ -7,6 +7,7 @@ EV_SIGNAL: int
 EV_EOF: int
 EV_HUP: int
 EV_CHILD: int
+EV_INTR: int
 DEFAULT_BUFSIZE: int
 STAGES: tuple[str, ...]
 MAX_FD_SWEEP: int
@@ -33,6 +34,7 @@ class Pump:
         winch: bool = True,
         in_tty: bool = False,
         hold_ms: int = 0,
+        intr: int = -1,
         bufsize: int = ...,
         record_fd: int = -1,
         record_input: bool = False,
@@ -112,3 +114,46 @@ class Hub:
     def size(self) -> tuple[int, int]: ...
     @property
     def holding(self) -> bool: ...
+
+# The attach client's loop (src/_attach.pxi); bottle._attach_py is its twin.
+EV_DETACH: int
+EV_FRAME: int
+EV_CLOSED: int
+CONTROL_MAX: int
+DETACH_KEYS_MAX: int
+
+class Attach:
+    """Copy the user's keys to a session holder's socket and its output back."""
+
+    def __init__(
+        self,
+        in_fd: int,
+        out_fd: int,
+        sock_fd: int,
+        wake_fd: int = -1,
+        size_fd: int = -1,
+        *,
+        winch: bool = True,
+        in_tty: bool = False,
+        detach_keys: bytes = b"",
+        readonly: bool = False,
+        keys: bool = True,
+        offset: int = 0,
+    ) -> None: ...
+    def run(self, timeout_ms: int = -1) -> int:
+        """Relay until an event needs Python (EV_FRAME, EV_DETACH, EV_HUP, EV_CLOSED,
+        EV_SIGNAL; EV_DONE when ``timeout_ms`` ran out)."""
+    def frame(self) -> tuple[int, bytes]:
+        """The (kind, payload) of the frame that ended the last run with EV_FRAME."""
+    def send(self, data: bytes) -> None:
+        """Queue whole frames for the holder."""
+    def flush(self, timeout_ms: int) -> bool:
+        """Send what is queued, waiting at most ``timeout_ms``; whether it all went."""
+    def signals(self) -> bytes:
+        """Return the signal numbers received since the last call."""
+    def resize(self) -> tuple[int, int] | None:
+        """Send the terminal's size to the holder; (rows, cols), None when there is none."""
+    @property
+    def offset(self) -> int: ...
+    @property
+    def buffered(self) -> tuple[int, int]: ...

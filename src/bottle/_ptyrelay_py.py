@@ -26,6 +26,7 @@ __all__ = [
     "EV_DONE",
     "EV_EOF",
     "EV_HUP",
+    "EV_INTR",
     "EV_SIGNAL",
     "MAX_FD_SWEEP",
     "REC_BUFSIZE",
@@ -40,6 +41,7 @@ EV_SIGNAL = 1
 EV_EOF = 2
 EV_HUP = 3
 EV_CHILD = 4
+EV_INTR = 5
 
 DEFAULT_BUFSIZE = 128 * 1024
 # While input (or its end) is held, the child's termios is re-checked at this interval; with
@@ -111,7 +113,16 @@ def _child(
         for item in envp:
             key, _, value = item.partition(b"=")
             env[key] = value
-        os.execve(path, argv, env)
+        try:
+            os.execve(path, argv, env)
+        except OSError as exc:
+            if exc.errno != errno.ENOEXEC:
+                raise
+            # What execvp does with a file the kernel cannot run as it is (a script without
+            # "#!"): /bin/sh runs it. Its own failure reports the first one.
+            with contextlib.suppress(OSError):
+                os.execve(b"/bin/sh", [b"/bin/sh", path, *argv[1:]], env)
+            raise
     except OSError as exc:
         code = exc.errno or errno.EINVAL
     except BaseException:
@@ -165,9 +176,10 @@ def spawn(
 
     The child is a session leader with the pty as its controlling terminal, stdin, stdout and
     stderr (and no other descriptor), default signal dispositions and an empty signal mask.
-    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty.
-    A failure before or at exec raises OSError in the parent, with ``args[2]`` naming the
-    stage that failed (see STAGES) when it is not exec itself.
+    With ``out_fd`` >= 0 its stdout and stderr are that descriptor instead of the pty. A file
+    the kernel cannot execute as it is (ENOEXEC: a script without "#!") is run by /bin/sh, as
+    execvp does. A failure before or at exec raises OSError in the parent, with ``args[2]``
+    naming the stage that failed (see STAGES) when it is not exec itself.
     """
     # Snapshots: what was checked is what runs, whatever another thread does to the lists.
     argv, envp = list(argv), list(envp)
@@ -222,7 +234,9 @@ class Pump:
     With ``winch`` the loop applies SIGWINCH itself (reporting it only when the pty refuses
     the size). ``in_tty`` makes end-of-input a hang-up; otherwise it sends VEOF to the child.
     ``hold_ms`` > 0 holds all input and its end while the child's pty is in canonical mode,
-    for at most that long from the Pump's creation. One thread at a time may run or drain it.
+    for at most that long from the Pump's creation; ``intr`` (the user's interrupt character,
+    -1 for none) typed meanwhile drops everything held and ends the run with EV_INTR: the
+    user gave up waiting for the child. One thread at a time may run or drain it.
 
     ``record_fd`` >= 0 records the session as asciicast v2 events into that file, after the
     header its caller wrote: an ``"o"`` event for what reaches ``out_fd``, ``"r"`` for each
@@ -245,6 +259,7 @@ class Pump:
         winch: bool = True,
         in_tty: bool = False,
         hold_ms: int = 0,
+        intr: int = -1,
         bufsize: int = DEFAULT_BUFSIZE,
         record_fd: int = -1,
         record_input: bool = False,
@@ -255,6 +270,8 @@ class Pump:
             raise ValueError("bufsize must be positive")
         if record_stall_ms < 1:
             raise ValueError("record_stall_ms must be positive")
+        if not -1 <= intr <= 255:
+            raise ValueError(f"intr must be a byte value or -1 (got {intr})")
         self._rec_stall_us = record_stall_ms * 1000
         self._in_fd = in_fd
         self._out_fd = out_fd
@@ -265,6 +282,7 @@ class Pump:
         self._winch = winch
         self._in_tty = in_tty
         self._hold_ms = hold_ms
+        self._intr = intr
         self._holding = hold_ms > 0
         self._held_at = _now_ms()  # the front creates the Pump as the child starts
         self._busy = threading.Lock()
@@ -314,7 +332,13 @@ class Pump:
                 name="bottle-record",
                 daemon=True,
             )
-            writer.start()
+            # Every signal blocked in the writer (a thread starts with its creator's mask):
+            # handlers and SIGPIPE belong to the loop's thread.
+            old_mask = signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
+            try:
+                writer.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -331,7 +355,8 @@ class Pump:
     # ------------------------------------------------------------------ public
 
     def run(self) -> int:
-        """Relay until an event needs Python; return it (EV_SIGNAL, EV_EOF, EV_HUP or EV_CHILD).
+        """Relay until an event needs Python; return it (EV_SIGNAL, EV_EOF, EV_HUP, EV_CHILD or
+        EV_INTR).
 
         EV_EOF (the child side closed the pty, output flushed) is returned once; later calls
         keep waiting for signals, the child and a hang-up.
@@ -407,8 +432,10 @@ class Pump:
                 return EV_HUP
             if self._obuf and not self._out_blocked and self._write_out():
                 return EV_HUP
-            if in_polled and ready.get(self._in_fd, 0) and self._read_in(ready[self._in_fd]):
-                return EV_HUP
+            if in_polled and ready.get(self._in_fd, 0):
+                event = self._read_in(ready[self._in_fd])
+                if event:
+                    return event
             if not self._master_blocked:
                 self._write_master()
             if self._master_eof and not self._obuf and not self._eof_reported:
@@ -633,10 +660,11 @@ class Pump:
             del obuf[:n]
         return False
 
-    def _read_in(self, revents: int) -> bool:
-        """Read user input; True when the user's terminal went away."""
+    def _read_in(self, revents: int) -> int:
+        """Read user input; EV_HUP when the user's terminal went away, EV_INTR when the user
+        typed their interrupt character while input was held, else 0."""
         if self._in_tty and revents & (_POLLHUP | _POLLERR):
-            return True
+            return EV_HUP
         ibuf = self._ibuf
         while len(ibuf) < self._bufsize:
             want = self._bufsize - len(ibuf)
@@ -651,24 +679,29 @@ class Pump:
                 break
             except OSError as exc:
                 if exc.errno == errno.EIO:
-                    return True
+                    return EV_HUP
                 raise
             if not data:
                 if self._in_tty:
-                    return True
+                    return EV_HUP
                 self._in_eof = True
                 # A partial line needs one VEOF to be delivered and a second to read as EOF.
                 self._veof_pending = 2 if self._last_in not in (-1, 10) else 1
                 break
             if self._rec_on and self._rec_input:
                 self._rec_event("i", self._u8in, data)
+            if self._holding and self._intr >= 0 and self._intr in data:
+                self._hold_timeout()  # the child may have gone raw since the last look
+                if self._holding:
+                    ibuf.clear()
+                    return EV_INTR
             ibuf += data
             self._last_in = data[-1]
             if not self._master_blocked:
                 self._write_master()
             if len(data) < want:  # drained (see the native twin)
                 break
-        return False
+        return 0
 
     def _write_master(self) -> None:
         if self._master_eof or self._holding:

@@ -5,13 +5,20 @@ payload length (big-endian), then the payload. Integers in payloads are big-endi
 
 Client to holder (a payload of at most MAX_INPUT bytes; anything else ends the connection):
 
-- ATTACH, first and once: version (u8), flags (u8: READONLY, REDRAW), rows (u16), cols
-  (u16), since (u64: the output offset to resume from; 0 is the oldest output kept, SINCE_NOW
-  only what comes next).
+- ATTACH, first and once: version (u8), flags (u8: READONLY, REDRAW, DIRECT), rows (u16),
+  cols (u16), since (u64: the output offset to resume from; 0 is the oldest output kept,
+  SINCE_NOW only what comes next).
 - KEYS: bytes for the program, as typed (a writer's only; a watcher's are dropped).
 - RESIZE: rows (u16), cols (u16): the client's terminal changed size (a writer's only).
 - REDRAW: make the program repaint (a size twitch); watchers may ask too.
 - DETACH: the client is leaving; the holder closes the connection (closing it does the same).
+  A direct client gets DETACHED first, once the holder has let go of its terminal.
+- TERMINAL (direct clients, once ATTACHED granted DIRECT): the client's terminal, as one
+  descriptor in SCM_RIGHTS ancillary data with the frame's first byte, and the detach keys
+  (the payload, at most DETACH_KEYS_MAX bytes). From then on the holder reads the keys from
+  that terminal and writes the output to it itself, one hop less each way: no KEYS and no
+  OUTPUT frames, the rest as before. It never touches the terminal again once it has sent
+  DETACHED (or closed the connection).
 
 Holder to client:
 
@@ -24,6 +31,15 @@ Holder to client:
 - EXIT: status (u16: the exit status, 128+N for signal N), after all the output; then the
   holder closes the connection.
 - ERROR: a UTF-8 message (a refused peer, a bad frame, too many clients); then it closes.
+- DETACHED (direct clients): why (u8: DETACHED_KEYS, the detach keys were typed on the
+  terminal; DETACHED_HANGUP, the terminal went away; DETACHED_ASKED, the client sent DETACH)
+  and the output offset (u64) written to the terminal up to then; the holder no longer holds
+  the terminal, and closes the connection. Until it comes, a direct client's terminal is the
+  holder's: where output was dropped for it, the holder writes DROPPED_NOTICE there itself
+  (and makes the program repaint), besides the DROPPED frame.
+
+A holder that does not know DIRECT ignores the flag (ATTACHED gives the flags as taken), and
+the client goes on with frames.
 
 Both relay cores implement the holder's side (`Hub`); this module is the one definition of the
 numbers, and the native core's copies are checked against it by the tests.
@@ -45,16 +61,28 @@ KEYS = 0x02
 RESIZE = 0x03
 REDRAW = 0x04
 DETACH = 0x05
+TERMINAL = 0x06
 # Holder to client.
 ATTACHED = 0x81
 OUTPUT = 0x82
 DROPPED = 0x83
 EXIT = 0x84
 ERROR = 0x85
+DETACHED = 0x86
 
 # ATTACH flags.
 READONLY = 0x01
 REDRAW_ON_ATTACH = 0x02
+DIRECT = 0x04
+
+# Why a direct client's terminal was given back (DETACHED).
+DETACHED_KEYS = 0
+DETACHED_HANGUP = 1
+DETACHED_ASKED = 2
+DETACH_KEYS_MAX = 32
+# What a holder writes on a direct client's terminal where output was dropped for it (and what
+# a framed client writes on its own), with the count.
+DROPPED_NOTICE = "\r\n[bottle: {} bytes of output dropped here; redrawing]\r\n"
 
 SINCE_OLDEST = 0
 SINCE_NOW = (1 << 64) - 1
@@ -64,6 +92,7 @@ _ATTACHED = struct.Struct(">BBHHQ")
 _SIZE = struct.Struct(">HH")
 _COUNT = struct.Struct(">Q")
 _STATUS = struct.Struct(">H")
+_DETACHED = struct.Struct(">BQ")
 
 NAMES = {
     ATTACH: "ATTACH",
@@ -71,11 +100,13 @@ NAMES = {
     RESIZE: "RESIZE",
     REDRAW: "REDRAW",
     DETACH: "DETACH",
+    TERMINAL: "TERMINAL",
     ATTACHED: "ATTACHED",
     OUTPUT: "OUTPUT",
     DROPPED: "DROPPED",
     EXIT: "EXIT",
     ERROR: "ERROR",
+    DETACHED: "DETACHED",
 }
 
 
@@ -101,10 +132,12 @@ def attach(
     *,
     readonly: bool = False,
     redraw: bool = False,
+    direct: bool = False,
     since: int = SINCE_OLDEST,
 ) -> bytes:
     """An ATTACH frame: the client's terminal size, its role and where its output resumes."""
     flags = (READONLY if readonly else 0) | (REDRAW_ON_ATTACH if redraw else 0)
+    flags |= DIRECT if direct else 0
     return frame(ATTACH, _ATTACH.pack(VERSION, flags, rows, cols, since))
 
 
@@ -172,6 +205,19 @@ def parse_exit(payload: bytes) -> int:
         raise ProtocolError(f"EXIT payload of {len(payload)} bytes, not {_STATUS.size}")
     status: int = _STATUS.unpack(payload)[0]
     return status
+
+
+def detached(reason: int, offset: int) -> bytes:
+    """A DETACHED frame."""
+    return frame(DETACHED, _DETACHED.pack(reason, offset))
+
+
+def parse_detached(payload: bytes) -> tuple[int, int]:
+    """(reason, offset) of a DETACHED payload."""
+    if len(payload) != _DETACHED.size:
+        raise ProtocolError(f"DETACHED payload of {len(payload)} bytes, not {_DETACHED.size}")
+    reason, offset = _DETACHED.unpack(payload)
+    return reason, offset
 
 
 def error(message: str) -> bytes:

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from bottle.errors import InvalidInputError, UnknownProviderError
 
 __all__ = [
+    "NPM_REGISTRY",
     "PROVIDERS",
     "AgentProvider",
     "PromptMode",
@@ -68,6 +69,23 @@ class AgentProvider:
     #: The hosts the agent needs to work: what `network="agent"` allows (a host also allows
     #: its subdomains). Telemetry, error reporting and update checks are left out.
     egress_hosts: tuple[str, ...] = ()
+    #: The command that installs the CLI system-wide in a guest (run as root; its first word
+    #: must be on the guest's PATH); empty: bottle cannot install this agent.
+    install_command: tuple[str, ...] = ()
+    #: The hosts that command fetches from: a machine with an allow-list must reach them.
+    install_hosts: tuple[str, ...] = ()
+
+
+# The npm registry that `npm install` fetches a package from (npm's default registry).
+NPM_REGISTRY = "registry.npmjs.org"
+
+
+def _npm_install(package: str) -> tuple[str, ...]:
+    # Global, so that the binary lands in npm's prefix (/usr/local/bin in the node images), on
+    # every user's PATH; no audit (another request) and no funding notice (lines nobody asked
+    # for). Install scripts and optional dependencies stay on: the agent CLIs ship their
+    # native binaries as optional per-platform packages.
+    return ("npm", "install", "--global", "--no-fund", "--no-audit", package)
 
 
 PROVIDERS: Mapping[str, AgentProvider] = MappingProxyType(
@@ -81,6 +99,8 @@ PROVIDERS: Mapping[str, AgentProvider] = MappingProxyType(
             # Console login), and the OAuth token endpoint a login and its refresh use. The
             # authorize page opens in the user's browser, on the host.
             egress_hosts=("api.anthropic.com", "platform.claude.com"),
+            install_command=_npm_install("@anthropic-ai/claude-code"),
+            install_hosts=(NPM_REGISTRY,),
         ),
         # codex takes an initial prompt as its positional argument and has no flag that
         # appends a file to the system prompt, so it is asked to read the file.
@@ -91,6 +111,8 @@ PROVIDERS: Mapping[str, AgentProvider] = MappingProxyType(
             # The API (an API key), the OAuth issuer that signs in and refreshes a ChatGPT
             # login, and the ChatGPT backend a ChatGPT-plan session talks to.
             egress_hosts=("api.openai.com", "auth.openai.com", "chatgpt.com"),
+            install_command=_npm_install("@openai/codex"),
+            install_hosts=(NPM_REGISTRY,),
         ),
     }
 )

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 __all__ = [
+    "AgentInstallError",
+    "AgentNotFoundError",
     "BottleClosedError",
     "BottleError",
     "ConnectionLostError",
@@ -27,6 +29,7 @@ __all__ = [
     "MachineExistsError",
     "MachineNotFoundError",
     "MachineNotRunningError",
+    "MachineRunningError",
     "Message",
     "Param",
     "RetryExhaustedError",
@@ -45,6 +48,7 @@ __all__ = [
     "SmolvmUnavailableError",
     "SmolvmUsageError",
     "SmolvmVersionError",
+    "TeardownInterrupted",
     "UnknownBackendError",
     "UnknownProviderError",
 ]
@@ -96,13 +100,19 @@ class Message(str):
 
     def render(self, name: Callable[[Param], str]) -> str:
         """The message with every `Param` said as `name` says it."""
-        return self.template.format(
-            **{k: name(v) if isinstance(v, Param) else v for k, v in self.fields.items()}
-        )
+        return self.template.format(**{k: _render(v, name) for k, v in self.fields.items()})
 
     def __reduce__(self) -> tuple[Callable[..., Message], tuple[str, dict[str, object]]]:
         # Exceptions are pickled (multiprocessing): keep the template, not just the text.
         return _message, (self.template, dict(self.fields))
+
+
+def _render(value: object, name: Callable[[Param], str]) -> object:
+    if isinstance(value, Param):
+        return name(value)
+    if isinstance(value, Message):  # a part of the message, with parameters of its own
+        return value.render(name)
+    return value
 
 
 def _message(template: str, fields: dict[str, object]) -> Message:
@@ -206,6 +216,15 @@ class MachineNotRunningError(SmolvmError):
     """The machine exists but is not running."""
 
 
+class MachineRunningError(BottleError):
+    """Refused: the machine is running and removing it was not forced."""
+
+    def __init__(self, message: str, *, machine: str, state: str) -> None:
+        super().__init__(message)
+        self.machine = machine
+        self.state = state
+
+
 class ConnectionLostError(SmolvmError):
     """The connection to the VM was lost (the VM died or its agent hung up)."""
 
@@ -228,6 +247,20 @@ class GuestUserError(BottleError):
         self.running_as = running_as
         self.wanted = wanted
         self.version = tuple(version)
+
+
+class AgentNotFoundError(BottleError):
+    """The agent's command does not resolve for the agent's user in the guest: no session ran."""
+
+    def __init__(self, message: str, *, command: str, user: str, machine: str) -> None:
+        super().__init__(message)
+        self.command = command
+        self.user = user
+        self.machine = machine
+
+
+class AgentInstallError(BottleError):
+    """Installing the agent provider's CLI in the guest failed."""
 
 
 class CommandOutcome(Protocol):
@@ -288,3 +321,20 @@ class SessionEndedError(SessionError):
         self.name = name
         self.status = status
         self.screen = screen
+
+
+class TeardownInterrupted(KeyboardInterrupt):
+    """An interrupt (Ctrl-C) cut `launch`'s teardown short: the machine is left behind.
+
+    Not a `BottleError`: it is the interrupt itself, which callers that catch
+    KeyboardInterrupt keep catching. `machine` is the machine left behind and `step` what was
+    cut short (`stopping`, `deleting`); the steps after it were not run.
+    """
+
+    def __init__(self, message: str, *, machine: str, step: str) -> None:
+        super().__init__(message)
+        self.machine = machine
+        self.step = step
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

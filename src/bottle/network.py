@@ -10,9 +10,12 @@ What smolvm does with them (smol-machines/smolvm, tag v1.9.3):
   src/cli/machine.rs); a name that does not resolve fails the create (exit 1). `start`
   resolves the names again and only warns on failure (`start_vm_named_with_db`,
   src/cli/vm_common.rs). A host also allows its subdomains.
-- The guest's DNS queries are answered only for the allowed names, and its connections may
-  only reach the allowed CIDRs, the addresses the names resolved to, and the addresses learnt
-  from allowed DNS answers (crates/smolvm-network/src/egress.rs; libkrun's TSI filter).
+- Any policy puts the machine on smolvm's virtio-net gateway (src/network/launch.rs, since
+  1.1.3; `--net-backend tsi` beside one is refused). The gateway answers the guest's DNS
+  (crates/smolvm-network/src/stack.rs): names on the list and under them are forwarded, others
+  get NXDOMAIN; with CIDRs only every name is forwarded. Connections may only reach the allowed
+  CIDRs, the addresses the names resolved to on the host, and the addresses learnt from allowed
+  DNS answers (crates/smolvm-network/src/egress.rs). README.md, "Network egress", has the rest.
 - A registry image is pulled inside the guest on first boot, through that filter. Since smolvm
   1.3.5 (commit aa99522a) smolvm lets that boot reach the image's registry by folding
   `registry_pull_hosts` (src/registry.rs) into the DNS allow-list, when the list names hosts
@@ -27,12 +30,15 @@ back at once (see bottle._validate).
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bottle.errors import InvalidInputError, Message, Param
+
+if TYPE_CHECKING:
+    import ipaddress
 
 __all__ = [
     "PULL_FOLD_SINCE",
@@ -146,12 +152,18 @@ def check_cidr(cidr: str) -> AllowedCidr:
     return AllowedCidr(cidr)
 
 
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    import ipaddress  # only where an allow-list is checked: not every command's start-up
+
+    return ipaddress.ip_address(text)
+
+
 def _check_host(host: object) -> str:
     if not isinstance(host, str):
         raise InvalidInputError(f"allowed host must be a string, not {type(host).__name__}")
     problem = None
     try:
-        ipaddress.ip_address(host)
+        _ip_address(host)
     except ValueError:
         pass
     else:
@@ -197,7 +209,7 @@ def _check_cidr(cidr: object) -> str:
     try:
         if "%" in addr:
             raise ValueError(cidr)
-        ip = ipaddress.ip_address(addr)
+        ip = _ip_address(addr)
         if slash:
             if not _PREFIX.fullmatch(prefix) or int(prefix) > ip.max_prefixlen:
                 raise ValueError(cidr)
@@ -255,7 +267,7 @@ def split_allow_list(entries: Iterable[str]) -> tuple[tuple[str, ...], tuple[str
                 f"allow-list entries must be strings, not {type(entry).__name__}"
             )
         try:
-            ipaddress.ip_address(entry.partition("/")[0])
+            _ip_address(entry.partition("/")[0])
         except ValueError:
             hosts.append(entry)
         else:
@@ -306,6 +318,19 @@ class NetworkPolicy:
     allow_hosts: tuple[str, ...] = ()
     allow_cidrs: tuple[str, ...] = ()
     pull_hosts: tuple[str, ...] = ()
+
+    def reaches(self, host: str) -> bool:
+        """Whether the machine may reach `host` for its whole life: always with `open`; with an
+        allow-list, when an allowed name is `host` or a domain above it (smolvm allows a name's
+        subdomains). The pull hosts do not count: a later smolvm may allow them for the image
+        pull only."""
+        if self.mode is NetworkMode.OPEN:
+            return True
+        name = host.lower().rstrip(".")
+        return any(
+            name == allowed or name.endswith("." + allowed)
+            for allowed in (h.lower().rstrip(".") for h in self.allow_hosts)
+        )
 
     def describe(self) -> str:
         """One line for logs and messages."""

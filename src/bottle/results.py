@@ -113,9 +113,11 @@ class AgentResult:
 class Progress:
     """One report from a long step of `launch`: it began, smolvm printed a line, or it ended.
 
-    `step` is `creating`, `starting` or `provisioning`; `elapsed` counts seconds since the step
-    began; `line` is a line smolvm printed (image pull, boot), when this report carries one;
-    `done` marks the step's end.
+    `step` is `creating`, `starting` or `provisioning` on the way up, `stopping` or `deleting`
+    on the way down; `elapsed` counts seconds since the step began; `line` is a line smolvm
+    printed (image pull, boot), when this report carries one, and `redrawn` says that smolvm
+    redraws that line in place (a progress bar: the next line replaces it); `done` marks the
+    step's end.
     """
 
     step: str
@@ -123,3 +125,4 @@ class Progress:
     elapsed: float = 0.0
     line: str | None = None
     done: bool = False
+    redrawn: bool = False

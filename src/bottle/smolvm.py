@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import math
 import os
 import re
 import selectors
-import shutil
 import signal
 import subprocess
 import threading
@@ -24,11 +22,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
+from bottle import _cache, _log
 from bottle import _validate as check
 from bottle import network as net
 from bottle.errors import (
+    BottleError,
     ConnectionLostError,
     InvalidInputError,
     MachineExistsError,
@@ -49,33 +49,41 @@ from bottle.errors import (
 __all__ = [
     "DEFAULT_TIMEOUTS",
     "ENV_OVERRIDE",
+    "LABELS_SINCE",
     "MIN_VERSION",
+    "Marks",
+    "OutputLine",
     "Smolvm",
     "Timeouts",
     "classify_failure",
     "clear_version_cache",
     "cp_args",
+    "cp_out_args",
     "create_args",
     "delete_args",
     "exec_args",
     "find_executable",
+    "identity",
     "is_registry_image",
     "ls_args",
     "parse_version",
     "read_version",
     "run_attached",
     "run_captured",
+    "run_streamed",
     "start_args",
     "status_args",
     "stop_args",
 ]
 
-log = logging.getLogger(__name__)
+log = _log.get_logger(__name__)
 
 ENV_OVERRIDE = "BOTTLE_SMOLVM"
 # 1.0.2 made machine names flags everywhere (`create -n`, `delete -n`); older CLIs need
 # positional names, which this module does not speak.
 MIN_VERSION = (1, 0, 2)
+# `machine create --label KEY=VALUE`, read back by `ls --json` (src/cli/machine.rs, CreateCmd).
+LABELS_SINCE = (1, 8, 0)
 
 
 # --- argv builders (everything after the executable) -------------------------------------
@@ -125,12 +133,14 @@ def create_args(
     network: bool = False,
     allow_hosts: Sequence[str] = (),
     allow_cidrs: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Arguments of `smolvm machine create`.
 
     `network` is `--net` (anything reachable). `allow_hosts` / `allow_cidrs` are
     `--allow-host` / `--allow-cidr`, one per entry: they imply `--net` and limit it to those
     (smolvm resolves each host at create; see `bottle.network`), even alongside `--net`.
+    `labels` are `--label KEY=VALUE` (smolvm 1.8.0 and later; `ls --json` gives them back).
     """
     check.machine_name(name)
     args = ["machine", "create", "-n", name]
@@ -149,6 +159,13 @@ def create_args(
         args += ["--allow-host", host]
     for cidr in net.check_cidrs(allow_cidrs):
         args += ["--allow-cidr", cidr]
+    for key, value in (labels or {}).items():
+        check.no_nul(key, "label key")
+        check.no_nul(value, "label value")
+        if not key or "=" in key:
+            # smolvm splits KEY=VALUE at the first '=' (src/util.rs parse_labels).
+            raise InvalidInputError(f"invalid label key {key!r}")
+        args += ["--label", f"{key}={value}"]
     return args
 
 
@@ -192,8 +209,9 @@ def exec_args(
     `tty` gives `-i -t`, `interactive` alone `-i` (stdin forwarded, output as it comes).
     `env_names` become bare `-e KEY` options: smolvm copies each value from its own
     environment, so values never appear on a command line. `workdir` is `-w DIR` (every
-    supported smolvm). `user` is `--user USER`, which no released smolvm has: pass it only
-    when `smolvm machine exec --help` shows the option.
+    supported smolvm). `user` is `--user USER`, which smolvm has from 1.14.0 (known from its
+    pull request #1148, not from source): pass it only when `smolvm machine exec --help` shows
+    the option.
     """
     check.machine_name(name)
     command = check.argv(command, "guest command argument", "command")
@@ -232,7 +250,27 @@ def cp_args(
     return [*args, src, f"{name}:{dst}"]
 
 
+def cp_out_args(name: str, src: str, dst: str) -> list[str]:
+    """Arguments of `smolvm machine cp NAME:SRC DST` (a download of a regular file)."""
+    check.machine_name(name)
+    check.guest_path(src)
+    check.no_nul(dst, "host path")
+    # SRC holds the colon, so smolvm takes DST as a host path whatever it contains.
+    return ["machine", "cp", f"{name}:{src}", dst]
+
+
 # --- executable and version --------------------------------------------------------------
+
+
+def _which(name: str, search: str) -> str | None:
+    """The first executable file `name` in the directories of `search`, as `shutil.which`
+    finds it (shutil, with the archive modules it loads, would be a few ms of every bottle
+    command's start-up)."""
+    for directory in search.split(os.pathsep):
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
 
 
 def find_executable(environ: Mapping[str, str] | None = None) -> str:
@@ -246,7 +284,7 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
     override = env.get(ENV_OVERRIDE)
     if override:
         if os.sep not in override:
-            found = shutil.which(override, path=env.get("PATH", os.defpath))
+            found = _which(override, env.get("PATH", os.defpath))
             if found is None:
                 raise SmolvmNotFoundError(
                     f"{ENV_OVERRIDE}={override!r}: no such program on PATH "
@@ -266,7 +304,7 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
             )
         return override
     search = env.get("PATH", os.defpath)
-    found = shutil.which("smolvm", path=search)
+    found = _which("smolvm", search)
     if found is not None:
         return found
     for directory in search.split(os.pathsep):
@@ -285,21 +323,38 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
 
 
 _VERSION = re.compile(r"\bsmolvm\s+v?(\d+)\.(\d+)\.(\d+)")
-_version_cache: dict[tuple[str, int, int, int], tuple[int, int, int]] = {}
+# What an installed smolvm answered, by its file identity (`identity`), in this process; the same
+# answers are kept across processes in bottle's cache (`bottle._cache`, kind "smolvm").
+Identity = tuple[str, int, int, int, int, int]
+_version_cache: dict[Identity, tuple[int, int, int]] = {}
+_exec_user_cache: dict[Identity, bool] = {}
+_FACTS = "smolvm"
 
 
-_exec_user_cache: dict[tuple[str, int, int, int], bool] = {}
-
-
-def _cache_key(path: str) -> tuple[str, int, int, int]:
+def identity(path: str) -> Identity:
+    """The file identity of a smolvm executable: its real path, device, inode, size, mtime and
+    ctime. Installing another smolvm, in place or not, changes at least one of them, so an answer
+    kept under this key is never the answer of another build."""
     st = os.stat(path)
-    return (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    return (
+        os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    )  # fmt: skip
+
+
+def _facts(key: Identity) -> dict[str, Any]:
+    return _cache.load(_FACTS, key) or {}
+
+
+def _remember(key: Identity, **facts: Any) -> None:
+    _cache.store(_FACTS, key, {**_facts(key), **facts})
 
 
 def clear_version_cache() -> None:
-    """Forget every cached answer of an installed smolvm (for tests that swap versions)."""
+    """Forget everything bottle learnt of installed smolvms and their machines, in this process
+    and in its cache directory (for tests that swap the release a fake smolvm fakes)."""
     _version_cache.clear()
     _exec_user_cache.clear()
+    _cache.clear()
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -314,17 +369,21 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 
 def read_version(path: str) -> tuple[int, int, int]:
-    """Run `PATH --version` once per executable file and cache the result."""
+    """Run `PATH --version` once per executable file and remember the answer (across processes:
+    see `identity`)."""
     try:
-        st = os.stat(path)
+        key = identity(path)
     except OSError as exc:
         raise SmolvmNotFoundError(
             f"smolvm at {path} cannot be used: {exc.strerror}", filename=path
         ) from None
-    key = (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
     cached = _version_cache.get(key)
     if cached is not None:
         return cached
+    kept = _facts(key).get("version")
+    if isinstance(kept, list) and len(kept) == 3 and all(type(n) is int for n in kept):
+        _version_cache[key] = (kept[0], kept[1], kept[2])
+        return _version_cache[key]
     try:
         ran = run_captured([path, "--version"], timeout=60)
     except PermissionError:
@@ -345,6 +404,7 @@ def read_version(path: str) -> tuple[int, int, int]:
         )
     version = parse_version(stdout)
     _version_cache[key] = version
+    _remember(key, version=list(version))
     return version
 
 
@@ -402,7 +462,8 @@ def classify_failure(
 
     With `guest=True` (exec), exit statuses 1 and 2 are ambiguous: they are taken as smolvm's
     only when stderr shows smolvm's own error shape; otherwise the guest command failed and
-    the caller gets its status.
+    the caller gets its status. Text alone cannot tell a newer smolvm's new words from a guest's
+    `Error: ` line: `Smolvm.call` settles those by the machine's state.
     """
     if returncode == 0:
         return None
@@ -450,6 +511,20 @@ def classify_failure(
         stderr=stderr,
         machine=machine,
     )
+
+
+def _unsettled(returncode: int, stderr: str, error: SmolvmCommandError | None) -> bool:
+    """Whether a failed exec's text leaves open what failed.
+
+    smolvm prints every failure as `Error: <Display>` (src/main.rs), and a newer smolvm words some
+    in ways bottle has never seen (1.14 reports a VM killed by a signal with a new text, smolvm PR
+    #1154). So a last stderr line of that shape that bottle does not recognise, or that names no
+    precise cause, is settled by the machine's state. A guest command's own failure without such a
+    line (the common case) costs nothing.
+    """
+    if returncode == 0 or (error is not None and type(error) is not SmolvmError):
+        return False
+    return _last_line(stderr).startswith("Error: ")
 
 
 # --- runner ------------------------------------------------------------------------------
@@ -507,18 +582,37 @@ class Timeouts:
 DEFAULT_TIMEOUTS = Timeouts()
 
 
+class OutputLine(str):
+    """A line smolvm printed; `redrawn` when it ended in a bare carriage return, which a
+    terminal overwrites with the next line (smolvm's progress bars, src/cli/mod.rs)."""
+
+    redrawn: bool
+
+    def __new__(cls, text: str, *, redrawn: bool = False) -> OutputLine:
+        self = super().__new__(cls, text)
+        self.redrawn = redrawn
+        return self
+
+
 def _lines(buffer: bytearray, on_line: Callable[[str], None], final: bool = False) -> None:
-    # smolvm redraws progress with "\r", so both "\r" and "\n" end a line.
+    # smolvm redraws progress with "\r", so both "\r" and "\n" end a line; "\r\n" is one end.
     while True:
         cut = min((i for i in (buffer.find(b"\n"), buffer.find(b"\r")) if i >= 0), default=-1)
         if cut < 0:
             break
+        end = cut + 1
+        redrawn = buffer[cut] == 0x0D
+        if redrawn:
+            if end == len(buffer) and not final:
+                break  # a "\n" may follow in the next read
+            if buffer[end : end + 1] == b"\n":
+                redrawn, end = False, end + 1
         line = bytes(buffer[:cut]).decode("utf-8", "replace").strip()
-        del buffer[: cut + 1]
+        del buffer[:end]
         if line:
-            on_line(line)
+            on_line(OutputLine(line, redrawn=redrawn))
     if final and buffer.strip():
-        on_line(bytes(buffer).decode("utf-8", "replace").strip())
+        on_line(OutputLine(bytes(buffer).decode("utf-8", "replace").strip()))
         buffer.clear()
 
 
@@ -626,7 +720,8 @@ def run_captured(
 
     smolvm runs in a process group of its own so that, when the time is up (or the caller is
     interrupted), it is killed together with anything it started in that group, and nothing
-    left holding its pipes can stall the read. Each stderr line goes to `on_line` as it comes.
+    left holding its pipes can stall the read. Each stderr line goes to `on_line` as it comes,
+    an `OutputLine` (a `str`) that says whether smolvm redraws it in place.
     An interrupt (a signal whose handler raises) at any point, even while the child is still
     starting, kills and reaps it before the exception goes on. `timeout`: None or infinity is
     no limit.
@@ -707,8 +802,310 @@ def run_attached(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -
         raise
 
 
+# smolvm prints its own failure as one last line, `Error: <Display>`, on the stderr that also
+# carries the guest's (src/main.rs); see `run_streamed`.
+_ERROR_START = b"Error: "
+# A last line longer than this is the guest's: smolvm's own are short.
+_HELD_MAX = 64 * 1024
+# After the child is gone, how long its stderr may stay open (a process it left behind holding
+# the pipe) before the copy stops waiting for it.
+_STDERR_GRACE = 5.0
+
+
+def _write_all_quietly(fd: int, data: bytes) -> bool:
+    """Write all of `data` to `fd`; False once `fd` takes no more (closed, a reader gone)."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        return False
+    return True
+
+
+# What bottle's wrapper around a guest command (bottle.backend.smolmachines) writes on its
+# stderr before the command: `bottle-exec NONCE run` as it hands over to the command, or
+# `bottle-exec NONCE refused: <id's output>` when it will not run it (then it exits 125).
+MARK_RUN = "run"
+MARK_REFUSED = "refused: "
+# A longer first line is not the wrapper's (`id` lists the groups, a few hundred bytes).
+_MARK_MAX = 64 * 1024
+
+
+def mark_prefix(nonce: str) -> str:
+    """The start of each line the wrapper of the call with `nonce` writes."""
+    return f"bottle-exec {nonce} "
+
+
+class Marks:
+    """The wrapper's lines, taken out of a guest command's stderr (`run_streamed`'s `marks`).
+
+    Until one of them has come, a line on stderr is held only while it could still be one (its
+    start so far is the nonce's prefix): what comes before the wrapper's line is smolvm's own,
+    written in whole lines, and the command has not started. After it, nothing is held.
+    `started`: the command was handed over to (so it may have run, printed, read input).
+    `refusal`: the wrapper's refusal (the guest's `id` output): the command did not run.
+    `settled` is set once either is known, or stderr has ended without them.
+    """
+
+    def __init__(self, nonce: str) -> None:
+        self._prefix = mark_prefix(nonce).encode()
+        self.started = False
+        self.refusal: str | None = None
+        self.settled = threading.Event()
+        self._held = b""
+        self._passing = False  # within a line that is not the wrapper's: through to its end
+
+    def filter(self, data: bytes) -> bytes:
+        """What of `data` goes on (held bytes included once they cannot be a mark)."""
+        if self.settled.is_set():
+            return data
+        data, self._held = self._held + data, b""
+        out = bytearray()
+        while data:
+            end = data.find(b"\n") + 1
+            line = data[:end] if end else data
+            if self._passing:
+                out += line
+                self._passing = not end
+            elif len(line) > _MARK_MAX or not (
+                line.startswith(self._prefix) or self._prefix.startswith(line)
+            ):
+                self._passing = True
+                continue
+            elif not end:
+                self._held = line  # it may still become the wrapper's line
+            else:
+                word = line[len(self._prefix) : -1].decode("utf-8", "replace")
+                if word == MARK_RUN:
+                    self.started = True
+                elif word.startswith(MARK_REFUSED):
+                    self.refusal = word[len(MARK_REFUSED) :]
+                else:
+                    out += line  # the wrapper's shape, not its word: nobody's to drop
+                    data = data[len(line) :]
+                    continue
+                self.settled.set()
+                return bytes(out + data[end:])
+            data = data[len(line) :]
+        return bytes(out)
+
+    def end(self) -> bytes:
+        """stderr has ended: what is still held goes on."""
+        held, self._held = self._held, b""
+        self.settled.set()
+        return held
+
+
+def _forward_input(pipe: IO[bytes], marks: Marks, stop: int) -> None:
+    """Copy this process's stdin to `pipe` once the wrapper has handed over to the command,
+    its end included; stop (closing `pipe`) when `stop` becomes readable. A refusal, or a
+    command killed before it started, takes nothing from stdin."""
+    try:
+        marks.settled.wait()
+        if not marks.started:
+            return
+        with selectors.DefaultSelector() as sel:
+            try:
+                sel.register(0, selectors.EVENT_READ)
+                sel.register(stop, selectors.EVENT_READ)
+                waits = True
+            except PermissionError:
+                # epoll takes no regular file (nor /dev/null): a read of one never waits, and
+                # its copy ends at its end or when the command has gone.
+                waits = False
+            while True:
+                if waits and any(key.fd == stop for key, _ in sel.select()):
+                    return
+                try:
+                    chunk = os.read(0, 65536)
+                except BlockingIOError:  # a non-blocking stdin, shared: not ours to change
+                    continue
+                if not chunk:
+                    return  # its end: closing the pipe hands it on
+                if not _write_all_quietly(pipe.fileno(), chunk):
+                    return  # the command (or smolvm) is gone
+    except (OSError, ValueError):
+        pass  # stdin closed or unreadable: the command reads its end
+    finally:
+        _close_quietly(pipe)
+
+
+class _StderrCopy:
+    """A child's stderr, copied to this process's as it comes (in a thread of its own), but
+    for a last line that starts like smolvm's `Error: `: whether that line is smolvm's is known
+    only at the end, so it is held until more output comes or the child has exited. With
+    `capture`, nothing is copied: all of it is kept for the caller. With `marks`, the guest
+    wrapper's lines are taken out first."""
+
+    def __init__(self, pipe: IO[bytes], *, capture: bool, marks: Marks | None = None) -> None:
+        self._pipe = pipe
+        self._capture = capture
+        self._marks = marks
+        self.kept = bytearray()
+        self._thread = threading.Thread(target=self._copy, name="bottle-stderr", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        held = b""
+        shown = True
+        marks = self._marks
+        try:
+            while chunk := os.read(self._pipe.fileno(), 65536):
+                if marks is not None:
+                    chunk = marks.filter(chunk)
+                    if not chunk:
+                        continue
+                if self._capture:
+                    self.kept += chunk
+                    continue
+                data = held + chunk
+                start = data.rfind(b"\n", 0, len(data) - 1) + 1  # the last line and its newline
+                last = data[start:]
+                held = b""
+                if len(last) <= _HELD_MAX and (
+                    last.startswith(_ERROR_START) or _ERROR_START.startswith(last)
+                ):
+                    data, held = data[:start], last
+                if shown and data:
+                    # A stderr that takes no more (closed) must not stop the child: drain on.
+                    shown = _write_all_quietly(2, data)
+        except OSError:
+            pass
+        finally:
+            if marks is not None:
+                held += marks.end()
+            self.kept += held
+            # Closed here, by the one thread that reads it: closed from another, its number
+            # could be reused while a read still waits on it.
+            _close_quietly(self._pipe)
+
+    def finish(self) -> bytes:
+        """What was kept, once the child's stderr has ended (or, if something the child left
+        behind holds it open, after a grace: the copy then goes on by itself)."""
+        self._thread.join(_STDERR_GRACE)
+        return bytes(self.kept)
+
+
+def _close_quietly(pipe: IO[bytes] | None) -> None:
+    if pipe is not None:
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+
+def run_streamed(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: int | None = None,
+    stdout: int | None = None,
+    feed: Callable[[IO[bytes]], None] | None = None,
+    drain: Callable[[IO[bytes]], None] | None = None,
+    capture_stderr: bool = False,
+    marks: Marks | None = None,
+    judge: Callable[[int, str], bool] | None = None,
+) -> tuple[int, str]:
+    """Run `argv` (a smolvm exec), its output passing through untouched; return (status, text).
+
+    `stdin` and `stdout`: None gives the child this process's own (what the guest writes
+    reaches it byte for byte, as it comes; what the user types or pipes reaches the guest),
+    `subprocess.DEVNULL` none, `subprocess.PIPE` a pipe that `feed(pipe)` fills (the pipe is
+    then closed: the guest reads its end) or `drain(pipe)` empties. stderr is copied to this
+    process's as it comes, all but a last line in smolvm's own error shape (`Error: vm not
+    found: …`) when the status is 1: that line is smolvm's failure, not the guest's output,
+    and is returned instead, for the caller to report (`classify_failure`). Any other failing
+    last line that starts `Error: ` goes to `judge(status, line)`, which says whether it is
+    smolvm's after all (a newer smolvm's words look just like a guest's line: see
+    `Smolvm.settle_exec_failure`): returned if so, shown if not. Otherwise the text is empty.
+    With `capture_stderr` stderr is not shown: all of it is the returned text.
+
+    With `marks` the guest command is bottle's wrapper around the real one: its lines are taken
+    out of stderr (`marks` says what they were), and `stdin=None` forwards this process's stdin
+    through a pipe only once the wrapper has handed over to the command, so that a refusal or
+    a kill before the command started has taken none of it.
+
+    An interrupt at any point, even while the child is still starting, kills and reaps it
+    before the exception goes on. The status is the child's (negative: killed by a signal).
+    """
+    forward = marks is not None and stdin is None
+    held = _HeldSignals()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE if forward else stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=None if env is None else dict(env),
+        )
+    except BaseException:
+        held.release()
+        raise
+    assert proc.stderr is not None
+    copy = _StderrCopy(proc.stderr, capture=capture_stderr, marks=marks)
+    forwarder = None
+    try:
+        if forward:
+            assert marks is not None and proc.stdin is not None
+            stop_r, stop_w = os.pipe()
+            forwarder = threading.Thread(
+                target=_forward_input, args=(proc.stdin, marks, stop_r), name="bottle-stdin",
+                daemon=True,
+            )  # fmt: skip
+            forwarder.start()
+        held.release()
+        if feed is not None and proc.stdin is not None:
+            try:
+                feed(proc.stdin)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the guest stopped reading: its status says why
+        if drain is not None and proc.stdout is not None:
+            drain(proc.stdout)
+        status = proc.wait()
+    except BaseException:
+        _kill(proc, group=False)
+        raise
+    finally:
+        if forwarder is None:
+            _close_quietly(proc.stdin)
+        _close_quietly(proc.stdout)
+        kept = copy.finish()
+        if forwarder is not None:
+            _stop_forwarding(forwarder, marks, stop_r, stop_w)
+    text = kept.decode("utf-8", "replace")
+    if capture_stderr:
+        return status, text
+    line = text.rstrip("\r\n")
+    if status == 1 and "\n" not in line and _SMOLVM_ERROR.match(line):
+        return status, line
+    if (
+        judge is not None and status != 0 and "\n" not in line and line.startswith("Error: ")
+        and judge(status, line)
+    ):  # fmt: skip
+        return status, line
+    _write_all_quietly(2, kept)
+    return status, ""
+
+
+def _stop_forwarding(
+    forwarder: threading.Thread, marks: Marks | None, stop_r: int, stop_w: int
+) -> None:
+    """The child is gone: stop copying stdin to it (the forwarder owns, and closes, its pipe)."""
+    assert marks is not None
+    marks.settled.set()  # a forwarder still waiting to hear from the wrapper never will
+    os.write(stop_w, b"x")
+    forwarder.join(_STDERR_GRACE)
+    os.close(stop_w)
+    if not forwarder.is_alive():  # else it may still select on it
+        os.close(stop_r)
+
+
 class Smolvm:
     """Runs smolvm subcommands; finds the executable and checks its version on first use."""
+
+    # Whether what its guests answer may be kept for later processes (`bottle._cache`): not for
+    # a stand-in that only assumes the answers (the dry run's).
+    keeps_guest_answers = True
 
     def __init__(
         self,
@@ -729,6 +1126,7 @@ class Smolvm:
         self._environ = environ
         self._path: str | None = None
         self._version: tuple[int, int, int] | None = None
+        self._identity: Identity | None = None
         self._exec_user_option: bool | None = None
         self.timeouts = timeouts
 
@@ -766,6 +1164,19 @@ class Smolvm:
         return self._path
 
     @property
+    def identity(self) -> Identity:
+        """The file identity of the smolvm in use (`bottle.smolvm.identity`), taken once."""
+        if self._identity is None:
+            path = self.path
+            try:
+                self._identity = identity(path)
+            except OSError as exc:
+                raise SmolvmNotFoundError(
+                    f"smolvm at {path} cannot be used: {exc.strerror}", filename=path
+                ) from None
+        return self._identity
+
+    @property
     def version(self) -> tuple[int, int, int]:
         """The installed smolvm version (read once)."""
         self.path  # noqa: B018 - resolves and checks
@@ -778,9 +1189,14 @@ class Smolvm:
         return _fmt(self.version)
 
     def has_exec_user_option(self) -> bool:
-        """Whether `smolvm machine exec --help` offers `--user` (no release up to 1.9.3 does)."""
+        """Whether `smolvm machine exec --help` offers `--user` (none up to 1.9.3 does; 1.14.0
+        and later do, by smolvm's pull request #1148)."""
         if self._exec_user_option is None:
-            key = _cache_key(self.path)
+            key = self.identity
+            if key not in _exec_user_cache:
+                kept = _facts(key).get("exec_user_option")
+                if isinstance(kept, bool):
+                    _exec_user_cache[key] = kept
             if key not in _exec_user_cache:
                 ran = run_captured(
                     [self.path, "machine", "exec", "--help"], timeout=self.timeouts.probe
@@ -788,6 +1204,8 @@ class Smolvm:
                 text = ran[1] if ran is not None and ran[0] == 0 else ""
                 found = re.search(r"^\s*(-u, )?--user\b", text, re.M) is not None
                 _exec_user_cache[key] = found
+                if ran is not None and ran[0] == 0:  # a failed probe is asked again next time
+                    _remember(key, exec_user_option=found)
             self._exec_user_option = _exec_user_cache[key]
         return self._exec_user_option
 
@@ -833,7 +1251,62 @@ class Smolvm:
         status, out, err = ran
         proc = subprocess.CompletedProcess(argv, status, out, err)
         error = classify_failure(argv, status, err, machine=machine, guest=guest)
+        if guest and machine is not None:
+            error = self.settle_exec_failure(argv, status, err, machine=machine, error=error)
         return proc, error
+
+    def settle_exec_failure(
+        self,
+        argv: Sequence[str],
+        returncode: int,
+        stderr: str,
+        *,
+        machine: str,
+        error: SmolvmCommandError | None,
+    ) -> SmolvmCommandError | None:
+        """`error` (what `classify_failure(..., guest=True)` read in `stderr`), settled by the
+        machine's state when the text leaves open what failed: a last line in smolvm's `Error: `
+        shape that names no cause bottle knows. Then gone is `MachineNotFoundError`, never started
+        (`created`) `MachineNotRunningError`, any other state but running `ConnectionLostError`;
+        still running leaves it as it was (a guest's own status, or smolvm's error as read).
+        Anything else costs nothing: `error` comes back as it was."""
+        if not _unsettled(returncode, stderr, error):
+            return error
+        try:
+            state = self.state(machine)
+        except BottleError as exc:  # best effort: what the text said stands
+            log.debug("machine %r: state probe after a failed exec failed: %s", machine, exc)
+            return error
+        if state == "running":
+            return error
+        said = _last_line(stderr).removeprefix("Error: ")
+        sub = " ".join(argv[1:3])
+        if state is None:
+            return MachineNotFoundError(
+                f"smolvm {sub} failed (machine {machine!r}): {said}; machine {machine!r} does "
+                "not exist",
+                argv=argv,
+                returncode=returncode,
+                stderr=stderr,
+                machine=machine,
+            )
+        if state == "created":
+            return MachineNotRunningError(
+                f"smolvm {sub} failed (machine {machine!r}): {said}; machine {machine!r} has "
+                "never been started",
+                argv=argv,
+                returncode=returncode,
+                stderr=stderr,
+                machine=machine,
+            )
+        return ConnectionLostError(
+            f"connection to the VM lost: machine {machine!r} is {state} after smolvm {sub} "
+            f"failed: {said}",
+            argv=argv,
+            returncode=returncode,
+            stderr=stderr,
+            machine=machine,
+        )
 
     def run(
         self,
@@ -866,6 +1339,7 @@ class Smolvm:
         network: bool = False,
         allow_hosts: Sequence[str] = (),
         allow_cidrs: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
         on_line: Callable[[str], None] | None = None,
     ) -> None:
         """Create a machine (raises `MachineExistsError` if the name is taken)."""
@@ -877,6 +1351,7 @@ class Smolvm:
             network=network,
             allow_hosts=allow_hosts,
             allow_cidrs=allow_cidrs,
+            labels=labels,
         )
         self.run(
             args,

@@ -19,7 +19,6 @@ from harness.backend import image_machine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bottle import smolvm as sv
 from bottle.agent_provider import PROVIDERS, PromptMode, agent_args, get_provider, prompt_args
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottle, home_for
@@ -31,10 +30,30 @@ AS_NODE = ["runuser", "-u", "node", "--", "env", "HOME=/home/node", "USER=node"]
 
 @pytest.fixture
 def machine(fake_smolvm: Any) -> str:
-    """A running machine whose guest commands run as root, with a `node` user (like node:22)."""
-    sv.clear_version_cache()
+    """A running machine whose guest commands run as root, with a `node` user (like node:22), on
+    a smolvm without `exec --user` (before 1.14.0), so bottle switches with runuser; the command
+    lines with smolvm's own option are test_agent_argv_with_smolvms_user_option's."""
+    fake_smolvm.set_fault(VERSION="1.9.3")
     image_machine(fake_smolvm, "m")
     return "m"
+
+
+@pytest.mark.parametrize("version", ["1.14.0", "1.16.0"])
+def test_agent_argv_with_smolvms_user_option(fake_smolvm: Any, version: str) -> None:
+    # From release notes, not source: smolvm PR #1148's `exec --user` (1.14.0). bottle sees it
+    # in `exec --help` and hands the user to smolvm: no runuser, nothing to learn first.
+    fake_smolvm.set_fault(VERSION=version)
+    image_machine(fake_smolvm, "m")
+    b = SmolmachinesBottle("m", secret_env={"TOKEN": "v"})
+    assert b.agent_argv(["--resume", "x"]) == [
+        *EXEC, "-i", "-t", "-w", "/home/node", "--user", "node", "-e", "TOKEN", "--",
+        "env", "HOME=/home/node", "USER=node", "claude", "--resume", "x",
+    ]  # fmt: skip
+    assert SmolmachinesBottle("m", agent_user="root").agent_argv([], tty=False) == [
+        *EXEC, "-i", "-w", "/root", "--user", "root", "--", "env", "HOME=/root", "USER=root",
+        "claude",
+    ]  # fmt: skip
+    assert [c[1:2] + c[-1:] for c in fake_smolvm.calls()[1:]] == [["exec", "--help"]]
 
 
 def test_agent_argv_default_shape_tty_and_not(machine: str) -> None:

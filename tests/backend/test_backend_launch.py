@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,6 @@ BOTTLE = [sys.executable, "-m", "bottle"]
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 def _backend(**timeouts: float) -> SmolmachinesBottleBackend:
@@ -100,7 +97,7 @@ def _create_call(fake_smolvm: Any) -> list[str]:
 def test_registry_image_gets_networking_by_default(fake_smolvm: Any) -> None:
     with _backend().launch(LaunchSpec("m1", image=AGENT_IMAGE)) as bottle:
         assert bottle.exec("id -un").stdout == "node\n"
-    assert _create_call(fake_smolvm)[-1] == "--net"
+    assert "--net" in _create_call(fake_smolvm)
 
 
 def test_local_image_stays_offline_unless_asked(fake_smolvm: Any, tmp_path: Path) -> None:
@@ -112,7 +109,7 @@ def test_local_image_stays_offline_unless_asked(fake_smolvm: Any, tmp_path: Path
     assert "--net" not in _create_call(fake_smolvm)
     with _backend().launch(LaunchSpec("m2", image=str(archive), network=True)):
         pass
-    assert [c for c in fake_smolvm.calls() if c[1:2] == ["create"]][-1][-1] == "--net"
+    assert "--net" in [c for c in fake_smolvm.calls() if c[1:2] == ["create"]][-1]
 
 
 def test_cli_no_net_with_a_registry_image_is_one_clear_line(fake_smolvm: Any) -> None:
@@ -143,12 +140,15 @@ def test_progress_reports_each_step_and_smolvms_lines(
         ("creating", False), ("creating", True),
         ("starting", False), ("starting", True),
         ("provisioning", False), ("provisioning", True),
+        # The way down is reported too: a teardown is never a silent minute.
+        ("stopping", False), ("stopping", True),
+        ("deleting", False), ("deleting", True),
     ]  # fmt: skip
     lines = [e.line for e in events if e.line is not None and e.step == "starting"]
     assert "Starting machine 'm1'..." in lines  # smolvm's own stderr line, as it came
     assert all(e.machine == "m1" and e.elapsed >= 0 for e in events)
     logged = [r.getMessage() for r in caplog.records]
-    for step in ("creating", "starting", "provisioning"):
+    for step in ("creating", "starting", "provisioning", "stopping", "deleting"):
         assert f"{step} machine 'm1'" in logged
         assert any(m.startswith(f"{step} machine 'm1': done in ") for m in logged)
 
@@ -157,10 +157,14 @@ def test_progress_carries_smolvms_image_pull_lines(fake_smolvm: Any) -> None:
     events: list[Progress] = []
     with _backend().launch(LaunchSpec("m1", image=ROOT_IMAGE), progress=events.append):
         pass
-    pulled = [e.line for e in events if e.line and e.line.startswith("Pulling image")]
-    # Each redraw of smolvm's progress bar (src/cli/mod.rs) is a line of its own.
-    assert any("50%" in line for line in pulled)
-    assert pulled[-1].startswith(f"Pulling image {ROOT_IMAGE}... done.")
+    pulled = [e for e in events if e.line and e.line.startswith("Pulling image")]
+    # Each redraw of smolvm's progress bar (src/cli/mod.rs) is a report of its own, marked as
+    # redrawn (smolvm ends it with "\r"); the last state, which smolvm ends with "\n", is not.
+    assert any(e.line and "50%" in e.line and e.redrawn for e in pulled)
+    assert pulled[-1].line and pulled[-1].line.startswith(f"Pulling image {ROOT_IMAGE}... done.")
+    assert not pulled[-1].redrawn
+    others = [e for e in events if e.line and not e.line.startswith("Pulling image")]
+    assert others and not any(e.redrawn for e in others)
 
 
 def test_bottle_launch_shows_progress_on_a_terminal(fake_smolvm: Any) -> None:
@@ -174,7 +178,7 @@ def test_bottle_launch_shows_progress_on_a_terminal(fake_smolvm: Any) -> None:
     assert b"bottle: starting 'm1'" in out
     assert b"Starting machine 'm1'..." in out
     assert b"bottle: starting 'm1' \xe2\x80\xa6 1 s" in out  # the elapsed time, redrawn
-    assert b"bottle: starting 'm1': done in" in out
+    assert "bottle: starting 'm1' … done in".encode() in out
     assert out.index(b"done in") < out.index(b"agent-here")
     fake_smolvm.set_fault(START_DELAY=None)  # both lines would show at once: no need to wait
     quiet = run_in_pty(
@@ -186,22 +190,34 @@ def test_bottle_launch_shows_progress_on_a_terminal(fake_smolvm: Any) -> None:
     assert b"Starting machine" not in quiet.output
 
 
-def test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal(fake_smolvm: Any) -> None:
+def test_bottle_launch_shows_one_line_per_step_when_stderr_is_not_a_terminal(
+    fake_smolvm: Any,
+) -> None:
     import subprocess
 
+    argv = [*BOTTLE, "launch", "-n", "m1", "--user", "root", "--no-tty", "--agent-command",
+            "/bin/sh", "--", "-c", "echo agent-here"]  # fmt: skip
     proc = subprocess.run(
-        [*BOTTLE, "launch", "-n", "m1", "--user", "root", "--no-tty", "--agent-command",
-         "/bin/sh", "--", "-c", "echo agent-here"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "agent-here\n"
-    # No progress display; only, with a smolvm older than 1.8.1 (pytest --fake-smolvm-version),
-    # the one warning about large pastes.
+    # One plain line per step, with its duration (nothing redrawn: no "\r", no escapes); and,
+    # with a smolvm older than 1.8.1 (pytest --fake-smolvm-version), the warning about pastes.
     release = tuple(int(n) for n in os.environ.get("FAKE_SMOLVM_VERSION", "1.9.3").split("."))
-    warned = [line for line in proc.stderr.splitlines() if "is older than 1.8.1" in line]
-    assert proc.stderr.splitlines() == warned, proc.stderr
-    assert len(warned) == (1 if release < (1, 8, 1) else 0), proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "is older than 1.8.1" not in ln]
+    assert len(proc.stderr.splitlines()) - len(lines) == (1 if release < (1, 8, 1) else 0)
+    steps = ["creating", "starting", "provisioning", "stopping", "deleting"]
+    assert len(lines) == len(steps), proc.stderr
+    for line, step in zip(lines, steps, strict=True):
+        assert re.fullmatch(rf"bottle: {step} 'm1' … done in \d+\.\d s", line), line
+    assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
+    quiet = subprocess.run(
+        [*argv[:3], "-q", *argv[3:]], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert (quiet.returncode, quiet.stdout) == (0, "agent-here\n")
+    assert " … " not in quiet.stderr
 
 
 # --- time limits --------------------------------------------------------------------------------
@@ -232,6 +248,11 @@ def test_teardown_never_hangs_on_a_wedged_smolvm(
         fake_smolvm.set_fault(DELAY_STOP=60, DELAY_DELETE=60)
         raise RuntimeError("the agent failed")
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any("teardown: stop of machine 'm1' failed" in m and "within 1 s" in m for m in errors)
-    assert any("teardown: delete of machine 'm1' failed" in m for m in errors)
-    assert fake_smolvm.subcommands()[-2:] == ["stop", "delete"]
+    stopped = [i for i, m in enumerate(errors) if "teardown: stop of machine 'm1' failed" in m]
+    deleted = [i for i, m in enumerate(errors) if "teardown: delete of machine 'm1' failed" in m]
+    assert len(stopped) == len(deleted) == 1 and stopped < deleted, errors
+    assert "within 1 s" in errors[stopped[0]] and "within 1 s" in errors[deleted[0]], errors
+    # The fake logs a call once its Python is up, which a loaded machine can put off past the
+    # 1 s limit: a call stopped before that is missing from its log (seen), never out of order.
+    teardown = [c for c in fake_smolvm.subcommands() if c in ("stop", "delete")]
+    assert teardown in ([], ["stop"], ["delete"], ["stop", "delete"]), teardown

@@ -19,8 +19,6 @@ import pytest
 from harness.backend import agent_session, image_machine
 from harness.terminal import user_terminal, wait_status, wait_until
 
-from bottle import smolvm as sv
-
 IMPLEMENTATIONS = {
     "native": {"BOTTLE_REQUIRE_EXTENSION": "1"},
     "pure": {"BOTTLE_NO_EXTENSIONS": "1"},
@@ -35,10 +33,6 @@ GUEST = (
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 @pytest.mark.parametrize("route", ["api", "cli"])

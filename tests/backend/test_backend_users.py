@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from bottle import smolvm as sv
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottle, SmolmachinesBottleBackend
 from bottle.errors import GuestUserError
@@ -25,10 +24,6 @@ FAST = RetryPolicy(attempts=2, delay=0.01)
 IMAGE = "bottle-test/agent:1"  # a registry reference in the fake's image table, USER node
 ID = 'printf "%s|%s|%s|%s" "$(id -un)" "$HOME" "$USER" "$(pwd)"'
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 @pytest.fixture
@@ -39,7 +34,6 @@ def node_image(fake_smolvm: Any, require_node_user: Any) -> str:
 
 def _version(fake_smolvm: Any, version: str) -> None:
     fake_smolvm.set_fault(VERSION=version)
-    sv.clear_version_cache()
 
 
 def _execs(fake_smolvm: Any) -> list[list[str]]:
@@ -152,13 +146,16 @@ def test_bare_vm_runs_as_root(fake_smolvm: Any, version: str, capfd: Any) -> Non
     assert not any("runuser" in _guest_part(c) for c in _execs(fake_smolvm))
 
 
-# --- smolvm's own user option, where a (future) smolvm has one ---------------------------------
+# --- smolvm's own user option (1.14.0 and later) -----------------------------------------------
 
 
+@pytest.mark.parametrize("version", ["1.14.0", "1.16.0"])
 def test_smolvms_user_option_is_used_when_exec_help_shows_it(
-    fake_smolvm: Any, node_image: str, shared_dir: Path
+    fake_smolvm: Any, node_image: str, shared_dir: Path, version: str
 ) -> None:
-    fake_smolvm.set_fault(EXEC_USER_OPTION=1)
+    # From release notes, not source: smolvm PR #1148 (`--user`, 1.14.0). On an image whose
+    # USER is node, root is out of reach without it (test_image_user_node_* above).
+    _version(fake_smolvm, version)
     fake_smolvm.create("m", image=node_image)
     b = SmolmachinesBottle("m", agent_command="/bin/sh", agent_prompt_mode="none", retry=FAST)
     assert b.exec("id -un", user="root").stdout == "root\n"
@@ -167,8 +164,17 @@ def test_smolvms_user_option_is_used_when_exec_help_shows_it(
     assert [c[c.index("--user") + 1] for c in calls] == ["root", "node"]
     assert not any(_guest_part(c) == ["id"] for c in calls)  # nothing to learn
     assert not any("runuser" in _guest_part(c) for c in calls)
-    assert b.agent_argv(["x"])[5:9] == ["-i", "-t", "-w", "/home/node"]
-    assert "--user" in b.agent_argv(["x"])
+    assert b.agent_argv(["x"])[5:11] == ["-i", "-t", "-w", "/home/node", "--user", "node"]
+    assert b.exec_agent(["-c", "id -un"], tty=False) == 0
+    assert b.run_agent(["-c", "exit 1"], tty=False).error is None  # the agent's own status
+
+
+def test_no_user_option_before_1_14_0(fake_smolvm: Any, node_image: str) -> None:
+    _version(fake_smolvm, "1.13.1")
+    fake_smolvm.create("m", image=node_image)
+    result = SmolmachinesBottle("m", retry=FAST).exec("id -un", user="root")
+    assert isinstance(result.error, GuestUserError)
+    assert not any("--user" in c for c in _execs(fake_smolvm))
 
 
 # --- cp_in owner -------------------------------------------------------------------------------

@@ -40,10 +40,6 @@ from bottle.errors import (
 pytestmark = pytest.mark.usefixtures("test_images")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
@@ -338,7 +334,7 @@ CLI_CASES: list[tuple[list[str], str]] = [
     ([*LAUNCH, "--backend", "qemu"], "unknown backend 'qemu'"),
     ([*LAUNCH, "--prompt-file", "/nonexistent/p.md"], "does not exist"),
     ([*LAUNCH, "--prompt-file", "/etc"], "is a directory"),
-    (["cp", "-n", "m", "/etc", "/x"], "is a directory; only regular files can be copied"),
+    (["cp", "-n", "m", "/dev/null", "/x"], "is not a regular file"),
     (["cp", "-n", "m", "/nonexistent/f", "/x"], "does not exist"),
     (["cp", "-n", "m", "/etc/passwd", "../x"], "must be absolute"),
     (["agent", "-n", "m", "--user", "root:x"], "invalid user name 'root:x'"),

@@ -39,7 +39,6 @@ from harness.terminal import user_terminal, wait_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bottle import smolvm as sv
 from bottle.backend import terminal
 from bottle.backend.smolmachines import SmolmachinesBottle, SmolmachinesBottleBackend
 from bottle.backend.terminal import decoration, exec_shell_script
@@ -47,10 +46,6 @@ from bottle.errors import InvalidInputError
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 ESC = "\x1b"

@@ -20,7 +20,6 @@ import pytest
 from harness.backend import ROOT_IMAGE, guest_execs, image_machine
 from harness.terminal import run_in_pty
 
-from bottle import smolvm as sv
 from bottle.agent_provider import prompt_args
 from bottle.backend import Bottle, ExecResult, LaunchSpec
 from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottle, SmolmachinesBottleBackend
@@ -36,10 +35,6 @@ FAST = RetryPolicy(attempts=2, delay=0.01)
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 def _machine(fake_smolvm: Any, name: str = "m", **fields: Any) -> None:

@@ -29,10 +29,6 @@ CODEX = ["--allow-host", "api.openai.com", "--allow-host", "auth.openai.com",
 pytestmark = pytest.mark.usefixtures("test_images")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
 
 @pytest.fixture(autouse=True)
 def _hosts(request: pytest.FixtureRequest) -> None:

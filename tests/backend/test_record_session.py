@@ -22,7 +22,6 @@ import pytest
 from harness.backend import CLI_FAILURE, LAUNCH, image_machine, root_spec
 from harness.terminal import run_in_pty
 
-from bottle import smolvm as sv
 from bottle.backend.smolmachines import SmolmachinesBottle, SmolmachinesBottleBackend
 from bottle.errors import InvalidInputError, MachineNotRunningError, SmolvmError
 from bottle.relay import Recording
@@ -34,10 +33,6 @@ AGENT = "printf 'agent-here \\342\\202\\254 \\033[32mgreen\\033[0m\\n'; echo sha
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 @pytest.fixture

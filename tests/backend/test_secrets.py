@@ -36,7 +36,6 @@ from harness.backend import (
 )
 from harness.terminal import run_in_pty, terminal_on_stdio, user_terminal, wait_status
 
-from bottle import smolvm as sv
 from bottle.backend import LaunchSpec
 from bottle.backend.smolmachines import RetryPolicy, SmolmachinesBottle, SmolmachinesBottleBackend
 from bottle.errors import (
@@ -50,10 +49,6 @@ NAME = "BOTTLE_TOKEN"
 
 pytestmark = pytest.mark.usefixtures("test_images")
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 @pytest.fixture

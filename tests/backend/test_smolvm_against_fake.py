@@ -20,8 +20,7 @@ from bottle.errors import (
 
 
 @pytest.fixture(autouse=True)
-def _fresh_version_cache(fake_smolvm: FakeSmolvm) -> None:
-    sv.clear_version_cache()
+def _smolvm_1_9_3(fake_smolvm: FakeSmolvm) -> None:
     fake_smolvm.set_fault(VERSION=None)  # these tests describe 1.9.3
 
 

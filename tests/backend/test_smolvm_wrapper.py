@@ -8,6 +8,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,12 +27,6 @@ from bottle.errors import (
     SmolvmUsageError,
     SmolvmVersionError,
 )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
-
 
 # --- argv builders ---------------------------------------------------------------------
 
@@ -406,6 +401,18 @@ def test_run_captured_reports_stderr_lines_as_they_come(tmp_path: Path) -> None:
         "Pulling image a... [==  ]", "Pulling image a... [====]", "Pulling image a... done.",
         "tail",
     ]  # fmt: skip
+    # Each says whether smolvm redraws it in place (a bare "\r" ends it) or leaves it.
+    assert [getattr(line, "redrawn", None) for line in lines] == [True, True, False, False]
+
+
+def test_a_line_ended_by_cr_lf_is_a_line_even_split_across_reads() -> None:
+    # "\r" at the end of one read may be the first half of "\r\n": not a redraw.
+    script = "printf 'one\\r' >&2; sleep 0.3; printf '\\ntwo\\r' >&2; sleep 0.3; printf x >&2"
+    lines: list[str] = []
+    ran = sv.run_captured(["sh", "-c", script], on_line=lines.append, timeout=30)
+    assert ran is not None and ran[0] == 0
+    assert [(str(x), getattr(x, "redrawn", None)) for x in lines] == [
+        ("one", False), ("two", True), ("x", False)]  # fmt: skip
 
 
 def test_run_captured_timeout_kills_the_whole_group(tmp_path: Path) -> None:
@@ -476,3 +483,73 @@ def test_an_infinite_timeout_is_no_limit(tmp_path: Path) -> None:
     exe = _exe(tmp_path / "smolvm", "#!/bin/sh\necho 'smolvm 1.9.3'\n")
     s = sv.Smolvm(str(exe), timeouts=sv.Timeouts(stop=math.inf))
     s.stop("m")
+
+
+# --- the guest wrapper's lines (Marks) and run_streamed around them ----------------------
+
+NONCE = "0123456789abcdef"
+RUN = f"bottle-exec {NONCE} run\n".encode()
+REFUSED = f"bottle-exec {NONCE} refused: uid=0(root) gid=0(root)\n".encode()
+
+
+def filtered(stream: bytes, cut: int) -> tuple[bytes, sv.Marks]:
+    """`stream` through a Marks in pieces of `cut` bytes (every split a pipe could make)."""
+    marks = sv.Marks(NONCE)
+    out = b"".join(marks.filter(stream[i : i + cut]) for i in range(0, len(stream), cut))
+    return out + marks.end(), marks
+
+
+@pytest.mark.parametrize("cut", [1, 2, 7, 100])
+def test_marks_take_out_the_wrappers_lines_and_only_those(cut: int) -> None:
+    out, marks = filtered(RUN + b"bottle-exec " + RUN + b"err\n", cut)
+    assert (out, marks.started, marks.refusal) == (b"bottle-exec " + RUN + b"err\n", True, None)
+    out, marks = filtered(REFUSED, cut)
+    assert (out, marks.started, marks.refusal) == (b"", False, "uid=0(root) gid=0(root)")
+    # smolvm's own lines before the wrapper's pass; so does a line of the wrapper's shape with
+    # another nonce, or a word it never says; a line cut short at the end is given back.
+    other = b"WARN smolvm: slow\nbottle-exec 0000000000000000 run\n"
+    unknown = f"bottle-exec {NONCE} what\n".encode()
+    out, marks = filtered(other + unknown + RUN + b"bottle-ex", cut)
+    assert (out, marks.started) == (other + unknown + b"bottle-ex", True)
+    out, marks = filtered(b"bottle-exe", cut)
+    assert (out, marks.started, marks.settled.is_set()) == (b"bottle-exe", False, True)
+    overlong = f"bottle-exec {NONCE} ".encode() + b"x" * (64 * 1024 + 1) + b"\n"
+    out, marks = filtered(overlong + RUN, cut if cut > 2 else 4096)
+    assert (out, marks.started) == (overlong, True)
+
+
+def wrapper(line: bytes, then: str) -> list[str]:
+    return ["sh", "-c", f'printf "%s" "$1" >&2; {then}', "sh", line.decode()]
+
+
+@pytest.mark.parametrize(("line", "then", "taken"), [
+    (REFUSED, "exit 125", b""),  # refused: nothing read
+    (b"", "exit 137", b""),  # killed before the wrapper spoke: nothing read
+    (RUN, "exec cat", b"typed\n"),  # handed over: the command reads it all
+])  # fmt: skip
+@pytest.mark.parametrize("kind", ["pipe", "file"])  # epoll takes no regular file
+def test_stdin_goes_to_a_wrapped_command_only_once_it_started(
+    capfdbinary: Any, tmp_path: Path, line: bytes, then: str, taken: bytes, kind: str
+) -> None:
+    saved = os.dup(0)
+    try:
+        if kind == "pipe":
+            r, w = os.pipe()
+            os.write(w, b"typed\n")
+            os.close(w)
+        else:
+            (tmp_path / "in").write_bytes(b"typed\n")
+            r = os.open(tmp_path / "in", os.O_RDONLY)
+        os.dup2(r, 0)
+        os.close(r)
+        marks = sv.Marks(NONCE)
+        status, said = sv.run_streamed(wrapper(line, then), marks=marks)
+        left = os.read(0, 100)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+    out, err = capfdbinary.readouterr()
+    assert (out, err, said) == (taken, b"", "")
+    assert left == (b"" if taken else b"typed\n")  # what the command did not take is still ours
+    assert marks.started == bool(taken)
+    assert status == {"exit 125": 125, "exit 137": 137, "exec cat": 0}[then]

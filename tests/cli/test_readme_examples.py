@@ -2,11 +2,11 @@
 
 An example is a fenced block opened with ```` ```sh example ````. The examples run in the order
 the README gives them, as one user's session at a shell: one fake smolvm (tests/fake_smolvm/,
-at 1.9.3), one working directory, `bottle` on PATH, each block under `bash -euo pipefail` with
-no terminal (stdin is /dev/null). A ```` ```text ```` block right after an example is its
-output, stdout and stderr together (a pty's CRLF read as LF; `…` stands for any text within a
-line, such as a time); without one, the block only has to succeed. To show a failure, end the
-line with `|| echo "status $?"`.
+at 1.9.3), one working directory, one session directory, `bottle` on PATH, each block under
+`bash -euo pipefail` with no terminal (stdin is /dev/null). A ```` ```text ```` block right
+after an example is its output, stdout and stderr together (a pty's CRLF read as LF; `…`
+stands for any text within a line, such as a time); without one, the block only has to
+succeed. To show a failure, end the line with `|| echo "status $?"`.
 
 A ```` ```sh ```` block with a line starting `bottle ` that is not marked is refused, so that no
 example of the command line goes untested.
@@ -21,13 +21,17 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from harness.backend import npm_image_env
+from harness.sessions import runtime_dir
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*\n", re.M | re.S)
 
 # What the examples may refer to, set up as a user's machine would have it: `node:22` like
-# docker's (no USER, so commands run as root; a `node` user inside), and the names an
-# allow-list example resolves (documentation addresses, RFC 5737: nothing is contacted).
-IMAGES = {"node:22": {}}
+# docker's (no USER, so commands run as root; a `node` user inside; npm on its PATH, here the
+# tests' fake one, and no agent CLI), and the names an allow-list example resolves
+# (documentation addresses, RFC 5737: nothing is contacted).
+IMAGES: dict[str, dict[str, Any]] = {"node:22": {"npm": True}}
 HOSTS = {
     "github.com": "192.0.2.10",
     "api.anthropic.com": "192.0.2.20",
@@ -90,15 +94,25 @@ def test_the_parser_pairs_an_example_with_its_output() -> None:
     assert not matches("a\n", "a\nmore\n")
 
 
-def test_readme_examples_run(fake_smolvm: Any, require_node_user: Any, tmp_path: Path) -> None:
+def test_readme_examples_run(fake_smolvm: Any, shared_dir: Path, tmp_path: Path) -> None:
     fake_smolvm.set_fault(VERSION="1.9.3")  # exact output: no warning of an older release
     for ref, config in IMAGES.items():
+        npm = config.get("npm", False)
+        config = {k: v for k, v in config.items() if k != "npm"}
+        if npm:  # the image's npm installs into a prefix of this test's
+            config["env"] = npm_image_env(shared_dir / "npm-global")
         fake_smolvm.add_image(ref, **config)
     for name, address in HOSTS.items():
         fake_smolvm.add_host(name, address)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     work = tmp_path / "work"
     work.mkdir()
+    with runtime_dir() as runtime:  # the user's own session directory (detached sessions)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+        run_examples(env, work)
+
+
+def run_examples(env: dict[str, str], work: Path) -> None:
     for example in examples(README.read_text()):
         proc = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", example.script], cwd=work, env=env,

@@ -27,6 +27,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 DEFAULT_VERSION = "1.9.3"
+# The last release the fake knows anything about. Releases after 1.9.3 (the last tag whose source
+# was read) are known only from their pull requests: every behaviour that rests on one says
+# "from release notes, not source" and names the pull request (README.md, Versions).
+NEWEST_KNOWN = (1, 16, 0)
 # src/agent/launcher.rs: the environment the guest agent (PID 1) is started with; a bare-VM exec
 # inherits it. crates/smolvm-agent/src/crun.rs DEFAULT_CONTAINER_PATH is the same PATH.
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -46,7 +50,13 @@ def _parse_version(text: str) -> tuple[int, int, int]:
         sys.stderr.write(
             f"fake smolvm: FAKE_SMOLVM_VERSION={text!r} is not a version like 1.9.3\n")
         sys.exit(70)
-    return int(m[1]), int(m[2]), int(m[3])
+    version = int(m[1]), int(m[2]), int(m[3])
+    if version > NEWEST_KNOWN:
+        sys.stderr.write(
+            f"fake smolvm: FAKE_SMOLVM_VERSION={text!r} is newer than the newest release the "
+            f"fake knows ({'.'.join(map(str, NEWEST_KNOWN))})\n")
+        sys.exit(70)
+    return version
 
 
 VERSION_TEXT = os.environ.get("FAKE_SMOLVM_VERSION") or DEFAULT_VERSION
@@ -754,6 +764,60 @@ def launch_egress(rec: dict[str, Any]) -> dict[str, Any] | None:
     return {"cidrs": enforced, "hosts": dns}
 
 
+# crates/smolvm-network/src/egress.rs (v1.9.3, since f8f7d148 in 1.1.3) FloorMode::MetadataOnly,
+# the local default: the virtio-net gateway denies the cloud-metadata link-local ranges before it
+# looks at any allow-list. (SMOLVM_EGRESS_FLOOR, SMOLVM_EGRESS_ALLOW_PRIVATE and
+# SMOLVM_PUBLISH_ADDR, which change the floor, are not faked.)
+METADATA_FLOOR = ("169.254.0.0/16", "fe80::/10")
+# From release notes, not source: smolvm PR #1060 ("Floor host loopback in the default local
+# egress mode"; shipped in 1.13.0, release PR #1063) denies "a guest's connections to the host's
+# own loopback and unspecified addresses by default, while letting an explicit static allow-list
+# entry re-open them". The ranges and the meaning of "re-open" (an allowed CIDR that contains
+# them) are the fake's reading of that sentence.
+LOOPBACK_FLOOR = ("127.0.0.0/8", "::1/128", "0.0.0.0/32", "::/128")
+LOOPBACK_FLOOR_SINCE = (1, 13, 0)
+
+
+def launch_backend(rec: dict[str, Any]) -> str | None:
+    """src/network/launch.rs plan_launch_network: the boot's network backend, None without one.
+    An egress policy forces virtio-net since 1.1.3 (f8f7d148); before, only ports did."""
+    policy = bool(rec.get("allowed_cidrs") or rec.get("dns_filter_hosts"))
+    if not has_network(rec):
+        return None
+    if rec.get("network_backend"):
+        return str(rec["network_backend"])
+    forced = rec.get("ports") or rec.get("network_name") or (policy and since(1, 1, 3))
+    return "virtio-net" if forced else "tsi"
+
+
+def launch_floor(rec: dict[str, Any], egress: dict[str, Any] | None) -> list[str] | None:
+    """Not smolvm's: what the boot's virtio-net gateway denies whatever the allow-list says (the
+    fake enforces nothing). None where that is not known: no network, TSI (its filter is
+    libkrun's, whose source was not read) or a release before 1.1.3."""
+    if not since(1, 1, 3) or launch_backend(rec) != "virtio-net":
+        return None
+    import ipaddress  # only here: imports are paid by every invocation
+
+    floor = list(METADATA_FLOOR)
+    if since(*LOOPBACK_FLOOR_SINCE):
+        allowed = []
+        for c in (egress or {}).get("cidrs") or []:
+            with contextlib.suppress(ValueError):
+                allowed.append(ipaddress.ip_network(c, strict=False))
+        for entry in LOOPBACK_FLOOR:
+            parts = [ipaddress.ip_network(entry)]
+            for net in allowed:
+                kept: list[Any] = []
+                for part in parts:
+                    if part.version != net.version or not part.overlaps(net):
+                        kept.append(part)
+                    elif not net.supernet_of(part):
+                        kept.extend(part.address_exclude(net))
+                parts = kept
+            floor += [str(p) for p in ipaddress.collapse_addresses(parts)]
+    return floor
+
+
 def pull_blocked(image: str, egress: dict[str, Any] | None) -> str | None:
     """Why the guest's pull cannot reach the registry under `egress` (crane's text is
     illustrative), or None. With an allow-list of names, only allowed names resolve in the
@@ -1026,6 +1090,16 @@ def cmd_create(store: Store, a: dict[str, Any]) -> int:
         raise config_err("validate resources", "storage disk size must be greater than 0 GiB")
     if a["overlay"] == 0:
         raise config_err("validate resources", "overlay disk size must be greater than 0 GiB")
+    # src/network/launch.rs validate_requested_network_backend (f8f7d148, v1.1.3): an egress
+    # policy is enforced only by the virtio-net gateway, so an explicit `--net-backend tsi` beside
+    # one is refused (the other refusals there, about ports and --network, are not faked).
+    if since(1, 1, 3) and a["net_backend"] == "tsi" and (allow_cidr or dns_filter_hosts):
+        raise config_err(
+            "egress",
+            "egress policy (--allow-cidr/--allow-host/--outbound-localhost-only) requires the "
+            "virtio-net backend; TSI does not enforce it. Remove --net-backend tsi or set it to "
+            "virtio-net",
+        )
     validate_name(name)
     rec = {
         "name": name,
@@ -1054,6 +1128,7 @@ def cmd_create(store: Store, a: dict[str, Any]) -> int:
         "labels": labels,
         "cmd": a["command"],
         "gpu": bool(a["gpu"]),
+        "network_backend": a["net_backend"],
     }
     # src/config.rs VmRecord::validate_image_fetchable (v1.7.3, 57e77e5e): the guest pulls, so a
     # registry image on a machine without network can never be pulled.
@@ -1161,7 +1236,7 @@ def cmd_start(store: Store, a: dict[str, Any]) -> int:
         )
     # Not smolvm's: the policy this boot enforces, kept for tests (smolvm holds it in the VM
     # process; `status --json` shows only `network`).
-    fields: dict[str, Any] = {"egress": egress}
+    fields: dict[str, Any] = {"egress": egress, "egress_floor": launch_floor(rec, egress)}
     if rec.get("image") and not rec.get("init_completed"):
         if rec.get("image_local"):
             # A local archive or rootfs dir is mounted in, not pulled; its config comes with it.
@@ -1452,10 +1527,12 @@ def exec_spec() -> Spec:
         Opt("tty", "t"),
         Opt("stream"),
         Opt("detach", "d", since=(1, 3, 0)),
+        # From release notes, not source: smolvm PR #1148 ("Add a user directive to the Smolfile
+        # and a --user flag", released in 1.14.0 per issue #1142) and #1172 (the exec API takes
+        # the same user "the CLI and Smolfile already do"). The PRs spell it `--user` and show
+        # no short form and no metavar: `<USER>` is the fake's.
+        Opt("user", None, "USER", since=(1, 14, 0)),
     ]
-    if env_flag("FAKE_SMOLVM_EXEC_USER_OPTION"):
-        # No smolvm release has this; it lets a backend's detection of such an option be tested.
-        opts.append(Opt("user", "u", "USER"))
     return Spec(
         usage=f"{MACHINE} exec [OPTIONS] <COMMAND>...",
         about="Run a command directly in the VM (not in a container)",
@@ -1530,6 +1607,24 @@ def write_all(fd: int, data: bytes) -> None:
 
 class VmLost(Exception):
     """FAKE_SMOLVM_DIE_AFTER fired: the VM is gone under the session."""
+
+
+# The VM's death as smolvm reports it, from 1.14.1 on. From release notes, not source: smolvm PR
+# #1154 ("Report how the VM process ended when a command fails because it died", merged
+# 2026-09-06, the day 1.14.0 and 1.14.1 were cut; which release first carries it is not known,
+# the fake takes 1.14.1) says only "A VM killed by a signal now says so instead of reporting a
+# closed connection". Its text is not shown anywhere, so this one is made up, on purpose unlike
+# every text of smolvm 1.9.3: a client can only learn what happened by asking for the machine's
+# state. Every exec mode prints it (the PR names no mode) as smolvm's errors are printed, `Error: `
+# and exit 1 (src/main.rs).
+VM_KILLED_SINCE = (1, 14, 1)
+
+
+def vm_lost_error(s: Session, old: SmolvmError) -> SmolvmError:
+    """The error a session's client reports when the VM died under it (`old`: 1.9.3's)."""
+    if since(*VM_KILLED_SINCE):
+        return SmolvmError(f"the VM of machine '{s.machine}' ended: killed by signal 9 (SIGKILL)")
+    return old
 
 
 class Session:
@@ -1762,7 +1857,7 @@ def exec_buffered(s: Session) -> int:
                                                s.child.stderr.fileno(): sink(bufs[2])})
     except VmLost:
         # The client's read of the reply fails (src/agent/client.rs read_exact_retry).
-        raise SmolvmError("io operation failed: connection closed") from None
+        raise vm_lost_error(s, SmolvmError("io operation failed: connection closed")) from None
     finally:
         s.finish(done)
     if rc is None:
@@ -1822,11 +1917,11 @@ def exec_piped(s: Session) -> int:
             {s.child.stdout.fileno(): sink(1), s.child.stderr.fileno(): sink(2)},
         )
     except VmLost:
-        if s.mode == "stream":
+        if s.mode == "stream" and not since(*VM_KILLED_SINCE):
             # ExecEventPrinter prints the event's error and exits 1.
             err("error: io operation failed: connection closed")
             return 1
-        raise agent_err(s.op(), "connection to VM lost") from None
+        raise vm_lost_error(s, agent_err(s.op(), "connection to VM lost")) from None
     except CapReached:
         err(f"error: streaming output exceeded {MAX_EXEC_OUTPUT} byte cap; exec terminated "
             "(output truncated)")
@@ -1902,7 +1997,7 @@ def exec_tty(s: Session) -> int:
     try:
         rc = run_loop(s, master, veof, {master: lambda b: write_all(1, b)}, tick, wake_r)
     except VmLost:
-        raise agent_err(s.op(), "connection to VM lost") from None
+        raise vm_lost_error(s, agent_err(s.op(), "connection to VM lost")) from None
     finally:
         s.finish(done)
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)
@@ -1980,8 +2075,15 @@ def cmd_exec(store: Store, a: dict[str, Any]) -> int:
         env = {"HOME": "/root", "PATH": GUEST_PATH, "TERM": GUEST_TERM}
         env.update(merge_env(record_env, cli_env))
         accounts = bare_accounts(store)
-        if requested_user is not None and requested_user != "root":
-            raise agent_err("vm exec", f"user '{requested_user}' not found in container rootfs")
+        if requested_user is not None and requested_user not in ("root", "0", "0:0"):
+            # From release notes, not source (#1148): what `--user` does on a bare VM is not
+            # shown. Its rootfs has root as its only account, so the fake refuses any other with
+            # the text the image path gives for an unknown user (oci.rs, v1.9.3).
+            raise agent_err(
+                {"buffered": "vm exec", "stream": "streaming exec"}.get(
+                    mode, "vm exec interactive"),
+                f"user '{requested_user}' not found in container rootfs",
+            )
         identity = resolve_identity(None)
     # src/agent/client.rs with_term_default (b27b52d7) looks at the env it sends (for an image
     # machine that includes the image's ENV); a bare VM's agent has TERM set anyway.

@@ -213,3 +213,65 @@ def test_every_faked_release_has_the_flags_and_texts(fake_smolvm: FakeSmolvm, ve
     code, _, err = _create(fake_smolvm, "--allow-host", "nope.invalid")
     assert code == 1
     assert err.startswith("Error: config operation failed: --allow-host: failed to resolve ")
+
+
+POLICY_ON_TSI = (
+    "Error: config operation failed: egress: egress policy (--allow-cidr/--allow-host/"
+    "--outbound-localhost-only) requires the virtio-net backend; TSI does not enforce it. Remove "
+    "--net-backend tsi or set it to virtio-net\n"
+)
+
+
+@pytest.mark.parametrize("flags", [["--allow-cidr", "10.0.0.0/8"],
+                                   ["--allow-host", "api.anthropic.com"],
+                                   ["--outbound-localhost-only"]])
+def test_a_policy_on_tsi_is_refused(fake_smolvm: FakeSmolvm, flags: list[str]) -> None:
+    # src/network/launch.rs validate_requested_network_backend (f8f7d148, v1.1.3): only the
+    # virtio-net gateway enforces a policy, so an explicit TSI beside one is refused at create.
+    assert _create(fake_smolvm, "--net-backend", "tsi", *flags) == (1, "", POLICY_ON_TSI)
+    assert fake_smolvm.machine("m") is None
+    assert _create(fake_smolvm, "--net-backend", "virtio-net", *flags)[0] == 0
+    fake_smolvm.set_fault(VERSION="1.1.2")  # before f8f7d148 the policy rode on TSI
+    assert fake_smolvm.run("machine", "create", "-n", "old", "--net-backend", "tsi",
+                           *flags).returncode == 0
+
+
+def _floor(fake: FakeSmolvm, *flags: str) -> list[str] | None:
+    fake.run("machine", "delete", "-n", "m", "-f")
+    code, _, err = _create(fake, *flags)
+    assert code == 0, err
+    r = fake.run("machine", "start", "-n", "m")
+    assert r.returncode == 0, r.stderr
+    rec = fake.machine("m")
+    assert rec is not None
+    floor: list[str] | None = rec["egress_floor"]
+    return floor
+
+
+def test_the_gateway_floor_is_metadata_only_at_1_9_3(fake_smolvm: FakeSmolvm) -> None:
+    # crates/smolvm-network/src/egress.rs FloorMode::MetadataOnly, the local default; a policy
+    # forces virtio-net (src/network/launch.rs plan_launch_network), a plain --net stays on TSI,
+    # whose filter is libkrun's (not known: None).
+    metadata = ["169.254.0.0/16", "fe80::/10"]
+    assert _floor(fake_smolvm, "--allow-cidr", "10.0.0.0/8") == metadata
+    assert _floor(fake_smolvm, "--allow-cidr", "127.0.0.1") == metadata
+    assert _floor(fake_smolvm, "--net", "-p", "8080:80") == metadata
+    assert _floor(fake_smolvm, "--net") is None
+    assert _floor(fake_smolvm) is None
+
+
+def test_host_loopback_is_floored_from_1_13_0(fake_smolvm: FakeSmolvm) -> None:
+    # From release notes, not source: smolvm PR #1060 (1.13.0) denies the host's loopback and
+    # unspecified addresses unless an explicit static allow-list entry re-opens them.
+    fake_smolvm.set_fault(VERSION="1.12.0")
+    assert _floor(fake_smolvm, "--allow-cidr", "10.0.0.0/8") == ["169.254.0.0/16", "fe80::/10"]
+    fake_smolvm.set_fault(VERSION="1.13.0")
+    full = ["169.254.0.0/16", "fe80::/10", "127.0.0.0/8", "::1/128", "0.0.0.0/32", "::/128"]
+    assert _floor(fake_smolvm, "--allow-cidr", "10.0.0.0/8") == full
+    assert _floor(fake_smolvm, "--net", "-p", "8080:80") == full
+    reopened = _floor(fake_smolvm, "--allow-cidr", "127.0.0.0/8", "--allow-cidr", "::1")
+    assert reopened == ["169.254.0.0/16", "fe80::/10", "0.0.0.0/32", "::/128"]
+    one = _floor(fake_smolvm, "--allow-cidr", "127.0.0.1")
+    assert one is not None and "127.0.0.0/8" not in one and "127.0.0.0/32" in one
+    assert not any(c.startswith("127.0.0.1/") for c in one)
+    assert _floor(fake_smolvm, "--net") is None  # TSI: libkrun's, not known

@@ -306,17 +306,24 @@ def test_unknown_image_user_is_the_agents_error(fake_smolvm: FakeSmolvm) -> None
     assert r.stderr.startswith("Error: agent operation failed: run interactive: user ")
 
 
-def test_hypothetical_user_option(fake_smolvm: FakeSmolvm, require_node_user: Any) -> None:
+def test_user_option_from_1_14_0(fake_smolvm: FakeSmolvm, require_node_user: Any) -> None:
+    # From release notes, not source: smolvm PR #1148's `--user` (1.14.0); long form only.
     node_image(fake_smolvm)
     fake_smolvm.create("m", image="node:22")
     fake_smolvm.create("bare")
-    r = run_exec(fake_smolvm, "-u", "root", "--", "id", "-un")
-    assert r.returncode == 2  # no such option in any real release
-    fake_smolvm.set_fault(EXEC_USER_OPTION=1)
-    assert run_exec(fake_smolvm, "-u", "root", "--", "id", "-un").stdout == "root\n"
+    fake_smolvm.set_fault(VERSION="1.13.1")
+    r = run_exec(fake_smolvm, "--user", "root", "--", "id", "-un")
+    assert r.returncode == 2 and r.stderr.startswith("error: unexpected argument '--user' found")
+    fake_smolvm.set_fault(VERSION="1.14.0")
+    assert run_exec(fake_smolvm, "--", "id", "-un").stdout == "node\n"  # the image's USER
+    assert run_exec(fake_smolvm, "--user", "root", "--", "id", "-un").stdout == "root\n"
     assert run_exec(fake_smolvm, "--user", "node", "-i", "--", "id", "-un").stdout == "node\n"
-    r = fake_smolvm.run("machine", "exec", "--name", "bare", "-u", "node", "--", "true")
-    assert r.returncode == 1 and "user 'node' not found" in r.stderr
+    assert run_exec(fake_smolvm, "-u", "root", "--", "true").returncode == 2  # no short form
+    r = fake_smolvm.run("machine", "exec", "--name", "bare", "--user", "node", "--", "true")
+    assert (r.returncode, r.stderr) == (
+        1, "Error: agent operation failed: vm exec: user 'node' not found in container rootfs\n")
+    assert fake_smolvm.run("machine", "exec", "--name", "bare", "--user", "root", "--",
+                           "id", "-un").stdout == "root\n"
 
 
 # --------------------------------------------------------------------------- secrets
@@ -477,6 +484,31 @@ def test_stream_is_live_and_separate(fake_smolvm: FakeSmolvm) -> None:
     assert p.poll() is None  # the guest's stdin is never fed nor closed
     p.kill()
     p.wait()
+
+
+@pytest.mark.parametrize("version", ["1.14.1", "1.16.0"])
+@pytest.mark.parametrize("args", [[], ["-i"], ["--stream"]])
+def test_vm_killed_is_reported_as_such_from_1_14_1(
+    fake_smolvm: FakeSmolvm, version: str, args: list[str]
+) -> None:
+    # From release notes, not source: smolvm PR #1154 says a VM killed by a signal "now says
+    # so"; its text is not known, so the fake's is made up (and unlike every 1.9.3 text).
+    fake_smolvm.add_image("img")
+    fake_smolvm.create("m", image="img")
+    fake_smolvm.set_fault(VERSION=version, DIE_AFTER=0.5)
+    r = run_exec(fake_smolvm, *args, "--", "sleep", "60")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == "Error: the VM of machine 'm' ended: killed by signal 9 (SIGKILL)\n"
+    rec = fake_smolvm.machine("m")
+    assert rec is not None and rec["state"] == "stopped"
+
+
+def test_vm_killed_before_1_14_1_is_a_closed_connection(fake_smolvm: FakeSmolvm) -> None:
+    fake_smolvm.add_image("img")
+    fake_smolvm.create("m", image="img")
+    fake_smolvm.set_fault(VERSION="1.14.0", DIE_AFTER=0.5)
+    r = run_exec(fake_smolvm, "--", "sleep", "60")
+    assert r.stderr == "Error: io operation failed: connection closed\n"
 
 
 def test_vm_dying_mid_stream(fake_smolvm: FakeSmolvm) -> None:

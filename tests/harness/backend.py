@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -28,10 +29,45 @@ AGENT_IMAGE = "bottle-test/agent:1"
 LAUNCH = ["launch", "-n", "m1", "--image", ROOT_IMAGE]
 
 
+def fake_release() -> tuple[int, ...]:
+    """The smolvm release the fake fakes in this test: FAKE_SMOLVM_VERSION (which the fixture sets
+    from --fake-smolvm-version, and set_fault(VERSION=…) changes), else the fake's 1.9.3."""
+    return tuple(int(n) for n in (os.environ.get("FAKE_SMOLVM_VERSION") or "1.9.3").split("."))
+
+
+def vm_lost_line(machine: str, op: str) -> str:
+    """smolvm's own line when the VM dies under a `-i`/`-t` session (`op`: "run interactive" on
+    an image machine): 1.9.3's (src/agent/client.rs), or from 1.14.1 the fake's stand-in for the
+    text of smolvm PR #1154, which nobody here has seen (tests/fake_smolvm/README.md)."""
+    if fake_release() >= (1, 14, 1):
+        return f"Error: the VM of machine '{machine}' ended: killed by signal 9 (SIGKILL)"
+    return f"Error: agent operation failed: {op}: connection to VM lost"
+
+
 def add_test_images(fake_smolvm: Any) -> None:
     """Register ROOT_IMAGE and AGENT_IMAGE with the fake."""
     fake_smolvm.add_image(ROOT_IMAGE)
     fake_smolvm.add_image(AGENT_IMAGE, user="node", workdir="/home/node")
+
+
+# An image like docker's node:22 (no USER, npm on its PATH) that has no agent CLI: its npm is
+# tests/harness/fake_npm/npm, which installs stubs of the agent CLIs into the test's prefix.
+NPM_IMAGE = "bottle-test/node-npm:1"
+FAKE_NPM_DIR = Path(__file__).resolve().parent / "fake_npm"
+# crun's PATH for an image that sets none (crates/smolvm-agent/src/crun.rs ensure_path_in_env).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def npm_image_env(prefix: Path) -> list[str]:
+    """The ENV of an image whose npm is the fake one, installing into `prefix` (a directory the
+    guest's users can enter: its bin is on the image's PATH)."""
+    return [f"PATH={FAKE_NPM_DIR}:{prefix}/bin:{DEFAULT_PATH}", f"NPM_CONFIG_PREFIX={prefix}"]
+
+
+def add_npm_image(fake_smolvm: Any, prefix: Path, *, ref: str = NPM_IMAGE, **config: Any) -> str:
+    """Register `ref` (default NPM_IMAGE) with the fake npm installing into `prefix`."""
+    fake_smolvm.add_image(ref, env=npm_image_env(prefix), **config)
+    return ref
 
 
 def root_spec(name: str = "m1", **kw: Any) -> LaunchSpec:
@@ -141,9 +177,25 @@ def child_argv(agent_args: Sequence[str]) -> list[str]:
 
 PY = sys.executable
 BOTTLE = (PY, "-m", "bottle")
+
+
+def run_bottle(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 90,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`bottle ARGS…` as a process of its own, no terminal (stdin /dev/null, or a pipe that
+    gives `input`), output captured."""
+    return subprocess.run(
+        [*BOTTLE, *args], stdin=subprocess.DEVNULL if input is None else None, input=input,
+        capture_output=True, text=True, timeout=timeout, check=False,
+        env=None if env is None else dict(env),
+    )  # fmt: skip
+
+
 # The status of bottle's own failures on the command line (README "Command line"), docker's 125.
 CLI_FAILURE = 125
 TIMEOUT = 60.0
+
 
 # The exact fixed sequences bottle writes around a decorated session (see backend/terminal.py);
 # written out here independently so that a change there has to be a deliberate one here too.

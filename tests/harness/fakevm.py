@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from bottle import smolvm as sv
+
 FAKE_DIR = Path(__file__).parents[1] / "fake_smolvm"
 FAKE_SMOLVM = FAKE_DIR / "smolvm"
 
@@ -130,13 +132,20 @@ class FakeSmolvm:
 
     def set_fault(self, **env: str | int | float | None) -> None:
         """Set fault variables for the rest of the test: set_fault(KILL_EXECS=1) sets
-        FAKE_SMOLVM_KILL_EXECS=1; None unsets one."""
+        FAKE_SMOLVM_KILL_EXECS=1; None unsets one.
+
+        A new VERSION is a different smolvm in the same file, which bottle's caches (keyed by
+        the file) cannot notice as they notice a real upgrade: they are emptied."""
         for key, value in env.items():
             var = key if key.startswith("FAKE_SMOLVM_") else f"FAKE_SMOLVM_{key.upper()}"
             if value is None:
                 self._mp.delenv(var, raising=False)
             else:
                 self._mp.setenv(var, str(value))
+            if var == "FAKE_SMOLVM_VERSION":
+                # bottle keeps smolvm's answers by the executable's file (in this process and
+                # in its cache directory), and another release of the fake is the same file.
+                sv.clear_version_cache()
 
     def run(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """Run `smolvm ARGS…` (text mode, output captured, stdin /dev/null unless given)."""

@@ -16,7 +16,9 @@ import functools
 import hashlib
 import importlib.util
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import termios
@@ -106,14 +108,33 @@ RAW_CLEARED = {
 _FLAG_INDEX = {"iflag": 0, "oflag": 1, "lflag": 3}
 
 
-def raw_violations(attrs: list[Any]) -> list[str]:
-    """Names of the flags that a raw-mode terminal must have cleared but that are still set."""
+def raw_violations(
+    attrs: list[Any], mode: str = "copy", saved: list[Any] | None = None
+) -> list[str]:
+    """Names of the flags that a raw-mode terminal must have cleared but that are still set.
+
+    In direct mode raw mode is for the keyboard only: the output flags must be the user's own
+    (``saved``), since the child writes to the terminal itself; "oflag" names a difference.
+    """
     bad = []
     for field, flags in RAW_CLEARED.items():
+        if field == "oflag" and mode == "direct":
+            assert saved is not None, "direct mode: give the user's own settings"
+            if attrs[1] != saved[1]:
+                bad.append("oflag")
+            continue
         for name, bit in flags.items():
             if attrs[_FLAG_INDEX[field]] & bit:
                 bad.append(name)
     return bad
+
+
+def shown(data: bytes, mode: str) -> bytes:
+    """What the user's terminal receives when a child whose pty is raw writes ``data``: the
+    bytes themselves in copy mode (a raw pty does no output processing, nor does the user's
+    raw terminal), and in direct mode the bytes after the user's terminal's own output
+    processing, which the relay leaves as the user had it (the test terminal's: ONLCR)."""
+    return data if mode == "copy" else data.replace(b"\n", b"\r\n")
 
 
 def proc_state(pid: int) -> str | None:
@@ -271,9 +292,21 @@ class Session:
         self.impl = impl
         self.tmp = tmp
         self.mark = uuid.uuid4().hex
+        # The output mode the relay runs in (its --output option).
+        args = list(relay_args if argv is None else argv)
+        self.mode = "copy"
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--output" and i + 1 < len(args):
+                self.mode = args[i + 1]
+            elif arg.startswith("--output="):
+                self.mode = arg.partition("=")[2]
         self.stdout_is_tty = stdout == "tty"
-        # The terminal's reader collects the output; with stdout on a pipe, the pipe's reader.
+        # The terminal's reader collects the output; with stdout on a pipe (or a socket, as
+        # libuv hosts give their children), the reader of its other end.
         self.terminal = Terminal(rows, cols, read=self.stdout_is_tty)
+        self._stdout_peer = -1  # with stdout="socket": the end the test reads
         if typeahead:  # typed before the relay exists: it waits in the terminal's line buffer
             os.write(self.terminal.master, typeahead)
         self.reading = self.terminal.reading
@@ -293,6 +326,11 @@ class Session:
                                  "closed": subprocess.DEVNULL}
         stdin_arg: Any = kinds.get(stdin, subprocess.PIPE)
         stdout_arg: Any = None if self.stdout_is_tty else subprocess.PIPE
+        relay_end = -1
+        if stdout == "socket":
+            ours, theirs = socket.socketpair()
+            self._stdout_peer, relay_end = ours.detach(), theirs.detach()
+            stdout_arg = relay_end
         self.stderr_path = tmp / f"stderr-{self.mark}"
         self._stderr_file = None
         stderr_arg: Any = None
@@ -303,6 +341,8 @@ class Session:
             relay, env, stdin=stdin_arg, stdout=stdout_arg, stderr=stderr_arg,
             close_stdin=stdin == "closed",
         )  # fmt: skip
+        if relay_end >= 0:
+            os.close(relay_end)  # the relay has it now: its exit is the end of the stream
         if not self.stdout_is_tty:
             self._spawn(self._read_pipe)
         if isinstance(stdin, bytes):
@@ -317,9 +357,17 @@ class Session:
         return thread
 
     def _read_pipe(self) -> None:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        while True:
+        if self._stdout_peer >= 0:
+            fd = self._stdout_peer
+        else:
+            assert self.proc.stdout is not None
+            fd = self.proc.stdout.fileno()
+        while not self._stop.is_set():
+            # Paused like the terminal's reader (``reading`` cleared): the writer backs up.
+            if not self.reading.wait(0.05):
+                continue
+            if not select.select([fd], [], [], 0.05)[0]:
+                continue
             data = os.read(fd, 1 << 16)
             if not data:
                 return
@@ -451,6 +499,9 @@ class Session:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+        if self._stdout_peer >= 0:
+            os.close(self._stdout_peer)
+            self._stdout_peer = -1
         if self._stderr_file is not None:
             self._stderr_file.close()
         self.terminal.close()
@@ -480,20 +531,21 @@ def assert_no_leftovers(session: Session, timeout: float = 5.0) -> None:
 def echo_roundtrip(s: Session, data: bytes, result: Path, chunks: list[bytes] | None = None,
                    pause: float = 0.0) -> None:
     """Type ``data`` into an ECHO_CHILD session; check what the child got and what came back."""
-    start = s.expect(b"READY\n")
+    start = s.expect(shown(b"READY\n", s.mode))
     for chunk in chunks or [data]:
         s.send(chunk)
         if pause:
             time.sleep(pause)
-    assert s.wait_output_len(start + len(data), 60), (
-        f"only {s.output_len() - start} of {len(data)} bytes came back\n{s.describe()}"
+    back = shown(data, s.mode)
+    assert s.wait_output_len(start + len(back), 60), (
+        f"only {s.output_len() - start} of {len(back)} bytes came back\n{s.describe()}"
     )
     assert s.wait(60) == 0, s.describe()
     echoed = s.output()[start:]
-    assert len(echoed) == len(data), f"{len(echoed)} bytes back for {len(data)} sent"
-    if echoed != data:
-        at = next(i for i in range(len(data)) if echoed[i] != data[i])
-        pytest.fail(f"output differs at byte {at}: sent {data[at:at + 16]!r}, "
+    assert len(echoed) == len(back), f"{len(echoed)} bytes back for {len(back)} expected"
+    if echoed != back:
+        at = next(i for i in range(len(back)) if echoed[i] != back[i])
+        pytest.fail(f"output differs at byte {at}: expected {back[at:at + 16]!r}, "
                     f"got {echoed[at:at + 16]!r}")
     got = result.read_text().split()
     assert got == [str(len(data)), hashlib.sha256(data).hexdigest()], (

@@ -20,13 +20,38 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+import pytest
 
 from bottle import _sessionwire as wire
 from bottle import sessions
 from harness.relay import MARK_VAR, alive, implementation_env, kill_quietly, marked_pids
 
 TIMEOUT = 20.0
+
+
+def native_core() -> ModuleType | None:
+    """The native extension (the holder's and the attach client's loops), None if not built."""
+    try:
+        import bottle._ptyrelay as mod
+    except ImportError:
+        return None
+    return mod
+
+
+def loop_module(impl: str, pure: ModuleType) -> ModuleType:
+    """The module whose loop a core test runs: the native extension, or the ``pure`` twin.
+    A missing extension skips the native half, unless BOTTLE_REQUIRE_EXTENSION demands it."""
+    if impl == "pure":
+        return pure
+    mod = native_core()
+    if mod is None:
+        if os.environ.get("BOTTLE_REQUIRE_EXTENSION", "") not in ("", "0"):
+            pytest.fail("BOTTLE_REQUIRE_EXTENSION is set but bottle._ptyrelay is not importable")
+        pytest.skip("native extension not built")
+    return mod
 
 # A raw-mode program for the tests: reports its terminal size at the start and on every
 # SIGWINCH ("S<rows>x<cols>;"), echoes each byte it reads as "K<byte>", and obeys a few

@@ -17,20 +17,30 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: list[tuple[str, ...]] = [
-    # Exceptions, and the package itself (a version string and a platform check).
-    ("bottle", "bottle.errors"),
+    # Exceptions, the package itself (a version string and a platform check), and the
+    # loggers that load `logging` only when needed (the standard library only).
+    ("bottle", "bottle.errors", "bottle._log"),
     # Input checks and the small result types, built on the exceptions only; the network
-    # policy (checks of allowed hosts and CIDRs) is one of them.
+    # policy (checks of allowed hosts and CIDRs) is one of them; the cache of what bottle
+    # learnt of smolvm and its machines (the standard library only).
     # The session protocol's numbers and frames too.
-    ("bottle._validate", "bottle.results", "bottle.network", "bottle._sessionwire"),
+    (
+        "bottle._validate",
+        "bottle.results",
+        "bottle.network",
+        "bottle._cache",
+        "bottle._sessionwire",
+    ),
     # The tools the backend uses: the relay (both copy loops and the front), detached sessions
-    # (their holder's loop, both twins, and the holder), the smolvm CLI wrapper, and the agent
-    # provider table.
+    # (their holder's and their attach client's loops, both twins; the holder; the client),
+    # the smolvm CLI wrapper, and the agent provider table.
     (
         "bottle._ptyrelay",
         "bottle._ptyrelay_py",
         "bottle._hub_py",
+        "bottle._attach_py",
         "bottle.sessions",
+        "bottle.sessions._client",
         "bottle.sessions._dirs",
         "bottle.sessions._holder",
         "bottle.relay",
@@ -172,7 +182,7 @@ def test_the_builtin_backend_is_loaded_by_the_reference_pyproject_declares() -> 
     from bottle import backend
 
     pyproject = (SRC.parent / "pyproject.toml").read_text()
-    declared = f'{backend.BUILTIN_BACKEND} = "{backend._BUILTIN_ENTRY_POINT.value}"'
+    declared = f'{backend.BUILTIN_BACKEND} = "{backend._BUILTIN_TARGET}"'
     assert declared in pyproject
     assert type(backend.get_backend(backend.BUILTIN_BACKEND)).__name__ == (
         "SmolmachinesBottleBackend"

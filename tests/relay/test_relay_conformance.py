@@ -46,6 +46,7 @@ from harness.relay import (
     proc_state,
     raw_violations,
     read_ints,
+    shown,
     stopped,
     vm_rss_kib,
     wait_until,
@@ -87,6 +88,16 @@ os.write(1, b"READY\\n")
 while True:
     signal.pause()
 """
+
+
+def program_in(tmp: Path, name: str, text: str) -> Path:
+    """A directory for PATH holding one executable file, ``name``, that reads ``text``."""
+    bindir = tmp / "bin"
+    bindir.mkdir()
+    prog = bindir / name
+    prog.write_text(text)
+    prog.chmod(0o755)
+    return bindir
 
 
 def cpu_ticks(pid: int) -> int:
@@ -272,7 +283,7 @@ class TestRawModeAndRestore:
         s = spawn(sh(f"echo READY; {gate_wait(gate)}; exit 0"))
         s.expect(b"READY")
         assert s.terminal.wait_raw(), f"terminal never left canonical mode\n{s.describe()}"
-        assert raw_violations(s.terminal.attrs()) == [], s.describe()
+        assert raw_violations(s.terminal.attrs(), s.mode, s.terminal.saved) == [], s.describe()
         gate.touch()
         assert s.wait() == 0, s.describe()
         assert_restored(s)
@@ -358,10 +369,11 @@ class TestBytes:
         s = spawn(py(BLOB_WRITER_CHILD, 1, size))
         assert s.wait(60) == 0, s.describe()
         out = s.output()
-        assert out.startswith(b"READY\n") and out.endswith(b"END\n"), s.describe()
-        body = out[len(b"READY\n"):-len(b"END\n")]
-        assert len(body) == size
-        assert hashlib.sha256(body).hexdigest() == hashlib.sha256(blob).hexdigest()
+        head, tail = shown(b"READY\n", s.mode), shown(b"END\n", s.mode)
+        assert out.startswith(head) and out.endswith(tail), s.describe()
+        body = out[len(head):-len(tail)]
+        assert len(body) == len(shown(blob, s.mode))
+        assert hashlib.sha256(body).hexdigest() == hashlib.sha256(shown(blob, s.mode)).hexdigest()
 
     def test_megabytes_out_to_a_pipe(self, spawn: Spawn) -> None:
         size = 2 << 20
@@ -382,16 +394,17 @@ class TestBytes:
         size = 2 << 20
         blob = make_blob(3, size)
         s = spawn(py(BLOB_WRITER_CHILD, 3, size, 0.3))
-        s.expect(b"READY\n")
+        head, tail, blob = (shown(data, s.mode) for data in (b"READY\n", b"END\n", blob))
+        s.expect(head)
         paste = make_blob(4, 8 << 20)
         sent = s.send_background(paste)
         assert s.wait(60) == 0, s.describe()
         # The paste goes on after the relay has restored the terminal: the line discipline
         # echoes what it still takes, after END. Up to END, the output is exactly the child's.
         out = s.output()
-        end = len(b"READY\n") + size
-        assert out[end : end + len(b"END\n")] == b"END\n", s.describe()
-        body = out[len(b"READY\n") : end]
+        end = len(head) + len(blob)
+        assert out[end : end + len(tail)] == tail, s.describe()
+        body = out[len(head) : end]
         assert hashlib.sha256(body).hexdigest() == hashlib.sha256(blob).hexdigest()
         # The paste was really blocked (the child never read it), not silently swallowed whole.
         assert sent() < len(paste)
@@ -413,7 +426,7 @@ class TestBytes:
             os.write(1, b"END\\n")
             """
         ))
-        start = s.expect(b"READY\n")
+        start = s.expect(shown(b"READY\n", s.mode))
         relay = s.relay_pid
         time.sleep(0.3)
         baseline = vm_rss_kib(relay)
@@ -428,7 +441,9 @@ class TestBytes:
         s.reading.set()
         assert s.wait(60) == 0, s.describe()
         body = s.output()[start:]
-        assert body == b"z" * out_size + b"END\n", f"{len(body)} bytes\n{s.describe()}"
+        assert body == shown(b"z" * out_size + b"END\n", s.mode), (
+            f"{len(body)} bytes\n{s.describe()}"
+        )
         growth_mib = (peak - baseline) / 1024
         assert growth_mib < 12, (
             f"relay RSS grew {growth_mib:.1f} MiB (baseline {baseline} KiB, peak {peak} KiB; "
@@ -477,12 +492,12 @@ class TestEndOfChild:
         assert s.wait(30) == 0, s.describe()
         stream = b"".join(b"%08d:" % n + bytes(range(48, 103)) + b"\n" for n in range(1 << 17))
         assert total < len(stream), "the child never filled the pipeline"
-        out = s.output()
-        assert len(out) == total, (
-            f"{total} bytes written before the child exited, {len(out)} delivered; "
-            f"last line delivered: {out[-64:]!r}"
+        out, written = s.output(), shown(stream[:total], s.mode)
+        assert len(out) == len(written), (
+            f"{total} bytes written before the child exited, {len(out)} delivered "
+            f"({len(written)} expected); last line delivered: {out[-64:]!r}"
         )
-        assert out == stream[:total]
+        assert out == written
 
     def test_background_grandchild_does_not_keep_the_relay(
         self, spawn: Spawn, tmp_path: Path
@@ -571,11 +586,7 @@ class TestStatus:
     def test_python_api_resolves_argv0_on_the_env_path(
         self, spawn: Spawn, tmp_path: Path, mode: str
     ) -> None:
-        bindir = tmp_path / "bin"
-        bindir.mkdir()
-        prog = bindir / "only-here-prog"
-        prog.write_text("#!/bin/sh\necho FOUND-$MYVAR\nexit 4\n")
-        prog.chmod(0o755)
+        bindir = program_in(tmp_path, "only-here-prog", "#!/bin/sh\necho FOUND-$MYVAR\nexit 4\n")
         code = (
             "import os, sys, bottle.relay as r; "
             f"env = dict(os.environ, PATH={str(bindir) + ':/usr/bin:/bin'!r}, MYVAR='x1'); "
@@ -590,6 +601,18 @@ class TestStatus:
                         "--", "sh", "-c", "echo SUB; exit 6"])
         assert s.wait() == 6, s.describe()
         assert "SUB\n" in s.text()
+
+    def test_a_script_without_interpreter_line_runs_with_sh(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        # execvp hands a file the kernel cannot run as it is (ENOEXEC: no "#!") to /bin/sh,
+        # and the relay finds its commands like execvp.
+        bindir = program_in(tmp_path, "no-hashbang", 'echo "RAN-BY-SH $# $1 $2"\nexit 7\n')
+        s = spawn(["no-hashbang", "one", "two"],
+                  extra_env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+        assert s.wait() == 7, s.describe()
+        assert "RAN-BY-SH 2 one two\n" in s.text(), s.describe()
+        assert_restored(s)
 
 
 # --------------------------------------------------------------------------- 7. input EOF
@@ -737,7 +760,7 @@ class TestWindowChanges:
         bye = b"bye"
         s = spawn(py(ECHO_CHILD, len(probe) + len(bye), result), rows=30, cols=90,
                   relay_args=["--machine", "vm-7", "--resize-command", template])
-        start = s.expect(b"READY\n")
+        start = s.expect(shown(b"READY\n", s.mode))
         s.terminal.resize(31, 91)
 
         def lines() -> list[str]:
@@ -843,7 +866,7 @@ class TestJobControl:
             os.kill(relay, signal.SIGCONT)
             assert wait_until(lambda: proc_state(relay) not in ("T", None), 10)
             assert s.terminal.wait_raw(), f"not raw again after SIGCONT\n{s.describe()}"
-            assert raw_violations(s.terminal.attrs()) == []
+            assert raw_violations(s.terminal.attrs(), s.mode, s.terminal.saved) == []
             assert wait_until(lambda: last_size(report) == size), reported_sizes(report)  # noqa: B023
         # Still relaying after the round trip.
         gate.touch()
@@ -988,6 +1011,55 @@ class TestTypeAhead:
         assert got.read_bytes() == b"early\r"
 
 
+    def test_ctrl_c_while_input_is_held_ends_the_start(
+        self, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        # The user gives up while the child is still starting (smolvm waiting for the VM).
+        # Held, the Ctrl-C would be replayed into the child once it went raw; it ends the
+        # session instead: 130, the terminal restored, the child gone (this one even ignores
+        # SIGINT), and nothing typed ever reaches it.
+        got, gate = tmp_path / "got", tmp_path / "gate"
+        s = spawn(py(
+            """
+            import os, select, signal, sys, termios, time, tty
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            got, gate = sys.argv[1], sys.argv[2]
+            os.write(1, b"READY\\n")
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+            tty.setraw(0, termios.TCSAFLUSH)
+            data = b""
+            while select.select([0], [], [], 2)[0]:
+                data += os.read(0, 100)
+            open(got, "wb").write(data)
+            """, got, gate), relay_args=["--hold-until-raw"])
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        s.send(b"typed\x03more")
+        assert s.wait(20) == 130, s.describe()
+        assert_restored(s)
+        assert_no_leftovers(s)
+        assert not got.exists(), got.read_bytes()
+
+    def test_ctrl_c_once_the_child_is_raw_is_a_key(self, spawn: Spawn) -> None:
+        # Once the child has gone raw the hold is over (even if the relay has not looked since,
+        # having had nothing to hold): Ctrl-C is a byte for the child, as every other key.
+        s = spawn(py(
+            """
+            import os, termios, tty
+            tty.setraw(0, termios.TCSAFLUSH)
+            os.write(1, b"RAW\\r\\n")
+            data = b""
+            while b"\\x03" not in data:
+                data += os.read(0, 100)
+            os.write(1, b"GOT:%s\\r\\n" % data.hex().encode())
+            """), relay_args=["--hold-until-raw"])
+        s.expect(b"RAW")
+        s.send(b"a\x03")
+        s.expect(b"GOT:6103")
+        assert s.wait() == 0, s.describe()
+        assert_restored(s)
+
 # --------------------------------------------------------------------------- 12. idle
 
 
@@ -1040,21 +1112,24 @@ class TestOutputModes:
         assert m, s.describe()
         pty, stdout = m.group(1).decode(), m.group(2).decode()
         assert pty != s.terminal.name
+        # The pty's output processing (copy) or the terminal's (direct) turns LF into CR LF.
+        assert b"a\r\nb|" in out, s.describe()
         if mode == "copy":
-            # The pty is stdout too, and its output processing turns LF into CR LF.
             assert stdout == pty, s.describe()
-            assert b"a\r\nb|" in out, s.describe()
+            tty_line = b"via-tty\r\n"
         else:
-            # Straight to the user's terminal, which the relay keeps raw: the bytes as written.
             assert stdout == s.terminal.name, s.describe()
-            assert b"a\nb|" in out, s.describe()
+            # Processed by the pty, then by the terminal once more: the same on the screen.
+            tty_line = b"via-tty\r\r\n"
         # Whatever the child writes to its pty (here through /dev/tty) is copied in both modes.
-        assert b"via-tty\r\n" in out, s.describe()
+        assert tty_line in out, s.describe()
         assert_restored(s)
 
-    def test_output_processing_is_the_only_difference(self, spawn: Spawn, mode: str) -> None:
+    def test_plain_output_is_processed_alike(self, spawn: Spawn) -> None:
         # A child that leaves its pty cooked: in copy mode the pty's output processing (OPOST,
-        # ONLCR) applies to every byte, in direct mode nothing does (the terminal is raw).
+        # ONLCR) applies to every byte; in direct mode the user's terminal's does, which raw
+        # mode leaves as the user had it (the test terminal's is the pty's default). Before,
+        # direct mode turned it off and printf 'a\nb\n' came out as a staircase.
         s = spawn(py(
             """
             import os
@@ -1064,7 +1139,46 @@ class TestOutputModes:
         assert s.wait() == 0, s.describe()
         body = s.output().split(b"READY|", 1)[1]
         sent = bytes(range(256)) + b"|END"
-        assert body == (sent.replace(b"\n", b"\r\n") if mode == "copy" else sent), s.describe()
+        assert body == sent.replace(b"\n", b"\r\n"), s.describe()
+
+    @pytest.mark.parametrize("stdout", ["socket", "pipe"])
+    def test_output_the_child_shares_loses_nothing(
+        self, spawn: Spawn, stdout: str
+    ) -> None:
+        """Hosts built on libuv (Node) give their children socketpair stdio. In direct mode the
+        child writes to that descriptor itself: O_NONBLOCK on it (the relay's wish for its own
+        writes) would make the child's writes fail with EAGAIN and lose its output."""
+        # 4,000,000 bytes in one write, far more than a socket or pipe holds; no newline, so
+        # that copy mode's output processing leaves them alone.
+        s = spawn(py(
+            """
+            import fcntl, os, sys, termios
+            attrs = termios.tcgetattr(0)
+            attrs[3] &= ~termios.ECHO  # the "go" typed below must not land in the stream
+            termios.tcsetattr(0, termios.TCSANOW, attrs)
+            os.write(1, b"READY %d\\n" % os.getpid())
+            os.read(0, 10)  # the relay is running: whatever it does to fd 1 is done
+            nonblocking = fcntl.fcntl(1, fcntl.F_GETFL) & os.O_NONBLOCK
+            view = memoryview(b"0123456789abcdef" * 250000)
+            while view:
+                view = view[os.write(1, view):]
+            os.write(1, b"END nonblocking=%d\\n" % bool(nonblocking))
+            """
+        ), stdout=stdout)
+        at = s.expect(b"READY ")
+        start = s.expect(b"\n", start=at)
+        child = int(s.output()[at:start])
+        s.reading.clear()  # nobody reads the output: the child's writes must wait, not fail
+        s.send(b"go\r")
+        assert wait_until(lambda: proc_state(child) in ("S", "Z", None)), s.describe()
+        s.reading.set()
+        s.expect(b"END", timeout=60)
+        assert s.wait() == 0, s.describe()
+        body, _, end = s.output()[start:].partition(b"END")
+        assert len(body) == 4_000_000, f"{len(body)} of 4000000 bytes arrived\n{s.describe()}"
+        assert body == b"0123456789abcdef" * 250000
+        assert end.startswith(b" nonblocking=0"), s.describe()
+        assert_restored(s)
 
     @pytest.mark.parametrize("mode", ["direct"])
     def test_stopping_the_relay_stops_a_direct_child(
@@ -1096,6 +1210,109 @@ class TestOutputModes:
             assert wait_until(lambda: proc_state(child) not in ("T", None), 10), s.describe()
             assert s.terminal.wait_raw(), s.describe()
             assert s.wait_output_len(stopped_at + 5), "no output after SIGCONT"
+        gate.touch()
+        assert s.wait() == 0, s.describe()
+        assert_restored(s)
+
+
+# --------------------------------------------------------------------------- signals at the edges
+
+# Starts the rest of its arguments with the signals named in the first (numbers, comma
+# separated) blocked, as a parent's mask is inherited across exec.
+BLOCKED_START = """
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {int(n) for n in sys.argv[1].split(",")})
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+# Raises SIGWINCH just before a sigaction() that puts SIGWINCH's default action back: a
+# window change landing while the relay restores the handlers it took over.
+SIGACTION_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    static int (*real)(int, const struct sigaction *, struct sigaction *);
+    if (!real)
+        real = (int (*)(int, const struct sigaction *, struct sigaction *))dlsym(RTLD_NEXT,
+                                                                                 "sigaction");
+    if (sig == SIGWINCH && act && !(act->sa_flags & SA_SIGINFO) && act->sa_handler == SIG_DFL)
+        raise(SIGWINCH);
+    return real(sig, act, old);
+}
+"""
+
+
+def build_shim(tmp: Path, source: str) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.fail("no C compiler: the test builds a small shim (needed for the build too)")
+    src = tmp / "shim.c"
+    src.write_text(source)
+    lib = src.with_suffix(".so")
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"], check=True)
+    return lib
+
+
+@pytest.fixture(scope="module")
+def sigaction_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_shim(tmp_path_factory.mktemp("sigaction-shim"), SIGACTION_SHIM)
+
+
+def blocked_start(signals: list[int], mode: str, *command: str) -> list[str]:
+    """argv of a relay started with ``signals`` blocked, running ``command``."""
+    return [PY, "-c", BLOCKED_START, ",".join(map(str, signals)),
+            *RELAY_ARGV, *output_args(mode), "--", *command]
+
+
+class TestSignalEdges:
+    def test_a_resize_while_the_handlers_are_put_back_prints_nothing(
+        self, spawn: Spawn, mode: str, sigaction_shim: Path
+    ) -> None:
+        # CPython takes a signal that its C handler caught after the Python handler became
+        # SIG_DFL for a race it reports: "Exception ignored ... OSError: Signal 28 ignored due
+        # to race condition", printed on the user's terminal as the session ends.
+        s = spawn(argv=[*RELAY_ARGV, *output_args(mode), "--", "sh", "-c", "echo RAN"],
+                  extra_env={"LD_PRELOAD": str(sigaction_shim)})
+        assert s.wait() == 0, s.describe()
+        assert s.text().strip() == "RAN", s.describe()
+        assert_restored(s)
+
+    def test_started_with_sigchld_blocked_it_sees_its_child_exit(
+        self, spawn: Spawn, mode: str
+    ) -> None:
+        s = spawn(argv=blocked_start([signal.SIGCHLD], mode,
+                                     "sh", "-c", "grep SigBlk /proc/self/status; exit 3"))
+        assert s.wait() == 3, s.describe()
+        # The child gets the mask a shell gives its commands: nothing blocked.
+        assert re.search(r"SigBlk:\s*0{16}\n", s.text()), s.describe()
+        assert_restored(s)
+
+    def test_started_with_sigchld_blocked_sigterm_ends_it(
+        self, spawn: Spawn, mode: str, tmp_path: Path
+    ) -> None:
+        pidfile = tmp_path / "pid"
+        s = spawn(argv=blocked_start([signal.SIGCHLD], mode,
+                                     "sh", "-c", f"echo $$ > {pidfile}; echo READY; exec sleep 60"))
+        s.expect(b"READY")
+        assert s.terminal.wait_raw(), s.describe()
+        os.kill(s.relay_pid, signal.SIGTERM)
+        assert s.wait() == 128 + signal.SIGTERM, s.describe()
+        assert_restored(s)
+        assert_no_leftovers(s)
+
+    def test_started_with_sigwinch_blocked_it_forwards_resizes(
+        self, spawn: Spawn, mode: str, tmp_path: Path
+    ) -> None:
+        report, gate = tmp_path / "sizes", tmp_path / "gate"
+        s = spawn(argv=blocked_start([signal.SIGWINCH], mode, *py(WINCH_CHILD, report, gate)),
+                  rows=30, cols=90)
+        s.expect(b"READY")
+        s.terminal.resize(41, 123)
+        assert wait_until(lambda: last_size(report) == (41, 123)), (
+            f"the child saw {reported_sizes(report)}\n{s.describe()}"
+        )
         gate.touch()
         assert s.wait() == 0, s.describe()
         assert_restored(s)
@@ -1152,7 +1369,7 @@ class TestReview:
         s.expect(b"ping", timeout=10)
         assert proc_state(s.relay_pid) != "T", s.describe()
         assert s.terminal.wait_raw(), "the terminal was not set up again"
-        assert raw_violations(s.terminal.attrs()) == []
+        assert raw_violations(s.terminal.attrs(), s.mode, s.terminal.saved) == []
         s.send(b"q")
         assert s.wait() == 0, s.describe()
         assert_restored(s)
@@ -1248,14 +1465,7 @@ int ioctl(int fd, unsigned long request, ...) {
 
 @pytest.fixture(scope="module")
 def ioctl_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.fail("no C compiler: the test builds a small ioctl shim (needed for the build too)")
-    src = tmp_path_factory.mktemp("shim") / "shim.c"
-    src.write_text(IOCTL_SHIM)
-    lib = src.with_suffix(".so")
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"], check=True)
-    return lib
+    return build_shim(tmp_path_factory.mktemp("shim"), IOCTL_SHIM)
 
 
 class TestRefusedWindowSize:

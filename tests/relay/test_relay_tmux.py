@@ -8,16 +8,19 @@ themselves).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import textwrap
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from harness.backend import image_machine
+from harness.fakevm import FakeSmolvm
 from harness.relay import (
     MARK_VAR,
     PY,
@@ -74,16 +77,38 @@ class Tmux:
         assert proc.returncode == 0, f"tmux {args}: {proc.stderr}"
         return proc.stdout
 
-    def start(self, program: list[str], status: Path) -> None:
-        """Start the session: the relay runs ``program``, its status goes to ``status``."""
-        relay = shlex.join([*RELAY_ARGV, *output_args(self.mode), "--", *program])
-        shell = f"{relay}; echo $? > {shlex.quote(str(status))}; sleep 60"
+    def start(
+        self, program: list[str], status: Path, then: str = "", options: Sequence[str] = ()
+    ) -> None:
+        """Start the session: the relay (with ``options``) runs ``program``, its status goes to
+        ``status``; then the pane's shell runs ``then`` (it writes where the relay left the
+        cursor)."""
+        relay = shlex.join([*RELAY_ARGV, *output_args(self.mode), *options, "--", *program])
+        shell = f"{relay}; echo $? > {shlex.quote(str(status))}; {then} sleep 60"
         self.tmux("new-session", "-d", "-s", "main", "-x", "100", "-y", "30", shell)
         self.tmux("set-option", "-g", "status", "off")
 
     def screen(self) -> str:
         """The visible pane contents."""
         return self.tmux("capture-pane", "-p", "-t", "main")
+
+    def screen_and_cursor(self) -> str:
+        """The visible pane contents and where the cursor is."""
+        cursor = self.tmux("display-message", "-p", "-t", "main", "#{cursor_x},#{cursor_y}")
+        return f"{self.screen()}cursor at {cursor}"
+
+    def keys(self, *keys: str) -> None:
+        """Press ``keys`` in the pane (tmux key names such as ``C-w`` or ``Enter``)."""
+        self.tmux("send-keys", "-t", "main", *keys)
+
+    def type(self, text: str) -> None:
+        """Type ``text`` into the pane, literally."""
+        self.tmux("send-keys", "-t", "main", "-l", text)
+
+    def cursor(self) -> tuple[int, int]:
+        """(x, y) of the cursor in the pane."""
+        x, y = self.tmux("display-message", "-p", "-t", "main", "#{cursor_x} #{cursor_y}").split()
+        return int(x), int(y)
 
     def pane_size(self) -> tuple[int, int]:
         """(rows, cols) of the pane, as tmux sees it."""
@@ -98,10 +123,17 @@ class Tmux:
             kill_quietly(pid)
 
 
+def require(program: str) -> str:
+    """The path of ``program``; fails (never skips) when it is missing."""
+    path = shutil.which(program)
+    if path is None:
+        pytest.fail(f"{program} is not installed (scripts/bootstrap installs it)")
+    return path
+
+
 @pytest.fixture
 def tmux_session(impl: str, mode: str, tmp_path: Path) -> Iterator[Tmux]:
-    if shutil.which("tmux") is None:
-        pytest.fail("tmux is not installed (scripts/bootstrap installs it)")
+    require("tmux")
     session = Tmux(impl, mode, tmp_path)
     yield session
     session.close()
@@ -165,3 +197,199 @@ def test_vim_follows_resize(tmux_session: Tmux, tmp_path: Path) -> None:
     t.tmux("send-keys", "-t", "main", "Escape", ":qa!", "Enter")
     assert wait_until(lambda: status.exists() and status.read_text().strip(), 20), t.screen()
     assert status.read_text().strip() == "0"
+
+
+# --------------------------------------------------------------------------- copy and direct
+
+
+class Twins:
+    """The same program in two panes of the same size, one relayed in copy mode and one in
+    direct mode, driven by the same keys."""
+
+    def __init__(self, impl: str, tmp: Path) -> None:
+        require("tmux")
+        self.copy = Tmux(impl, "copy", tmp / "copy")
+        self.direct = Tmux(impl, "direct", tmp / "direct")
+        self.panes = (self.copy, self.direct)
+        self.status = {t: t.tmp / "status" for t in self.panes}
+
+    def start(self, program: list[str], then: str = "", options: Sequence[str] = ()) -> None:
+        for t in self.panes:
+            t.tmp.mkdir(exist_ok=True)
+            t.start(program, self.status[t], then, options)
+
+    def keys(self, *keys: str) -> None:
+        for t in self.panes:
+            t.keys(*keys)
+
+    def type(self, text: str) -> None:
+        for t in self.panes:
+            t.type(text)
+
+    def same_screen(self, marker: str, check: Callable[[str], bool] = lambda _: True) -> str:
+        """Wait until both panes show ``marker`` and the same screen, cursor included, that
+        passes ``check`` (each pane may take its time to draw); that screen."""
+
+        def alike() -> str | None:
+            copy, direct = (t.screen_and_cursor() for t in self.panes)
+            return copy if marker in copy and copy == direct and check(copy) else None
+
+        screen = wait_until(alike, 20, 0.05)
+        if screen is None:
+            copy, direct = (t.screen_and_cursor() for t in self.panes)
+            pytest.fail(f"copy and direct mode draw different screens (waiting for {marker!r})"
+                        f"\n--- copy:\n{copy}\n--- direct:\n{direct}")
+        return str(screen)
+
+    def statuses(self) -> list[str]:
+        """Both relays' exit statuses, once both have ended."""
+
+        def read() -> list[str] | None:
+            found = [p.read_text().strip() if p.exists() else "" for p in self.status.values()]
+            return found if all(found) else None
+
+        found = wait_until(read, 20)
+        assert found, [t.screen() for t in self.panes]
+        return list(found)
+
+    def close(self) -> None:
+        for t in self.panes:
+            t.close()
+
+
+@pytest.fixture
+def twins(impl: str, tmp_path: Path) -> Iterator[Twins]:
+    pair = Twins(impl, tmp_path)
+    yield pair
+    pair.close()
+
+
+# vim without terminal queries (cursor position, version, colours): their answers come back as
+# input, and a vim that reads one in pieces (late, under load) takes the rest for keys.
+VIM_ARGS = ["--cmd", "set t_u7= t_RV= t_RF= t_RB= t_RS= t_RC=", "-u", "NONE", "-N", "-n",
+            "-i", "NONE"]
+
+
+def vim_text(path: Path) -> None:
+    """A file for vim to show: tabs, lines longer than the pane, 200 of them."""
+    path.write_text("".join(
+        f"line {n}\tcolumn\t{'long ' * (n % 7) * 6}end {n}\n" for n in range(1, 201)
+    ))
+
+
+def lines(screen: str) -> list[str]:
+    """The screen's non-empty lines (the cursor line left out)."""
+    return [line for line in screen.splitlines()[:-1] if line.strip()]
+
+
+class TestCopyAndDirectLookAlike:
+    """Raw mode is for the keyboard: direct mode keeps the terminal's output processing, so
+    that a program writing to it directly draws what copy mode (through the pty's output
+    processing) draws."""
+
+    def test_plain_output(self, twins: Twins) -> None:
+        twins.start(["printf", "a1\\nb2\\nc3\\n"], then="echo PROMPT;")
+        screen = twins.same_screen("PROMPT")
+        assert lines(screen) == ["a1", "b2", "c3", "PROMPT"], screen
+        assert twins.statuses() == ["0", "0"]
+
+    def test_full_screen_program(self, twins: Twins, tmp_path: Path) -> None:
+        vim = require("vim")
+        text = tmp_path / "text.txt"
+        vim_text(text)
+        twins.start([vim, *VIM_ARGS, str(text)])
+        twins.same_screen("line 1 ")
+        twins.keys("Escape")
+        twins.type(":set nu list")
+        twins.keys("Enter")
+        twins.same_screen("line 1^Icolumn")
+        twins.type("G")
+        twins.same_screen("end 200$")
+        twins.type("gg")
+        twins.keys("C-f", "C-f", "C-b")
+        twins.type(":echo 'MARK' line('.')")
+        twins.keys("Enter")
+        twins.same_screen("MARK")
+        twins.keys("Escape")
+        twins.type(":qa!")
+        twins.keys("Enter")
+        assert twins.statuses() == ["0", "0"]
+
+    def test_zsh_line_editor(self, twins: Twins, tmp_path: Path) -> None:
+        zsh = require("zsh")
+        listing = tmp_path / "complete"
+        listing.mkdir()
+        for name in ("alpha-one", "alpha-two", "alpha-three", "beta"):
+            (listing / name).touch()
+        # Only this .zshrc (-d: no system-wide start-up files).
+        (tmp_path / ".zshrc").write_text("PS1='zsh%# '\nbindkey -e\nunset HISTFILE\n")
+        for t in twins.panes:
+            t.env["ZDOTDIR"] = str(tmp_path)
+        twins.start([zsh, "-d", "-i"])
+        twins.same_screen("zsh#")
+        # Editing: words typed, two deleted, the start of the line changed.
+        twins.type("echo alpha beta gamma")
+        twins.keys("C-w", "C-w")
+        twins.type("omega")
+        twins.keys("C-a")
+        twins.type(": ")
+        twins.keys("C-e")
+        twins.same_screen("zsh# : echo alpha omega")
+        twins.keys("C-u")
+        # A completion listing below the line, and the line drawn again above it.
+        twins.type(f"ls {listing}/al")
+        twins.keys("Tab", "Tab")
+        screen = twins.same_screen("alpha-three")
+        assert "alpha-one" in screen and "beta" not in screen, screen
+        twins.keys("C-u")
+        # A line longer than the pane wraps.
+        twins.type(": " + "wrap " * 30 + "END")
+        twins.same_screen("END")
+        twins.keys("C-u")
+        # A command's own output (straight to the terminal in direct mode). It waits for a
+        # key, typed once the line editor has finished its line: in direct mode what goes
+        # through the pty (the line editor's drawing) arrives after what is written to the
+        # terminal itself, and the two would race.
+        command = "read -sk1 key </dev/tty; print -l one two three"
+        twins.type(command)
+        twins.keys("Enter")
+
+        def below_the_command(screen: str) -> bool:
+            rows = screen.splitlines()
+            at = max(i for i, row in enumerate(rows) if command in row)
+            return rows[-1] == f"cursor at 0,{at + 1}"
+
+        twins.same_screen(command, below_the_command)
+        twins.type("x")
+        screen = twins.same_screen("three")
+        assert f"{command}\none\ntwo\nthree\nzsh#" in screen, screen
+        twins.type("exit")
+        twins.keys("Enter")
+        assert twins.statuses() == ["0", "0"]
+
+    def test_smolvm_client(self, fake_smolvm: FakeSmolvm, twins: Twins, tmp_path: Path) -> None:
+        """smolvm's -t client writes what its guest's pty already processed (LF made CR LF) to
+        a terminal whose output processing direct mode keeps: CR CR LF, the same screen. Its own
+        raw mode (OPOST off) lands on the relay's pty, its stdin. Through the fake smolvm, which
+        copies the client: plain output, then vim (which turns ONLCR off in the guest)."""
+        vim = require("vim")
+        text = tmp_path / "text.txt"
+        vim_text(text)
+        image_machine(fake_smolvm, "m")
+        for t in twins.panes:  # the fake, first on PATH, and its state
+            t.env.update(PATH=os.environ["PATH"], FAKE_SMOLVM_STATE=os.environ["FAKE_SMOLVM_STATE"])
+        # smolvm's guest pty starts at 80x24 and gets the client's size once the command runs
+        # (the fake copies that): the guest waits for it, or vim might miss the change.
+        guest = ('while [ "$(stty size)" = "24 80" ]; do sleep 0.02; done; '
+                 f"printf 'a1\\nb2\\nc3\\n'; exec {shlex.join([vim, *VIM_ARGS, str(text)])}")
+        twins.start(["smolvm", "machine", "exec", "--name", "m", "-i", "-t", "--",
+                     "sh", "-c", guest], then="echo PROMPT;", options=["--hold-until-raw"])
+        twins.same_screen("line 1 ")
+        twins.type("G")
+        twins.same_screen("end 200")
+        twins.keys("Escape")
+        twins.type(":qa!")
+        twins.keys("Enter")
+        screen = twins.same_screen("PROMPT")
+        assert lines(screen) == ["a1", "b2", "c3", "PROMPT"], screen
+        assert twins.statuses() == ["0", "0"]

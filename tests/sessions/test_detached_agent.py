@@ -18,7 +18,6 @@ from harness.relay import MARK_VAR, alive, marked_pids
 from harness.sessions import Client, wait_for, wait_gone
 
 from bottle import sessions
-from bottle import smolvm as sv
 from bottle.backend import get_backend
 from bottle.backend.smolmachines import SmolmachinesBottle
 from bottle.errors import InvalidInputError, MachineNotRunningError
@@ -28,10 +27,6 @@ pytestmark = pytest.mark.usefixtures("test_images")
 
 SECRET = "s3cr3t-detached-value"
 
-
-@pytest.fixture(autouse=True)
-def _fresh_version_cache() -> None:
-    sv.clear_version_cache()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from harness.sessions import Client
+from harness.sessions import Client, loop_module, native_core
 
 from bottle import _hub_py
 from bottle import _sessionwire as wire
@@ -21,24 +21,9 @@ HUB_CONSTANTS = ("EV_CLIENTS", "EV_SIGNAL", "EV_CHILD", "DEFAULT_HISTORY", "MIN_
                  "MAX_CLIENTS", "STALL_MS", "STALL_PROGRESS", "TWITCH_MS")  # fmt: skip
 
 
-def native() -> ModuleType | None:
-    try:
-        import bottle._ptyrelay as mod
-    except ImportError:
-        return None
-    return mod
-
-
 @pytest.fixture(params=["native", "pure"])
 def hubmod(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "pure":
-        return _hub_py
-    mod = native()
-    if mod is None:
-        if os.environ.get("BOTTLE_REQUIRE_EXTENSION", "") not in ("", "0"):
-            pytest.fail("BOTTLE_REQUIRE_EXTENSION is set but bottle._ptyrelay is not importable")
-        pytest.skip("native extension not built")
-    return mod
+    return loop_module(request.param, _hub_py)
 
 
 @pytest.fixture
@@ -59,7 +44,7 @@ def pty_and_socket(tmp_path: Path) -> Iterator[tuple[int, int, socket.socket, st
 
 
 def test_native_protocol_numbers_are_the_protocols() -> None:
-    mod = native()
+    mod = native_core()
     if mod is None:
         pytest.skip("native extension not built")
     for name, value in mod.WIRE.items():

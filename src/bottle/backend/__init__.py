@@ -1,7 +1,8 @@
 """The backend contract a host CLI codes against.
 
 `ExecResult`, `Bottle` and `BottleBackend` are the drop-in names; `AgentResult` is the richer
-outcome of an agent session; `LaunchSpec` describes a machine to launch; `get_backend(name)`
+outcome of an agent session; `LaunchSpec` describes a machine to launch; `MachineInfo` is a
+machine as a backend's listing shows it; `get_backend(name)`
 finds a backend (`smolmachines` is built in, others register under the `bottle.backends`
 entry-point group).
 """
@@ -13,7 +14,6 @@ import os
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from importlib import metadata
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,7 @@ __all__ = [
     "BottleBackend",
     "ExecResult",
     "LaunchSpec",
+    "MachineInfo",
     "Progress",
     "available_backends",
     "get_backend",
@@ -48,10 +49,10 @@ __all__ = [
 ENTRY_POINT_GROUP = "bottle.backends"
 BUILTIN_BACKEND = "smolmachines"
 # The built-in backend is loaded by reference, like any registered one (pyproject.toml declares
-# the same entry point): the contract never imports an implementation.
-_BUILTIN_ENTRY_POINT = metadata.EntryPoint(
-    BUILTIN_BACKEND, "bottle.backend.smolmachines:SmolmachinesBottleBackend", ENTRY_POINT_GROUP
-)
+# the same entry point): the contract never imports an implementation. importlib.metadata is
+# imported only to find a backend by name: it costs more than the rest of this module (about
+# 10 ms of start-up, with the email package it pulls in), which every command would pay.
+_BUILTIN_TARGET = "bottle.backend.smolmachines:SmolmachinesBottleBackend"
 
 
 class Bottle(abc.ABC):
@@ -141,6 +142,9 @@ class LaunchSpec:
     is refused.
     `allow_hosts` are DNS names or IP addresses (a name also allows its subdomains, every
     port); `allow_cidrs` are ranges like `10.0.0.0/8`. See `bottle.network`.
+    `install_agent` installs the agent provider's CLI while provisioning (as root, the way
+    `bottle.agent_provider` says: npm for claude and codex), for an image that lacks it; with
+    an allow-list, the provider's `install_hosts` must be among `allow_hosts`.
     """
 
     machine_name: str
@@ -161,6 +165,7 @@ class LaunchSpec:
     terminal_color: str = ""
     allow_hosts: Sequence[str] = ()
     allow_cidrs: Sequence[str] = ()
+    install_agent: bool = False
 
     def __post_init__(self) -> None:
         # Checked here, once: what passes is kept in its checked form (see bottle._validate).
@@ -193,6 +198,7 @@ class LaunchSpec:
         check.text(self.agent_provider, "agent_provider")
         check.text(self.terminal_title, "terminal_title")
         check.text(self.terminal_color, "terminal_color")
+        check.flag(self.install_agent, "install_agent")
         self._check_network()
         # What the provider, prompt mode, image, cpus, memory, title and colour may be is for
         # the backend that interprets them (it checks them before it starts anything).
@@ -259,6 +265,36 @@ class LaunchSpec:
         return f"LaunchSpec({', '.join(shown)})"
 
 
+@dataclass(frozen=True)
+class MachineInfo:
+    """A machine as a backend lists it (`SmolmachinesBottleBackend.list_machines()`).
+
+    `network` is the network policy a bottle launch gave it (`open`, `off`, `agent`,
+    `allow`, with `allow_hosts` and `allow_cidrs` for the last two), or, for a machine
+    bottle cannot tell it launched, what the backend knows: `on` (some network: smolvm keeps
+    no allow-list where a listing shows it) or `off`; None when not even that is known.
+    `created_at` is a Unix time (None: unknown). `launched_by_bottle` is True for a machine
+    that a bottle launch created and labelled as such (smolvm 1.8.0 and later keep labels).
+    """
+
+    name: str
+    state: str
+    image: str | None = None
+    network: str | None = None
+    allow_hosts: tuple[str, ...] = ()
+    allow_cidrs: tuple[str, ...] = ()
+    created_at: float | None = None
+    launched_by_bottle: bool = False
+    cpus: int | None = None
+    memory_mib: int | None = None
+
+    def age(self, now: float) -> float | None:
+        """Seconds from its creation to `now` (a Unix time); None when unknown."""
+        if self.created_at is None:
+            return None
+        return max(0.0, now - self.created_at)
+
+
 class BottleBackend(abc.ABC):
     """A way to run bottles. `launch(spec)` creates, starts, provisions and tears down."""
 
@@ -271,6 +307,8 @@ class BottleBackend(abc.ABC):
 
 def available_backends() -> list[str]:
     """Names of all backends: the built-in one and those registered as entry points."""
+    from importlib import metadata
+
     names = {BUILTIN_BACKEND}
     names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
     return sorted(names)
@@ -278,7 +316,10 @@ def available_backends() -> list[str]:
 
 def get_backend(name: str) -> BottleBackend:
     """Instantiate the backend registered under `name`."""
-    found = [_BUILTIN_ENTRY_POINT] if name == BUILTIN_BACKEND else []
+    from importlib import metadata
+
+    builtin = metadata.EntryPoint(BUILTIN_BACKEND, _BUILTIN_TARGET, ENTRY_POINT_GROUP)
+    found = [builtin] if name == BUILTIN_BACKEND else []
     found += [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     for ep in found[:1]:
         factory = ep.load()

@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from typing import Any
 
+from bottle.bench._common import BenchError
 from bottle.bench.relays import RELAY_NAMES, Relay, parse_baseline
 from bottle.bench.report import format_report
 from bottle.bench.suite import run_bench
@@ -26,7 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         "--relay",
         action="append",
         choices=RELAY_NAMES,
-        help="measure only this relay (repeatable; default: all)",
+        help="measure only this relay (repeatable; default: all, and detached sessions)",
+    )
+    parser.add_argument(
+        "--detached",
+        action="store_true",
+        help="measure only detached sessions (a holder and attach clients against copy mode)",
     )
     parser.add_argument(
         "--baseline",
@@ -65,9 +72,26 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"bottle bench: cannot write {args.json}: {e.strerror}", file=sys.stderr)
             return 2
+    report: dict[str, Any] = {}
+    has_error = False
     try:
-        report = run_bench(settings, args.relay or RELAY_NAMES, log, baselines)
-        print(format_report(report))
+        if not args.detached:
+            report = run_bench(settings, args.relay or RELAY_NAMES, log, baselines)
+            print(format_report(report))
+            has_error = any(k.endswith("_error") for r in report["results"].values() for k in r)
+        if args.detached or not args.relay:
+            # Imported here: the relay's own measurements never load the session modules.
+            from bottle.bench import detached
+
+            try:
+                report["detached"] = detached.run(settings, lambda m: log(f"detached: {m}"))
+            except (BenchError, OSError) as exc:
+                report["detached_error"] = str(exc)
+                print(f"\ndetached sessions: error: {exc}")
+                has_error = True
+            else:
+                print("\ndetached sessions (issue 20; copy mode = the native relay)")
+                print(detached.format_report(report["detached"]))
         if out is not None:
             json.dump(report, out, indent=2)
             out.write("\n")
@@ -75,5 +99,4 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if out is not None:
             out.close()
-    has_error = any(k.endswith("_error") for r in report["results"].values() for k in r)
     return 1 if has_error else 0

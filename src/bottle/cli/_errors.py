@@ -6,12 +6,13 @@ parameters as `Param`s, which `flag` says the command line's way (`--network ope
 
 from __future__ import annotations
 
-import difflib
+import os
 import shlex
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 
+from bottle.cli._stderr import CONSOLE
 from bottle.errors import (
     BottleError,
     GuestCommandError,
@@ -19,6 +20,7 @@ from bottle.errors import (
     MachineNotRunningError,
     Message,
     Param,
+    TeardownInterrupted,
 )
 
 PROG = "bottle"
@@ -27,6 +29,7 @@ PROG = "bottle"
 # failing around the command): docker's choice, so that a guest's 1 or 2 is never taken for it.
 FAILURE = 125
 INTERRUPTED = 130  # 128 + SIGINT
+BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 # The command-line spelling of every API parameter an error message can name (a test checks
 # that none is missing).
@@ -35,9 +38,11 @@ FLAGS = {
     "allow_cidrs": "--allow-cidr",
     "allow_hosts": "--allow-host",
     "cpus": "--cpus",
+    "detach_keys": "--detach-keys",
     "env": "-e",
     "guest_env": "-e",
     "image": "--image",
+    "install_agent": "--install-agent",
     "memory_mib": "--memory",
     "network": "--network",
     "record": "--record",
@@ -55,16 +60,20 @@ def flag(param: Param) -> str:
     name = FLAGS.get(param.name)
     if name is None:
         return str(param)
-    if not param.has_value:
+    if not param.has_value or param.value is True:
         return name
     if param.value is None:
         return f"no {name}"
+    if param.value is True:  # a switch: given, it is on
+        return name
     values = param.value if isinstance(param.value, (list, tuple)) else [param.value]
     return " ".join(f"{name} {shlex.quote(str(v))}" for v in values)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """` (did you mean 'x'?)` for the closest of `choices`, or nothing."""
+    import difflib  # only for a mistake: not part of every command's start-up
+
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.7)
     if not close:
         return ""
@@ -111,7 +120,7 @@ def describe(exc: BaseException) -> str:
 
 def report(exc: BaseException) -> int:
     """Print `exc` as one error line; return the exit status it stands for."""
-    print(f"{PROG}: error: {describe(exc)}", file=sys.stderr)
+    CONSOLE.print(f"{PROG}: error: {describe(exc)}")
     if isinstance(exc, GuestCommandError):
         return exc.result.returncode or FAILURE  # the guest's own status (137: retry spent)
     return FAILURE
@@ -122,8 +131,20 @@ def run(command: Callable[[], int], interrupts: Callable[[], AbstractContextMana
     try:
         with interrupts():
             return command()
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except TeardownInterrupted as exc:
+        # Ctrl-C during the teardown gave it up: say what is left, and how to remove it.
+        CONSOLE.print(
+            f"{PROG}: interrupted: machine {exc.machine!r} is left behind ({exc.step} it was "
+            f"cut short); remove it with: {PROG} rm -f {exc.machine}"
+        )
         return INTERRUPTED
+    except KeyboardInterrupt:
+        CONSOLE.print(f"{PROG}: interrupted")
+        return INTERRUPTED
+    except BrokenPipeError:
+        # What it printed is no longer read (`bottle ls | head -1`): as a shell's own
+        # commands end on SIGPIPE, quietly, and with nothing left to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
     except (BottleError, ValueError, OSError) as exc:
         return report(exc)

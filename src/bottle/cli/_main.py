@@ -6,25 +6,14 @@ A command's module is imported only when it runs (pip's way), and before Ctrl-C 
 
 from __future__ import annotations
 
+import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import NamedTuple
 
-from bottle import __version__
-from bottle.cli._command import GLOBAL_OPTIONS, SECRETS_NOTE, Command
-from bottle.cli._errors import FAILURE, PROG, did_you_mean, run
-
-
-class Entry(NamedTuple):
-    module: str
-    # The `Command` class in `module`; None: a program of its own, run as `module.main(args)`
-    # with every argument after its name.
-    command: str | None
-    summary: str
-
+from bottle.cli._command import GLOBAL_OPTIONS, SECRETS_NOTE, Command, Entry
+from bottle.cli._errors import FAILURE, PROG, did_you_mean, report, run
 
 COMMANDS: dict[str, Entry] = {
     "launch": Entry(
@@ -33,12 +22,21 @@ COMMANDS: dict[str, Entry] = {
         "create and start a machine, run the agent in it, then tear it down",
     ),
     "agent": Entry("bottle.cli.agent", "Agent", "run the agent in an existing, running machine"),
-    "exec": Entry(
-        "bottle.cli.exec",
-        "Exec",
-        "run a shell script in a machine, print its output, exit with its status",
+    "exec": Entry("bottle.cli.exec", "Exec", "run a command in a machine, exit with its status"),
+    "shell": Entry("bottle.cli.shell", "Shell", "open an interactive shell in a machine"),
+    "cp": Entry("bottle.cli.cp", "Cp", "copy files and directories between host and machine"),
+    "ls": Entry("bottle.cli.machines", "Ls", "list machines: state, image, network, age"),
+    "stop": Entry("bottle.cli.machines", "Stop", "stop machines"),
+    "rm": Entry("bottle.cli.machines", "Rm", "remove machines (-f: running ones too)"),
+    "completion": Entry(
+        "bottle.cli.completion", "Completion", "print a shell's completion script for bottle"
     ),
-    "cp": Entry("bottle.cli.cp", "Cp", "copy a host file into a machine"),
+    "attach": Entry(
+        "bottle.cli.attach", "Attach", "connect this terminal to a detached agent session"
+    ),
+    "sessions": Entry(
+        "bottle.cli.sessions", "Sessions", "list detached agent sessions (rm: forget ended ones)"
+    ),
     "relay": Entry(
         "bottle.relay.__main__", None, "run an interactive command through the PTY relay"
     ),
@@ -70,7 +68,7 @@ commands:
 {commands}
 global options (before or after the command):
   -h, --help     show this help ({PROG} COMMAND --help: that command's)
-  --version      show bottle's version
+  --version      show bottle's version, the relay in use and the smolvm found
 {options}
 exit status:
   the agent's or the guest command's own status, unchanged (128+N: ended by signal N)
@@ -78,6 +76,12 @@ exit status:
        machine, smolvm failing around the command
   130  interrupted (Ctrl-C)
   `{PROG} relay` and `{PROG} bench` are programs of their own: see their --help.
+
+configuration:
+  $XDG_CONFIG_HOME/bottle/config.toml (~/.config/bottle/config.toml; BOTTLE_CONFIG=FILE for
+  another) gives defaults: image, cpus, memory, network, allow-hosts, allow-cidrs, secret-env,
+  provider, at its top for every command with that flag, in a [COMMAND] table for one.
+  A flag on the command line wins.
 
 {SECRETS_NOTE}"""
 
@@ -131,7 +135,9 @@ def main(
         sys.stdout.write(_help())  # plain `bottle` too, as docker and kubectl do
         return 0
     if "version" in seen:
-        sys.stdout.write(f"{PROG} {__version__}\n")
+        from bottle.cli._version import report as version_report
+
+        sys.stdout.write(version_report())
         return 0
     assert name is not None
     entry = COMMANDS.get(name)
@@ -144,31 +150,47 @@ def main(
 
     command = getattr(module, entry.command)()
     assert isinstance(command, Command)
+    command.commands = COMMANDS
     parser = command.parser(name)
-    extra: list[str] = []
-    if "--" in rest:
-        cut = rest.index("--")
-        rest, extra = rest[:cut], rest[cut + 1 :]
-    ns = parser.parse_args(rest)
-    if extra and not command.takes_extra:
-        parser.error(f"{name} takes no arguments after '--'")
+    broken: ValueError | None = None
+    try:
+        defaults = _config_defaults(name, parser)
+    except ValueError as exc:
+        broken, defaults = exc, lambda ns: None  # said after parsing: --help still helps
+    ns, extra = command.parse(parser, rest)
+    if broken is not None:
+        return report(broken)
+    defaults(ns)
     for _, long, _ in GLOBAL_OPTIONS:  # given before the command, or after it
         setattr(ns, long[2:], getattr(ns, long[2:]) or long[2:] in seen)
-    _configure_logging(verbose=ns.verbose)
+    _configure_logging(verbose=ns.verbose, deferred=command.defers_logging)
     return run(lambda: command.run(ns, extra), interrupts)
 
 
-def _configure_logging(*, verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format=f"{PROG}: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_not_returned)
+def _config_defaults(
+    name: str, parser: argparse.ArgumentParser
+) -> Callable[[argparse.Namespace], None]:
+    """The user's config file's defaults for command `name` (nothing when there is none)."""
+    from bottle.cli import _config
+
+    config = _config.load(COMMANDS)
+    if config is None:
+        return lambda ns: None
+    return _config.apply(config, name, parser)
 
 
-def _not_returned(record: logging.LogRecord) -> bool:
-    # A failure the library logs *and* returns in a result: the commands raise it from the
-    # result (`check()`) and print it once, as an error line.
-    return not getattr(record, "returned_error", False)
+def _configure_logging(*, verbose: bool, deferred: bool) -> None:
+    """The log through the console (`bottle.cli._log`); with `deferred`, only once a record
+    could be shown: most runs of such a command show none, and loading `logging` costs
+    several ms of its start-up (see `bottle._log`)."""
+    from bottle import _log
+
+    def configure() -> None:
+        from bottle.cli import _log as cli_log
+
+        cli_log.configure(verbose=verbose)
+
+    if verbose or not deferred:
+        import logging  # noqa: F401 - loaded now, so that every record reaches it
+
+    _log.when_loaded(configure)

@@ -11,10 +11,12 @@ from bottle.cli._agent import (
     check_record,
     recording,
     run_session,
+    said_where,
     session_fields,
 )
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
-from bottle.cli._options import add_name
+from bottle.cli._options import add_name, retry_policy
+from bottle.cli._sessions import settle
 
 
 class Agent(Command):
@@ -35,7 +37,15 @@ class Agent(Command):
 
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         check_record(ns)
+        settle()
         spec = LaunchSpec(machine_name=ns.name, prompt_mode=ns.prompt_mode, **session_fields(ns))
-        bottle = SmolmachinesBottle.from_spec(spec, prompt_path=ns.prompt_path)
+        bottle = SmolmachinesBottle.from_spec(
+            spec, prompt_path=ns.prompt_path, retry=retry_policy(ns)
+        )
         with recording(ns) as record, bottle:
-            return run_session(bottle, ns, extra, record)
+            try:
+                if ns.install_agent:
+                    bottle.install_agent()
+                return run_session(bottle, ns, extra, record)
+            finally:
+                said_where(record, detached=ns.detach)

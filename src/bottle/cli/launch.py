@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
-import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
@@ -16,11 +16,13 @@ from bottle.cli._agent import (
     check_record,
     recording,
     run_session,
+    said_where,
     session_fields,
 )
 from bottle.cli._command import SECRETS_NOTE, Command, Parser
-from bottle.cli._options import add_name, positive_int
+from bottle.cli._options import add_name, positive_int, retry_policy
 from bottle.cli._progress import ProgressDisplay
+from bottle.cli._sessions import settle
 from bottle.errors import InvalidInputError
 
 
@@ -71,9 +73,16 @@ class Launch(Command):
         )
         p.add_argument("--prompt-file", help="host file copied into the guest as the system prompt")
         add_agent_options(p)
+        p.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print the smolvm commands the launch would run, and run none (secret values "
+            "are never shown: they travel by name)",
+        )
 
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         check_record(ns)
+        settle()
         spec = LaunchSpec(
             machine_name=ns.name,
             image=ns.image,
@@ -86,15 +95,18 @@ class Launch(Command):
             **session_fields(ns),
         )
         backend = get_backend(ns.backend)
-        display = ProgressDisplay(enabled=not ns.quiet and sys.stderr.isatty())
-        with (
-            _teardown_on_signals(),
-            recording(ns) as record,
-            display,
-            _launch(backend, spec, display) as bottle,
-        ):
-            display.close()  # the session owns the terminal from here
-            return run_session(bottle, ns, extra, record)
+        if isinstance(backend, SmolmachinesBottleBackend):
+            backend.retry = retry_policy(ns)
+        if ns.dry_run:
+            return _dry_run(backend, spec, extra, tty=not ns.no_tty)
+        display = ProgressDisplay(enabled=not ns.quiet)
+        with _teardown_on_signals(), recording(ns) as record:
+            try:
+                with display, _launch(backend, spec, display) as bottle, display.paused():
+                    # The session owns the terminal; the display is back for the teardown.
+                    return run_session(bottle, ns, extra, record)
+            finally:
+                said_where(record, detached=ns.detach)
 
 
 def _network(ns: argparse.Namespace) -> bool | str | None:
@@ -127,6 +139,20 @@ def _teardown_on_signals() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _dry_run(backend: BottleBackend, spec: LaunchSpec, argv: list[str], *, tty: bool) -> int:
+    if not isinstance(backend, SmolmachinesBottleBackend):
+        raise InvalidInputError(f"the {backend.name} backend cannot tell its commands (--dry-run)")
+    step = ""
+    for call in backend.dry_run(spec, argv, tty=tty):
+        if call.step != step:
+            step = call.step
+            print(f"# {step}")
+        if call.note:
+            print(f"#   {call.note}:")
+        print(shlex.join(call.argv))
+    return 0
 
 
 def _launch(

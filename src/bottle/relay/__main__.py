@@ -22,7 +22,8 @@ options:
   --output copy|direct       copy (default): CMD writes to the pty and the relay copies it;
                              direct: CMD writes to this terminal itself, the pty is only its
                              input and controlling terminal (for raw terminal clients such as
-                             smolvm machine exec -i -t)
+                             smolvm machine exec -i -t; copied after all when stdout is a
+                             socket)
   --machine NAME             machine name, for {{machine}} in the resize command
   --resize-command TEMPLATE  run after each window change, off the copy loop (one at a time,
                              the latest size wins); {{rows}}, {{cols}} and {{machine}} are
@@ -30,7 +31,8 @@ options:
                              ptys (0.5.1 to 0.8.0).
   --hold-until-raw           hold input and its end from CMD's start until its terminal
                              leaves canonical mode (at most 30 s): for clients that flush
-                             their input when they go raw, like smolvm -i -t
+                             their input when they go raw, like smolvm -i -t; Ctrl-C
+                             meanwhile ends CMD (status 130)
   --record FILE.cast         record the session into FILE.cast (asciicast v2, a new file,
                              mode 0600; play it with `asciinema play`); needs --output copy
   --record-input             record typed input too (off by default: typed secrets would

@@ -1,7 +1,8 @@
 """Which copy loop the relay runs: the native extension, or its pure-Python twin.
 
 `core` is `bottle._ptyrelay` when it is built, else `bottle._ptyrelay_py` (the same API);
-`hub` (a session holder's loop, `Hub`) is the same native module, else `bottle._hub_py`.
+`hub` (a session holder's loop, `Hub`) and `client` (an attach client's loop, `Attach`) are
+the same native module, else `bottle._hub_py` and `bottle._attach_py`.
 BOTTLE_NO_EXTENSIONS=1 forces the twin; BOTTLE_REQUIRE_EXTENSION=1 makes this import fail
 instead of falling back to it (setting both is an error too).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-__all__ = ["IMPLEMENTATION", "core", "hub"]
+__all__ = ["IMPLEMENTATION", "client", "core", "hub"]
 
 
 def _flag(name: str) -> bool:
@@ -41,8 +42,11 @@ else:
 IMPLEMENTATION: str = "pure" if core.__name__.endswith("_py") else "native"
 
 if TYPE_CHECKING:
+    from bottle import _attach_py as client
     from bottle import _hub_py as hub
 elif IMPLEMENTATION == "native":
     hub = core
+    client = core
 else:
+    from bottle import _attach_py as client
     from bottle import _hub_py as hub

@@ -1,18 +1,43 @@
-"""The file a session is recorded into: created before anything else, removed if never used."""
+"""The file a session is recorded into: created before anything else, removed if never used;
+and its first line."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
+import time
 from types import TracebackType
 
 from bottle.errors import InvalidInputError
 
-__all__ = ["Recording"]
+__all__ = ["Recording", "write_header"]
 
 # The recording may hold whatever the session showed: private to its owner, whatever the umask.
 MODE = 0o600
+# The host variables a recording's header names (asciicast v2 "env"); nothing else of the
+# environment goes into the file, so secrets passed to the child never do.
+HEADER_ENV = ("TERM", "SHELL")
+
+
+def write_header(fd: int, rows: int, cols: int, title: str) -> None:
+    """Write an asciicast v2 header line to ``fd``: the terminal's size, the time now, TERM and
+    SHELL from this process's environment, and ``title``. The copy loop (the relay's Pump, a
+    holder's Hub) writes the events after it."""
+    header: dict[str, object] = {
+        "version": 2,
+        "width": cols,
+        "height": rows,
+        "timestamp": int(time.time()),
+    }
+    env = {name: os.environ[name] for name in HEADER_ENV if name in os.environ}
+    if env:
+        header["env"] = env
+    header["title"] = title
+    line = (json.dumps(header, ensure_ascii=False) + "\n").encode()
+    while line:
+        line = line[os.write(fd, line) :]
 
 
 class Recording:

@@ -5,22 +5,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import signal
 import stat
 import sys
 import termios
-import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import Any
 
 from bottle.relay._children import KILL_GRACE, Child, ResizeWorker
 from bottle.relay._impl import core
-from bottle.relay._recording import Recording
-from bottle.relay._tty import DEFAULT_SIZE, WINSIZE, private_writer, raw, window_size
+from bottle.relay._recording import Recording, write_header
+from bottle.relay._tty import DEFAULT_SIZE, WINSIZE, UserTerminal, defer, window_size
 
 # Ways to carry the child's output (see `run`); the first is the default.
 OUTPUTS = ("copy", "direct")
@@ -47,9 +44,6 @@ _DRAIN_IDLE_MS = 100
 _DRAIN_CAP_MS = 2000
 # At the end, the recording's last events get this long to reach the file (a stalled disk).
 _RECORD_FINISH_MS = 5000
-# The host variables a recording's header names (asciicast v2 "env"); nothing else of the
-# environment goes into the file, so secrets passed to the child never do.
-_RECORD_ENV = ("TERM", "SHELL")
 
 log = logging.getLogger("bottle.relay")
 
@@ -71,7 +65,8 @@ def run(
     """Run ``argv`` on a new pty relayed to ``stdin_fd``/``stdout_fd``; return its exit status.
 
     The status is the child's exit code, or 128+N when signal N killed it. ``argv[0]`` is looked
-    up on the PATH of ``env`` (default: ``os.environ``), which is also the child's environment.
+    up on the PATH of ``env`` (default: ``os.environ``), which is also the child's environment,
+    as execvp does (a file without ``#!`` is run by /bin/sh).
     When ``stdin_fd`` is a terminal it is in raw mode while the child runs and its exact settings
     are restored on every way out (and as soon as the child lets go of its pty, so that Ctrl-C
     reaches it as a signal). A negative or closed ``stdin_fd`` means no input: the child sees
@@ -82,14 +77,20 @@ def run(
     ``hold_until_raw`` is for children that flush their input when they switch their terminal
     to raw mode (smolvm ``-i -t``): keys, piped bytes and the end of input are held from the
     child's start until its pty leaves canonical mode or it exits (at most 30 s). Without it
-    input goes through at once.
+    input goes through at once. Ctrl-C typed while input is held ends the session instead of
+    being held: what was typed is dropped, the child gets SIGINT (then SIGKILL), and the
+    status is 130.
 
     ``output="copy"`` makes the pty the child's stdout and stderr, and the relay copies what it
     writes (with the pty's own output processing, e.g. ``\n`` to ``\r\n``). ``"direct"`` gives
-    the child ``stdout_fd`` itself as stdout and stderr, untouched and uncopied: the pty is only
-    its stdin and controlling terminal (what it writes to ``/dev/tty`` is still copied). That
-    suits terminal clients that run raw and write finished output, like ``smolvm machine exec
-    -i -t``, and costs the relay nothing for everything they print.
+    the child ``stdout_fd`` itself as stdout and stderr, uncopied: the pty is only its stdin and
+    controlling terminal (what it writes to ``/dev/tty`` is still copied, and may arrive after
+    what it writes to stdout later). The user's terminal keeps its output processing there
+    (raw mode is for the keyboard). That suits terminal clients that run raw and write finished
+    output, like ``smolvm machine exec -i -t``, and costs the relay nothing for everything they
+    print. Where ``stdout_fd`` cannot be reopened for the relay's own non-blocking writes (a
+    socket), the output is copied as in ``"copy"``: O_NONBLOCK on the child's own stdout would
+    make its writes fail.
 
     ``record`` names a new file (created mode 0600 whatever the umask, before anything else;
     an existing one is refused; removed again if the command cannot start), or is a
@@ -105,8 +106,9 @@ def run(
 
     Thread rule: Python only lets the main thread install signal handlers. Called from the main
     thread, `run` takes over SIGWINCH, SIGCHLD, SIGTSTP, SIGCONT, SIGTERM, SIGHUP, SIGINT and
-    SIGQUIT (and the `signal.set_wakeup_fd`) while it runs, and restores the previous ones;
-    those of the last five that were ignored stay ignored and are not forwarded. Called from
+    SIGQUIT (and the `signal.set_wakeup_fd`) while it runs, unblocked in that thread whatever
+    its mask, and restores the previous handlers and mask; those of the last five that were
+    ignored stay ignored and are not forwarded. Called from
     any other thread it relays without signal handling: no window-size changes after the
     start, no job control, and signals sent to the process are not forwarded. Either way
     SIGPIPE is blocked in the calling thread while it runs: a reader that goes away ends the
@@ -226,18 +228,11 @@ def _resize_argv(template: str, machine: str | None) -> list[str]:
     return words
 
 
-def _quietly(undo: Callable[..., object], *args: object) -> None:
-    # termios.error: e.g. the user's terminal has gone away; nothing to restore.
-    with contextlib.suppress(OSError, termios.error):
-        undo(*args)
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    """Python-level handler: the work happens in the loop, woken by the wakeup-fd byte."""
-
-
 class Session:
-    """One relay run; every setup step registers its undo as soon as it has succeeded."""
+    """One relay run: a child on a new pty, relayed to the user's terminal (`UserTerminal`).
+
+    Every setup step registers its undo as soon as it has succeeded.
+    """
 
     def __init__(
         self,
@@ -264,8 +259,7 @@ class Session:
         self._direct = direct
         # Every setup step's undo, run in reverse on every way out.
         self._undo = ExitStack()
-        self._saved_attrs: list[Any] | None = None
-        self._released = False  # the terminal was given back before the end
+        self._term: UserTerminal | None = None
         self._size_reported = False
         self._worker: ResizeWorker | None = None
         self._record: tuple[Recording, str, bool] | None = None
@@ -300,20 +294,8 @@ class Session:
     def _write_header(self, fd: int, master: int) -> None:
         assert self._record is not None
         rows, cols = window_size(master) or DEFAULT_SIZE
-        header: dict[str, object] = {
-            "version": 2,
-            "width": cols,
-            "height": rows,
-            "timestamp": int(time.time()),
-        }
-        env = {name: os.environ[name] for name in _RECORD_ENV if name in os.environ}
-        if env:
-            header["env"] = env
-        header["title"] = self._record[1]
-        line = (json.dumps(header, ensure_ascii=False) + "\n").encode()
         try:
-            while line:
-                line = line[os.write(fd, line) :]
+            write_header(fd, rows, cols, self._record[1])
         except OSError as exc:
             raise OSError(
                 exc.errno, f"cannot write recording file: {exc.strerror}", self._record[0].path
@@ -326,45 +308,27 @@ class Session:
         self._record_err = pump.finish_recording(_RECORD_FINISH_MS)
 
     def _later(self, undo: Callable[..., object], *args: object) -> None:
-        """Register ``undo(*args)`` to run at the end; a terminal or descriptor already gone
-        (OSError, termios.error) leaves nothing to undo there, and the other undos still run."""
-        self._undo.callback(_quietly, undo, *args)
+        """Register ``undo(*args)`` to run at the end (see `defer`)."""
+        defer(self._undo, undo, *args)
 
     def _start(self) -> int:
-        in_fd, out_fd = self._stdin_fd, self._stdout_fd
-        try:
-            fcntl.fcntl(out_fd, fcntl.F_GETFL)
-        except (OSError, ValueError):
-            raise ValueError(f"stdout_fd {out_fd} is not an open file descriptor") from None
-        try:
-            if in_fd >= 0:
-                fcntl.fcntl(in_fd, fcntl.F_GETFL)
-        except OSError:
-            in_fd = -1
-        if in_fd < 0:  # no input at all: the child sees end-of-input at once
-            in_fd = self._stdin_fd = -1
-        self._block_sigpipe()
-        in_tty = in_fd >= 0 and os.isatty(in_fd)
-        out_tty = os.isatty(out_fd)
+        term = self._term = UserTerminal(self._stdin_fd, self._stdout_fd, self._undo)
         # Listen for SIGWINCH before reading the size, so that no window change is lost.
-        wake_fd = self._catch_signals()
-        ttys = [fd for fd, is_tty in ((in_fd, in_tty), (out_fd, out_tty)) if is_tty]
-        size_fd = ttys[0] if ttys else -1
-        size = None
-        for fd in ttys:
-            size = window_size(fd)
-            if size:
-                size_fd = fd
-                break
-        rows, cols = size or DEFAULT_SIZE
+        wake_fd = term.catch_signals(_CAUGHT, _KEPT_IF_IGNORED)
+        rows, cols = term.window() or DEFAULT_SIZE
         record_fd = self._open_recording()
+        # Direct output needs a descriptor of stdout for the relay's own non-blocking writes
+        # that the child does not share: O_NONBLOCK on the child's stdout would make its
+        # writes fail with EAGAIN. Where there is none (a socket), the output is copied.
+        if self._direct and term.private_output() is None:
+            self._direct = False
+            log.debug("bottle relay: stdout_fd %d cannot be reopened privately (a socket?): "
+                      "copying the output instead of direct output", self._stdout_fd)
+        loop_in, loop_out = term.loop_descriptors()
         # Raw before the child starts: in direct mode its first output goes straight to the
-        # terminal and must meet the same settings as the rest.
-        if in_tty:
-            self._saved_attrs = termios.tcgetattr(in_fd)
-            saved = self._saved_attrs
-            termios.tcsetattr(in_fd, termios.TCSANOW, raw(saved))
-            self._later(termios.tcsetattr, in_fd, termios.TCSANOW, saved)
+        # terminal and must meet the same settings as the rest. Direct mode keeps the output
+        # processing: no pty does it for what the child writes there.
+        term.make_raw(keep_output=self._direct)
 
         master, slave = os.openpty()
         self._later(os.close, master)
@@ -384,9 +348,8 @@ class Session:
                 except (OSError, ValueError):
                     pass
             try:
-                pid = core.spawn(
-                    self._path, self._args, self._envp, slave, out_fd if self._direct else -1
-                )
+                pid = core.spawn(self._path, self._args, self._envp, slave,
+                                 term.out_fd if self._direct else -1)  # fmt: skip
             except OSError as exc:
                 raise _spawn_error(exc, self._args[0]) from None
         finally:
@@ -394,7 +357,6 @@ class Session:
         child = Child(pid, threaded=wake_fd < 0)
         self._later(child.end)
 
-        loop_in, loop_out = self._nonblocking(in_fd, out_fd, in_tty, out_tty)
         os.set_blocking(master, False)
         if self._resize is not None and wake_fd >= 0:
             self._worker = ResizeWorker(self._resize, self._machine, self._environ)
@@ -406,102 +368,17 @@ class Session:
             master,
             wake_fd,
             child.fd,
-            size_fd,
+            term.size_fd,
             winch=self._worker is None,
-            in_tty=in_tty,
+            in_tty=term.in_tty,
             hold_ms=_HOLD_MS if self._hold else 0,
+            intr=term.interrupt_char if self._hold else -1,
             record_fd=record_fd,
             record_input=self._record is not None and self._record[2],
         )
         if record_fd >= 0:
             self._later(self._end_recording, pump)
         return self._relay(pump, child)
-
-    def _block_sigpipe(self) -> None:
-        """Block SIGPIPE in this thread for the run, so a reader gone away is only EPIPE.
-
-        A write's SIGPIPE goes to the writing thread: blocked there it cannot kill a host that
-        keeps SIGPIPE at its default (leaving the terminal raw). The disposition is left alone
-        (it is process-wide, and only the main thread may change it); one raised meanwhile is
-        taken off before the mask is restored. The child starts with an empty mask.
-        """
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGPIPE])
-        if signal.SIGPIPE in old:
-            return
-
-        def unblock() -> None:
-            if signal.SIGPIPE in signal.sigpending():
-                signal.sigwait([signal.SIGPIPE])
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGPIPE])
-
-        self._later(unblock)
-
-    def _catch_signals(self) -> int:
-        """Install handlers and the wakeup pipe; its read end, or -1 off the main thread."""
-        rfd, wfd = os.pipe()
-        self._later(os.close, wfd)
-        self._later(os.close, rfd)
-        os.set_blocking(rfd, False)
-        os.set_blocking(wfd, False)
-        try:
-            previous_fd = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-        except ValueError:  # not the main thread: no signal handling (see run's docstring)
-            return -1
-        self._later(signal.set_wakeup_fd, previous_fd)
-        for sig in _CAUGHT:
-            if sig in _KEPT_IF_IGNORED and signal.getsignal(sig) == signal.SIG_IGN:
-                continue
-            previous = signal.signal(sig, _on_signal)
-            # None: the previous handler was not set from Python; the default is the best guess.
-            restore = signal.SIG_DFL if previous is None else previous
-            self._later(signal.signal, sig, restore)
-        return rfd
-
-    def _nonblocking(self, in_fd: int, out_fd: int, in_tty: bool, out_tty: bool) -> tuple[int, int]:
-        """Descriptors for the loop, non-blocking without leaving O_NONBLOCK on shared ones.
-
-        A terminal is reopened by name: the new open file description is private, so its
-        O_NONBLOCK is invisible to other processes. In direct mode the child's own output goes
-        to ``out_fd`` too, so a pipe or device there is reopened privately as well (see
-        `_private_writer`). Anything else gets O_NONBLOCK for the run and its exact original
-        flags back afterwards.
-        """
-        private: dict[int, int] = {}  # device → reopened fd
-
-        def reopen(fd: int) -> int | None:
-            try:
-                device = os.fstat(fd).st_rdev
-                if device in private:
-                    return private[device]
-                new = os.open(os.ttyname(fd), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-            except OSError:
-                return None
-            if os.fstat(new).st_rdev != device:
-                os.close(new)
-                return None
-            private[device] = new
-            self._later(os.close, new)
-            return new
-
-        loop_in = (reopen(in_fd) if in_tty else None) if in_fd >= 0 else -1
-        loop_out = reopen(out_fd) if out_tty else None
-        if loop_out is None and self._direct:
-            # The child writes to out_fd itself and must find it exactly as it was given
-            # (O_NONBLOCK there would make its writes fail with EAGAIN).
-            loop_out = private_writer(out_fd)
-            if loop_out is not None and loop_out != out_fd:
-                self._later(os.close, loop_out)
-        shared = [fd for fd, new in ((in_fd, loop_in), (out_fd, loop_out)) if new is None]
-        originals = {fd: fcntl.fcntl(fd, fcntl.F_GETFL) for fd in shared}
-
-        def restore() -> None:
-            for fd, flags in originals.items():
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-
-        self._later(restore)
-        for fd, flags in originals.items():
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        return (in_fd if loop_in is None else loop_in), (out_fd if loop_out is None else loop_out)
 
     def _relay(self, pump: core.Pump, child: Child) -> int:
         status: int | None = None
@@ -513,11 +390,14 @@ class Session:
                 status = child.wait(None)
             elif event == core.EV_HUP:
                 return self._hang_up(child)
+            elif event == core.EV_INTR:
+                status = self._abort(child)
             elif event == core.EV_EOF:
                 # The child let go of its pty but may run on, and the keyboard is no longer
                 # read: give the user their terminal back, so that Ctrl-C is a signal again
                 # (which the relay forwards).
-                self._give_back_terminal()
+                assert self._term is not None
+                self._term.give_back()
         # The child's last output may still be in flight (or a grandchild may hold the pty).
         pump.drain(_DRAIN_IDLE_MS, _DRAIN_CAP_MS)
         return status
@@ -559,39 +439,20 @@ class Session:
             exc.strerror or exc,
         )
 
-    def _give_back_terminal(self) -> None:
-        if self._saved_attrs is not None and not self._released:
-            self._released = True
-            with contextlib.suppress(termios.error):
-                termios.tcsetattr(self._stdin_fd, termios.TCSANOW, self._saved_attrs)
-
     def _suspend(self, pump: core.Pump, child: Child) -> None:
-        """SIGTSTP: give the user their terminal back and stop, the way shells do.
-
-        With the default action in place the kernel applies its rule for orphaned process
-        groups (under `setsid`, or when the shell died): there the stop is discarded rather
-        than leaving the relay stopped with nobody to continue it. Either way the terminal is
-        set up again once the kill returns.
-        """
+        """SIGTSTP: stop with the user's terminal given back, the way shells do."""
+        assert self._term is not None
         if self._direct:
             # A copying relay that stops stops the child's output with it; a child writing to
             # the terminal itself must be stopped too, or it would write over the user's shell.
             child.signal(signal.SIGSTOP)
-        if self._saved_attrs is not None and not self._released:
-            with contextlib.suppress(termios.error):
-                termios.tcsetattr(self._stdin_fd, termios.TCSANOW, self._saved_attrs)
-        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        try:
-            os.kill(os.getpid(), signal.SIGTSTP)
-        finally:
-            signal.signal(signal.SIGTSTP, _on_signal)
+        self._term.stop()
         self._continue(pump, child)
 
     def _continue(self, pump: core.Pump, child: Child) -> None:
         """SIGCONT: raw mode again, and the size (it may have changed while stopped)."""
-        if self._saved_attrs is not None and not self._released:
-            with contextlib.suppress(termios.error):
-                termios.tcsetattr(self._stdin_fd, termios.TCSANOW, raw(self._saved_attrs))
+        assert self._term is not None
+        self._term.resume()
         self._resized(pump)
         if self._direct:
             child.signal(signal.SIGCONT)
@@ -605,6 +466,16 @@ class Session:
             status = child.wait(None)
         assert status is not None
         return status
+
+    def _abort(self, child: Child) -> int:
+        """Ctrl-C typed while the child was still starting (its input held): the user gave
+        up waiting. What was typed is dropped (never replayed into the child), the child gets
+        SIGINT and, if it does not end within a grace, SIGKILL; the status is 130."""
+        child.signal(signal.SIGINT)
+        if child.wait(KILL_GRACE) is None:
+            child.signal(signal.SIGKILL)
+            child.wait(None)
+        return 128 + signal.SIGINT
 
 
 def _spawn_error(exc: OSError, program: bytes) -> OSError:

@@ -2,9 +2,10 @@
 
 `start` runs a program in a *session holder*, a background process that owns the program's
 pty (and recording) and serves clients over a unix socket in the user's session directory
-(see `bottle.sessions._dirs`), then returns a `Session` handle. Clients attach with `connect`
-(the protocol is `bottle._sessionwire`); `list_sessions` and `find_session` find sessions
-again from any process of the same user. A session ends when its program exits; its status
+(see `bottle.sessions._dirs`), then returns a `Session` handle. `attach` connects this
+process's terminal to a session (`bottle.sessions._client`), `connect` gives a bare protocol
+connection (`bottle._sessionwire`); `list_sessions` and `find_session` find sessions again
+from any process of the same user. A session ends when its program exits; its status
 and last output are kept in its directory until `Session.remove`.
 
 Nobody but the session's user gets in: the directories are 0700 and checked before use, and
@@ -42,6 +43,13 @@ from bottle.errors import (
 )
 from bottle.relay import Recording
 from bottle.relay._tty import DEFAULT_SIZE, window_size
+from bottle.sessions._client import (
+    DEFAULT_DETACH_KEYS,
+    AttachResult,
+    Decoration,
+    parse_detach_keys,
+)
+from bottle.sessions._client import run as _run_client
 from bottle.sessions._dirs import (
     LOG,
     SCREEN,
@@ -55,13 +63,18 @@ from bottle.sessions._dirs import (
 )
 
 __all__ = [
+    "DEFAULT_DETACH_KEYS",
     "DEFAULT_HISTORY",
+    "AttachResult",
     "Session",
     "SessionInfo",
+    "attach",
     "connect",
     "find_session",
     "list_sessions",
+    "parse_detach_keys",
     "start",
+    "tear_down_lost",
 ]
 
 # Output a session keeps for clients that attach later (bytes).
@@ -340,6 +353,27 @@ def list_sessions() -> list[SessionInfo]:
     return found
 
 
+def tear_down_lost() -> list[tuple[SessionInfo, str]]:
+    """Do the teardown that holders which died left pending: stop and delete their sessions'
+    machines, as their launches would have. What `bottle` commands call when they start, so
+    that the next one to notice does it.
+
+    Returns each session torn down (as it was before) with the outcome ("done", "failed:
+    …"); a session whose teardown another process is doing meanwhile is left to it.
+    """
+    done = []
+    for info in list_sessions():
+        if info.teardown != "pending" or info.state == "running":
+            continue
+        try:
+            outcome = find_session(info.name).teardown()
+        except (SessionRunningError, SessionNotFoundError):
+            continue  # taken meanwhile (another bottle), or removed
+        if outcome is not None:
+            done.append((info, outcome))
+    return done
+
+
 def connect(
     session: str | Session,
     *,
@@ -368,6 +402,100 @@ def connect(
     return _connect(found, readonly, size, redraw, since, timeout)
 
 
+def attach(
+    session: str | Session,
+    *,
+    readonly: bool = False,
+    detach_keys: str = "ctrl-p,ctrl-q",
+    stdin_fd: int = 0,
+    stdout_fd: int = 1,
+    since: int = wire.SINCE_OLDEST,
+    redraw: bool = True,
+    decoration: Decoration | None = None,
+    direct: bool | None = None,
+) -> AttachResult:
+    """Attach this process's terminal (``stdin_fd``, ``stdout_fd``) to a session until the
+    user detaches or the session ends; how it ended.
+
+    The terminal is in raw mode meanwhile, its size is the session's while it is the most
+    recently active writer, and what the program prints comes out on it: first the output
+    the holder kept from ``since`` on (default: all it kept), then what comes, with a repaint
+    (``redraw``) so that a full-screen program looks right. ``detach_keys`` (docker's syntax,
+    see `parse_detach_keys`; default Ctrl-P Ctrl-Q) typed in a row detach; so do SIGTERM,
+    SIGINT, SIGQUIT and a lost terminal, and none of them ends the session. A ``readonly``
+    watcher types nothing (its keys are dropped, but for the detach keys). ``decoration``
+    (`bottle.backend.terminal.decoration(session.terminal_title, session.terminal_color)`)
+    is written once attached and reset on the way out. The terminal's exact settings come
+    back on every way out, whatever it was (see `bottle.sessions._client`).
+
+    Where keys and output are one terminal, a writer hands it to the holder, which then
+    reads the keys and writes the output itself (``direct``: one process less each way, as
+    in a session run in process; see `bottle._sessionwire`). A watcher keeps its terminal
+    (the holder sends it frames, and its own process writes them), unless ``direct=True``;
+    ``direct=False`` keeps a writer's too, as happens anyway where there is no such terminal.
+
+    Raises:
+        SessionNotFoundError: no such session.
+        SessionEndedError: the session is over (its status and last output attached): the
+            terminal was not touched.
+        SessionPathError: its directory or socket is not safely this user's.
+        InvalidInputError: bad ``detach_keys``.
+    """
+    keys = parse_detach_keys(detach_keys)
+    found = find_session(session) if isinstance(session, str) else session
+
+    def connect_at(
+        at: int, size: tuple[int, int], repaint: bool, hand_over: bool
+    ) -> tuple[socket.socket, int, int]:
+        sock = _connect(found, readonly, size, repaint, at, 10.0, hand_over)
+        try:
+            flags, offset = _greeted(found, sock)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, flags, offset
+
+    return _run_client(
+        connect_at,
+        since=since,
+        readonly=readonly,
+        detach_keys=keys,
+        stdin_fd=stdin_fd,
+        stdout_fd=stdout_fd,
+        redraw=redraw,
+        decoration=decoration,
+        direct=direct,
+    )
+
+
+def _greeted(session: Session, sock: socket.socket) -> tuple[int, int]:
+    """Read the holder's first frame: ATTACHED's (flags, offset); an ERROR (the holder
+    refused) or a connection closed at once (the session ended meanwhile) raise."""
+
+    def take(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise _ended(session) if not session.running() else SessionError(
+                    f"session {session.name!r}: the holder closed the connection"
+                )
+            data += chunk
+        return data
+
+    head = take(wire.HEADER_SIZE)
+    kind, length = head[0], int.from_bytes(head[1:], "big")
+    if length > wire.ERROR_MAX + 64:
+        raise SessionError(f"session {session.name!r}: the holder sent a bad first frame")
+    payload = take(length)
+    if kind == wire.ERROR:
+        raise SessionError(f"session {session.name!r}: {payload.decode(errors='replace')}")
+    if kind != wire.ATTACHED:
+        raise SessionError(f"session {session.name!r}: the holder sent a bad first frame")
+    _, flags, _, _, offset = wire.parse_attached(payload)
+    return flags, offset
+
+
 def _ended(session: Session) -> SessionEndedError:
     status = session.exit_status
     what = f"exited with status {status}" if status is not None else "was lost (its holder died)"
@@ -384,6 +512,7 @@ def _connect(
     redraw: bool,
     since: int,
     timeout: float | None,
+    direct: bool = False,
 ) -> socket.socket:
     sdir = session._dir
     sdir.check()
@@ -409,7 +538,9 @@ def _connect(
                 f"session {session.name!r}: the process behind {sdir.socket_path} runs as "
                 f"uid {uid}, not as you; refused"
             )
-        sock.sendall(wire.attach(rows, cols, readonly=readonly, redraw=redraw, since=since))
+        sock.sendall(
+            wire.attach(rows, cols, readonly=readonly, redraw=redraw, since=since, direct=direct)
+        )
     except BaseException:
         sock.close()
         raise

@@ -34,7 +34,8 @@ from typing import Any
 
 from bottle.relay._children import Child
 from bottle.relay._impl import IMPLEMENTATION, core, hub
-from bottle.relay._tty import DEFAULT_SIZE, WINSIZE
+from bottle.relay._recording import write_header
+from bottle.relay._tty import DEFAULT_SIZE, WINSIZE, window_size
 from bottle.sessions import run_teardown
 from bottle.sessions._dirs import LOG, SCREEN, STATE, SessionDir
 
@@ -49,7 +50,6 @@ DRAIN_IDLE_MS = 100
 DRAIN_CAP_MS = 2000
 FLUSH_MS = 2000
 RECORD_FINISH_MS = 5000
-_RECORD_ENV = ("TERM", "SHELL")
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -159,22 +159,9 @@ class Holder:
         fd = int(given)
         os.set_inheritable(fd, False)
         self.undo.callback(os.close, fd)
-        from bottle.relay._tty import window_size
-
         rows, cols = window_size(master) or DEFAULT_SIZE
-        header: dict[str, object] = {
-            "version": 2,
-            "width": cols,
-            "height": rows,
-            "timestamp": int(time.time()),
-        }
-        env = {name: os.environ[name] for name in _RECORD_ENV if name in os.environ}
-        if env:
-            header["env"] = env
-        header["title"] = self.spec.get("record_title") or os.path.basename(self.spec["argv"][0])
-        line = (json.dumps(header, ensure_ascii=False) + "\n").encode()
-        while line:
-            line = line[os.write(fd, line) :]
+        title = self.spec.get("record_title") or os.path.basename(self.spec["argv"][0])
+        write_header(fd, rows, cols, title)
         return fd
 
     # ------------------------------------------------------------------ state
