@@ -142,20 +142,6 @@ DEFAULT_BUFSIZE = 128 * 1024
 # nothing held the loop sets no timer at all.
 cdef int HOLD_POLL_MS = 10
 
-# Recording (asciicast v2). The loop encodes events into a buffer of REC_BUFSIZE bytes and writes
-# them to a pipe; a writer thread moves them from the pipe to the file, so that a slow or stuck
-# disk can only stall the recording, never the loop in a write(2) it cannot interrupt. When the
-# pipe has taken nothing for REC_STALL_MS while events wait, the recording is given up (the
-# session goes on unrecorded); until then the output waits for it, as for a slow terminal.
-REC_BUFSIZE = 256 * 1024
-REC_STALL_MS = 5000
-cdef size_t C_REC_BUFSIZE = 256 * 1024
-cdef int REC_PIPE_SIZE = 1 << 20
-cdef size_t REC_CHUNK = 64 * 1024
-# Room always kept free past an event's data: its time and type, the sequence carried from the
-# previous event, the closing bracket, and a resize event.
-cdef size_t REC_SLACK = 128
-
 # Stages of the child between fork and exec, reported with errno through the exec pipe.
 cdef int STAGE_EXEC = 0
 cdef int STAGE_SETSID = 1
@@ -311,170 +297,9 @@ def spawn(bytes path, argv, envp, int slave_fd, int out_fd=-1):
     return pid
 
 
-# ------------------------------------------------------------------------- recording helpers
-
-cdef struct u8state:
-    # A UTF-8 sequence begun at the end of one read and carried to the next event.
-    unsigned char pend[4]
-    int have
-    int need
-
-
-cdef inline size_t _put_fffd(char *out) noexcept nogil:
-    out[0] = <char>0xEF
-    out[1] = <char>0xBF
-    out[2] = <char>0xBD
-    return 3
-
-
-# What each byte becomes when it stands alone, as 8 bytes (copied whole: a fixed-size copy is a
-# couple of moves, with no branch on the byte; random output took half the time this way) and a
-# length: itself (ASCII), its JSON escape as json.dumps writes it, or U+FFFD (a continuation
-# byte alone, C0, C1, F5-FF). A length of 0 marks the lead byte of a sequence; U8_NEED gives
-# its length.
-cdef unsigned char U8_OUT[256][8]
-cdef unsigned char U8_LEN[256]
-cdef unsigned char U8_NEED[256]
-_SHORT_ESCAPES = {0x22: b'\\"', 0x5C: b"\\\\", 0x0A: b"\\n", 0x0D: b"\\r", 0x09: b"\\t",
-                  0x08: b"\\b", 0x0C: b"\\f"}
-for _b in range(256):
-    if 0xC2 <= _b <= 0xF4:
-        _alone = b""
-        U8_NEED[_b] = 2 if _b < 0xE0 else (3 if _b < 0xF0 else 4)
-    else:
-        U8_NEED[_b] = 0
-        if _b in _SHORT_ESCAPES:
-            _alone = _SHORT_ESCAPES[_b]
-        elif _b < 0x20:
-            _alone = b"\\u%04x" % _b
-        elif _b < 0x80:
-            _alone = bytes([_b])
-        else:
-            _alone = "\ufffd".encode()
-    U8_LEN[_b] = len(_alone)
-    for _i in range(8):
-        U8_OUT[_b][_i] = _alone[_i] if _i < len(_alone) else 0
-
-
-cdef inline bint _u8_next_ok(unsigned char lead, int pos, unsigned char b) noexcept nogil:
-    # Whether b may follow at position pos (1-3) of a sequence begun by lead (Table 3-7 of
-    # the Unicode standard: no overlongs, no surrogates, nothing past U+10FFFF).
-    if pos == 1:
-        if lead == 0xE0:
-            return 0xA0 <= b <= 0xBF
-        if lead == 0xED:
-            return 0x80 <= b <= 0x9F
-        if lead == 0xF0:
-            return 0x90 <= b <= 0xBF
-        if lead == 0xF4:
-            return 0x80 <= b <= 0x8F
-    return 0x80 <= b <= 0xBF
-
-
-cdef size_t _json_utf8(u8state *st, const unsigned char *s, size_t n, char *out) noexcept nogil:
-    # Appends s to out as the inside of a JSON string, at most 6 bytes per input byte (plus
-    # the carried sequence); returns the bytes written. Invalid UTF-8 becomes U+FFFD, one per
-    # maximal ill-formed subpart, exactly as Python's "replace" decoder (which asciinema's own
-    # recorder uses) does; escapes are json.dumps's (ensure_ascii=False). A sequence still
-    # open at the end is kept in st for the next call.
-    cdef size_t i = 0, o = 0, j, k, need
-    cdef unsigned char b
-    # A sequence carried from the previous call: complete it, or replace what it had.
-    while st.have and i < n:
-        b = s[i]
-        if not _u8_next_ok(st.pend[0], st.have, b):
-            o += _put_fffd(out + o)
-            st.have = 0
-            break  # b starts afresh below
-        st.pend[st.have] = b
-        st.have += 1
-        i += 1
-        if st.have == st.need:
-            memcpy(out + o, st.pend, st.need)
-            o += st.need
-            st.have = 0
-    while i < n:
-        b = s[i]
-        if U8_LEN[b]:
-            memcpy(out + o, U8_OUT[b], 8)  # out has room: 6 per byte, and REC_SLACK after
-            o += U8_LEN[b]
-            i += 1
-            continue
-        need = U8_NEED[b]
-        k = 1
-        while k < need and i + k < n and _u8_next_ok(b, <int>k, s[i + k]):
-            k += 1
-        if k == need:
-            for j in range(need):
-                out[o + j] = s[i + j]
-            o += need
-            i += need
-        elif i + k == n:  # cut by the end of this read: carried to the next event
-            memcpy(st.pend, s + i, k)
-            st.have = <int>k
-            st.need = <int>need
-            break
-        else:  # the maximal ill-formed subpart is one U+FFFD; the next byte starts afresh
-            o += _put_fffd(out + o)
-            i += k
-    return o
-
-
-cdef struct rec_writer:
-    int src  # the pipe's read end
-    int dst  # the recording file
-    int status  # where the outcome (an errno, 0 for success) goes
-
-
-cdef void *_rec_writer_main(void *arg) noexcept nogil:
-    # The recording's writer thread: pipe -> file until the pipe's end. It owns its three
-    # descriptors. On a failed write it closes the pipe at once (the loop sees EPIPE and stops
-    # recording); either way the file is cut back to its last whole line, so that it stays a
-    # valid asciicast, and the outcome is reported on the status pipe.
-    cdef rec_writer w = (<rec_writer *>arg)[0]
-    cdef char *buf
-    cdef ssize_t r, done, k, j
-    cdef long long total = 0, good = 0
-    cdef off_t start
-    cdef int err = 0
-    free(arg)
-    start = lseek(w.dst, 0, SEEK_CUR)
-    buf = <char *>malloc(REC_CHUNK)
-    if buf == NULL:
-        err = ENOMEM
-    while err == 0:
-        r = read(w.src, buf, REC_CHUNK)
-        if r == 0:
-            break
-        if r < 0:
-            if errno == EINTR:
-                continue
-            err = errno
-            break
-        done = 0
-        while done < r:
-            k = write(w.dst, buf + done, r - done)
-            if k < 0:
-                if errno == EINTR:
-                    continue
-                err = errno
-                break
-            done += k
-        # The whole events in what did reach the file.
-        j = done - 1
-        while j >= 0 and buf[j] != 10:
-            j -= 1
-        if j >= 0:
-            good = total + j + 1
-        total += done
-    close(w.src)
-    if total != good and start >= 0:
-        ftruncate(w.dst, start + good)
-    close(w.dst)
-    free(buf)
-    write(w.status, &err, sizeof(err))
-    close(w.status)
-    return NULL
+# The recording (asciicast v2): its encoder, writer thread and recorder, which both the Pump and
+# the Hub hold.
+include "_recorder.pxi"
 
 
 cdef inline size_t _ring_free(size_t head, size_t used, size_t size,
@@ -543,26 +368,19 @@ cdef class Pump:
     # burst waited on the child refilling it while the terminal ran dry (half the throughput
     # to a reader taking 64 KiB at a time). Read as much as went out, when it went out.
     cdef size_t bufsize, ihead, ilen, ohead, olen
-    # Recording: rec_fd is the pipe to the writer thread (-1 when not, or no longer, recording)
-    cdef int rec_fd, rec_status, rec_err, rec_rows, rec_cols
-    cdef bint rec_input, rec_on, rec_finished, rec_resize_pending
-    cdef long long rec_t0, rec_stall_at, rec_stall_us
-    cdef char *rbuf
-    cdef size_t rhead, rtail
-    cdef u8state u8out, u8in
+    cdef recorder rec  # off (rec.on false) unless recording
 
     def __cinit__(self, int in_fd, int out_fd, int master_fd, int wake_fd=-1, int child_fd=-1,
                   int size_fd=-1, *, bint winch=True, bint in_tty=False, int hold_ms=0,
                   int intr=-1, Py_ssize_t bufsize=DEFAULT_BUFSIZE, int record_fd=-1,
                   bint record_input=False, int record_stall_ms=REC_STALL_MS):
-        self.rec_fd = self.rec_status = -1
+        self.rec.fd = self.rec.status = -1
         if bufsize < 1:
             raise ValueError("bufsize must be positive")
         if not -1 <= intr <= 255:
             raise ValueError(f"intr must be a byte value or -1 (got {intr})")
         if record_stall_ms < 1:
             raise ValueError("record_stall_ms must be positive")
-        self.rec_stall_us = <long long>record_stall_ms * 1000
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.master_fd = master_fd
@@ -584,76 +402,12 @@ cdef class Pump:
             self.in_eof = True
             self.veof_pending = 1
         if record_fd >= 0:
-            self.rec_input = record_input
-            self._start_recording(record_fd)
+            _rec_open(&self.rec, record_fd, record_input, record_stall_ms)
 
     def __dealloc__(self):
         free(self.ibuf)
         free(self.obuf)
-        free(self.rbuf)
-        # The writer thread ends by itself once its pipe is closed.
-        if self.rec_fd >= 0:
-            close(self.rec_fd)
-        if self.rec_status >= 0:
-            close(self.rec_status)
-
-    cdef int _start_recording(self, int record_fd) except -1:
-        cdef int data[2]
-        cdef int status[2]
-        cdef int dst, flags, rc
-        cdef rec_writer *w
-        cdef pthread_t tid
-        cdef sigset_t all_signals, old_mask
-        self.rbuf = <char *>malloc(C_REC_BUFSIZE)
-        if self.rbuf == NULL:
-            raise MemoryError()
-        dst = fcntl(record_fd, F_DUPFD_CLOEXEC, 3)
-        if dst < 0:
-            rc = errno
-            raise OSError(rc, os.strerror(rc))
-        # os.pipe: close-on-exec, like every descriptor Python makes.
-        try:
-            data[0], data[1] = os.pipe()
-        except BaseException:
-            close(dst)
-            raise
-        try:
-            status[0], status[1] = os.pipe()
-        except BaseException:
-            close(dst)
-            close(data[0])
-            close(data[1])
-            raise
-        w = <rec_writer *>malloc(sizeof(rec_writer))
-        rc = ENOMEM
-        if w != NULL:
-            w.src = data[0]
-            w.dst = dst
-            w.status = status[1]
-            # Every signal blocked in the writer: handlers and SIGPIPE belong to the loop's
-            # thread.
-            sigfillset(&all_signals)
-            pthread_sigmask(SIG_SETMASK, &all_signals, &old_mask)
-            rc = pthread_create(&tid, NULL, _rec_writer_main, w)
-            pthread_sigmask(SIG_SETMASK, &old_mask, NULL)
-            if rc == 0:
-                pthread_detach(tid)
-        if rc != 0:
-            free(w)
-            close(dst)
-            close(data[0])
-            close(data[1])
-            close(status[0])
-            close(status[1])
-            raise OSError(rc, os.strerror(rc))
-        flags = fcntl(data[1], F_GETFL)
-        fcntl(data[1], F_SETFL, flags | O_NONBLOCK)
-        bottle_grow_pipe(data[1], REC_PIPE_SIZE)
-        self.rec_fd = data[1]
-        self.rec_status = status[0]
-        self.rec_on = True
-        self.rec_t0 = _now_us()
-        return 0
+        _rec_close(&self.rec)
 
     def run(self):
         """Relay until an event needs Python; return it (EV_SIGNAL, EV_EOF, EV_HUP, EV_CHILD or
@@ -732,10 +486,10 @@ cdef class Pump:
         self._enter()
         try:
             with nogil:
-                self._finish_recording(timeout_ms)
+                _rec_finish(&self.rec, timeout_ms)
         finally:
             self.busy = False
-        return self.rec_err
+        return self.rec.err
 
     @property
     def holding(self):
@@ -772,166 +526,13 @@ cdef class Pump:
         # Sets the pty's size (-1 with errno when refused); a change is a recording's "r" event.
         cdef winsize old
         cdef bint changed = True
-        if self.rec_on and ioctl(self.master_fd, TIOCGWINSZ, &old) == 0:
+        if self.rec.on and ioctl(self.master_fd, TIOCGWINSZ, &old) == 0:
             changed = old.ws_row != ws.ws_row or old.ws_col != ws.ws_col
         if ioctl(self.master_fd, TIOCSWINSZ, ws) < 0:
             return -1
-        if self.rec_on and changed:
-            # Emitted before any later output (see _rec_room), whatever room there is now.
-            self.rec_rows = ws.ws_row
-            self.rec_cols = ws.ws_col
-            self.rec_resize_pending = True
-            self._rec_room()
-            self._rec_flush()
+        if changed:
+            _rec_resized(&self.rec, ws.ws_row, ws.ws_col)
         return 0
-
-    # ---------------------------------------------------------------- recording
-
-    cdef inline long long _rec_time(self, char *out) noexcept nogil:
-        cdef long long t = _now_us() - self.rec_t0
-        if t < 0:
-            t = 0
-        return snprintf(out, 32, "[%lld.%06lld, \"", t // 1000000, t % 1000000)
-
-    cdef size_t _rec_room(self) noexcept nogil:
-        # How many bytes of data the next event may carry (0: wait for the writer). Makes room
-        # at the front of the buffer, and emits a pending resize first.
-        cdef size_t n
-        if not self.rec_on:
-            return <size_t>-1
-        if self.rhead == self.rtail:
-            self.rhead = self.rtail = 0
-        elif self.rhead > 0 and C_REC_BUFSIZE - self.rtail < C_REC_BUFSIZE // 2:
-            memmove(self.rbuf, self.rbuf + self.rhead, self.rtail - self.rhead)
-            self.rtail -= self.rhead
-            self.rhead = 0
-        if self.rec_resize_pending and C_REC_BUFSIZE - self.rtail >= 64:
-            self.rec_resize_pending = False
-            n = self._rec_time(self.rbuf + self.rtail)
-            n += snprintf(self.rbuf + self.rtail + n, 32, "r\", \"%dx%d\"]\n",
-                          self.rec_cols, self.rec_rows)
-            self.rtail += n
-        if self.rec_resize_pending or C_REC_BUFSIZE - self.rtail < REC_SLACK + 6:
-            return 0
-        return (C_REC_BUFSIZE - self.rtail - REC_SLACK) // 6
-
-    cdef void _rec_event(self, char kind, u8state *st, const char *data,
-                         size_t n) noexcept nogil:
-        # One event for n bytes (n <= _rec_room()), or for the end of a carried sequence
-        # (n == 0); none when nothing would show. Written to the pipe at once.
-        cdef char *out = self.rbuf + self.rtail
-        cdef size_t o, body
-        o = self._rec_time(out)
-        out[o] = kind
-        out[o + 1] = 0x22  # "
-        out[o + 2] = 0x2C  # ,
-        out[o + 3] = 0x20
-        out[o + 4] = 0x22
-        o += 5
-        if n:
-            body = _json_utf8(st, <const unsigned char *>data, n, out + o)
-        elif st.have:
-            st.have = 0
-            body = _put_fffd(out + o)
-        else:
-            body = 0
-        if body == 0:
-            return
-        o += body
-        out[o] = 0x22
-        out[o + 1] = 0x5D  # ]
-        out[o + 2] = 0x0A
-        self.rtail += o + 3
-        self._rec_flush()
-
-    cdef void _rec_flush(self) noexcept nogil:
-        cdef ssize_t r
-        while self.rtail > self.rhead:
-            r = write(self.rec_fd, self.rbuf + self.rhead, self.rtail - self.rhead)
-            if r > 0:
-                self.rhead += r
-                self.rec_stall_at = 0
-            elif r < 0 and errno == EINTR:
-                continue
-            elif r < 0 and errno == EAGAIN:
-                if self.rec_stall_at == 0:
-                    self.rec_stall_at = _now_us()
-                return
-            else:  # EPIPE: the writer failed and said why on its status pipe
-                self._rec_stop(errno if r < 0 else EIO)
-                return
-        self.rhead = self.rtail = 0
-        self.rec_stall_at = 0
-
-    cdef void _rec_stop(self, int err) noexcept nogil:
-        # Give the recording up and relay on; the writer cuts the file to its last event.
-        if self.rec_err == 0:
-            self.rec_err = err
-        self.rec_on = False
-        self.rec_resize_pending = False
-        self.rhead = self.rtail = 0
-        if self.rec_fd >= 0:
-            close(self.rec_fd)
-            self.rec_fd = -1
-
-    cdef inline bint _rec_blocked(self) noexcept nogil:
-        # Whether output (and recorded input) must wait for the writer to take events.
-        return self.rec_on and self._rec_room() == 0
-
-    cdef int _rec_wait_ms(self) noexcept nogil:
-        # Poll timeout while events wait for the pipe (-1: none); gives up a stalled recording.
-        cdef long long left
-        if not self.rec_on or self.rtail == self.rhead or self.rec_stall_at == 0:
-            return -1
-        left = self.rec_stall_at + self.rec_stall_us - _now_us()
-        if left <= 0:
-            self._rec_stop(ETIMEDOUT)
-            return -1
-        return <int>((left + 999) // 1000)
-
-    cdef void _finish_recording(self, int timeout_ms) noexcept nogil:
-        cdef pollfd p
-        cdef long long deadline = _now_us() + <long long>timeout_ms * 1000, left
-        cdef int werr = 0, r
-        if self.rec_finished:
-            return
-        self.rec_finished = True
-        if self.rec_on:
-            if self._rec_room() > 0:  # a sequence cut short by the end shows as U+FFFD
-                self._rec_event(b'o', &self.u8out, NULL, 0)
-            if self._rec_room() > 0:
-                self._rec_event(b'i', &self.u8in, NULL, 0)
-            while self.rec_on and (self.rtail > self.rhead or self.rec_resize_pending):
-                left = deadline - _now_us()
-                if left <= 0:
-                    self._rec_stop(ETIMEDOUT)
-                    break
-                p.fd = self.rec_fd
-                p.events = POLLOUT
-                if poll(&p, 1, <int>((left + 999) // 1000)) > 0:
-                    self._rec_room()
-                    self._rec_flush()
-            self.rec_on = False
-            if self.rec_fd >= 0:
-                close(self.rec_fd)
-                self.rec_fd = -1
-        if self.rec_status < 0:
-            return
-        while True:
-            left = deadline - _now_us()
-            p.fd = self.rec_status
-            p.events = POLLIN
-            r = poll(&p, 1, <int>((left + 999) // 1000) if left > 0 else 0)
-            if r < 0 and errno == EINTR:
-                continue
-            break
-        if r > 0 and read(self.rec_status, &werr, sizeof(werr)) == sizeof(werr):
-            if werr != 0:  # the writer's own failure is the cause (the loop saw only EPIPE)
-                self.rec_err = werr
-        elif self.rec_err == 0:
-            self.rec_err = ETIMEDOUT
-        close(self.rec_status)
-        self.rec_status = -1
 
     cdef void _add_signal(self, unsigned char sig) noexcept nogil:
         cdef int i
@@ -1012,16 +613,16 @@ cdef class Pump:
         cdef size_t n, room
         while self.olen > 0:
             n = _ring_pending(self.ohead, self.olen, self.bufsize)
-            if self.rec_on:
-                room = self._rec_room()
+            if self.rec.on:
+                room = _rec_room(&self.rec)
                 if room == 0:
                     break
                 if n > room:
                     n = room
             r = write(self.out_fd, self.obuf + self.ohead, n)
             if r >= 0:
-                if r > 0 and self.rec_on:
-                    self._rec_event(b'o', &self.u8out, self.obuf + self.ohead, r)
+                if r > 0 and self.rec.on:
+                    _rec_event(&self.rec, b'o', &self.rec.u8out, self.obuf + self.ohead, r)
                 _ring_took(&self.ohead, &self.olen, r, self.bufsize)
             elif errno == EINTR:
                 continue
@@ -1045,16 +646,16 @@ cdef class Pump:
             return C_EV_HUP
         while self.ilen < self.bufsize:
             want = <ssize_t>_ring_free(self.ihead, self.ilen, self.bufsize, &at)
-            if self.rec_on and self.rec_input:
-                room = self._rec_room()
+            if self.rec.on and self.rec.with_input:
+                room = _rec_room(&self.rec)
                 if room == 0:
                     break
                 if <size_t>want > room:
                     want = <ssize_t>room
             r = read(self.in_fd, self.ibuf + at, want)
             if r > 0:
-                if self.rec_on and self.rec_input:
-                    self._rec_event(b'i', &self.u8in, self.ibuf + at, r)
+                if self.rec.on and self.rec.with_input:
+                    _rec_event(&self.rec, b'i', &self.rec.u8in, self.ibuf + at, r)
                 if (self.hold_active and self.intr >= 0
                         and memchr(self.ibuf + at, self.intr, r) != NULL):
                     self._hold_timeout()  # the child may have gone raw since the last look
@@ -1153,10 +754,10 @@ cdef class Pump:
                 if not self.hold_active:
                     if self._write_master() < 0:
                         return -1
-            rec_wait = self._rec_wait_ms()
+            rec_wait = _rec_wait_ms(&self.rec)
             if rec_wait >= 0 and (timeout < 0 or rec_wait < timeout):
                 timeout = rec_wait
-            rec_blocked = self._rec_blocked()
+            rec_blocked = _rec_blocked(&self.rec)
             n = 0
             iw = ic = ii = im = io = ir = -1
             if self.wake_fd >= 0:
@@ -1188,14 +789,14 @@ cdef class Pump:
                 fds[n].events = POLLOUT
                 io = n
                 n += 1
-            if self.rec_on and self.rtail > self.rhead:
-                fds[n].fd = self.rec_fd
+            if self.rec.on and self.rec.tail > self.rec.head:
+                fds[n].fd = self.rec.fd
                 fds[n].events = POLLOUT
                 ir = n
                 n += 1
             if self.in_fd >= 0 and not self.in_eof:
                 if (not self.master_eof and self.ilen < self.bufsize
-                        and not (rec_blocked and self.rec_input)):
+                        and not (rec_blocked and self.rec.with_input)):
                     fds[n].fd = self.in_fd
                     fds[n].events = POLLIN
                     ii = n
@@ -1230,7 +831,7 @@ cdef class Pump:
             if io >= 0 and fds[io].revents:
                 self.out_blocked = False
             if ir >= 0 and fds[ir].revents:
-                self._rec_flush()
+                _rec_flush(&self.rec)
             if im >= 0 and fds[im].revents & (POLLOUT | POLLHUP | POLLERR):
                 self.master_blocked = False
             if im >= 0 and fds[im].revents & (POLLIN | POLLHUP | POLLERR):
@@ -1265,7 +866,7 @@ cdef class Pump:
             n = 0
             iw = im = io = ir = -1
             timeout = -1
-            rec_wait = self._rec_wait_ms()
+            rec_wait = _rec_wait_ms(&self.rec)
             if reading and self.olen < self.bufsize:
                 fds[n].fd = self.master_fd
                 fds[n].events = POLLIN
@@ -1274,8 +875,8 @@ cdef class Pump:
                 timeout = (<int>((budget + 999) // 1000) if budget < <long long>idle_ms * 1000
                            else idle_ms)
             if self.olen > 0:
-                if self._rec_blocked():
-                    fds[n].fd = self.rec_fd
+                if _rec_blocked(&self.rec):
+                    fds[n].fd = self.rec.fd
                     fds[n].events = POLLOUT
                     ir = n
                     if rec_wait >= 0 and (timeout < 0 or rec_wait < timeout):
@@ -1312,7 +913,7 @@ cdef class Pump:
             if io >= 0 and fds[io].revents:
                 self.out_blocked = False
             if ir >= 0 and fds[ir].revents:
-                self._rec_flush()
+                _rec_flush(&self.rec)
             if im >= 0 and fds[im].revents:
                 if fds[im].revents & POLLNVAL:
                     self.err = EBADF

@@ -27,31 +27,20 @@ hang-up, or the client's DETACH; a client that goes away takes it with it.
 from __future__ import annotations
 
 import array
-import codecs
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import select
 import socket
 import struct
-import sys
 import termios
 import threading
 import time
 
 from bottle import _sessionwire as wire
-from bottle._ptyrelay_py import (
-    _REC_PIPE_SIZE,
-    _REC_SLACK,
-    EV_CHILD,
-    EV_DONE,
-    EV_SIGNAL,
-    REC_BUFSIZE,
-    REC_STALL_MS,
-    _rec_writer_main,
-)
+from bottle._ptyrelay_py import EV_CHILD, EV_DONE, EV_SIGNAL
+from bottle._recorder_py import REC_STALL_MS, Recorder
 
 __all__ = [
     "DEFAULT_HISTORY",
@@ -107,7 +96,6 @@ _POLLHUP = select.POLLHUP
 _POLLERR = select.POLLERR
 _POLLNVAL = select.POLLNVAL
 _WINSIZE = struct.Struct("HHHH")
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", None)
 # macOS: getsockopt(SOL_LOCAL, LOCAL_PEERCRED) gives a struct xucred (version, uid, ...).
 _SOL_LOCAL = 0
 _LOCAL_PEERCRED = 1
@@ -187,190 +175,6 @@ class Poller:
                 self._poll.register(fd, events)
                 registered[fd] = events
         return dict(self._poll.poll(timeout))
-
-
-class _Recorder:
-    """The session's asciicast v2 recording, written through a thread (as the relay's Pump
-    does: see there); events are encoded as output is read, and wait for the file when the
-    disk is slow, up to ``stall_ms`` without progress."""
-
-    def __init__(self, record_fd: int, with_input: bool, stall_ms: int) -> None:
-        self.with_input = with_input
-        self.err = 0
-        self.on = False
-        self.fd = self.status_fd = -1
-        self._finished = False
-        self._stall_us = stall_ms * 1000
-        self._stall_at = 0
-        self._buf = bytearray()
-        self._resize: tuple[int, int] | None = None
-        self._u8out = codecs.getincrementaldecoder("utf-8")("replace")
-        self._u8in = codecs.getincrementaldecoder("utf-8")("replace")
-        dst = fcntl.fcntl(record_fd, fcntl.F_DUPFD_CLOEXEC, 3)
-        fds = [dst]
-        try:
-            src, pipe_w = os.pipe()
-            fds += (src, pipe_w)
-            status_r, status_w = os.pipe()
-            fds += (status_r, status_w)
-            threading.Thread(
-                target=_rec_writer_main,
-                args=(src, dst, status_w),
-                name="bottle-record",
-                daemon=True,
-            ).start()
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
-        os.set_blocking(pipe_w, False)
-        if _F_SETPIPE_SZ is not None:
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(pipe_w, _F_SETPIPE_SZ, _REC_PIPE_SIZE)
-        self.fd = pipe_w
-        self.status_fd = status_r
-        self.on = True
-        self._t0 = _now_us()
-
-    def close(self) -> None:
-        for fd in (self.fd, self.status_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.fd = self.status_fd = -1
-        self.on = False
-
-    @property
-    def pending(self) -> bool:
-        return self.on and bool(self._buf)
-
-    def _prefix(self) -> str:
-        t = max(0, _now_us() - self._t0)
-        return f"[{t // 1_000_000}.{t % 1_000_000:06d}, "
-
-    def room(self) -> int:
-        """How many bytes of data the next event may carry (0: wait for the writer)."""
-        if not self.on:
-            return 1 << 62
-        buf = self._buf
-        if self._resize is not None and REC_BUFSIZE - len(buf) >= 64:
-            cols, rows = self._resize
-            self._resize = None
-            buf += f'{self._prefix()}"r", "{cols}x{rows}"]\n'.encode()
-        if self._resize is not None or REC_BUFSIZE - len(buf) < _REC_SLACK + 6:
-            return 0
-        return (REC_BUFSIZE - len(buf) - _REC_SLACK) // 6
-
-    def blocked(self) -> bool:
-        return self.on and self.room() == 0
-
-    def output(self, data: bytes | bytearray | memoryview) -> None:
-        self._event("o", self._u8out, data)
-
-    def input(self, data: bytes | bytearray | memoryview) -> None:
-        self._event("i", self._u8in, data)
-
-    def resized(self, rows: int, cols: int) -> None:
-        """A change of the pty's size: an "r" event before any later output."""
-        if self.on:
-            self._resize = (cols, rows)
-            self.room()
-            self.flush()
-
-    def _event(
-        self,
-        kind: str,
-        decoder: codecs.IncrementalDecoder,
-        data: bytes | bytearray | memoryview,
-        final: bool = False,
-    ) -> None:
-        if not self.on:
-            return
-        text = decoder.decode(bytes(data), final)
-        if not text:
-            return
-        body = json.dumps(text, ensure_ascii=False)
-        self._buf += f'{self._prefix()}"{kind}", {body}]\n'.encode()
-        self.flush()
-
-    def flush(self) -> None:
-        buf = self._buf
-        while buf:
-            try:
-                n = os.write(self.fd, buf)
-            except BlockingIOError:
-                if not self._stall_at:
-                    self._stall_at = _now_us()
-                return
-            except OSError as exc:  # EPIPE: the writer failed and said why on its status pipe
-                self.stop(exc.errno or errno.EIO)
-                return
-            if n:
-                del buf[:n]
-                self._stall_at = 0
-        self._stall_at = 0
-
-    def stop(self, err: int) -> None:
-        if not self.err:
-            self.err = err
-        self.on = False
-        self._resize = None
-        self._buf.clear()
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-    def wait_ms(self) -> int:
-        """Poll timeout while events wait for the pipe (-1: none); gives up a stalled one."""
-        if not self.on or not self._buf or not self._stall_at:
-            return -1
-        left = self._stall_at + self._stall_us - _now_us()
-        if left <= 0:
-            self.stop(errno.ETIMEDOUT)
-            return -1
-        return (left + 999) // 1000
-
-    def finish(self, timeout_ms: int) -> int:
-        if self._finished:
-            return self.err
-        self._finished = True
-        deadline = time.monotonic_ns() + timeout_ms * 1_000_000
-        if self.on:
-            if self.room() > 0:
-                self._event("o", self._u8out, b"", final=True)
-            if self.room() > 0:
-                self._event("i", self._u8in, b"", final=True)
-            while self.on and (self._buf or self._resize is not None):
-                left = deadline - time.monotonic_ns()
-                if left <= 0:
-                    self.stop(errno.ETIMEDOUT)
-                    break
-                poller = select.poll()
-                poller.register(self.fd, _POLLOUT)
-                if poller.poll((left + 999_999) // 1_000_000):
-                    self.room()
-                    self.flush()
-            self.on = False
-            if self.fd >= 0:
-                fd, self.fd = self.fd, -1
-                os.close(fd)
-        if self.status_fd < 0:
-            return self.err
-        fd, self.status_fd = self.status_fd, -1
-        try:
-            left = max(0, deadline - time.monotonic_ns())
-            poller = select.poll()
-            poller.register(fd, _POLLIN)
-            report = os.read(fd, 4) if poller.poll((left + 999_999) // 1_000_000) else b""
-        finally:
-            os.close(fd)
-        if len(report) == 4:
-            werr = int.from_bytes(report, sys.byteorder, signed=True)
-            if werr:
-                self.err = werr
-        elif not self.err:
-            self.err = errno.ETIMEDOUT
-        return self.err
 
 
 class _Client:
@@ -469,7 +273,7 @@ class Hub:
     ) -> None:
         self._clients: list[_Client] = []
         self._listener: socket.socket | None = None
-        self._rec: _Recorder | None = None
+        self._rec: Recorder | None = None
         if history < MIN_HISTORY:
             raise ValueError(f"history must be at least {MIN_HISTORY} bytes, not {history}")
         if stall_ms < 1:
@@ -515,7 +319,7 @@ class Hub:
         self._listener = socket.socket(fileno=os.dup(listen_fd))
         self._listener.setblocking(False)
         if record_fd >= 0:
-            self._rec = _Recorder(record_fd, record_input, record_stall_ms)
+            self._rec = Recorder(record_fd, record_input, record_stall_ms)
 
     def __del__(self) -> None:
         self.close()

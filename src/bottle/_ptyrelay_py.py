@@ -5,20 +5,19 @@ Only `bottle.relay` chooses between the two; see `_ptyrelay.pyx` for the referen
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import select
 import signal
 import struct
-import sys
 import termios
 import threading
 import time
 from collections.abc import Sequence
+
+from bottle._recorder_py import REC_BUFSIZE, REC_STALL_MS, Recorder
 
 __all__ = [
     "DEFAULT_BUFSIZE",
@@ -47,15 +46,6 @@ DEFAULT_BUFSIZE = 128 * 1024
 # While input (or its end) is held, the child's termios is re-checked at this interval; with
 # nothing held the loop sets no timer at all.
 _HOLD_POLL_MS = 10
-
-# Recording (asciicast v2): see the native twin. Events wait in a buffer of REC_BUFSIZE bytes for
-# a pipe that a writer thread empties into the file; REC_STALL_MS without progress gives it up.
-REC_BUFSIZE = 256 * 1024
-REC_STALL_MS = 5000
-_REC_PIPE_SIZE = 1 << 20
-_REC_CHUNK = 64 * 1024
-_REC_SLACK = 128
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", None)
 
 STAGES = ("exec", "setsid", "TIOCSCTTY", "dup2")
 # Where close_range() is missing, descriptors are swept one by one up to the limit, capped here.
@@ -131,42 +121,6 @@ def _child(
         os.write(errfd, _REPORT.pack(stage, code))
     finally:
         os._exit(127)
-
-
-def _rec_writer_main(src: int, dst: int, status: int) -> None:
-    """The recording's writer thread: pipe -> file until the pipe's end (see the native twin)."""
-    err = 0
-    total = good = 0
-    try:
-        start = os.lseek(dst, 0, os.SEEK_CUR)
-    except OSError:
-        start = -1
-    try:
-        while True:
-            data = os.read(src, _REC_CHUNK)
-            if not data:
-                break
-            view = memoryview(data)
-            done = 0
-            try:
-                while done < len(data):
-                    done += os.write(dst, view[done:])
-            finally:
-                # The whole events in what did reach the file.
-                last = data.rfind(b"\n", 0, done)
-                if last >= 0:
-                    good = total + last + 1
-                total += done
-    except OSError as exc:
-        err = exc.errno or errno.EIO
-    os.close(src)
-    if total != good and start >= 0:
-        with contextlib.suppress(OSError):
-            os.ftruncate(dst, start + good)
-    os.close(dst)
-    with contextlib.suppress(OSError):
-        os.write(status, err.to_bytes(4, sys.byteorder, signed=True))
-    os.close(status)
 
 
 def spawn(
@@ -265,14 +219,13 @@ class Pump:
         record_input: bool = False,
         record_stall_ms: int = REC_STALL_MS,
     ) -> None:
-        self._rec_fd = self._rec_status = -1
+        self._rec: Recorder | None = None
         if bufsize < 1:
             raise ValueError("bufsize must be positive")
         if record_stall_ms < 1:
             raise ValueError("record_stall_ms must be positive")
         if not -1 <= intr <= 255:
             raise ValueError(f"intr must be a byte value or -1 (got {intr})")
-        self._rec_stall_us = record_stall_ms * 1000
         self._in_fd = in_fd
         self._out_fd = out_fd
         self._master_fd = master_fd
@@ -299,58 +252,13 @@ class Pump:
         self._sigs = bytearray()
         self._poll = select.poll()
         self._registered: dict[int, int] = {}
-        self._rec_on = False
-        self._rec_input = record_input
-        self._rec_err = 0
-        self._rec_finished = False
-        self._rec_resize: tuple[int, int] | None = None  # (cols, rows) not yet recorded
-        self._rec_stall_at = 0
-        self._rbuf = bytearray()
-        self._u8out = codecs.getincrementaldecoder("utf-8")("replace")
-        self._u8in = codecs.getincrementaldecoder("utf-8")("replace")
         if record_fd >= 0:
-            self._start_recording(record_fd)
+            self._rec = Recorder(record_fd, record_input, record_stall_ms)
 
     def __del__(self) -> None:
-        # The writer thread ends by itself once its pipe is closed.
-        for fd in (getattr(self, "_rec_fd", -1), getattr(self, "_rec_status", -1)):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-    def _start_recording(self, record_fd: int) -> None:
-        dst = fcntl.fcntl(record_fd, fcntl.F_DUPFD_CLOEXEC, 3)
-        fds = [dst]
-        try:
-            src, pipe_w = os.pipe()
-            fds += (src, pipe_w)
-            status_r, status_w = os.pipe()
-            fds += (status_r, status_w)
-            writer = threading.Thread(
-                target=_rec_writer_main,
-                args=(src, dst, status_w),
-                name="bottle-record",
-                daemon=True,
-            )
-            # Every signal blocked in the writer (a thread starts with its creator's mask):
-            # handlers and SIGPIPE belong to the loop's thread.
-            old_mask = signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
-            try:
-                writer.start()
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
-        os.set_blocking(pipe_w, False)
-        if _F_SETPIPE_SZ is not None:
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(pipe_w, _F_SETPIPE_SZ, _REC_PIPE_SIZE)
-        self._rec_fd = pipe_w
-        self._rec_status = status_r
-        self._rec_on = True
-        self._rec_t0 = time.monotonic_ns() // 1000
+        rec = getattr(self, "_rec", None)
+        if rec is not None:
+            rec.close()
 
     # ------------------------------------------------------------------ public
 
@@ -374,10 +282,11 @@ class Pump:
                 timeout = self._hold_timeout()
                 if not self._holding:
                     self._write_master()
-            rec_wait = self._rec_wait_ms()
+            rec = self._rec
+            rec_wait = -1 if rec is None else rec.wait_ms()
             if rec_wait >= 0 and (timeout < 0 or rec_wait < timeout):
                 timeout = rec_wait
-            rec_blocked = self._rec_blocked()
+            rec_blocked = rec is not None and rec.blocked()
             want: dict[int, int] = {}
             if self._wake_fd >= 0:
                 want[self._wake_fd] = _POLLIN
@@ -395,14 +304,14 @@ class Pump:
                     want[self._master_fd] = ev
             if self._obuf and not rec_blocked:
                 want[self._out_fd] = want.get(self._out_fd, 0) | _POLLOUT
-            if self._rec_on and self._rbuf:
-                want[self._rec_fd] = _POLLOUT
+            if rec is not None and rec.pending:
+                want[rec.fd] = _POLLOUT
             in_polled = False
             if self._in_fd >= 0 and not self._in_eof:
                 if (
                     not self._master_eof
                     and len(self._ibuf) < self._bufsize
-                    and not (rec_blocked and self._rec_input)
+                    and not (rec_blocked and rec is not None and rec.with_input)
                 ):
                     want[self._in_fd] = want.get(self._in_fd, 0) | _POLLIN
                     in_polled = True
@@ -422,8 +331,8 @@ class Pump:
                 return EV_CHILD
             if self._out_fd in ready and want.get(self._out_fd, 0) & _POLLOUT:
                 self._out_blocked = False
-            if self._rec_fd in want and self._rec_fd in ready:
-                self._rec_flush()
+            if rec is not None and rec.fd in want and rec.fd in ready:
+                rec.flush()
             rev = ready.get(self._master_fd, 0)
             if rev & (_POLLOUT | _POLLHUP | _POLLERR):
                 self._master_blocked = False
@@ -472,14 +381,15 @@ class Pump:
             want: dict[int, int] = {}
             timeout = -1
             master_polled = False
-            rec_wait = self._rec_wait_ms()
+            rec = self._rec
+            rec_wait = -1 if rec is None else rec.wait_ms()
             if reading and len(self._obuf) < self._bufsize:
                 want[self._master_fd] = _POLLIN
                 master_polled = True
                 timeout = min(idle_ms, (budget + 999) // 1000)
             if self._obuf:
-                if self._rec_blocked():
-                    want[self._rec_fd] = _POLLOUT
+                if rec is not None and rec.blocked():
+                    want[rec.fd] = _POLLOUT
                     if rec_wait >= 0 and (timeout < 0 or rec_wait < timeout):
                         timeout = rec_wait
                 else:
@@ -500,8 +410,8 @@ class Pump:
                 return EV_SIGNAL
             if self._out_fd in ready and self._out_fd in want:
                 self._out_blocked = False
-            if self._rec_fd in want and self._rec_fd in ready:
-                self._rec_flush()
+            if rec is not None and rec.fd in want and rec.fd in ready:
+                rec.flush()
             rev = ready.get(self._master_fd, 0)
             if master_polled and rev:
                 if rev & _POLLNVAL:
@@ -550,10 +460,9 @@ class Pump:
             )
         self._enter()
         try:
-            self._finish_recording(timeout_ms)
+            return 0 if self._rec is None else self._rec.finish(timeout_ms)
         finally:
             self._busy.release()
-        return self._rec_err
 
     @property
     def holding(self) -> bool:
@@ -637,10 +546,11 @@ class Pump:
     def _write_out(self) -> bool:
         """Write buffered output; True when the user's side is gone."""
         obuf = self._obuf
+        rec = self._rec
         while obuf:
             chunk: bytes | bytearray = obuf
-            if self._rec_on:
-                room = self._rec_room()
+            if rec is not None and rec.on:
+                room = rec.room()
                 if room == 0:
                     break
                 if len(obuf) > room:
@@ -655,8 +565,8 @@ class Pump:
                     obuf.clear()
                     return True
                 raise
-            if n and self._rec_on:
-                self._rec_event("o", self._u8out, obuf[:n])
+            if n and rec is not None and rec.on:
+                rec.output(obuf[:n])
             del obuf[:n]
         return False
 
@@ -666,10 +576,11 @@ class Pump:
         if self._in_tty and revents & (_POLLHUP | _POLLERR):
             return EV_HUP
         ibuf = self._ibuf
+        rec = self._rec if self._rec is not None and self._rec.with_input else None
         while len(ibuf) < self._bufsize:
             want = self._bufsize - len(ibuf)
-            if self._rec_on and self._rec_input:
-                room = self._rec_room()
+            if rec is not None and rec.on:
+                room = rec.room()
                 if room == 0:
                     break
                 want = min(want, room)
@@ -688,8 +599,8 @@ class Pump:
                 # A partial line needs one VEOF to be delivered and a second to read as EOF.
                 self._veof_pending = 2 if self._last_in not in (-1, 10) else 1
                 break
-            if self._rec_on and self._rec_input:
-                self._rec_event("i", self._u8in, data)
+            if rec is not None and rec.on:
+                rec.input(data)
             if self._holding and self._intr >= 0 and self._intr in data:
                 self._hold_timeout()  # the child may have gone raw since the last look
                 if self._holding:
@@ -743,133 +654,14 @@ class Pump:
     def _set_size(self, packed: bytes, rows: int, cols: int) -> None:
         """Set the pty's size (OSError when refused); a change is a recording's "r" event."""
         changed = True
-        if self._rec_on:
+        rec = self._rec
+        if rec is not None and rec.on:
             with contextlib.suppress(OSError):
                 old = fcntl.ioctl(self._master_fd, termios.TIOCGWINSZ, bytes(_WINSIZE.size))
                 changed = _WINSIZE.unpack(old)[:2] != (rows, cols)
         fcntl.ioctl(self._master_fd, termios.TIOCSWINSZ, packed)
-        if self._rec_on and changed:
-            # Emitted before any later output (see _rec_room), whatever room there is now.
-            self._rec_resize = (cols, rows)
-            self._rec_room()
-            self._rec_flush()
-
-    # ------------------------------------------------------------------ recording
-
-    def _rec_prefix(self) -> str:
-        t = max(0, time.monotonic_ns() // 1000 - self._rec_t0)
-        return f"[{t // 1_000_000}.{t % 1_000_000:06d}, "
-
-    def _rec_room(self) -> int:
-        """How many bytes of data the next event may carry (0: wait for the writer)."""
-        if not self._rec_on:
-            return 1 << 62
-        rbuf = self._rbuf
-        if self._rec_resize is not None and REC_BUFSIZE - len(rbuf) >= 64:
-            cols, rows = self._rec_resize
-            self._rec_resize = None
-            rbuf += f'{self._rec_prefix()}"r", "{cols}x{rows}"]\n'.encode()
-        if self._rec_resize is not None or REC_BUFSIZE - len(rbuf) < _REC_SLACK + 6:
-            return 0
-        return (REC_BUFSIZE - len(rbuf) - _REC_SLACK) // 6
-
-    def _rec_event(
-        self,
-        kind: str,
-        decoder: codecs.IncrementalDecoder,
-        data: bytes | bytearray,
-        final: bool = False,
-    ) -> None:
-        """One event for ``data`` (or a carried sequence's end); none when nothing shows."""
-        text = decoder.decode(data, final)
-        if not text:
-            return
-        body = json.dumps(text, ensure_ascii=False)
-        self._rbuf += f'{self._rec_prefix()}"{kind}", {body}]\n'.encode()
-        self._rec_flush()
-
-    def _rec_flush(self) -> None:
-        rbuf = self._rbuf
-        while rbuf:
-            try:
-                n = os.write(self._rec_fd, rbuf)
-            except BlockingIOError:
-                if not self._rec_stall_at:
-                    self._rec_stall_at = time.monotonic_ns() // 1000
-                return
-            except OSError as exc:  # EPIPE: the writer failed and said why on its status pipe
-                self._rec_stop(exc.errno or errno.EIO)
-                return
-            if n:
-                del rbuf[:n]
-                self._rec_stall_at = 0
-        self._rec_stall_at = 0
-
-    def _rec_stop(self, err: int) -> None:
-        """Give the recording up and relay on; the writer cuts the file to its last event."""
-        if not self._rec_err:
-            self._rec_err = err
-        self._rec_on = False
-        self._rec_resize = None
-        self._rbuf.clear()
-        if self._rec_fd >= 0:
-            fd, self._rec_fd = self._rec_fd, -1
-            os.close(fd)
-
-    def _rec_blocked(self) -> bool:
-        return self._rec_on and self._rec_room() == 0
-
-    def _rec_wait_ms(self) -> int:
-        """Poll timeout while events wait for the pipe (-1: none); gives up a stalled one."""
-        if not self._rec_on or not self._rbuf or not self._rec_stall_at:
-            return -1
-        left = self._rec_stall_at + self._rec_stall_us - time.monotonic_ns() // 1000
-        if left <= 0:
-            self._rec_stop(errno.ETIMEDOUT)
-            return -1
-        return (left + 999) // 1000
-
-    def _finish_recording(self, timeout_ms: int) -> None:
-        if self._rec_finished:
-            return
-        self._rec_finished = True
-        deadline = time.monotonic_ns() + timeout_ms * 1_000_000
-        if self._rec_on:
-            # A sequence cut short by the end shows as U+FFFD.
-            if self._rec_room() > 0:
-                self._rec_event("o", self._u8out, b"", final=True)
-            if self._rec_room() > 0:
-                self._rec_event("i", self._u8in, b"", final=True)
-            while self._rec_on and (self._rbuf or self._rec_resize is not None):
-                left = deadline - time.monotonic_ns()
-                if left <= 0:
-                    self._rec_stop(errno.ETIMEDOUT)
-                    break
-                poller = select.poll()
-                poller.register(self._rec_fd, _POLLOUT)
-                if poller.poll((left + 999_999) // 1_000_000):
-                    self._rec_room()
-                    self._rec_flush()
-            self._rec_on = False
-            if self._rec_fd >= 0:
-                fd, self._rec_fd = self._rec_fd, -1
-                os.close(fd)
-        if self._rec_status < 0:
-            return
-        fd, self._rec_status = self._rec_status, -1
-        try:
-            left = max(0, deadline - time.monotonic_ns())
-            poller = select.poll()
-            poller.register(fd, _POLLIN)
-            report = os.read(fd, 4) if poller.poll((left + 999_999) // 1_000_000) else b""
-        finally:
-            os.close(fd)
-        if len(report) == 4:
-            werr = int.from_bytes(report, sys.byteorder, signed=True)
-            if werr:  # the writer's own failure is the cause (the loop saw only EPIPE)
-                self._rec_err = werr
-        elif not self._rec_err:
-            self._rec_err = errno.ETIMEDOUT
+        if rec is not None and changed:
+            rec.resized(rows, cols)
 
     def _hold_timeout(self) -> int:
         try:

@@ -31,12 +31,14 @@ LAYERS: list[tuple[str, ...]] = [
         "bottle._cache",
         "bottle._sessionwire",
     ),
-    # The tools the backend uses: the relay (both copy loops and the front), detached sessions
-    # (their holder's and their attach client's loops, both twins; the holder; the client),
-    # the smolvm CLI wrapper, and the agent provider table.
+    # The tools the backend uses: the relay (both copy loops and the front), the recording that
+    # the relay's and the holder's loops share, detached sessions (their holder's and their
+    # attach client's loops, both twins; the holder; the client), the smolvm CLI wrapper, and
+    # the agent provider table.
     (
         "bottle._ptyrelay",
         "bottle._ptyrelay_py",
+        "bottle._recorder_py",
         "bottle._hub_py",
         "bottle._attach_py",
         "bottle.sessions",

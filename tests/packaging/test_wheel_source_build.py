@@ -128,8 +128,8 @@ def test_sdist_ships_the_pyx_and_no_generated_c(project: Path, tmp_path: Path) -
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
     top = names[0].split("/")[0]
-    needed_files = ("src/_ptyrelay.pyx", "src/_hub.pxi", "src/_attach.pxi", "setup.py",
-                    "pyproject.toml", "src/bottle/__init__.py")  # fmt: skip
+    needed_files = ("src/_ptyrelay.pyx", "src/_recorder.pxi", "src/_hub.pxi", "src/_attach.pxi",
+                    "setup.py", "pyproject.toml", "src/bottle/__init__.py")  # fmt: skip
     for needed in needed_files:
         assert f"{top}/{needed}" in names
     assert not [n for n in names if n.endswith((".c", ".so", ".pyc"))], names
