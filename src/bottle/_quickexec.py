@@ -152,6 +152,11 @@ class _Child:
         self.shown = True
         self.cut = False  # its stderr stayed open past the grace
         read, write = os.pipe()
+        if min(read, write) <= 2:
+            # This process's own stdin, stdout or stderr is closed: subprocess's business.
+            os.close(read)
+            os.close(write)
+            raise OSError("a standard descriptor is closed")
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
             (os.POSIX_SPAWN_DUP2, write, 2),

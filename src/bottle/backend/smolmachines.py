@@ -1067,6 +1067,18 @@ class SmolmachinesBottle(Bottle):
             return policy
         return RetryPolicy(policy.attempts, policy.delay, policy.statuses, BRING_UP_RETRY.bring_up)
 
+    def _reach(
+        self, user: str, kept: bool, what: str
+    ) -> tuple[list[str], str | None, _Kept | None] | AgentResult:
+        """`_as_user` for a streamed or terminal command (`interactive`), or the result of one
+        that cannot start: `user` cannot be reached, or asking the guest failed."""
+        try:
+            return self._as_user(user, interactive=True, kept=kept)
+        except GuestUserError as exc:
+            return self._not_started(what, exc)
+        except _ProbeError as exc:
+            return self._not_started(what, exc.result.error or exc)
+
     def _run_streamed(
         self, argv: list[str], user: str, workdir: str | None, stdin: bool, what: str
     ) -> AgentResult:
@@ -1076,20 +1088,18 @@ class SmolmachinesBottle(Bottle):
         handed, self._handed = self._handed, None
         while True:
             may_retry = attempt < policy.attempts
+            marks: sv.Marks | None
             if handed is not None:
                 # Made by the light path, as this loop makes it (bottle._execwire's pieces).
                 full, nonce = handed.argv, handed.nonce
                 found = None if handed.found is None else _Kept(False, *handed.found)
-                marks: sv.Marks | None = sv.Marks(nonce)
-                assert marks is not None
-                marks.started, marks.refusal = handed.started, handed.refusal
+                marks = handed_marks = sv.Marks(nonce)
+                handed_marks.started, handed_marks.refusal = handed.started, handed.refusal
             else:
-                try:
-                    prefix, option, found = self._as_user(user, interactive=True, kept=kept)
-                except GuestUserError as exc:
-                    return self._not_started(what, exc)
-                except _ProbeError as exc:
-                    return self._not_started(what, exc.result.error or exc)
+                reached = self._reach(user, kept, what)
+                if isinstance(reached, AgentResult):
+                    return reached
+                prefix, option, found = reached
                 # Wrapped when bottle must hear from the guest before the command: whether the
                 # kept answer still holds, whether the command started (a kill before it did
                 # is the bring-up's, and takes no input: stdin is held until then).
@@ -1164,12 +1174,10 @@ class SmolmachinesBottle(Bottle):
         # answer is used only where that can be no more than keys typed ahead.
         kept = not stdin or os.isatty(0)
         while True:
-            try:
-                prefix, option, found = self._as_user(user, interactive=True, kept=kept)
-            except GuestUserError as exc:
-                return self._not_started(what, exc)
-            except _ProbeError as exc:
-                return self._not_started(what, exc.result.error or exc)
+            reached = self._reach(user, kept, what)
+            if isinstance(reached, AgentResult):
+                return reached
+            prefix, option, found = reached
             guest = [*prefix, *argv]
             if found is not None:
                 guest = _wrapped(os.urandom(8).hex(), found, guest)
