@@ -1,6 +1,7 @@
 """Count what a relay does per MiB streamed and per echo round trip (perf tracepoints).
 
-    python benchmarks/profile_relay.py [--mib 64] [--trips 2000] [RELAY ...]
+    python benchmarks/profile_relay.py [--mib 64] [--trips 2000] [--baseline NAME=PYTHON]
+                                       [RELAY ...]
 
 Attaches ``perf stat`` (syscall and scheduler tracepoints: counting, no sampling, so the relay
 runs at full speed) to the relay process for the duration of one stream and of one series of
@@ -21,6 +22,7 @@ import time
 
 from bottle import bench
 from bottle.bench._procfs import stat_fields
+from bottle.bench.relays import parse_baseline
 
 EVENTS = [
     "raw_syscalls:sys_enter",
@@ -114,12 +116,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--trips", type=int, default=2000)
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="also profile the native relay that PYTHON runs (another checkout's venv)",
+    )
     parser.add_argument("relays", nargs="*", default=["native", "pure", "script", "pty.spawn"])
     args = parser.parse_args(argv)
+    relays = [bench.RELAYS[name] for name in args.relays]
+    for spec in args.baseline:
+        try:
+            relays.append(parse_baseline(spec))
+        except ValueError as e:
+            parser.error(str(e))
     with bench.Payloads() as payloads:
         payload = payloads.get(args.mib * bench.MIB)
-        for name in args.relays:
-            relay = bench.RELAYS[name]
+        for relay in relays:
+            name = relay.name
             reason = bench.unavailable_reason(relay)
             if reason:
                 print(f"{name}: skipped: {reason}")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+from bench_relays import require_relay
 
 from bottle import bench
+from bottle.bench.relays import baseline
 
 
 def test_quick_run_prints_ratios_and_writes_json(
@@ -132,3 +135,44 @@ def test_target_ratio_is_the_median_of_paired_runs() -> None:
     assert [round(r, 2) for r in echo["run_ratios"]] == [0.7, 0.75, 1.25]
     assert echo["ratio"] == 0.75
     assert echo["met"] is True
+
+
+def test_a_baseline_is_measured_beside_the_relays(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--baseline NAME=PYTHON adds a column: the native relay that PYTHON runs, in copy mode."""
+    require_relay("native")
+    monkeypatch.setattr(bench, "QUICK", bench.SMOKE)
+    rc = bench.main(["--quick", "--relay", "none", "--baseline", f"before={sys.executable}"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    header = next(line for line in text.splitlines() if line.startswith("metric"))
+    assert header.split()[1:] == ["none", "before"]
+    assert "skipped" not in text
+
+
+def test_a_baseline_relay_runs_the_interpreter_it_names() -> None:
+    """The baseline's argv starts with its interpreter; a missing one is skipped, saying why."""
+    relay = baseline("before", "/no/such/python")
+    assert relay.argv(["true"])[:3] == ["/no/such/python", "-m", "bottle.relay"]
+    report = bench.run_bench(bench.SMOKE, ["none"], baselines=[relay])
+    assert list(report["results"]) == ["none"]
+    assert report["skipped"]["before"] == "/no/such/python is not an executable interpreter"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("before", "--baseline takes NAME=PYTHON, got 'before'"),
+        ("=/usr/bin/python3", "--baseline takes NAME=PYTHON"),
+        ("native=/usr/bin/python3", "--baseline name 'native' is taken"),
+    ],
+)
+def test_bad_baselines_are_refused(
+    spec: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --baseline without a name, an interpreter or with a taken name is a usage error."""
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--baseline", spec])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bottle import bench
+from bottle.bench import throughput
+from bottle.bench.session import StallGuard
 
 
 def test_throughput(
@@ -77,3 +81,31 @@ def test_relay_cpu_excludes_what_the_child_burns() -> None:
     assert info.status == 0
     assert info.wait4_cpu_s >= 0.3
     assert info.own_cpu_ns / 1e9 < 0.5 * info.wait4_cpu_s
+
+
+def test_stream_reader_waits_in_read_and_a_stall_ends_it() -> None:
+    """The reader waits inside read(); when nothing comes, the guard ends the session (EOF)."""
+    child = ["/bin/sh", "-c", "printf R; exec sleep 60"]
+    with bench.Session(bench.RELAYS["none"], child) as s:
+        buf = bytearray(64)
+        assert s.read_waiting(buf) == 1 and buf[:1] == b"R"
+        with StallGuard(s, 1.0) as guard:
+            assert s.read_waiting(buf) == 0
+        assert guard.fired
+        assert s.wait_exit().status == -9  # killed: nothing was left waiting on the terminal
+
+
+def test_a_stalled_stream_is_an_error_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch, payloads: bench.Payloads
+) -> None:
+    """A relay that stops writing mid-stream fails the measurement once the guard fires."""
+    monkeypatch.setattr(throughput, "STALL_SECONDS", 1.0)
+    payload = payloads.get(bench.SMOKE.stream_bytes)
+    stream = bench.Stream(bench.RELAYS["none"], payload)
+    try:
+        stream.ready()
+        os.killpg(stream.session.pid, signal.SIGSTOP)  # the producer: no relay in between
+        with pytest.raises(bench.BenchError, match="no output for 1 s"):
+            stream.transfer()
+    finally:
+        stream.abort()

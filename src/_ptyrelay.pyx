@@ -477,25 +477,29 @@ cdef void *_rec_writer_main(void *arg) noexcept nogil:
     return NULL
 
 
-cdef inline bint _has_room(size_t head, size_t tail, size_t size,
-                           size_t slide_at) noexcept nogil:
-    # Whether _make_room leaves room to read into: a full buffer takes more once ``slide_at``
-    # (>= 1) bytes of it have gone out. Output waits for half the buffer: under a stream a
-    # terminal frees a few KiB per write, and sliding the ~124 KiB still unsent before every
-    # read cost more than the copy itself (a sixth of the relay's CPU, in memmove). Input
-    # slides at once, as before.
-    return tail < size or head >= slide_at or head == tail
+cdef inline size_t _ring_free(size_t head, size_t used, size_t size,
+                              size_t *at) noexcept nogil:
+    # Where the next read goes (at) and how much fits there in one piece: after the pending
+    # bytes, up to the buffer's end or, once they have wrapped, up to their start.
+    cdef size_t end = head + used
+    if end >= size:
+        at[0] = end - size
+        return head - at[0]
+    at[0] = end
+    return size - end
 
 
-cdef inline void _make_room(char *buf, size_t *head, size_t *tail, size_t size,
-                            size_t slide_at) noexcept nogil:
-    # Before reading into buf[tail:size]: rewind an empty buffer, or slide a full one's unsent
-    # bytes to the front (see _has_room for when).
-    if head[0] == tail[0]:
-        head[0] = tail[0] = 0
-    elif tail[0] == size and head[0] >= slide_at:
-        memmove(buf, buf + head[0], tail[0] - head[0])
-        tail[0] -= head[0]
+cdef inline size_t _ring_pending(size_t head, size_t used, size_t size) noexcept nogil:
+    # How many of the pending bytes lie in one piece from head (the rest wrapped to the front).
+    return used if used < size - head else size - head
+
+
+cdef inline void _ring_took(size_t *head, size_t *used, size_t n, size_t size) noexcept nogil:
+    # n pending bytes have gone out; an empty ring starts over at the front, so reads into it
+    # come whole.
+    used[0] -= n
+    head[0] += n
+    if used[0] == 0 or head[0] == size:
         head[0] = 0
 
 
@@ -531,7 +535,14 @@ cdef class Pump:
     cdef unsigned char sigs[NSIG + 1]
     cdef char *ibuf
     cdef char *obuf
-    cdef size_t bufsize, ihead, itail, ohead, otail, out_slide
+    # Ring buffers (head: where the pending bytes start; ilen/olen: how many): a full buffer
+    # takes more the moment any of it has gone out, and no byte is ever moved. Under a stream
+    # the terminal frees a few KiB per write. Sliding the ~124 KiB still unsent to the front
+    # for each cost a sixth of the relay's CPU in memmove; waiting for half of it to go out
+    # instead made each refill a 64 KiB burst of reads from a pty that holds 12 KiB, so the
+    # burst waited on the child refilling it while the terminal ran dry (half the throughput
+    # to a reader taking 64 KiB at a time). Read as much as went out, when it went out.
+    cdef size_t bufsize, ihead, ilen, ohead, olen
     # Recording: rec_fd is the pipe to the writer thread (-1 when not, or no longer, recording)
     cdef int rec_fd, rec_status, rec_err, rec_rows, rec_cols
     cdef bint rec_input, rec_on, rec_finished, rec_resize_pending
@@ -565,7 +576,6 @@ cdef class Pump:
         self.hold_active = hold_ms > 0
         self.held_at = _now_ms()  # the front creates the Pump as the child starts
         self.bufsize = bufsize
-        self.out_slide = (bufsize + 1) // 2  # see _has_room
         self.ibuf = <char *>malloc(bufsize)
         self.obuf = <char *>malloc(bufsize)
         if self.ibuf == NULL or self.obuf == NULL:
@@ -735,7 +745,7 @@ cdef class Pump:
     @property
     def buffered(self):
         """Bytes waiting in (input, output) buffers."""
-        return (self.itail - self.ihead, self.otail - self.ohead)
+        return (self.ilen, self.olen)
 
     # ---------------------------------------------------------------- C helpers
 
@@ -969,11 +979,12 @@ cdef class Pump:
         # Returns EV_HUP when the user's side is gone, 0 otherwise, -1 on error.
         cdef ssize_t r
         cdef int w
-        _make_room(self.obuf, &self.ohead, &self.otail, self.bufsize, self.out_slide)
-        while self.otail < self.bufsize:
-            r = read(self.master_fd, self.obuf + self.otail, self.bufsize - self.otail)
+        cdef size_t at, room
+        while self.olen < self.bufsize:
+            room = _ring_free(self.ohead, self.olen, self.bufsize, &at)
+            r = read(self.master_fd, self.obuf + at, room)
             if r > 0:
-                self.otail += r
+                self.olen += r
                 if not self.out_blocked:
                     w = self._write_out()
                     if w != 0:
@@ -999,8 +1010,8 @@ cdef class Pump:
         # the output waits (see _rec_blocked).
         cdef ssize_t r
         cdef size_t n, room
-        while self.otail > self.ohead:
-            n = self.otail - self.ohead
+        while self.olen > 0:
+            n = _ring_pending(self.ohead, self.olen, self.bufsize)
             if self.rec_on:
                 room = self._rec_room()
                 if room == 0:
@@ -1011,50 +1022,47 @@ cdef class Pump:
             if r >= 0:
                 if r > 0 and self.rec_on:
                     self._rec_event(b'o', &self.u8out, self.obuf + self.ohead, r)
-                self.ohead += r
+                _ring_took(&self.ohead, &self.olen, r, self.bufsize)
             elif errno == EINTR:
                 continue
             elif errno == EAGAIN:
                 self.out_blocked = True
                 break
             elif errno == EIO or errno == EPIPE:
-                self.ohead = self.otail = 0
+                self.ohead = self.olen = 0
                 return C_EV_HUP
             else:
                 self.err = errno
                 return -1
-        if self.ohead == self.otail:
-            self.ohead = self.otail = 0
         return 0
 
     cdef int _read_in(self, short revents) noexcept nogil:
         # Returns EV_HUP when the user's terminal went away, EV_INTR when the user typed their
         # interrupt character while input was held, 0 otherwise, -1 on error.
         cdef ssize_t r, want
-        cdef size_t room
+        cdef size_t room, at
         if self.in_tty and revents & (POLLHUP | POLLERR):
             return C_EV_HUP
-        _make_room(self.ibuf, &self.ihead, &self.itail, self.bufsize, 1)
-        while self.itail < self.bufsize:
-            want = self.bufsize - self.itail
+        while self.ilen < self.bufsize:
+            want = <ssize_t>_ring_free(self.ihead, self.ilen, self.bufsize, &at)
             if self.rec_on and self.rec_input:
                 room = self._rec_room()
                 if room == 0:
                     break
                 if <size_t>want > room:
                     want = <ssize_t>room
-            r = read(self.in_fd, self.ibuf + self.itail, want)
+            r = read(self.in_fd, self.ibuf + at, want)
             if r > 0:
                 if self.rec_on and self.rec_input:
-                    self._rec_event(b'i', &self.u8in, self.ibuf + self.itail, r)
+                    self._rec_event(b'i', &self.u8in, self.ibuf + at, r)
                 if (self.hold_active and self.intr >= 0
-                        and memchr(self.ibuf + self.itail, self.intr, r) != NULL):
+                        and memchr(self.ibuf + at, self.intr, r) != NULL):
                     self._hold_timeout()  # the child may have gone raw since the last look
                     if self.hold_active:
-                        self.ihead = self.itail = 0
+                        self.ihead = self.ilen = 0
                         return C_EV_INTR
-                self.itail += r
-                self.last_in = <unsigned char>self.ibuf[self.itail - 1]
+                self.ilen += r
+                self.last_in = <unsigned char>self.ibuf[at + r - 1]
                 self.any_in = True
                 if not self.master_blocked and self._write_master() < 0:
                     return -1
@@ -1086,23 +1094,23 @@ cdef class Pump:
         cdef unsigned char veof[2]
         if self.master_eof or self.hold_active:
             return 0
-        while self.itail > self.ihead:
-            r = write(self.master_fd, self.ibuf + self.ihead, self.itail - self.ihead)
+        while self.ilen > 0:
+            r = write(self.master_fd, self.ibuf + self.ihead,
+                      _ring_pending(self.ihead, self.ilen, self.bufsize))
             if r >= 0:
-                self.ihead += r
+                _ring_took(&self.ihead, &self.ilen, r, self.bufsize)
             elif errno == EINTR:
                 continue
             elif errno == EAGAIN:
                 self.master_blocked = True
                 break
             elif errno == EIO:  # nobody holds the slave any more: input has no reader
-                self.ihead = self.itail
+                self.ihead = self.ilen = 0
                 break
             else:
                 self.err = errno
                 return -1
-        if self.ihead == self.itail:
-            self.ihead = self.itail = 0
+        if self.ilen == 0:
             if self.in_eof and self.veof_pending > 0:
                 if tcgetattr(self.master_fd, &t) < 0 or t.c_cc[VEOF] == _POSIX_VDISABLE:
                     self.veof_pending = 0
@@ -1139,7 +1147,7 @@ cdef class Pump:
         cdef bint rec_blocked
         while True:
             timeout = -1
-            if self.hold_active and (self.itail > self.ihead or
+            if self.hold_active and (self.ilen > 0 or
                                      (self.in_eof and self.veof_pending > 0)):
                 timeout = self._hold_timeout()
                 if not self.hold_active:
@@ -1163,11 +1171,11 @@ cdef class Pump:
                 n += 1
             if not self.master_eof:
                 ev = 0
-                if _has_room(self.ohead, self.otail, self.bufsize, self.out_slide):
+                if self.olen < self.bufsize:
                     ev |= POLLIN
-                if self.itail > self.ihead and not self.hold_active:
+                if self.ilen > 0 and not self.hold_active:
                     ev |= POLLOUT
-                elif (self.in_eof and self.veof_pending > 0 and self.itail == self.ihead
+                elif (self.in_eof and self.veof_pending > 0 and self.ilen == 0
                       and not self.hold_active):
                     ev |= POLLOUT
                 if ev:
@@ -1175,7 +1183,7 @@ cdef class Pump:
                     fds[n].events = ev
                     im = n
                     n += 1
-            if self.otail > self.ohead and not rec_blocked:
+            if self.olen > 0 and not rec_blocked:
                 fds[n].fd = self.out_fd
                 fds[n].events = POLLOUT
                 io = n
@@ -1186,7 +1194,7 @@ cdef class Pump:
                 ir = n
                 n += 1
             if self.in_fd >= 0 and not self.in_eof:
-                if (not self.master_eof and _has_room(self.ihead, self.itail, self.bufsize, 1)
+                if (not self.master_eof and self.ilen < self.bufsize
                         and not (rec_blocked and self.rec_input)):
                     fds[n].fd = self.in_fd
                     fds[n].events = POLLIN
@@ -1229,7 +1237,7 @@ cdef class Pump:
                 r = self._read_master()
                 if r != 0:
                     return r
-            if self.otail > self.ohead and not self.out_blocked:
+            if self.olen > 0 and not self.out_blocked:
                 r = self._write_out()
                 if r != 0:
                     return r
@@ -1239,7 +1247,7 @@ cdef class Pump:
                     return r
             if not self.master_blocked and self._write_master() < 0:
                 return -1
-            if self.master_eof and self.otail == self.ohead and not self.eof_reported:
+            if self.master_eof and self.olen == 0 and not self.eof_reported:
                 self.eof_reported = True
                 return C_EV_EOF
 
@@ -1258,14 +1266,14 @@ cdef class Pump:
             iw = im = io = ir = -1
             timeout = -1
             rec_wait = self._rec_wait_ms()
-            if reading and _has_room(self.ohead, self.otail, self.bufsize, self.out_slide):
+            if reading and self.olen < self.bufsize:
                 fds[n].fd = self.master_fd
                 fds[n].events = POLLIN
                 im = n
                 n += 1
                 timeout = (<int>((budget + 999) // 1000) if budget < <long long>idle_ms * 1000
                            else idle_ms)
-            if self.otail > self.ohead:
+            if self.olen > 0:
                 if self._rec_blocked():
                     fds[n].fd = self.rec_fd
                     fds[n].events = POLLOUT
@@ -1314,7 +1322,7 @@ cdef class Pump:
                     return r
                 if self.master_eof:
                     reading = False
-            if self.otail > self.ohead and not self.out_blocked:
+            if self.olen > 0 and not self.out_blocked:
                 r = self._write_out()
                 if r != 0:
                     return r

@@ -313,6 +313,7 @@ class Session:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.returncode: int | None = None
+        self.drained: bool | None = None  # whether `settle` saw all the terminal received
         self.info = tmp / f"jobshell-{self.mark}.info"
         env = implementation_env(impl)
         env[MARK_VAR] = self.mark
@@ -451,10 +452,23 @@ class Session:
 
     def settle(self, quiet: float = 0.03, limit: float = 2.0) -> None:
         """Let the reader collect what is still queued: everything the terminal (or the pipe)
-        has received, then until output stops growing."""
+        has received, then until output stops growing.
+
+        On a terminal the first part is exact (a fence: see `Terminal.drain`) and waits as
+        long as it takes, up to DEFAULT_TIMEOUT against a hang: a loaded machine can hold the
+        reader, or the pty's worker, for more than `limit`, and a count taken before the
+        fence came through would blame the relay for bytes still on their way. Whether it
+        came through is kept for `describe`.
+        """
         deadline = time.monotonic() + limit
         if self.stdout_is_tty:
-            self.terminal.drain(limit)
+            hang = time.monotonic() + DEFAULT_TIMEOUT
+            while not (drained := self.terminal.drain(max(0.0, hang - time.monotonic()))):
+                if time.monotonic() >= hang or not self.terminal.collecting():
+                    break
+                time.sleep(0.01)  # a pty too full to take the fence yet
+            self.drained = drained
+            deadline = max(deadline, time.monotonic() + quiet)
         elif self.proc.poll() is not None:
             for thread in self._threads[:1]:  # the pipe's reader: done at the pipe's end
                 thread.join(limit)
@@ -480,7 +494,8 @@ class Session:
             stderr = self.stderr_path.read_bytes()[-1500:]
         return (
             f"[{self.impl}] relay rc={self.proc.poll()} output ({len(out)} bytes, tail): "
-            f"{tail!r}\nstderr: {stderr!r}\nlive session processes:\n"
+            f"{tail!r}\nterminal drained: {self.drained}\nstderr: {stderr!r}\n"
+            f"live session processes:\n"
             f"{describe_pids(marked_pids(self.mark))}"
         )
 

@@ -157,6 +157,10 @@ class Terminal:
             if data is None:
                 return
 
+    def collecting(self) -> bool:
+        """Whether the reader is running and not paused (so `drain` can succeed)."""
+        return self.reading.is_set() and self._reader is not None and self._reader.is_alive()
+
     def drain(self, timeout: float = 5.0) -> bool:
         """Wait until everything written to the terminal so far is in ``output()``; False when
         the reader is paused or stopped, or on timeout.
@@ -167,7 +171,7 @@ class Terminal:
         Nothing unread on the master (FIONREAD) is not enough: bytes still in the pty's buffer,
         which a kernel worker pushes on (late under load), do not count there yet.
         """
-        if not (self.reading.is_set() and self._reader is not None and self._reader.is_alive()):
+        if not self.collecting():
             return False
         fence = b"FENCE" + uuid.uuid4().hex.upper().encode()
         try:

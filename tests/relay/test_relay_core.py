@@ -316,6 +316,50 @@ def test_slow_user_terminal_bounds_output_buffer(rig: Callable[..., Rig]) -> Non
     assert r.pump.buffered[1] <= bufsize
 
 
+def test_full_output_buffer_refills_as_the_terminal_takes_it(rig: Callable[..., Rig]) -> None:
+    # Under backpressure the relay must take from the child's pty as much as the terminal has
+    # just taken, at once: a loop that waits for half its buffer to go out and then reads the
+    # rest in one burst drains the pty faster than the child refills it and leaves the terminal
+    # waiting meanwhile (half the throughput to a reader taking 64 KiB at a time). The steps
+    # go round the buffer more than once, and the bytes must come out intact and in order.
+    bufsize = 64 * 1024
+    page = 4096  # a pipe frees room a page at a time
+    r = rig(bufsize=bufsize)
+    fut = r.start()
+    os.set_blocking(r.slave, False)
+    data = (bytes(range(251)) * (8 * bufsize // 251))[: 8 * bufsize]  # out of step with pages
+    sent = 0
+
+    def feed() -> None:
+        # Give the pty all it takes, until the relay's buffer is full and the pty refuses more.
+        nonlocal sent
+        deadline = time.monotonic() + WAIT
+        while True:
+            assert sent < len(data)
+            try:
+                sent += os.write(r.slave, data[sent : sent + page])
+                continue
+            except BlockingIOError:
+                pass
+            if r.pump.buffered[1] == bufsize:
+                return
+            assert time.monotonic() < deadline, (
+                f"the relay holds {r.pump.buffered[1]} of {bufsize} bytes with the child's pty "
+                f"full and {len(got)} bytes taken by the terminal"
+            )
+            time.sleep(0.002)
+
+    got = bytearray()
+    feed()  # the pipe to the terminal is full too: nobody has read it yet
+    for _ in range(2 * bufsize // page):
+        got += read_exactly(r.out_r, page)
+        feed()
+    got += read_exactly(r.out_r, sent - len(got))
+    assert got == data[:sent]
+    r.wake(signal.SIGUSR1)
+    assert fut.result(WAIT) == r.core.EV_SIGNAL
+
+
 def test_type_ahead_held_until_child_leaves_canonical_mode(rig: Callable[..., Rig]) -> None:
     r = rig(raw_child=False, hold_ms=60_000)
     fut = r.start()

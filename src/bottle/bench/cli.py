@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bottle.bench._common import BenchError
-from bottle.bench.relays import RELAY_NAMES
+from bottle.bench.relays import RELAY_NAMES, Relay, parse_baseline
 from bottle.bench.report import format_report
 from bottle.bench.suite import run_bench
 from bottle.bench.workload import FULL, QUICK, Settings
@@ -35,7 +35,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure only detached sessions (a holder and attach clients against copy mode)",
     )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="also measure the native relay (copy mode) that PYTHON runs, for instance another "
+        "checkout's .venv/bin/python, as column NAME, interleaved with the rest (repeatable)",
+    )
     args = parser.parse_args(argv)
+    baselines: list[Relay] = []
+    for spec in args.baseline:
+        try:
+            relay = parse_baseline(spec)
+        except ValueError as e:
+            parser.error(str(e))
+        if relay.name in RELAY_NAMES or relay.name in (b.name for b in baselines):
+            parser.error(f"--baseline name {relay.name!r} is taken; choose another")
+        baselines.append(relay)
     settings = QUICK if args.quick else FULL
     if args.runs is not None:
         if args.runs < 1:
@@ -59,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     has_error = False
     try:
         if not args.detached:
-            report = run_bench(settings, args.relay or RELAY_NAMES, log)
+            report = run_bench(settings, args.relay or RELAY_NAMES, log, baselines)
             print(format_report(report))
             has_error = any(k.endswith("_error") for r in report["results"].values() for k in r)
         if args.detached or not args.relay:

@@ -555,24 +555,30 @@ def check_replay(payloads: Payloads, runtime: str, tmp: str) -> dict[str, Any]:
     it the oldest dropped, the terminal told how much, the rest byte-exact."""
     done = os.path.join(tmp, "done")
     first, second = payloads.get(REPLAY_HISTORY // 2), payloads.get(2 * REPLAY_HISTORY)
-    # A key prints the first payload, the next one the second; a file says each is out.
+    # A key prints the first payload, the next one the second; a file says each is out, and
+    # file 0 that the terminal no longer echoes (a key typed before would be echoed: one byte
+    # more in the output than the stream it is compared with).
     child = ["/bin/sh", "-c",
-             'stty raw -echo && printf R && n=0 && while head -c1 >/dev/null; do '
+             'stty raw -echo && printf R && : > "$3.0" && n=0 && while head -c1 >/dev/null; do '
              'n=$((n + 1)); if [ "$n" = 1 ]; then cat "$1"; else cat "$2"; fi; : > "$3.$n"; '
              "done", "replay", first.path, second.path, done]  # fmt: skip
     holder = Holder(child, runtime, history=REPLAY_HISTORY)
 
-    def produce(n: int, payload: Payload) -> bytes:
-        holder.type(b"g")
+    def wait_for(n: int) -> None:
         deadline = time.monotonic() + 30
         while not os.path.exists(f"{done}.{n}"):
             if time.monotonic() > deadline:
                 raise BenchError("replay: the program did not print")
             time.sleep(0.01)
+
+    def produce(n: int, payload: Payload) -> bytes:
+        holder.type(b"g")
+        wait_for(n)
         with open(payload.path, "rb") as f:
             return f.read()
 
     try:
+        wait_for(0)
         stream = b"R" + produce(1, first)
         within = _attached_output(holder, len(stream)) == stream
         stream += produce(2, second)

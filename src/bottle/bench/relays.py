@@ -45,12 +45,14 @@ class Relay:
     # For bottle's own relay: which implementation must run, and the options it gets.
     implementation: str | None = None
     options: tuple[str, ...] = ()
+    # The interpreter that runs bottle.relay: this one, or another checkout's (see baseline).
+    python: str | None = None
 
     def argv(self, child: Sequence[str]) -> list[str]:
         """Return the argv that runs ``child`` through this relay."""
         if self.implementation is not None:
             options = [_new_record_file() if o == RECORD_FILE else o for o in self.options]
-            return [sys.executable, "-m", "bottle.relay", *options, "--", *child]
+            return [self.python or sys.executable, "-m", "bottle.relay", *options, "--", *child]
         if self.name == "script":
             # script hands its command to $SHELL -c; exec keeps the same process tree depth.
             return ["script", "-q", "-e", "-f", "-c", "exec " + shlex.join(child), "/dev/null"]
@@ -94,6 +96,27 @@ RELAYS: dict[str, Relay] = {
 }
 
 
+def baseline(name: str, python: str) -> Relay:
+    """bottle's native relay in copy mode as another install has it (``python``: for instance
+    another checkout's .venv/bin/python), to measure beside this one: a speed change is judged
+    interleaved against the tree before it."""
+    return Relay(
+        name,
+        f"bottle relay, native loop (copy mode), run by {python}",
+        _NATIVE_ENV,
+        "native",
+        python=python,
+    )
+
+
+def parse_baseline(spec: str) -> Relay:
+    """The baseline that a command line's ``--baseline NAME=PYTHON`` names (ValueError if bad)."""
+    name, sep, python = spec.partition("=")
+    if not sep or not name or not python:
+        raise ValueError(f"--baseline takes NAME=PYTHON, got {spec!r}")
+    return baseline(name, python)
+
+
 def base_env(relay: Relay) -> dict[str, str]:
     """Return the environment a relay runs with (the caller's, minus bottle's switches)."""
     env = {
@@ -109,8 +132,11 @@ def base_env(relay: Relay) -> dict[str, str]:
 def unavailable_reason(relay: Relay) -> str | None:
     """Return why ``relay`` cannot run here, or None when it can."""
     if relay.implementation is not None:
+        python = relay.python or sys.executable
+        if not os.access(python, os.X_OK):
+            return f"{python} is not an executable interpreter"
         probe = subprocess.run(
-            [sys.executable, "-c", "import bottle.relay as r; print(r.IMPLEMENTATION)"],
+            [python, "-c", "import bottle.relay as r; print(r.IMPLEMENTATION)"],
             env=base_env(relay),
             capture_output=True,
             text=True,

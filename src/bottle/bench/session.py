@@ -12,6 +12,7 @@ import select
 import signal
 import struct
 import termios
+import threading
 import time
 import tty
 import uuid
@@ -75,6 +76,12 @@ class Session:
         """Read what the relay wrote to the terminal into ``buf``; 0 at EOF."""
         if not self._poll.poll(int(timeout * 1000)):
             raise BenchError(f"{self.relay.name}: no output for {timeout:.1f} s{self.stderr()}")
+        return self.read_waiting(buf)
+
+    def read_waiting(self, buf: bytearray) -> int:
+        """Read what the relay wrote into ``buf``, waiting inside the read (no poll first, as a
+        reader that takes output as fast as it can); 0 at EOF. Hold a `StallGuard` around a
+        series of these: a relay that stops writing would otherwise hang the reader."""
         try:
             return os.readv(self.master, [buf])
         except OSError as e:
@@ -182,6 +189,41 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class StallGuard:
+    """Ends a session whose reader has waited ``seconds`` without a byte: its processes are
+    killed, so a read waiting on the outer terminal returns (EOF). The reader sets ``got`` as
+    it goes (a plain store, nothing per read that would slow it); a thread looks once a second.
+    """
+
+    def __init__(self, session: Session, seconds: float) -> None:
+        self.session = session
+        self.seconds = seconds
+        self.got = 0
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="bench-stall-guard", daemon=True)
+
+    def _watch(self) -> None:
+        seen, since = self.got, time.monotonic()
+        while not self._stop.wait(1.0):
+            if self.got != seen:
+                seen, since = self.got, time.monotonic()
+            elif time.monotonic() - since >= self.seconds:
+                self.fired = True
+                for pid in tagged_pids(self.session.tag):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                return
+
+    def __enter__(self) -> StallGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def set_size(fd: int, rows: int, cols: int) -> None:

@@ -71,8 +71,8 @@ def _throughput_metrics(r: ThroughputResult) -> Metrics:
 
 def _text(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
     # Terminal text instead of random bytes: what a recording mostly encodes (random bytes are
-    # its worst case). Only for the copy loop with and without recording.
-    if relay.name not in ("native", "recorded"):
+    # its worst case). Only for the copy loop with and without recording (and its baselines).
+    if relay.name not in ("native", "recorded") and relay.python is None:
         return {}
     r = measure_throughput(relay, payloads.text(settings.stream_bytes))
     return {"text_mib_s": r.mib_s, "text_cpu_s_per_gib": r.cpu_s_per_gib}
@@ -117,8 +117,9 @@ def _startup(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
 
 def _inproc(relay: Relay, settings: Settings, payloads: Payloads) -> Metrics:
     # Only bottle's native relay runs in process (the backend's path); the others are programs.
-    # (The recorded one would measure the same unrecorded relay.run again.)
-    if relay.implementation != "native" or RECORD_FILE in relay.options:
+    # (The recorded one would measure the same unrecorded relay.run again; a baseline's would be
+    # this install's.)
+    if relay.implementation != "native" or RECORD_FILE in relay.options or relay.python:
         return {}
     r = measure_startup_inprocess(relay, settings.startup_spawns)
     return {"inproc_startup_p50_ms": r.p50_ms, "inproc_startup_cpu_ms": r.cpu_ms}
@@ -329,17 +330,21 @@ def run_bench(
     settings: Settings,
     relay_names: Sequence[str] = RELAY_NAMES,
     log: Callable[[str], None] = lambda _m: None,
+    baselines: Sequence[Relay] = (),
 ) -> dict[str, Any]:
-    """Measure the relays, interleaved run by run so drifting load hits them alike."""
+    """Measure the relays, interleaved run by run so drifting load hits them alike.
+
+    ``baselines`` (see `relays.baseline`) are measured with them, as further columns.
+    """
     skipped: dict[str, str] = {}
     active: list[Relay] = []
-    for name in relay_names:
-        reason = unavailable_reason(RELAYS[name])
+    for relay in [*(RELAYS[name] for name in relay_names), *baselines]:
+        reason = unavailable_reason(relay)
         if reason:
-            skipped[name] = reason
-            log(f"skipping {name}: {reason}")
+            skipped[relay.name] = reason
+            log(f"skipping {relay.name}: {reason}")
         else:
-            active.append(RELAYS[name])
+            active.append(relay)
     per_run: dict[str, list[dict[str, float | bool | str | None]]] = {r.name: [] for r in active}
     load_before = os.getloadavg()
     with Payloads() as payloads:

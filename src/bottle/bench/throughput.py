@@ -1,4 +1,5 @@
-"""Throughput: a payload streamed through the relay, its rate and the relay's CPU per GiB."""
+"""Throughput: a payload streamed through the relay to a reader that takes it as fast as it can;
+its rate and the relay's CPU per GiB."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from typing import Any
 
 from bottle.bench._common import GIB, MIB, BenchError
 from bottle.bench.relays import Relay
-from bottle.bench.session import Session
+from bottle.bench.session import Session, StallGuard
 from bottle.bench.workload import Payload
+
+READ_SIZE = 64 * 1024  # what the reader asks for at a time (a pty master hands out at most 4 KiB)
+STALL_SECONDS = 30.0  # a stream with no byte for this long has hung
 
 
 def stream_child(payload: Payload, blocks: int = 1) -> list[str]:
@@ -78,21 +82,35 @@ class Stream:
         self._t0 = time.perf_counter_ns()
 
     def transfer(self) -> None:
-        """Stream the payload (or its next block); check it arrived intact after the last."""
+        """Stream the payload (or its next block); check it arrived intact after the last.
+
+        The reader is a terminal that takes output as fast as it can, hashing as it goes: 64 KiB
+        reads that wait inside the read, no poll in between. Against it a relay that leaves the
+        terminal without output for a moment loses throughput (a slower reader would hide that:
+        the terminal's ~12 KiB would last it through the gap).
+        """
         self.go()
         digest = self.digest
         got, end = self.got, self.got + self.payload.size // self.blocks
-        buf = bytearray(65536)
+        buf = bytearray(READ_SIZE)
         view = memoryview(buf)
-        while got < end:
-            n = self.session.read_some(buf, 30.0)
-            if n == 0:
-                break
-            take = min(n, end - got)
-            digest.update(view[:take])
-            got += take
+        read = self.session.read_waiting
+        with StallGuard(self.session, STALL_SECONDS) as guard:
+            while got < end:
+                n = read(buf)
+                if n == 0:
+                    break
+                take = min(n, end - got)
+                digest.update(view[:take])
+                got += take
+                guard.got = got
         self.seconds += (time.perf_counter_ns() - self._t0) / 1e9
         self.got = got
+        if guard.fired:
+            raise BenchError(
+                f"{self.relay.name}: no output for {STALL_SECONDS:.0f} s after {got} of "
+                f"{self.payload.size} bytes{self.session.stderr()}"
+            )
         if got < end or got == self.payload.size:
             self.check(got, digest)
 
