@@ -330,6 +330,9 @@ class MarkFilter:
 ERROR_START = b"Error: "
 # A last line longer than this is the guest's: smolvm's own are short.
 HELD_MAX = 64 * 1024
+# After smolvm is gone, how long its stderr may stay open (a process it left behind holding
+# the pipe) before the copy stops waiting for it.
+STDERR_GRACE = 5.0
 
 
 class StderrHold:

@@ -36,9 +36,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
 INTERRUPTED = 130  # as bottle.cli._errors says it, after "bottle: interrupted"
-# After smolvm is gone, how long its stderr may stay open (a process it left behind holding
-# the pipe) before the copy stops waiting: `bottle.smolvm`'s grace.
-_STDERR_GRACE = 5.0
+_STDERR_GRACE = ew.STDERR_GRACE
 # The environment variables of the full path's own choices: the config file, another smolvm.
 CONFIG_ENV = "BOTTLE_CONFIG"
 SMOLVM_ENV = "BOTTLE_SMOLVM"

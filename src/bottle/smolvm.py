@@ -780,9 +780,7 @@ def run_attached(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -
         raise
 
 
-# After the child is gone, how long its stderr may stay open (a process it left behind holding
-# the pipe) before the copy stops waiting for it.
-_STDERR_GRACE = 5.0
+_STDERR_GRACE = ew.STDERR_GRACE
 _write_all_quietly = ew.write_all_quietly
 
 # The wrapper's lines (bottle._execwire.WRAP), by their words.
