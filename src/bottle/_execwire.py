@@ -365,6 +365,19 @@ class StderrHold:
         return held
 
 
+def may_be_smolvms(status: int, kept: bytes) -> bool:
+    """Whether `kept`, the stderr a streamed exec held back (`StderrHold.end`), may be smolvm's
+    own failure rather than the guest's: one line, starting `Error: `, and a failing status.
+    Only then is there anything to settle (`bottle.smolvm.finish_streamed`); otherwise it is the
+    guest's, and is shown."""
+    return status != 0 and kept.startswith(ERROR_START) and b"\n" not in kept.rstrip(b"\r\n")
+
+
+def exit_status(returncode: int) -> int:
+    """A process status as a shell reports it: death by signal N (`-N`) becomes 128+N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def write_all_quietly(fd: int, data: bytes) -> bool:
     """Write all of `data` to `fd`; False once `fd` takes no more (closed, a reader gone)."""
     view = memoryview(data)

@@ -10,13 +10,14 @@ answers and the machine's guest user are in the cache, and a smolvm that needs n
 builds the very call the full path builds, from the same pieces (`bottle._execwire`), runs it
 as `bottle.smolvm.run_streamed` runs it (stdin on /dev/null, stdout this process's own, stderr
 through the wrapper's filter and the hold on a last `Error: ` line), and ends with the guest's
-status when the command started and succeeded.
+status when the command started and nothing says smolvm failed around it.
 
 Anything else goes to the full path: before anything ran (`run` returns None), or after, with
 the run's outcome (a `bottle._execwire.Ran`), which the full path finishes as if it had made
 the run itself (`SmolmachinesBottle.run_command`): the wrapper's refusal (nothing ran), a kill
-before the command started (the bring-up retry decides), a failure that may be smolvm's or the
-guest's, a guest's non-zero status. The command is never run twice by the two paths.
+before the command started (the bring-up retry decides), a last `Error: ` line with a failing
+status (smolvm's failure, or the guest's line: the machine's state may have to say). The
+command is never run twice by the two paths.
 """
 
 from __future__ import annotations
@@ -287,9 +288,11 @@ def run(
         _signal.pthread_sigmask(_signal.SIG_SETMASK, held)
     assert child.status is not None
     kept = b"" if child.cut else child.hold.end()
-    if child.status == 0 and marks.started:
-        ew.write_all_quietly(2, kept)  # no failure to read in it: the guest's, shown
-        return 0
+    if marks.started and not ew.may_be_smolvms(child.status, kept):
+        # The command ran, and nothing says smolvm failed around it: its status is its own
+        # (a kill after it started too), as the full path would find.
+        ew.write_all_quietly(2, kept)
+        return ew.exit_status(child.status)
     return ew.Ran(argv, nonce, found, child.status, kept, marks)
 
 

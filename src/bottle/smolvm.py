@@ -981,14 +981,12 @@ def finish_streamed(
     """The end of a streamed exec (`run_streamed`, or `bottle._quickexec`'s own run): `kept`,
     the stderr held back, is smolvm's failure (returned, for the caller to report) or the
     guest's (shown, and the text is empty); see `run_streamed`."""
-    line = kept.decode("utf-8", "replace").rstrip("\r\n")
-    if status == 1 and "\n" not in line and _SMOLVM_ERROR.match(line):
-        return status, line
-    if (
-        judge is not None and status != 0 and "\n" not in line and line.startswith("Error: ")
-        and judge(status, line)
-    ):  # fmt: skip
-        return status, line
+    if ew.may_be_smolvms(status, kept):
+        line = kept.decode("utf-8", "replace").rstrip("\r\n")
+        if status == 1 and _SMOLVM_ERROR.match(line):
+            return status, line
+        if judge is not None and judge(status, line):
+            return status, line
     _write_all_quietly(2, kept)
     return status, ""
 

@@ -148,14 +148,19 @@ def test_a_success(both: Both, fake_smolvm: Any, version: str, image: str) -> No
         assert (status, out, err) == (0, b"root\n", b"") and did == "status 0"
 
 
-def test_a_guest_status(both: Both, fake_smolvm: Any) -> None:
-    image_machine(fake_smolvm, "m")
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [("echo out; echo err >&2; exit 3", 3),
+     ("echo out; echo 'err: no Error: here' >&2; kill -9 $$", 137)],  # killed after it started
+)  # fmt: skip
+def test_a_guest_status(both: Both, fake_smolvm: Any, script: str, expected: int) -> None:
+    """The command's own status, with nothing from smolvm: the light path ends it."""
+    image_machine(fake_smolvm, "m", created_at=HOUR_AGO)
     warm()
-    (status, out, err, calls), did = both.run(
-        "exec", "m", "sh", "-c", "echo out; echo err >&2; exit 3"
-    )
-    assert (status, out, err, len(calls)) == (3, b"out\n", b"err\n", 1)
-    assert did == "ran 3 True None"
+    (status, out, err, calls), did = both.run("exec", "m", "sh", "-c", script)
+    assert (status, out, len(calls)) == (expected, b"out\n", 1)
+    assert err.startswith(b"err") and b"bottle" not in err, err
+    assert did == f"status {expected}"
 
 
 def test_a_guest_error_line(both: Both, fake_smolvm: Any) -> None:
