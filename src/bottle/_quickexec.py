@@ -224,7 +224,10 @@ class _Child:
                 os.kill(self.pid, _signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.reap()
+            try:  # noqa: SIM105 - as above
+                self.reap()
+            except ChildProcessError:
+                pass  # reaped as the interrupt came, its status not kept: 130 all the same
         self.copy(time.monotonic() + _STDERR_GRACE)
 
     def close(self) -> None:
