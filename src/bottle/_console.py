@@ -46,6 +46,13 @@ def interrupts() -> _KeyboardInterrupts:
 
 def main() -> int:
     """Entry point of the `bottle` console script and `python -m bottle`."""
+    from bottle import _quickexec
+
+    # A plain, warm `bottle exec` runs without the full command line's imports; anything else
+    # (or what such a run leaves to finish: `ran`) goes on there.
+    ran = _quickexec.main(interrupts)
+    if isinstance(ran, int):
+        return ran
     from bottle.cli._main import main as run
 
-    return run(interrupts=interrupts)
+    return run(interrupts=interrupts, ran=ran)

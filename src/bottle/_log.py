@@ -12,11 +12,12 @@ module).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `bottle._quickexec`
+if TYPE_CHECKING:  # loads this module, and each standard module costs it ms
     import logging
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = ["Logger", "get_logger", "when_loaded"]
 

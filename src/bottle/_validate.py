@@ -11,20 +11,17 @@ types check in their constructor, so no unchecked one can be made, even by hand.
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Iterable, Mapping
 
+from bottle._execwire import (
+    USER_NAME_MAX,
+    env_name_chars,
+    guest_path_ok,
+    machine_name_problem,
+    user_name_ok,
+)
 from bottle.errors import InvalidInputError, Message, Param
-
-# smolvm's validate_vm_name: first char alphanumeric, then [A-Za-z0-9_-], no "--",
-# no trailing "-", at most 128 characters.
-_MACHINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-MACHINE_NAME_MAX = 128
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Portable user names (useradd's rules without the odd corners): no leading '-', no ':' or '/'.
-_USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
-USER_NAME_MAX = 32
 
 
 class MachineName(str):
@@ -65,30 +62,14 @@ class GuestPath(str):
 def _check_machine_name(name: object) -> str:
     if not isinstance(name, str):
         raise InvalidInputError(f"machine name must be a string, not {type(name).__name__}")
-    problem = None
-    if not name:
-        problem = "it is empty"
-    elif len(name) > MACHINE_NAME_MAX:
-        problem = f"it is longer than {MACHINE_NAME_MAX} characters"
-    elif not _MACHINE_NAME.fullmatch(name):
-        problem = (
-            "it must start with a letter or digit and contain only letters, digits, '_' and '-'"
-        )
-    elif "--" in name:
-        problem = "it contains '--'"
-    elif name.endswith("-"):
-        problem = "it ends with '-'"
+    problem = machine_name_problem(name)
     if problem:
         raise InvalidInputError(f"invalid machine name {name!r}: {problem}")
     return name
 
 
 def _check_user_name(name: object) -> str:
-    if (
-        not isinstance(name, str)
-        or len(name) > USER_NAME_MAX
-        or not _USER_NAME.fullmatch(name)
-    ):
+    if not isinstance(name, str) or not user_name_ok(name):
         raise InvalidInputError(
             f"invalid user name {name!r}: use letters, digits, '_', '.', '-' "
             f"(not starting with '-' or a digit, at most {USER_NAME_MAX} characters)"
@@ -98,15 +79,15 @@ def _check_user_name(name: object) -> str:
 
 def _check_guest_path(path: object, what: str | Param) -> str:
     text = no_nul(path, str(what))
+    if guest_path_ok(text):
+        return text
     if not text.startswith("/"):
         raise InvalidInputError(
             Message("{what} {path!r} must be absolute (start with '/')", what=what, path=text)
         )
-    if any(seg in (".", "..") for seg in text.split("/")):
-        raise InvalidInputError(
-            Message("{what} {path!r} must not contain '.' or '..' segments", what=what, path=text)
-        )
-    return text
+    raise InvalidInputError(
+        Message("{what} {path!r} must not contain '.' or '..' segments", what=what, path=text)
+    )
 
 
 def machine_name(name: str) -> MachineName:
@@ -137,7 +118,7 @@ def argv(args: Iterable[str], what: str = "argument", name: str = "argv") -> lis
 
 def env_name(name: str) -> str:
     """Check an environment variable name (a shell identifier)."""
-    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+    if not isinstance(name, str) or not env_name_chars(name):
         raise InvalidInputError(
             f"invalid environment variable name {name!r}: "
             "use letters, digits and '_', not starting with a digit"

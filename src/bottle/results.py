@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bottle import _execwire as ew
 from bottle.errors import BottleError, GuestCommandError, RetryExhaustedError
 
 __all__ = ["AgentResult", "ExecResult", "Progress", "exit_status"]
 
 
-def exit_status(returncode: int) -> int:
-    """A process status as a shell reports it: death by signal N (`-N`) becomes 128+N."""
-    return 128 - returncode if returncode < 0 else returncode
+exit_status = ew.exit_status
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from types import FrameType
 from typing import IO, Any
 
 from bottle import _cache, _log
+from bottle import _execwire as ew
 from bottle import _validate as check
 from bottle import network as net
 from bottle.errors import (
@@ -81,7 +82,7 @@ log = _log.get_logger(__name__)
 ENV_OVERRIDE = "BOTTLE_SMOLVM"
 # 1.0.2 made machine names flags everywhere (`create -n`, `delete -n`); older CLIs need
 # positional names, which this module does not speak.
-MIN_VERSION = (1, 0, 2)
+MIN_VERSION = ew.MIN_VERSION
 # `machine create --label KEY=VALUE`, read back by `ls --json` (src/cli/machine.rs, CreateCmd).
 LABELS_SINCE = (1, 8, 0)
 
@@ -213,22 +214,15 @@ def exec_args(
     pull request #1148, not from source): pass it only when `smolvm machine exec --help` shows
     the option.
     """
-    check.machine_name(name)
     command = check.argv(command, "guest command argument", "command")
     if not command:
         raise InvalidInputError("the guest command is empty")
-    args = ["machine", "exec", "--name", name]
-    if tty:
-        args += ["-i", "-t"]
-    elif interactive:
-        args.append("-i")
-    if workdir is not None:
-        args += ["-w", check.guest_path(workdir, "workdir")]
-    if user is not None:
-        args += ["--user", check.user_name(user)]
-    for key in env_names:
-        args += ["-e", check.env_name(key)]
-    return [*args, "--", *command]
+    return ew.exec_argv(
+        check.machine_name(name), command, tty=tty, interactive=interactive,
+        env_names=[check.env_name(key) for key in env_names],
+        workdir=None if workdir is None else check.guest_path(workdir, "workdir"),
+        user=None if user is None else check.user_name(user),
+    )  # fmt: skip
 
 
 def cp_args(
@@ -262,15 +256,7 @@ def cp_out_args(name: str, src: str, dst: str) -> list[str]:
 # --- executable and version --------------------------------------------------------------
 
 
-def _which(name: str, search: str) -> str | None:
-    """The first executable file `name` in the directories of `search`, as `shutil.which`
-    finds it (shutil, with the archive modules it loads, would be a few ms of every bottle
-    command's start-up)."""
-    for directory in search.split(os.pathsep):
-        candidate = os.path.join(directory, name)
-        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
-            return candidate
-    return None
+_which = ew.which
 
 
 def find_executable(environ: Mapping[str, str] | None = None) -> str:
@@ -325,20 +311,13 @@ def find_executable(environ: Mapping[str, str] | None = None) -> str:
 _VERSION = re.compile(r"\bsmolvm\s+v?(\d+)\.(\d+)\.(\d+)")
 # What an installed smolvm answered, by its file identity (`identity`), in this process; the same
 # answers are kept across processes in bottle's cache (`bottle._cache`, kind "smolvm").
-Identity = tuple[str, int, int, int, int, int]
+Identity = ew.Identity
 _version_cache: dict[Identity, tuple[int, int, int]] = {}
 _exec_user_cache: dict[Identity, bool] = {}
-_FACTS = "smolvm"
+_FACTS = ew.FACTS
 
 
-def identity(path: str) -> Identity:
-    """The file identity of a smolvm executable: its real path, device, inode, size, mtime and
-    ctime. Installing another smolvm, in place or not, changes at least one of them, so an answer
-    kept under this key is never the answer of another build."""
-    st = os.stat(path)
-    return (
-        os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-    )  # fmt: skip
+identity = ew.identity
 
 
 def _facts(key: Identity) -> dict[str, Any]:
@@ -380,10 +359,10 @@ def read_version(path: str) -> tuple[int, int, int]:
     cached = _version_cache.get(key)
     if cached is not None:
         return cached
-    kept = _facts(key).get("version")
-    if isinstance(kept, list) and len(kept) == 3 and all(type(n) is int for n in kept):
-        _version_cache[key] = (kept[0], kept[1], kept[2])
-        return _version_cache[key]
+    kept = ew.kept_version(_facts(key))
+    if kept is not None:
+        _version_cache[key] = kept
+        return kept
     try:
         ran = run_captured([path, "--version"], timeout=60)
     except PermissionError:
@@ -529,9 +508,8 @@ def _unsettled(returncode: int, stderr: str, error: SmolvmCommandError | None) -
 
 # --- runner ------------------------------------------------------------------------------
 
-# A large paste into an `-i`/`-t` session can deadlock smolvm before 1.8.1 (its frames went out
-# synchronously; writer thread since commit 4e80aab5, smolvm issue #926).
-PASTE_SAFE_VERSION = (1, 8, 1)
+# A large paste into an `-i`/`-t` session can deadlock smolvm before 1.8.1 (see bottle._execwire).
+PASTE_SAFE_VERSION = ew.PASTE_SAFE_VERSION
 _warned_old: set[str] = set()
 
 
@@ -802,99 +780,30 @@ def run_attached(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -
         raise
 
 
-# smolvm prints its own failure as one last line, `Error: <Display>`, on the stderr that also
-# carries the guest's (src/main.rs); see `run_streamed`.
-_ERROR_START = b"Error: "
-# A last line longer than this is the guest's: smolvm's own are short.
-_HELD_MAX = 64 * 1024
-# After the child is gone, how long its stderr may stay open (a process it left behind holding
-# the pipe) before the copy stops waiting for it.
-_STDERR_GRACE = 5.0
+_STDERR_GRACE = ew.STDERR_GRACE
+_write_all_quietly = ew.write_all_quietly
+
+# The wrapper's lines (bottle._execwire.WRAP), by their words.
+MARK_RUN = ew.MARK_RUN
+MARK_REFUSED = ew.MARK_REFUSED
+mark_prefix = ew.mark_prefix
 
 
-def _write_all_quietly(fd: int, data: bytes) -> bool:
-    """Write all of `data` to `fd`; False once `fd` takes no more (closed, a reader gone)."""
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError:
-        return False
-    return True
-
-
-# What bottle's wrapper around a guest command (bottle.backend.smolmachines) writes on its
-# stderr before the command: `bottle-exec NONCE run` as it hands over to the command, or
-# `bottle-exec NONCE refused: <id's output>` when it will not run it (then it exits 125).
-MARK_RUN = "run"
-MARK_REFUSED = "refused: "
-# A longer first line is not the wrapper's (`id` lists the groups, a few hundred bytes).
-_MARK_MAX = 64 * 1024
-
-
-def mark_prefix(nonce: str) -> str:
-    """The start of each line the wrapper of the call with `nonce` writes."""
-    return f"bottle-exec {nonce} "
-
-
-class Marks:
-    """The wrapper's lines, taken out of a guest command's stderr (`run_streamed`'s `marks`).
-
-    Until one of them has come, a line on stderr is held only while it could still be one (its
-    start so far is the nonce's prefix): what comes before the wrapper's line is smolvm's own,
-    written in whole lines, and the command has not started. After it, nothing is held.
-    `started`: the command was handed over to (so it may have run, printed, read input).
-    `refusal`: the wrapper's refusal (the guest's `id` output): the command did not run.
-    `settled` is set once either is known, or stderr has ended without them.
-    """
+class Marks(ew.MarkFilter):
+    """The wrapper's lines, taken out of a guest command's stderr (`run_streamed`'s `marks`):
+    `bottle._execwire.MarkFilter`, whose settling is also an event that a thread can wait for
+    (`settled`)."""
 
     def __init__(self, nonce: str) -> None:
-        self._prefix = mark_prefix(nonce).encode()
-        self.started = False
-        self.refusal: str | None = None
+        super().__init__(nonce)
         self.settled = threading.Event()
-        self._held = b""
-        self._passing = False  # within a line that is not the wrapper's: through to its end
 
-    def filter(self, data: bytes) -> bytes:
-        """What of `data` goes on (held bytes included once they cannot be a mark)."""
-        if self.settled.is_set():
-            return data
-        data, self._held = self._held + data, b""
-        out = bytearray()
-        while data:
-            end = data.find(b"\n") + 1
-            line = data[:end] if end else data
-            if self._passing:
-                out += line
-                self._passing = not end
-            elif len(line) > _MARK_MAX or not (
-                line.startswith(self._prefix) or self._prefix.startswith(line)
-            ):
-                self._passing = True
-                continue
-            elif not end:
-                self._held = line  # it may still become the wrapper's line
-            else:
-                word = line[len(self._prefix) : -1].decode("utf-8", "replace")
-                if word == MARK_RUN:
-                    self.started = True
-                elif word.startswith(MARK_REFUSED):
-                    self.refusal = word[len(MARK_REFUSED) :]
-                else:
-                    out += line  # the wrapper's shape, not its word: nobody's to drop
-                    data = data[len(line) :]
-                    continue
-                self.settled.set()
-                return bytes(out + data[end:])
-            data = data[len(line) :]
-        return bytes(out)
+    def is_settled(self) -> bool:
+        return self.settled.is_set()
 
-    def end(self) -> bytes:
-        """stderr has ended: what is still held goes on."""
-        held, self._held = self._held, b""
+    def _settle(self) -> None:
+        super()._settle()
         self.settled.set()
-        return held
 
 
 def _forward_input(pipe: IO[bytes], marks: Marks, stop: int) -> None:
@@ -947,35 +856,24 @@ class _StderrCopy:
         self._thread.start()
 
     def _copy(self) -> None:
-        held = b""
+        hold = ew.StderrHold(self._marks)
         shown = True
         marks = self._marks
         try:
             while chunk := os.read(self._pipe.fileno(), 65536):
-                if marks is not None:
-                    chunk = marks.filter(chunk)
-                    if not chunk:
-                        continue
                 if self._capture:
+                    if marks is not None:
+                        chunk = marks.filter(chunk)
                     self.kept += chunk
                     continue
-                data = held + chunk
-                start = data.rfind(b"\n", 0, len(data) - 1) + 1  # the last line and its newline
-                last = data[start:]
-                held = b""
-                if len(last) <= _HELD_MAX and (
-                    last.startswith(_ERROR_START) or _ERROR_START.startswith(last)
-                ):
-                    data, held = data[:start], last
+                data = hold.feed(chunk)
                 if shown and data:
                     # A stderr that takes no more (closed) must not stop the child: drain on.
                     shown = _write_all_quietly(2, data)
         except OSError:
             pass
         finally:
-            if marks is not None:
-                held += marks.end()
-            self.kept += held
+            self.kept += hold.end()
             # Closed here, by the one thread that reads it: closed from another, its number
             # could be reused while a read still waits on it.
             _close_quietly(self._pipe)
@@ -1072,17 +970,23 @@ def run_streamed(
         kept = copy.finish()
         if forwarder is not None:
             _stop_forwarding(forwarder, marks, stop_r, stop_w)
-    text = kept.decode("utf-8", "replace")
     if capture_stderr:
-        return status, text
-    line = text.rstrip("\r\n")
-    if status == 1 and "\n" not in line and _SMOLVM_ERROR.match(line):
-        return status, line
-    if (
-        judge is not None and status != 0 and "\n" not in line and line.startswith("Error: ")
-        and judge(status, line)
-    ):  # fmt: skip
-        return status, line
+        return status, kept.decode("utf-8", "replace")
+    return finish_streamed(status, kept, judge)
+
+
+def finish_streamed(
+    status: int, kept: bytes, judge: Callable[[int, str], bool] | None = None
+) -> tuple[int, str]:
+    """The end of a streamed exec (`run_streamed`, or `bottle._quickexec`'s own run): `kept`,
+    the stderr held back, is smolvm's failure (returned, for the caller to report) or the
+    guest's (shown, and the text is empty); see `run_streamed`."""
+    if ew.may_be_smolvms(status, kept):
+        line = kept.decode("utf-8", "replace").rstrip("\r\n")
+        if status == 1 and _SMOLVM_ERROR.match(line):
+            return status, line
+        if judge is not None and judge(status, line):
+            return status, line
     _write_all_quietly(2, kept)
     return status, ""
 

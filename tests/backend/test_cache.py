@@ -7,7 +7,7 @@ real processes against the fake smolvm, whose call log shows what each one asked
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import pwd
 import subprocess
@@ -56,8 +56,14 @@ def test_a_directory_open_to_others_is_made_private(private_cache: Path) -> None
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"{", b"\xff\xfe", b"[]", b'{"format": 1, "kind": "k", "key": ["b"], "value": {}}',
-     b'{"format": 99, "kind": "k", "key": ["a"], "value": {"v": 1}}', b"x" * 100_000],
+    [b"", b"{", b"\xff\xfe", b"[]", b'{"format": 1, "kind": "k", "key": ["a"], "value": {}}',
+     marshal.dumps({"format": 2, "kind": "k", "key": ["b"], "value": {"v": 1}}),
+     marshal.dumps({"format": 99, "kind": "k", "key": ["a"], "value": {"v": 1}}),
+     marshal.dumps({"format": 2, "kind": "k", "key": ["a"], "value": {"v": (1, 2.5)}}),
+     marshal.dumps({"format": 2, "kind": "k", "key": ["a"], "value": {"v": compile("1", "", "eval")}
+                    }),
+     marshal.dumps({"format": 2, "kind": "k", "key": ["a"], "value": {"v": 1}})[:-3],
+     b"x" * 100_000],
 )  # fmt: skip
 def test_a_corrupt_or_foreign_entry_is_a_miss_and_is_replaced(
     private_cache: Path, content: bytes
@@ -243,7 +249,7 @@ def test_a_corrupt_cache_file_costs_only_a_new_question(
         entry.write_text('{"format": 1, "kind": "guest", "key": [], "value": {"user": ')
     proc = bottle("exec", "-n", "m", "id -un")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "node\n", "")
-    entries = [json.loads(e.read_text()) for e in (private_cache / "bottle").iterdir()]
+    entries = [marshal.loads(e.read_bytes()) for e in (private_cache / "bottle").iterdir()]
     assert sorted(e["kind"] for e in entries) == ["guest", "smolvm"]  # written again, whole
 
 

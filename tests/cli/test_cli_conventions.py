@@ -93,13 +93,15 @@ def test_a_command_loads_its_own_module_only() -> None:
 
 
 def test_a_plain_exec_loads_none_of_what_it_does_not_use(fake_smolvm: Any) -> None:
-    """A warm `bottle exec NAME CMD` is one smolvm call, and then its cost is its own start-up:
-    it logs nothing anyone sees (no `logging`), reads no config file (no TOML parser, nor the
-    datetime under it), says no "did you mean" (difflib), checks no allow-list (ipaddress), and
-    finds smolvm and its terminal's width without shutil (and the archive modules under it)."""
+    """A warm `bottle exec NAME CMD` is one smolvm call, and then its cost is its own start-up.
+    The plain form runs without the full path (tests/cli/test_cli_exec_light.py); what it leaves
+    to the full path (here `-e`) logs nothing anyone sees (no `logging`), reads no config file
+    (no TOML parser, nor the datetime under it), says no "did you mean" (difflib), checks no
+    allow-list (ipaddress), and finds smolvm and its terminal's width without shutil (and the
+    archive modules under it)."""
     image_machine(fake_smolvm, "m")
     assert bottle("exec", "m", "true").returncode == 0  # the cache filled
-    modules = imported("exec", "m", "true")
+    modules = imported("exec", "-e", "A=1", "m", "true")
     assert "bottle.backend.smolmachines" in modules
     unused = ("logging", "tomllib", "tomli", "datetime", "difflib", "ipaddress", "shutil")
     assert sorted(m for m in modules if m.split(".")[0] in unused) == []

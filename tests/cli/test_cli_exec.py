@@ -257,15 +257,19 @@ def test_the_vm_dying_mid_command(machine: Any, shared_dir: Path) -> None:
     assert line.startswith("bottle: error: ") and "connection to VM lost" in line, line
 
 
+@pytest.mark.parametrize("path", ["light", "full"])
 def test_ctrl_c_ends_the_command_and_leaves_nothing_running(
-    machine: Any, shared_dir: Path
+    machine: Any, shared_dir: Path, path: str
 ) -> None:
     """Ctrl-C on a terminal signals its whole foreground group: bottle and smolvm. bottle
-    exits 130 once smolvm is reaped, and smolvm's end ends the guest command."""
+    exits 130 once smolvm is reaped, and smolvm's end ends the guest command. Down the light
+    path (a plain exec, warm) as down the full one (`-e`: the mark reaches the guest too)."""
     mark = uuid.uuid4().hex
     ready = shared_dir / "ready"
+    assert bottle("exec", "m", "true").returncode == 0  # warm
+    options = ["-e", f"{MARK_VAR}={mark}"] if path == "full" else []
     proc = subprocess.Popen(
-        [*BOTTLE, "exec", "-e", f"{MARK_VAR}={mark}", "m", "sh", "-c", f"touch {ready}; sleep 30"],
+        [*BOTTLE, "exec", *options, "m", "sh", "-c", f"touch {ready}; sleep 30"],
         env={**os.environ, MARK_VAR: mark}, start_new_session=True,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

@@ -30,6 +30,9 @@ LAYERS: list[tuple[str, ...]] = [
         "bottle.network",
         "bottle._cache",
         "bottle._sessionwire",
+        # A streamed exec's pieces, and the plain warm `bottle exec` made of them alone.
+        "bottle._execwire",
+        "bottle._quickexec",
     ),
     # The tools the backend uses: the relay (both copy loops and the front), the recording that
     # the relay's and the holder's loops share, detached sessions (their holder's and their

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 from bottle import __version__, _cache, _log
+from bottle import _execwire as ew
 from bottle import _validate as check
 from bottle import smolvm as sv
 from bottle.agent_provider import PromptMode, agent_args, get_provider
@@ -110,16 +111,11 @@ _HOST_RESERVED = frozenset(
      "BOTTLE_REQUIRE_EXTENSION"}
 )  # fmt: skip
 _HOST_RESERVED_PREFIXES = ("LD_", "DYLD_", "PYTHON", "SMOLVM_", "RUST_", "XDG_", "MALLOC_")
-# Guest commands run as the image's USER for `-i`/`-t` since smolvm 1.3.0 (commit 5bbffccf) and
-# for captured exec since 1.6.0 (957bd755); in between the two kinds can differ.
-_INTERACTIVE_USER_SINCE = (1, 3, 0)
-_CAPTURED_USER_SINCE = (1, 6, 0)
 # `machine cp --uid/--gid` (src/cli/machine.rs, CpCmd) since smolvm 1.9.0.
 _CP_OWNER_SINCE = (1, 9, 0)
 _ID = re.compile(r"uid=(\d+)(?:\(([^)]*)\))?\s+gid=(\d+)")
 # Who a machine runs guest commands as, kept across processes (bottle._cache) as its `id` token.
-_GUEST = "guest"
-_ID_TOKEN = re.compile(r"uid=\d+(?:\([^()\s]*\))?")
+_GUEST = ew.GUEST
 # Runs the command only when the guest still runs commands as the kept answer says ($1, the
 # start of `id`'s output); else says so on stderr with this call's nonce ($2) and exits 125,
 # having run nothing. A kept answer is only a hint: a machine deleted and made again under the
@@ -131,20 +127,8 @@ _GUARD = (
 )
 
 
-# The status of a command the check in the guest refused to run (docker's, for a command that
-# could not be run).
-_REFUSED = 125
-# The wrapper of a streamed guest command (`run_command`, a copy's tar). $1: this call's nonce;
-# $2: the kept `id` token the guest must still start with, empty for no check. It says on
-# stderr that it hands over to the command, or that it will not (with the guest's `id`; exit
-# 125, nothing run): bottle.smolvm.Marks takes those lines out. On a terminal it says nothing
-# (a line there would be the user's to read): the caller asks the guest itself after a 125.
-_WRAP = (
-    'n=$1 k=$2; shift 2; if [ -n "$k" ]; then i=$(id); case "$i" in "$k "*) ;; *) '
-    f'[ -t 2 ] || printf "{sv.mark_prefix("%s")}{sv.MARK_REFUSED}%s\\n" "$n" "$i" >&2; '
-    f"exit {_REFUSED};; esac; fi; "
-    f'[ -t 2 ] || printf "{sv.mark_prefix("%s")}{sv.MARK_RUN}\\n" "$n" >&2; exec "$@"'
-)
+# The status of a command the wrapper (bottle._execwire.WRAP) refused to run.
+_REFUSED = ew.REFUSED
 
 
 class _Kept(NamedTuple):
@@ -158,8 +142,7 @@ def _guarded(ident: str, nonce: str, prefix: list[str], command: list[str]) -> l
 
 
 def _wrapped(nonce: str, found: _Kept | None, command: list[str]) -> list[str]:
-    check = found.ident if found is not None else ""
-    return ["/bin/sh", "-c", _WRAP, "bottle-exec", nonce, check, *command]
+    return ew.wrapped(nonce, found.ident if found is not None else "", command)
 
 
 def _guard_stopped(result: ExecResult, nonce: str) -> bool:
@@ -212,11 +195,7 @@ def _check_names(env: Mapping[str, str], what: Param, *, host: bool) -> None:
             )
 
 
-def home_for(user: str) -> str:
-    """The home directory bottle assumes for a guest user."""
-    if user == "root":
-        return "/root"
-    return f"/home/{user}"
+home_for = ew.home_for
 
 
 @dataclass(frozen=True)
@@ -361,6 +340,10 @@ class SmolmachinesBottle(Bottle):
         self._ids: dict[str, tuple[int, int]] = {}
         # Set by `launch`: the machine's teardown, which a detached session can take over.
         self._handover: _Handover | None = None
+        # Set by the command line's light path (bottle._quickexec) when it has made the first
+        # run of a streamed command itself: `run_command` finishes that run, never makes it
+        # again.
+        self._handed: ew.Ran | None = None
 
     @classmethod
     def from_spec(
@@ -413,13 +396,12 @@ class SmolmachinesBottle(Bottle):
     def env_assignments(self, user: str = "node") -> list[str]:
         """`HOME=…`, `USER=…` for `user`, then the bottle's env in insertion order."""
         check.user_name(user)
-        pairs = [f"HOME={home_for(user)}", f"USER={user}"]
-        return pairs + [f"{key}={value}" for key, value in self.guest_env.items()]
+        return ew.user_env(user) + [f"{key}={value}" for key, value in self.guest_env.items()]
 
     # --- who guest commands run as ------------------------------------------------------
 
     def _kinds_differ(self) -> bool:
-        return _INTERACTIVE_USER_SINCE <= self._smolvm.version < _CAPTURED_USER_SINCE
+        return ew.kinds_differ(self._smolvm.version)
 
     def _guest_id(self, command: Sequence[str], *, interactive: bool) -> re.Match[str]:
         # Often the bottle's first exec, so it gets the retry policy: a short exec can be
@@ -432,20 +414,12 @@ class SmolmachinesBottle(Bottle):
         return m
 
     def _kept_key(self, kind: bool) -> list[object]:
-        # The smolvm build (its answers differ by release), where it keeps its machines, the
-        # machine's name and the kind of exec. A machine deleted and made again under the same
-        # name has the same key: the guard in the guest (`_guarded`) is what notices it.
-        data = [os.environ.get(v, "") for v in ("SMOLVM_DATA_DIR", "XDG_DATA_HOME", "HOME")]
-        return [*self._smolvm.identity, *data, str(self.machine_name), kind]
+        # The guard in the guest (`_guarded`, the wrapper) notices a machine made again.
+        return ew.guest_key(self._smolvm.identity, self.machine_name, kind, os.environ)
 
     def _kept_guest(self, kind: bool) -> _Kept | None:
-        value = _cache.load(_GUEST, self._kept_key(kind))
-        if value is None:
-            return None
-        user, ident = value.get("user"), value.get("id")
-        if not (isinstance(user, str) and isinstance(ident, str) and _ID_TOKEN.fullmatch(ident)):
-            return None
-        return _Kept(kind, user, ident)
+        found = ew.kept_guest(_cache.load(_GUEST, self._kept_key(kind)))
+        return None if found is None else _Kept(kind, *found)
 
     def guest_user(self, *, interactive: bool = False) -> str:
         """Who guest commands run as on this machine: learnt once (`id` in the guest), cached.
@@ -521,10 +495,9 @@ class SmolmachinesBottle(Bottle):
         return self._prefix(user, running_as, assignments), None, None
 
     def _prefix(self, user: str, running_as: str, assignments: list[str]) -> list[str]:
-        if running_as == user:
-            return assignments
-        if running_as == "root":
-            return ["runuser", "-u", user, "--", *assignments]
+        switch = ew.user_switch(user, running_as)
+        if switch is not None:
+            return [*switch, *assignments]
         raise GuestUserError(
             f"machine {self.machine_name!r} runs guest commands as {running_as!r} (the image's "
             f"USER; smolvm {self._smolvm.version_text} has no option to choose another), and "
@@ -1094,32 +1067,51 @@ class SmolmachinesBottle(Bottle):
             return policy
         return RetryPolicy(policy.attempts, policy.delay, policy.statuses, BRING_UP_RETRY.bring_up)
 
+    def _reach(
+        self, user: str, kept: bool, what: str
+    ) -> tuple[list[str], str | None, _Kept | None] | AgentResult:
+        """`_as_user` for a streamed or terminal command (`interactive`), or the result of one
+        that cannot start: `user` cannot be reached, or asking the guest failed."""
+        try:
+            return self._as_user(user, interactive=True, kept=kept)
+        except GuestUserError as exc:
+            return self._not_started(what, exc)
+        except _ProbeError as exc:
+            return self._not_started(what, exc.result.error or exc)
+
     def _run_streamed(
         self, argv: list[str], user: str, workdir: str | None, stdin: bool, what: str
     ) -> AgentResult:
         policy = self._streamed_retry()
         kept = True
         attempt = 1
+        handed, self._handed = self._handed, None
         while True:
-            try:
-                prefix, option, found = self._as_user(user, interactive=True, kept=kept)
-            except GuestUserError as exc:
-                return self._not_started(what, exc)
-            except _ProbeError as exc:
-                return self._not_started(what, exc.result.error or exc)
             may_retry = attempt < policy.attempts
-            # Wrapped when bottle must hear from the guest before the command: whether the
-            # kept answer still holds, whether the command started (a kill before it did is
-            # the bring-up's, and takes no input: stdin is held until then).
-            nonce = os.urandom(8).hex()
-            marks = sv.Marks(nonce) if found is not None or may_retry else None
-            guest = [*prefix, *argv]
-            if marks is not None:
-                guest = _wrapped(nonce, found, guest)
-            full = [self._smolvm.path, *sv.exec_args(
-                self.machine_name, guest, interactive=True, env_names=self.secret_names,
-                workdir=workdir, user=option,
-            )]  # fmt: skip
+            marks: sv.Marks | None
+            if handed is not None:
+                # Made by the light path, as this loop makes it (bottle._execwire's pieces).
+                full, nonce = handed.argv, handed.nonce
+                found = None if handed.found is None else _Kept(False, *handed.found)
+                marks = handed_marks = sv.Marks(nonce)
+                handed_marks.started, handed_marks.refusal = handed.started, handed.refusal
+            else:
+                reached = self._reach(user, kept, what)
+                if isinstance(reached, AgentResult):
+                    return reached
+                prefix, option, found = reached
+                # Wrapped when bottle must hear from the guest before the command: whether the
+                # kept answer still holds, whether the command started (a kill before it did
+                # is the bring-up's, and takes no input: stdin is held until then).
+                nonce = ew.new_nonce()
+                marks = sv.Marks(nonce) if found is not None or may_retry else None
+                guest = [*prefix, *argv]
+                if marks is not None:
+                    guest = _wrapped(nonce, found, guest)
+                full = [self._smolvm.path, *sv.exec_args(
+                    self.machine_name, guest, interactive=True, env_names=self.secret_names,
+                    workdir=workdir, user=option,
+                )]  # fmt: skip
             log.debug("%s in %s: %s", what, self.machine_name, full)
             settled: list[SmolvmCommandError | None] = []
 
@@ -1132,11 +1124,15 @@ class SmolmachinesBottle(Bottle):
                 settled.append(self._settle(full, exit_status(raw), line))
                 return settled[-1] is not None
 
-            with _runnable(full[0]):
-                status, said = sv.run_streamed(
-                    full, env=self.child_env(), stdin=None if stdin else subprocess.DEVNULL,
-                    marks=marks, judge=smolvms,
-                )  # fmt: skip
+            if handed is not None:
+                status, said = sv.finish_streamed(handed.status, handed.kept, smolvms)
+                handed = None
+            else:
+                with _runnable(full[0]):
+                    status, said = sv.run_streamed(
+                        full, env=self.child_env(), stdin=None if stdin else subprocess.DEVNULL,
+                        marks=marks, judge=smolvms,
+                    )  # fmt: skip
             status = exit_status(status)
             if found is not None and marks is not None and marks.refusal is not None:
                 # Nothing ran and no input was taken: run it as the machine now says.
@@ -1178,12 +1174,10 @@ class SmolmachinesBottle(Bottle):
         # answer is used only where that can be no more than keys typed ahead.
         kept = not stdin or os.isatty(0)
         while True:
-            try:
-                prefix, option, found = self._as_user(user, interactive=True, kept=kept)
-            except GuestUserError as exc:
-                return self._not_started(what, exc)
-            except _ProbeError as exc:
-                return self._not_started(what, exc.result.error or exc)
+            reached = self._reach(user, kept, what)
+            if isinstance(reached, AgentResult):
+                return reached
+            prefix, option, found = reached
             guest = [*prefix, *argv]
             if found is not None:
                 guest = _wrapped(os.urandom(8).hex(), found, guest)

@@ -28,10 +28,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bottle._quickexec import CONFIG_ENV, config_path
 from bottle.cli._errors import did_you_mean
 from bottle.errors import BottleError, InvalidInputError
 
-ENV = "BOTTLE_CONFIG"
+ENV = CONFIG_ENV
 
 
 def _text(value: object) -> str:
@@ -122,11 +123,7 @@ def _toml_type(value: object) -> str:
 
 def path(environ: Mapping[str, str] | None = None) -> str | None:
     """The config file to read (it may not exist), or None for none."""
-    env = os.environ if environ is None else environ
-    if ENV in env:
-        return env[ENV] or None
-    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "bottle", "config.toml")
+    return config_path(os.environ if environ is None else environ)
 
 
 class Config:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
+from bottle._execwire import Ran
 from bottle.cli._command import GLOBAL_OPTIONS, SECRETS_NOTE, Command, Entry
 from bottle.cli._errors import FAILURE, PROG, did_you_mean, report, run
 
@@ -120,11 +121,13 @@ def main(
     argv: Sequence[str] | None = None,
     *,
     interrupts: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ran: Ran | None = None,
 ) -> int:
     """Run the command line; return the exit status.
 
     `interrupts` is the span in which Ctrl-C is the command's KeyboardInterrupt (the console
     script's `bottle._console.interrupts`); outside it, a Ctrl-C is left as the caller set it.
+    `ran`: the run of a plain `exec` that `bottle._quickexec` made, for `exec` to finish.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -158,6 +161,9 @@ def main(
     except ValueError as exc:
         broken, defaults = exc, lambda ns: None  # said after parsing: --help still helps
     ns, extra = command.parse(parser, rest)
+    if ran is not None:
+        assert name == "exec", name
+        ns.ran = ran
     if broken is not None:
         return report(broken)
     defaults(ns)

@@ -49,6 +49,7 @@ class Exec(Command):
         parser.add_argument(
             "-n", "--name", help="machine name, the older form: then one word is a SCRIPT"
         )
+        parser.set_defaults(ran=None)  # the light path's run (bottle._quickexec), to finish
 
     def parse(self, parser: Parser, args: list[str]) -> tuple[argparse.Namespace, list[str]]:
         own, command, marked = split_at_command(parser, args, name_option="name")
@@ -80,6 +81,9 @@ class Exec(Command):
         with SmolmachinesBottle(
             name, guest_env=dict(ns.env), secret_env=secrets, retry=retry_policy(ns)
         ) as bottle:
+            # Made already by the light path, as run_command makes its first run: finished, never
+            # made again.
+            bottle._handed = ns.ran
             result = bottle.run_command(
                 argv, user=ns.user, workdir=ns.workdir, stdin=ns.interactive, tty=ns.tty
             )
