@@ -49,8 +49,8 @@ _SIGNALS = sorted(set(signal.valid_signals()) - _NOT_OURS)
 
 # Modules whose import acts on the process, which a test process must not import for nothing:
 # the `__main__` modules run their command, and `_console` (the console script's first module)
-# makes SIGINT a quiet exit.
-_ENTRY_MODULES = frozenset({"__main__", "_console"})
+# and `_sigint` (which the entry modules import first) make SIGINT a quiet exit.
+_ENTRY_MODULES = frozenset({"__main__", "_console", "_sigint"})
 
 
 def _handlers() -> dict[int, Any]:

@@ -19,7 +19,8 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 LAYERS: list[tuple[str, ...]] = [
     # Exceptions, the package itself (a version string and a platform check), and the
     # loggers that load `logging` only when needed (the standard library only).
-    ("bottle", "bottle.errors", "bottle._log"),
+    # The take-over of Ctrl-C that the entry modules import first (the standard library only).
+    ("bottle", "bottle.errors", "bottle._log", "bottle._sigint"),
     # Input checks and the small result types, built on the exceptions only; the network
     # policy (checks of allowed hosts and CIDRs) is one of them; the cache of what bottle
     # learnt of smolvm and its machines (the standard library only).

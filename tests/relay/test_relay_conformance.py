@@ -145,17 +145,18 @@ class TestFront:
 
     @pytest.mark.parametrize("require", ["", "1"])
     def test_unimportable_extension(self, require: str) -> None:
-        """Without the extension: the pure twin, or ImportError when the run demands native."""
+        """Without the extension: the pure twin, or ImportError when the run demands native
+        (on loading the relay: `import bottle.relay` alone loads nothing, see its docstring)."""
         code = textwrap.dedent(
             """
             import sys
             sys.modules["bottle._ptyrelay"] = None  # makes the import fail like a missing .so
             try:
-                import bottle.relay as r
+                from bottle.relay import IMPLEMENTATION
             except ImportError as exc:
                 print("ImportError", exc)
             else:
-                print(r.IMPLEMENTATION)
+                print(IMPLEMENTATION)
             """
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOTTLE_")}

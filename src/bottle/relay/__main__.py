@@ -2,13 +2,19 @@
 
 Exits with the command's status (128+N when signal N killed it), 127 when it cannot be found,
 126 when it cannot be executed, 2 on a usage error, 130 (quietly) on Ctrl-C before the relay
-has taken over its signals. Kept free of heavy imports: the relay's own CPU time is what gets
-measured.
+has taken over its signals. Run as a program, it imports `bottle._sigint` first, which makes
+a Ctrl-C while the relay loads a quiet exit (the import machinery could swallow the
+KeyboardInterrupt otherwise, and the relay would run on); the relay's own modules are loaded
+here, before the command's run begins. Nothing else is loaded: the relay's own CPU time is
+what gets measured.
 """
 
-from __future__ import annotations
-
 import sys
+
+if __name__ == "__main__":  # run as a program, not imported: take Ctrl-C over first
+    from bottle import _sigint  # noqa: F401  # importing it is the take-over
+
+from bottle.relay._session import run as _run
 
 USAGE = (
     "usage: bottle relay [--output copy|direct] [--machine NAME] [--resize-command TEMPLATE]"
@@ -81,6 +87,21 @@ def _parse(argv: list[str]) -> tuple[dict[str, str], set[str], list[str]]:
     return options, flags, []
 
 
+class _NoTakeOver:
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _interrupts() -> _NoTakeOver:
+    """The span of the run, in which Ctrl-C is KeyboardInterrupt again where an entry module
+    (this one run as a program, or the console script's) took it over; nothing otherwise."""
+    taken = sys.modules.get("bottle._sigint")
+    return _NoTakeOver() if taken is None else taken.interrupts()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the relay command line; return the exit status."""
     try:
@@ -103,18 +124,17 @@ def _main(args: list[str]) -> int:
         sys.stderr.write(f"{USAGE}\nbottle relay: error: {exc}\n")
         return 2
 
-    from bottle import relay
-
     try:
-        return relay.run(
-            command,
-            machine=options.get("machine"),
-            resize_command=options.get("resize_command"),
-            hold_until_raw="hold_until_raw" in flags,
-            output=options.get("output", "copy"),
-            record=options.get("record"),
-            record_input="record_input" in flags,
-        )
+        with _interrupts():
+            return _run(
+                command,
+                machine=options.get("machine"),
+                resize_command=options.get("resize_command"),
+                hold_until_raw="hold_until_raw" in flags,
+                output=options.get("output", "copy"),
+                record=options.get("record"),
+                record_input="record_input" in flags,
+            )
     except FileNotFoundError as exc:
         sys.stderr.write(f"bottle relay: {exc.filename}: command not found ({exc.strerror})\n")
         return 127
