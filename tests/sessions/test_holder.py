@@ -164,6 +164,11 @@ def test_exit_status_kept_and_screen_on_later_attach(holders: Sessions) -> None:
 
 def test_losing_a_client_never_ends_the_session(holders: Sessions, tmp_path: Path) -> None:
     s = holders.start()
+    # The program is ready (raw, no echo) before the client below types: a key typed before
+    # its setraw (TCSAFLUSH) would be echoed and thrown away.
+    ready = Client.attach(s)
+    ready.expect(size_report(24, 80))
+    ready.close()
     # A client in a process of its own, killed outright mid-session.
     script = (
         "import socket, sys, time\n"
