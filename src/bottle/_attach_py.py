@@ -29,8 +29,8 @@ import threading
 import time
 
 from bottle import _sessionwire as wire
-from bottle._hub_py import Poller, match_keys, read_wakeups
-from bottle._ptyrelay_py import EV_DONE, EV_HUP, EV_SIGNAL
+from bottle._hub_py import match_keys, read_wakeups
+from bottle._ptyrelay_py import EV_DONE, EV_HUP, EV_SIGNAL, Poller
 
 __all__ = [
     "CONTROL_MAX",

@@ -39,7 +39,7 @@ import threading
 import time
 
 from bottle import _sessionwire as wire
-from bottle._ptyrelay_py import EV_CHILD, EV_DONE, EV_SIGNAL
+from bottle._ptyrelay_py import EV_CHILD, EV_DONE, EV_SIGNAL, Poller
 from bottle._recorder_py import REC_STALL_MS, Recorder
 
 __all__ = [
@@ -154,27 +154,6 @@ def read_wakeups(fd: int) -> tuple[bytes, bool]:
         if not data:
             return bytes(got), True
         got += data
-
-
-class Poller:
-    """poll() over a set of descriptors that changes from one wait to the next: only what
-    changed is registered again."""
-
-    def __init__(self) -> None:
-        self._poll = select.poll()
-        self._registered: dict[int, int] = {}
-
-    def wait(self, want: dict[int, int], timeout: int) -> dict[int, int]:
-        """Wait for the events ``want`` asks of each descriptor; those that came."""
-        registered = self._registered
-        for fd in [fd for fd in registered if fd not in want]:
-            self._poll.unregister(fd)
-            del registered[fd]
-        for fd, events in want.items():
-            if registered.get(fd) != events:
-                self._poll.register(fd, events)
-                registered[fd] = events
-        return dict(self._poll.poll(timeout))
 
 
 class _Client:

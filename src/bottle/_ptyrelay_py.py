@@ -178,6 +178,27 @@ def spawn(
     return pid
 
 
+class Poller:
+    """poll() over a set of descriptors that changes from one wait to the next: only what
+    changed is registered again."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._registered: dict[int, int] = {}
+
+    def wait(self, want: dict[int, int], timeout: int) -> dict[int, int]:
+        """Wait for the events ``want`` asks of each descriptor; those that came."""
+        registered = self._registered
+        for fd in [fd for fd in registered if fd not in want]:
+            self._poll.unregister(fd)
+            del registered[fd]
+        for fd, events in want.items():
+            if registered.get(fd) != events:
+                self._poll.register(fd, events)
+                registered[fd] = events
+        return dict(self._poll.poll(timeout))
+
+
 class Pump:
     """Copy user input to a pty master and its output back, until something needs Python.
 
@@ -250,8 +271,7 @@ class Pump:
         self._out_blocked = False
         self._master_blocked = False
         self._sigs = bytearray()
-        self._poll = select.poll()
-        self._registered: dict[int, int] = {}
+        self._poller = Poller()
         if record_fd >= 0:
             self._rec = Recorder(record_fd, record_input, record_stall_ms)
 
@@ -320,7 +340,7 @@ class Pump:
                     in_polled = True
             if not want:
                 raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-            ready = dict(self._wait(want, timeout))
+            ready = self._poller.wait(want, timeout)
             if not ready:
                 continue
             if any(rev & _POLLNVAL for rev in ready.values()):
@@ -399,7 +419,7 @@ class Pump:
             if self._wake_fd >= 0:
                 want[self._wake_fd] = want.get(self._wake_fd, 0) | _POLLIN
             started = time.monotonic_ns()
-            ready = dict(self._wait(want, timeout))
+            ready = self._poller.wait(want, timeout)
             if master_polled:
                 budget -= (time.monotonic_ns() - started) // 1000
             if not ready:
@@ -481,16 +501,6 @@ class Pump:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this Pump is already running in another thread")
 
-    def _wait(self, want: dict[int, int], timeout: int) -> list[tuple[int, int]]:
-        registered = self._registered
-        for fd in [fd for fd in registered if fd not in want]:
-            self._poll.unregister(fd)
-            del registered[fd]
-        for fd, events in want.items():
-            if registered.get(fd) != events:
-                self._poll.register(fd, events)
-                registered[fd] = events
-        return self._poll.poll(timeout)
 
     def _add_signal(self, sig: int) -> None:
         if sig not in self._sigs:
