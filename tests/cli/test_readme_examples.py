@@ -105,6 +105,10 @@ def test_readme_examples_run(fake_smolvm: Any, shared_dir: Path, tmp_path: Path)
     for name, address in HOSTS.items():
         fake_smolvm.add_host(name, address)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # A user's login sets these, and a recording's header names them; CI runs with neither
+    # guaranteed (no SHELL there), so the session gets the ones a login at bash would give.
+    env.setdefault("SHELL", "/bin/bash")
+    env.setdefault("TERM", "xterm")
     work = tmp_path / "work"
     work.mkdir()
     with runtime_dir() as runtime:  # the user's own session directory (detached sessions)
