@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import sys
 import tempfile
 import venv
@@ -47,6 +48,16 @@ GUEST_USER = "node"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.pop("LINES", None)
     os.environ.pop("COLUMNS", None)
+
+# The suite's children must start as a terminal's would: a run started under `nohup` (SIGHUP
+# ignored) or as a background job of a script (SIGINT and SIGQUIT ignored) passes that on to
+# every process a test starts, and an ignored signal stays ignored across exec: a fake smolvm
+# that outlives its hung-up terminal, a `kill -HUP` that ends nothing. Seen: three tests of
+# hang-ups failing in a run started with nohup. A blocked signal is inherited the same way.
+for _sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+    if signal.getsignal(_sig) == signal.SIG_IGN:
+        signal.signal(_sig, signal.default_int_handler if _sig == signal.SIGINT else signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
