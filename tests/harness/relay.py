@@ -543,6 +543,17 @@ def assert_no_leftovers(session: Session, timeout: float = 5.0) -> None:
     assert not left, f"processes left behind:\n{describe_pids(left)}\n{session.describe()}"
 
 
+def where_lost(s: Session, expected: bytes) -> str:
+    """Where the output parts from ``expected``: its length, the first byte that differs, and
+    whether the end arrived (a loss in the middle, or of the tail)."""
+    out = s.output()
+    at = next((i for i, (a, b) in enumerate(zip(out, expected, strict=False)) if a != b),
+              min(len(out), len(expected)))  # fmt: skip
+    return (f"{len(out)} bytes for {len(expected)} expected, the first difference at byte "
+            f"{at} (got {out[at:at + 16]!r}, expected {expected[at:at + 16]!r}); the end "
+            f"{'arrived' if out.endswith(expected[-16:]) else 'did not arrive'}\n{s.describe()}")
+
+
 def echo_roundtrip(s: Session, data: bytes, result: Path, chunks: list[bytes] | None = None,
                    pause: float = 0.0) -> None:
     """Type ``data`` into an ECHO_CHILD session; check what the child got and what came back."""
@@ -552,9 +563,8 @@ def echo_roundtrip(s: Session, data: bytes, result: Path, chunks: list[bytes] | 
         if pause:
             time.sleep(pause)
     back = shown(data, s.mode)
-    assert s.wait_output_len(start + len(back), 60), (
-        f"only {s.output_len() - start} of {len(back)} bytes came back\n{s.describe()}"
-    )
+    if not s.wait_output_len(start + len(back), 60):
+        pytest.fail(f"not all came back: {where_lost(s, s.output()[:start] + back)}")
     assert s.wait(60) == 0, s.describe()
     echoed = s.output()[start:]
     assert len(echoed) == len(back), f"{len(echoed)} bytes back for {len(back)} expected"

@@ -50,6 +50,7 @@ from harness.relay import (
     stopped,
     vm_rss_kib,
     wait_until,
+    where_lost,
 )
 
 # The fixtures ``impl``, ``mode`` and ``spawn`` come from the harness.
@@ -458,9 +459,9 @@ class TestBytes:
 class TestEndOfChild:
     def test_buffered_output_is_delivered(self, spawn: Spawn) -> None:
         for _ in range(3):
-            s = spawn(sh("for i in $(seq 1000); do printf Bingo; done"))
+            s = spawn(sh("for i in $(seq 1000); do printf Bingo; done; printf END"))
             assert s.wait() == 0, s.describe()
-            assert s.output().count(b"Bingo") == 1000, s.describe()
+            assert s.output() == b"Bingo" * 1000 + b"END", where_lost(s, b"Bingo" * 1000 + b"END")
 
     def test_output_pending_at_exit_survives_a_stalled_terminal(
         self, spawn: Spawn, tmp_path: Path
