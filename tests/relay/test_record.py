@@ -290,12 +290,21 @@ def test_a_failing_disk_ends_the_recording_with_a_warning(impl: str, tmp_path: P
     # A file size limit (ulimit -f: 10 KiB) makes the recording's writes fail (EFBIG; Python
     # ignores SIGXFSZ) part-way: the session goes on to its end, the relay says the recording
     # is incomplete once the terminal is restored, and the file plays back whole events.
-    cast = tmp_path / "s.cast"
-    child = [PY, "-c", "import os\nfor i in range(2000): os.write(1, b'line %04d\\n' % i)"]
+    # The first lines are on file before the rest comes: one event can hold all the output a
+    # slow terminal let pile up (seen under load: an event past the limit, nothing played).
+    cast, gate = tmp_path / "s.cast", tmp_path / "gate"
+    child = [PY, "-c", textwrap.dedent("""
+        import os, sys, time
+        for i in range(10): os.write(1, b'line %04d\\n' % i)
+        while not os.path.exists(sys.argv[1]): time.sleep(0.01)
+        for i in range(10, 2000): os.write(1, b'line %04d\\n' % i)
+        """), str(gate)]  # fmt: skip
     relay = [*RELAY_ARGV, "--record", str(cast), "--", *child]
     s = Session([], impl=impl, tmp=tmp_path,
                 argv=["sh", "-c", 'ulimit -f 20; exec "$@"', "sh", *relay])  # fmt: skip
     try:
+        assert wait_until(lambda: cast.exists() and b"line 0009" in cast.read_bytes(), 20)
+        gate.touch()
         assert s.wait() == 0, s.describe()
         assert b"line 1999\r\n" in s.output()
         assert f"the recording {cast} is incomplete (File too large)" in s.text(), s.describe()
