@@ -49,8 +49,15 @@ def assert_nothing_left(mark: str) -> None:
     assert wait_until(lambda: not marked_pids(mark), 20), describe_pids(marked_pids(mark))
 
 
-def wait_exit(client: Client) -> int:
-    client.until(lambda g: g.exit_status is not None, "EXIT", timeout=30)
+def wait_exit(client: Client, session: Session) -> int:
+    try:
+        client.until(lambda g: g.exit_status is not None, "EXIT", timeout=30)
+    except AssertionError as exc:  # what the holder said and recorded (seen once: no EXIT)
+        session.wait(20)
+        log = Path(session._dir.file("holder.log"))
+        state = session._dir.read_json("state.json")
+        raise AssertionError(f"{exc}\nholder.log: {log.read_text() if log.exists() else None!r}"
+                             f"\nstate.json: {state}") from None
     assert client.got.exit_status is not None
     return client.got.exit_status
 
@@ -73,7 +80,7 @@ def test_exec_agent_detached(fake_smolvm: Any, mark: str, require_node_user: Any
         client.expect(b"as node key=" + SECRET.encode())
         client.expect(b"got hi")
         watch.wait_rounds(3)
-    assert wait_exit(client) == 5
+    assert wait_exit(client, session) == 5
     assert watch.cmdline_hits == []  # never on a command line
     assert session.wait(20) == 5
     info = sessions.find_session("m").info()
@@ -98,7 +105,7 @@ def test_launch_hands_its_teardown_to_the_detached_session(
     assert session.info().teardown == "pending"
     client = Client.attach(session)
     client.keys(b"x\r")
-    assert wait_exit(client) == 3
+    assert wait_exit(client, session) == 3
     assert session.wait(60) == 3
     assert fake_smolvm.machine("m1") is None  # stopped and deleted by the holder
     assert session.info().teardown == "done"
