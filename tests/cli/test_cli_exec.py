@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 from harness.backend import CLI_FAILURE, guest_execs, image_machine, wait_for_file
-from harness.relay import MARK_VAR, describe_pids, marked_pids
-from harness.terminal import wait_until
+from harness.relay import MARK_VAR, assert_none_marked
 
 BOTTLE = [sys.executable, "-m", "bottle"]
 TIMEOUT = 60
@@ -283,7 +282,7 @@ def test_ctrl_c_ends_the_command_and_leaves_nothing_running(
             proc.wait()
     assert proc.returncode == 130
     assert err.decode().splitlines() == ["bottle: interrupted"]
-    assert wait_until(lambda: not marked_pids(mark), 20), describe_pids(marked_pids(mark))
+    assert_none_marked(mark)
 
 
 def test_exec_runs_one_smolvm_exec_and_asks_nothing_else(machine: Any) -> None:

@@ -537,6 +537,12 @@ def assert_restored(session: Session) -> None:
     assert not term.slave_nonblocking(), f"O_NONBLOCK left on the terminal\n{session.describe()}"
 
 
+def assert_none_marked(mark: str, timeout: float = 20.0) -> None:
+    """No process carrying ``mark`` is left once ``timeout`` seconds have passed (processes
+    that are ending get that long: exits are asynchronous, and slow under load)."""
+    assert wait_until(lambda: not marked_pids(mark), timeout), describe_pids(marked_pids(mark))
+
+
 def assert_no_leftovers(session: Session, timeout: float = 5.0) -> None:
     """No process started by the session survives it."""
     left = session.leftovers(timeout)

@@ -458,10 +458,11 @@ class TestBytes:
 
 class TestEndOfChild:
     def test_buffered_output_is_delivered(self, spawn: Spawn) -> None:
+        expected = b"Bingo" * 1000 + b"END"
         for _ in range(3):
             s = spawn(sh("for i in $(seq 1000); do printf Bingo; done; printf END"))
             assert s.wait() == 0, s.describe()
-            assert s.output() == b"Bingo" * 1000 + b"END", where_lost(s, b"Bingo" * 1000 + b"END")
+            assert s.output() == expected, where_lost(s, expected)
 
     def test_output_pending_at_exit_survives_a_stalled_terminal(
         self, spawn: Spawn, tmp_path: Path

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from harness.backend import ProcWatch, image_machine, root_spec
-from harness.relay import MARK_VAR, alive, describe_pids, marked_pids, wait_until
+from harness.relay import MARK_VAR, alive, assert_none_marked
 from harness.sessions import Client, wait_for, wait_gone
 
 from bottle import sessions
@@ -46,7 +46,7 @@ def assert_nothing_left(mark: str) -> None:
     (what `Session.wait` waits for) before its process is gone, and the fake smolvm's watcher
     (smolvm's agent killing the guest on a disconnect) ends after smolvm's client, each on
     its own time under load."""
-    assert wait_until(lambda: not marked_pids(mark), 20), describe_pids(marked_pids(mark))
+    assert_none_marked(mark)
 
 
 def wait_exit(client: Client, session: Session) -> int:
