@@ -285,7 +285,7 @@ cdef class Hub:
     cdef size_t batch
     cdef long long stall_us, held_at, twitch_at
     cdef int hold_ms, exit_status, nsigs, err, owner_fd
-    cdef bint hold_active, master_eof, master_blocked, busy, changed, has_rec
+    cdef bint hold_active, master_eof, master_eio, master_blocked, busy, changed, has_rec
     cdef char *ibuf
     cdef size_t ihead, itail
     cdef hclient *cl
@@ -628,23 +628,24 @@ cdef class Hub:
         cdef pollfd fds[2 + 2 * H_MAX_CLIENTS]
         cdef int cidx[2 + 2 * H_MAX_CLIENTS]
         cdef bint isterm[2 + 2 * H_MAX_CLIENTS]
-        cdef int n, r, i, timeout, im, ir
+        cdef int n, r, i, timeout, im, ir, rechecks = 0
         cdef short rev
-        cdef bint reading, master_polled
+        cdef bint reading, master_polled, recheck
         cdef long long room
-        cdef long long budget = <long long>cap_ms * 1000, deadline = 0, started
+        cdef long long budget = <long long>cap_ms * 1000, deadline = 0, started, recheck_at = 0
+        cdef unsigned long long got
         cdef hclient *c
         for i in range(self.ncl):
             if not self.cl[i].attached:
                 self.cl[i].dead = True
         self._sweep()
-        reading = flush_ms < 0 and not self.master_eof
+        reading = flush_ms < 0 and (not self.master_eof or self.master_eio)
         if flush_ms >= 0:
             deadline = _now_us() + <long long>flush_ms * 1000
         self._publish()
         self._sweep()
         while True:
-            if reading and budget <= 0:
+            if reading and (budget <= 0 or (self.master_eof and rechecks >= C_EOF_RECHECKS)):
                 reading = False
             if flush_ms < 0 and not reading:
                 return 0
@@ -653,20 +654,27 @@ cdef class Hub:
             timeout = -1
             n = 0
             im = ir = -1
-            master_polled = False
+            master_polled = recheck = False
             if reading:
                 room = self._room()
                 if room == 0:
                     timeout = self._stall_timeout()
                     room = self._room()  # a client that stopped holding it frees room
                 if room > 0 and not (self.has_rec and _rec_blocked(&self.rec)):
-                    fds[n].fd = self.master_fd
-                    fds[n].events = POLLIN
-                    im = n
-                    n += 1
-                    master_polled = True
-                    timeout = idle_ms if idle_ms < (budget + 999) // 1000 else \
-                        <int>((budget + 999) // 1000)
+                    if not self.master_eof:
+                        fds[n].fd = self.master_fd
+                        fds[n].events = POLLIN
+                        im = n
+                        n += 1
+                        master_polled = True
+                        timeout = idle_ms if idle_ms < (budget + 999) // 1000 else \
+                            <int>((budget + 999) // 1000)
+                    else:  # EIO: read again when the next re-read is due (see EOF_RECHECKS)
+                        recheck = True
+                        if not recheck_at:
+                            recheck_at = _now_us() + _recheck_delay_us(rechecks)
+                        started = (recheck_at - _now_us() + 999) // 1000
+                        timeout = _min_timeout(timeout, <int>started if started > 0 else 0)
             if deadline:
                 started = (deadline - _now_us() + 999) // 1000
                 timeout = _min_timeout(timeout, <int>started if started > 0 else 0)
@@ -692,15 +700,23 @@ cdef class Hub:
                     n += 1
             started = _now_us()
             r = poll(fds, n, timeout)
-            if master_polled:
+            if master_polled or recheck:
                 budget -= _now_us() - started
-                if r == 0:
+                if r == 0 and master_polled:
                     reading = False
             if r < 0:
                 if errno == EINTR:
                     continue
                 self.err = errno
                 return -1
+            if recheck and _now_us() >= recheck_at:
+                got = self.written
+                self.master_eof = False
+                recheck_at = 0
+                if self._read_master() < 0:
+                    return -1
+                self._publish()
+                rechecks = 0 if self.written != got else rechecks + 1
             if ir >= 0 and fds[ir].revents:
                 _rec_flush(&self.rec)
             if im >= 0 and fds[im].revents:
@@ -710,7 +726,7 @@ cdef class Hub:
                 if self._read_master() < 0:
                     return -1
                 self._publish()
-                if self.master_eof:
+                if self.master_eof and not self.master_eio:
                     reading = False
             for i in range(n):
                 if i == im or i == ir:
@@ -778,12 +794,13 @@ cdef class Hub:
                     self.defer_at = _now_us() + DEFER_US
             elif r == 0:  # BSD/macOS: end of the pty
                 self.master_eof = True
+                self.master_eio = False
             elif errno == EINTR:
                 continue
             elif errno == EAGAIN:
                 break
-            elif errno == EIO:  # Linux: end of the pty
-                self.master_eof = True
+            elif errno == EIO:  # Linux: the child side closed (the drain makes sure of the end)
+                self.master_eof = self.master_eio = True
             else:
                 self.err = errno
                 return -1

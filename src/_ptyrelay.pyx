@@ -141,6 +141,21 @@ DEFAULT_BUFSIZE = 128 * 1024
 # While input (or its end) is held, the child's termios is re-checked at this interval; with
 # nothing held the loop sets no timer at all.
 cdef int HOLD_POLL_MS = 10
+# Linux's EIO on a pty master is not always the end of the output. Seen under load (a child
+# writing 5003 bytes in 5-byte writes and exiting at once): the relay read 80 bytes, the next
+# read failed with EIO, and a read right after it returned the other 4923 (the bytes were still
+# on their way from the pty's buffer to its line discipline; 8 of 8 such losses, both twins).
+# So after EIO the drain reads again, at once and then after 1, 2, 4, 8 and 16 ms, and takes
+# EIO as the end only when all of these find nothing (31 ms at the end of a session; poll
+# cannot wait for it: it reports POLLHUP all along). Each read that finds data starts over.
+# The holder's Hub drains the same way.
+cdef int C_EOF_RECHECKS = 6
+EOF_RECHECKS = C_EOF_RECHECKS
+
+
+cdef inline long long _recheck_delay_us(int done) noexcept nogil:
+    # The pause before the re-read after ``done`` empty ones: 0, 1, 2, 4, 8, 16 ms.
+    return 0 if done == 0 else (<long long>1000) << (done - 1)
 
 # Stages of the child between fork and exec, reported with errno through the exec pipe.
 cdef int STAGE_EXEC = 0
@@ -352,7 +367,7 @@ cdef class Pump:
     """
 
     cdef int in_fd, out_fd, master_fd, wake_fd, child_fd, size_fd
-    cdef bint winch, in_tty, hold_active, in_eof, master_eof, eof_reported, any_in
+    cdef bint winch, in_tty, hold_active, in_eof, master_eof, master_eio, eof_reported, any_in
     cdef bint out_blocked, master_blocked, busy
     cdef int hold_ms, intr, veof_pending, nsigs, err
     cdef long long held_at
@@ -368,6 +383,7 @@ cdef class Pump:
     # burst waited on the child refilling it while the terminal ran dry (half the throughput
     # to a reader taking 64 KiB at a time). Read as much as went out, when it went out.
     cdef size_t bufsize, ihead, ilen, ohead, olen
+    cdef unsigned long long master_got  # bytes read from the pty in all (see EOF_RECHECKS)
     cdef recorder rec  # off (rec.on false) unless recording
 
     def __cinit__(self, int in_fd, int out_fd, int master_fd, int wake_fd=-1, int child_fd=-1,
@@ -432,7 +448,9 @@ cdef class Pump:
 
         Reads the master until EOF, until it stays quiet for ``idle_ms``, or until it has been
         waited on for ``cap_ms`` in all (a grandchild may keep the pty open and busy; time
-        blocked on a stalled ``out_fd`` does not count). Returns EV_DONE, EV_HUP when
+        blocked on a stalled ``out_fd`` does not count). Linux's EIO counts as the end only
+        once reads at once and after 1, 2, 4, 8 and 16 ms found nothing more (EOF_RECHECKS),
+        however early it came. Returns EV_DONE, EV_HUP when
         the user's side is gone, or EV_SIGNAL when a signal other than SIGWINCH, SIGCHLD or
         SIGCONT interrupts the flush.
         """
@@ -586,19 +604,21 @@ cdef class Pump:
             r = read(self.master_fd, self.obuf + at, room)
             if r > 0:
                 self.olen += r
+                self.master_got += <size_t>r
                 if not self.out_blocked:
                     w = self._write_out()
                     if w != 0:
                         return w
             elif r == 0:  # BSD/macOS: end of the pty
                 self.master_eof = True
+                self.master_eio = False
                 break
             elif errno == EINTR:
                 continue
             elif errno == EAGAIN:
                 break
-            elif errno == EIO:  # Linux: end of the pty
-                self.master_eof = True
+            elif errno == EIO:  # Linux: the child side closed (the drain makes sure of the end)
+                self.master_eof = self.master_eio = True
                 break
             else:
                 self.err = errno
@@ -854,26 +874,36 @@ cdef class Pump:
 
     cdef int _drain(self, int idle_ms, int cap_ms) noexcept nogil:
         cdef pollfd fds[4]
-        cdef int n, r, timeout, iw, im, io, ir, rec_wait
-        cdef long long started
+        cdef int n, r, timeout, iw, im, io, ir, rec_wait, rechecks = 0
+        cdef long long started, recheck_at = 0
+        cdef unsigned long long got
+        cdef bint recheck
         # Only time spent waiting for the pty counts against the cap: while a stalled
         # terminal blocks the output, what is already in the pty must not be dropped.
         cdef long long budget = <long long>cap_ms * 1000  # microseconds
-        cdef bint reading = not self.master_eof
+        cdef bint reading = not self.master_eof or self.master_eio
         while True:
-            if reading and budget <= 0:
+            if reading and (budget <= 0 or (self.master_eof and rechecks >= C_EOF_RECHECKS)):
                 reading = False
             n = 0
             iw = im = io = ir = -1
             timeout = -1
+            recheck = False
             rec_wait = _rec_wait_ms(&self.rec)
             if reading and self.olen < self.bufsize:
-                fds[n].fd = self.master_fd
-                fds[n].events = POLLIN
-                im = n
-                n += 1
-                timeout = (<int>((budget + 999) // 1000) if budget < <long long>idle_ms * 1000
-                           else idle_ms)
+                if not self.master_eof:
+                    fds[n].fd = self.master_fd
+                    fds[n].events = POLLIN
+                    im = n
+                    n += 1
+                    timeout = (<int>((budget + 999) // 1000)
+                               if budget < <long long>idle_ms * 1000 else idle_ms)
+                else:  # EIO: read again when the next re-read is due
+                    recheck = True
+                    if not recheck_at:
+                        recheck_at = _now_us() + _recheck_delay_us(rechecks)
+                    started = recheck_at - _now_us()
+                    timeout = <int>((started + 999) // 1000) if started > 0 else 0
             if self.olen > 0:
                 if _rec_blocked(&self.rec):
                     fds[n].fd = self.rec.fd
@@ -886,7 +916,7 @@ cdef class Pump:
                     fds[n].events = POLLOUT
                     io = n
                 n += 1
-            if n == 0:
+            if n == 0 and not recheck:
                 return C_EV_DONE
             if self.wake_fd >= 0:
                 fds[n].fd = self.wake_fd
@@ -895,13 +925,21 @@ cdef class Pump:
                 n += 1
             started = _now_us()
             r = poll(fds, n, timeout)
-            if im >= 0:
+            if im >= 0 or recheck:
                 budget -= _now_us() - started
             if r < 0:
                 if errno == EINTR:
                     continue
                 self.err = errno
                 return -1
+            if recheck and _now_us() >= recheck_at:
+                got = self.master_got
+                self.master_eof = False
+                recheck_at = 0
+                rec_wait = self._read_master()
+                if rec_wait != 0:
+                    return rec_wait
+                rechecks = 0 if self.master_got != got else rechecks + 1
             if r == 0:
                 if im >= 0:
                     reading = False
@@ -921,7 +959,7 @@ cdef class Pump:
                 r = self._read_master()
                 if r != 0:
                     return r
-                if self.master_eof:
+                if self.master_eof and not self.master_eio:
                     reading = False
             if self.olen > 0 and not self.out_blocked:
                 r = self._write_out()

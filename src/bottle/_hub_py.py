@@ -39,7 +39,15 @@ import threading
 import time
 
 from bottle import _sessionwire as wire
-from bottle._ptyrelay_py import EV_CHILD, EV_DONE, EV_SIGNAL, Poller
+from bottle._ptyrelay_py import (
+    EOF_RECHECKS,
+    EV_CHILD,
+    EV_DONE,
+    EV_SIGNAL,
+    Poller,
+    _now_us,
+    recheck_delay_us,
+)
 from bottle._recorder_py import REC_STALL_MS, Recorder
 
 __all__ = [
@@ -111,10 +119,6 @@ def peer_uid(fd: int) -> int:
         creds = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, struct.calcsize("IIh16I"))
         uid = struct.unpack_from("II", creds)[1]
         return uid
-
-
-def _now_us() -> int:
-    return time.monotonic_ns() // 1000
 
 
 def match_keys(seq: bytes, pos: int, data: bytes) -> tuple[bytes, int, bool]:
@@ -277,6 +281,7 @@ class Hub:
         self._held_at = time.monotonic_ns() // 1_000_000
         self._ibuf = bytearray()
         self._master_eof = False
+        self._master_eio = False  # the end came as Linux's EIO (see EOF_RECHECKS)
         self._master_blocked = False
         self._sigs = bytearray()
         self._busy = threading.Lock()
@@ -520,12 +525,13 @@ class Hub:
         for c in [c for c in self._clients if not c.attached]:
             self._drop(c)
         rec = self._rec
-        reading = flush_ms < 0 and not self._master_eof
+        reading = flush_ms < 0 and (not self._master_eof or self._master_eio)
         budget = cap_ms * 1000
         deadline = _now_us() + flush_ms * 1000 if flush_ms >= 0 else 0
+        rechecks = recheck_at = 0
         self._publish()
         while True:
-            if reading and budget <= 0:
+            if reading and (budget <= 0 or (self._master_eof and rechecks >= EOF_RECHECKS)):
                 reading = False
             if flush_ms < 0 and not reading:
                 return
@@ -533,16 +539,24 @@ class Hub:
                 return
             timeout = -1
             want: dict[int, int] = {}
-            master_polled = False
+            master_polled = recheck = False
             if reading:
                 room = self._room()
                 if room == 0:
                     timeout = self._stall_timeout()
                     room = self._room()  # a client that stopped holding it frees room
                 if room > 0 and not (rec is not None and rec.blocked()):
-                    want[self._master_fd] = _POLLIN
-                    master_polled = True
-                    timeout = min(idle_ms, (budget + 999) // 1000)
+                    if not self._master_eof:
+                        want[self._master_fd] = _POLLIN
+                        master_polled = True
+                        timeout = min(idle_ms, (budget + 999) // 1000)
+                    else:  # EIO: read again when the next re-read is due (see EOF_RECHECKS)
+                        recheck = True
+                        if not recheck_at:
+                            recheck_at = _now_us() + recheck_delay_us(rechecks)
+                        timeout = self._min_timeout(
+                            timeout, max(0, (recheck_at - _now_us() + 999) // 1000)
+                        )
             if deadline:
                 timeout = self._min_timeout(timeout, max(0, (deadline - _now_us() + 999) // 1000))
             if rec is not None:
@@ -555,10 +569,17 @@ class Hub:
                     want[c.term] = _POLLOUT if c.tblocked else 0
             started = _now_us()
             ready = self._poller.wait(want, timeout)
-            if master_polled:
+            if master_polled or recheck:
                 budget -= _now_us() - started
-                if not ready:
+                if not ready and master_polled:
                     reading = False
+            if recheck and _now_us() >= recheck_at:
+                got = self._total
+                self._master_eof = False
+                recheck_at = 0
+                self._read_master()
+                self._publish()
+                rechecks = 0 if self._total != got else rechecks + 1
             if rec is not None and rec.fd in want and rec.fd in ready:
                 rec.flush()
             if master_polled and ready.get(self._master_fd, 0):
@@ -566,7 +587,7 @@ class Hub:
                     raise OSError(errno.EBADF, os.strerror(errno.EBADF))
                 self._read_master()
                 self._publish()
-                if self._master_eof:
+                if self._master_eof and not self._master_eio:
                     reading = False
             for c in list(self._clients):
                 if c.dead:
@@ -625,12 +646,13 @@ class Hub:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno == errno.EIO:  # Linux: end of the pty
-                    self._master_eof = True
+                if exc.errno == errno.EIO:  # Linux: the child side closed (see EOF_RECHECKS)
+                    self._master_eof = self._master_eio = True
                     break
                 raise
             if not data:  # BSD/macOS: end of the pty
                 self._master_eof = True
+                self._master_eio = False
                 break
             n = len(data)
             self._ring[at : at + n] = data

@@ -43,6 +43,16 @@ EV_CHILD = 4
 EV_INTR = 5
 
 DEFAULT_BUFSIZE = 128 * 1024
+# Linux's EIO on a pty master may come while output is still on its way (see the extension):
+# the drains read again at once and after 1, 2, 4, 8 and 16 ms before taking it as the end.
+EOF_RECHECKS = 6
+
+
+def recheck_delay_us(done: int) -> int:
+    """The pause before the re-read after ``done`` empty ones: 0, 1, 2, 4, 8, 16 ms."""
+    return 0 if done == 0 else 1000 << (done - 1)
+
+
 # While input (or its end) is held, the child's termios is re-checked at this interval; with
 # nothing held the loop sets no timer at all.
 _HOLD_POLL_MS = 10
@@ -65,6 +75,10 @@ _WINSIZE = struct.Struct("HHHH")
 
 def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
+
+
+def _now_us() -> int:
+    return time.monotonic_ns() // 1000
 
 
 def _child(
@@ -266,6 +280,8 @@ class Pump:
         self._in_eof = in_fd < 0
         self._veof_pending = 1 if in_fd < 0 else 0
         self._master_eof = False
+        self._master_eio = False  # the end came as Linux's EIO (see EOF_RECHECKS)
+        self._master_got = 0
         self._eof_reported = False
         self._last_in = -1
         self._out_blocked = False
@@ -394,19 +410,26 @@ class Pump:
         # Only time spent waiting for the pty counts against the cap: while a stalled
         # terminal blocks the output, what is already in the pty must not be dropped.
         budget = cap_ms * 1000  # microseconds
-        reading = not self._master_eof
+        reading = not self._master_eof or self._master_eio
+        rechecks = recheck_at = 0
         while True:
-            if reading and budget <= 0:
+            if reading and (budget <= 0 or (self._master_eof and rechecks >= EOF_RECHECKS)):
                 reading = False
             want: dict[int, int] = {}
             timeout = -1
-            master_polled = False
+            master_polled = recheck = False
             rec = self._rec
             rec_wait = -1 if rec is None else rec.wait_ms()
             if reading and len(self._obuf) < self._bufsize:
-                want[self._master_fd] = _POLLIN
-                master_polled = True
-                timeout = min(idle_ms, (budget + 999) // 1000)
+                if not self._master_eof:
+                    want[self._master_fd] = _POLLIN
+                    master_polled = True
+                    timeout = min(idle_ms, (budget + 999) // 1000)
+                else:  # EIO: read again when the next re-read is due
+                    recheck = True
+                    if not recheck_at:
+                        recheck_at = _now_us() + recheck_delay_us(rechecks)
+                    timeout = max(0, (recheck_at - _now_us() + 999) // 1000)
             if self._obuf:
                 if rec is not None and rec.blocked():
                     want[rec.fd] = _POLLOUT
@@ -414,14 +437,21 @@ class Pump:
                         timeout = rec_wait
                 else:
                     want[self._out_fd] = want.get(self._out_fd, 0) | _POLLOUT
-            if not want:
+            if not want and not recheck:
                 return EV_DONE
             if self._wake_fd >= 0:
                 want[self._wake_fd] = want.get(self._wake_fd, 0) | _POLLIN
             started = time.monotonic_ns()
             ready = self._poller.wait(want, timeout)
-            if master_polled:
+            if master_polled or recheck:
                 budget -= (time.monotonic_ns() - started) // 1000
+            if recheck and _now_us() >= recheck_at:
+                got = self._master_got
+                self._master_eof = False
+                recheck_at = 0
+                if self._read_master():
+                    return EV_HUP
+                rechecks = 0 if self._master_got != got else rechecks + 1
             if not ready:
                 if master_polled:
                     reading = False
@@ -438,7 +468,7 @@ class Pump:
                     raise OSError(errno.EBADF, os.strerror(errno.EBADF))
                 if self._read_master():
                     return EV_HUP
-                if self._master_eof:
+                if self._master_eof and not self._master_eio:
                     reading = False
             if self._obuf and not self._out_blocked and self._write_out():
                 return EV_HUP
@@ -541,13 +571,15 @@ class Pump:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno == errno.EIO:  # Linux: end of the pty
-                    self._master_eof = True
+                if exc.errno == errno.EIO:  # Linux: the child side closed (see EOF_RECHECKS)
+                    self._master_eof = self._master_eio = True
                     break
                 raise
             if not data:  # BSD/macOS: end of the pty
                 self._master_eof = True
+                self._master_eio = False
                 break
+            self._master_got += len(data)
             obuf += data
             if not self._out_blocked and self._write_out():
                 return True

@@ -473,6 +473,27 @@ def test_drain_delivers_output_left_at_exit(rig: Callable[..., Rig]) -> None:
     assert reader.result(WAIT) == payload
 
 
+def test_drain_reads_on_after_eio(rig: Callable[..., Rig]) -> None:
+    # Linux may answer EIO (no slave open any more) while output written before the last
+    # close is still on its way to the master: under load a relay read 80 of a child's 5003
+    # bytes, got EIO, and a read right after returned the other 4923. The kernel's timing
+    # cannot be forced; this makes the same sequence for certain: the run sees EIO with nothing
+    # to read, then output arrives (the slave opened again by name, written, closed), and the
+    # drain must still deliver it.
+    r = rig()
+    name = os.ttyname(r.slave)
+    os.write(r.slave, b"early ")
+    os.close(r.slave)
+    assert r.start().result(WAIT) == r.core.EV_EOF
+    assert read_exactly(r.out_r, 6) == b"early "
+    late = os.open(name, os.O_RDWR | os.O_NOCTTY)
+    os.write(late, b"tail")
+    os.close(late)
+    assert r.pump.drain(100, 5000) == r.core.EV_DONE
+    assert read_exactly(r.out_r, 4) == b"tail"
+    assert r.core.EOF_RECHECKS == 6
+
+
 def test_drain_stops_when_a_grandchild_keeps_the_pty_quiet(rig: Callable[..., Rig]) -> None:
     r = rig()
     os.write(r.slave, b"bye")  # the slave stays open, as with `sleep 60 & exit 5`
