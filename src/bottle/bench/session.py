@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from bottle._ptyrelay_py import EOF_RECHECKS, recheck_delay_us
 from bottle.bench._common import OUTER_SIZE, TAG_VAR, BenchError
 from bottle.bench._procfs import own_cpu_ns, settled_cpu_ns, stat_fields, tagged_pids
 from bottle.bench.relays import Relay, base_env
@@ -85,9 +86,18 @@ class Session:
         try:
             return os.readv(self.master, [buf])
         except OSError as e:
-            if e.errno == errno.EIO:  # Linux: every slave holder has gone.
-                return 0
-            raise
+            if e.errno != errno.EIO:  # Linux: every slave holder has gone.
+                raise
+        # That EIO may come before the last output has reached the master: read again as the
+        # relay's own drain does (bottle._ptyrelay_py.EOF_RECHECKS).
+        for done in range(EOF_RECHECKS):
+            time.sleep(recheck_delay_us(done) / 1e6)
+            try:
+                return os.readv(self.master, [buf])
+            except OSError as e:
+                if e.errno != errno.EIO:
+                    raise
+        return 0
 
     def expect(self, marker: bytes, timeout: float = 30.0) -> bytes:
         """Read until ``marker`` arrives; return what followed it."""
