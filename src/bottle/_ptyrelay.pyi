@@ -9,6 +9,7 @@ EV_HUP: int
 EV_CHILD: int
 EV_INTR: int
 DEFAULT_BUFSIZE: int
+EOF_RECHECKS: int
 STAGES: tuple[str, ...]
 MAX_FD_SWEEP: int
 REC_BUFSIZE: int

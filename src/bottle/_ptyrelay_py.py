@@ -392,9 +392,10 @@ class Pump:
 
         Reads the master until EOF, until it stays quiet for ``idle_ms``, or until it has been
         waited on for ``cap_ms`` in all (a grandchild may keep the pty open and busy; time
-        blocked on a stalled ``out_fd`` does not count). Returns EV_DONE, EV_HUP when
-        the user's side is gone, or EV_SIGNAL when a signal other than SIGWINCH, SIGCHLD or
-        SIGCONT interrupts the flush.
+        blocked on a stalled ``out_fd`` does not count). Linux's EIO counts as the end only
+        once reads at once and after 1, 2, 4, 8 and 16 ms found nothing more (EOF_RECHECKS),
+        however early it came. Returns EV_DONE, EV_HUP when the user's side is gone, or
+        EV_SIGNAL when a signal other than SIGWINCH, SIGCHLD or SIGCONT interrupts the flush.
         """
         if idle_ms < 0 or cap_ms < 0:
             raise ValueError(
