@@ -253,6 +253,12 @@ class ProcWatch:
     Records every descendant of `root` (pid, start time, command line). With `secret`, also
     records every process (anyone's) whose command line holds it, and, to show the secret was
     really in flight, the descendants whose environment holds it.
+
+    Leaving the block kills what is still alive only when the test is failing: an exception,
+    or `leftovers` found some. A passing test's processes may rightly outlive the block (a
+    detached session's holder ending its session): killing them there made
+    test_exec_agent_detached lose its EXIT frame under load (the holder SIGKILLed by the test
+    process itself mid-ending, seen in kernel signal tracing).
     """
 
     def __init__(self, root: int, secret: bytes | None = None, interval: float = 0.01) -> None:
@@ -263,6 +269,7 @@ class ProcWatch:
         self.cmdline_hits: list[tuple[int, bytes]] = []
         self.environ_holders: dict[int, str] = {}
         self.rounds = 0
+        self._found_leftovers = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -314,9 +321,10 @@ class ProcWatch:
     def __enter__(self) -> ProcWatch:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
-        self.kill_leftovers()
+        if exc_type is not None or self._found_leftovers:
+            self.kill_leftovers()
 
     def _alive(self) -> list[int]:
         alive = []
@@ -331,7 +339,9 @@ class ProcWatch:
         deadline = time.monotonic() + timeout
         while self._alive() and time.monotonic() < deadline:
             time.sleep(0.05)
-        return [f"{pid}: {self.seen[pid][1]}" for pid in self._alive()]
+        found = [f"{pid}: {self.seen[pid][1]}" for pid in self._alive()]
+        self._found_leftovers = self._found_leftovers or bool(found)
+        return found
 
     def kill_leftovers(self) -> None:
         """Clean up after a failed test: SIGKILL whatever is still there."""
