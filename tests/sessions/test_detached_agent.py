@@ -52,7 +52,8 @@ def assert_nothing_left(mark: str) -> None:
 def wait_exit(client: Client, session: Session) -> int:
     try:
         client.until(lambda g: g.exit_status is not None, "EXIT", timeout=30)
-    except AssertionError as exc:  # what the holder said and recorded (seen once: no EXIT)
+    except AssertionError as exc:  # what the holder said and recorded (a holder killed while
+        # ending its session, as ProcWatch once did, shows as no EXIT)
         session.wait(20)
         log = Path(session._dir.file("holder.log"))
         state = session._dir.read_json("state.json")
