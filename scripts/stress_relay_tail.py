@@ -9,7 +9,7 @@ This found why `TestEndOfChild::test_buffered_output_is_delivered` lost the end 
 about once in four full suite runs: Linux answered a read of the pty's master with EIO (the
 child's side closed) while most of the child's output was still on its way to the master; a
 read right after returned the rest. Before the relay re-read after EIO (EOF_RECHECKS in the
-extension), 6 of these at once lost output 12 times in 53,889 rounds (both twins); with a
+extension), 6 of these at once lost output 12 times in 51,889 rounds (both twins); with a
 scratch build that read on after the EIO, all 8 losses it met were complete a read later.
 
     python scripts/stress_relay_tail.py --impl native --seconds 300
