@@ -874,7 +874,7 @@ cdef class Pump:
 
     cdef int _drain(self, int idle_ms, int cap_ms) noexcept nogil:
         cdef pollfd fds[4]
-        cdef int n, r, timeout, iw, im, io, ir, rec_wait, rechecks = 0
+        cdef int n, r, w, timeout, iw, im, io, ir, rec_wait, rechecks = 0
         cdef long long started, recheck_at = 0
         cdef unsigned long long got
         cdef bint recheck
@@ -936,9 +936,9 @@ cdef class Pump:
                 got = self.master_got
                 self.master_eof = False
                 recheck_at = 0
-                rec_wait = self._read_master()
-                if rec_wait != 0:
-                    return rec_wait
+                w = self._read_master()
+                if w != 0:
+                    return w
                 rechecks = 0 if self.master_got != got else rechecks + 1
             if r == 0:
                 if im >= 0:

@@ -77,7 +77,6 @@ def _start_on_terminal(close_stdin: bool = False, controlling: bool = True) -> N
             return
 
 
-
 def read_after_eio(fd: int) -> bytes:
     """What a pty master still yields after Linux's first EIO: reads at once and after 1, 2, 4,
     8 and 16 ms (the schedule of the relay's own drain), starting over after each that finds
@@ -97,6 +96,7 @@ def read_after_eio(fd: int) -> bytes:
         else:
             misses += 1
     return bytes(out)
+
 
 class Terminal:
     """A pty standing for the user's terminal; the test holds the master and a slave fd.
@@ -172,19 +172,15 @@ class Terminal:
             except BlockingIOError:
                 data = b""
             except OSError:  # EIO: every slave descriptor is closed
+                # Linux's EIO can come before the last output has reached the master, as the
+                # relay knows (bottle._ptyrelay.EOF_RECHECKS): take what a few more reads find.
                 data = None
+            got = read_after_eio(self.master) if data is None else data
             with self._lock:
-                self._out += data or b""
+                self._out += got
                 if self._fences:
                     self._strip_fences()
             if data is None:
-                # Linux's EIO can come before the last output has reached the master, as the
-                # relay knows (bottle._ptyrelay.EOF_RECHECKS): take what a few more reads find.
-                tail = read_after_eio(self.master)
-                with self._lock:
-                    self._out += tail
-                    if self._fences:
-                        self._strip_fences()
                 return
 
     def collecting(self) -> bool:
