@@ -1,7 +1,8 @@
 """Detached sessions end to end (`bottle.bench.detached`): a holder and real `bottle attach`
 clients on outer terminals against the relay's copy mode (throughput and relay CPU per GiB with
 one client and with a writer and three watchers, echo, idle wake-ups, the replay of detached
-output), and the holder alone; and `bottle bench --detached`."""
+output), copy mode feeding three more terminals, and the holder alone; and `bottle bench
+--detached`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from bottle import bench
 from bottle.bench import detached
 
-PATHS = {"copy", "attached", "attached+3", "framed", "holder", "holder+3"}
+PATHS = {"copy", "copy+3", "attached", "attached+3", "framed", "holder", "holder+3"}
 
 
 def test_detached(benchmark: BenchmarkFixture, settings: bench.Settings) -> None:
@@ -38,6 +39,9 @@ def test_detached(benchmark: BenchmarkFixture, settings: bench.Settings) -> None
     replay = [v for k, v in verdicts.items() if "byte-exact" in k or "dropped" in k]
     assert replay == [True, True, True]
     assert report["replay"]["replay_dropped"] > 0
+    refs = {r["reference"]: r["ratio"] for r in report["references"]}
+    assert len(refs) == len(detached.REFERENCES)
+    assert all(ratio > 0 for ratio in refs.values())
     benchmark.extra_info.update(
         {f"{path}_{key}": value for path, m in med.items() for key, value in m.items()}
     )

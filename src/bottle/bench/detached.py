@@ -4,6 +4,8 @@ terminals, against the relay's copy mode (issue 20's measures).
 Paths, all on outer ptys that the benchmark owns, as a user's terminals would host them:
 
 - "copy": the native relay in copy mode (`bottle relay -- CMD`), the reference;
+- "copy+3": the same, its program copying every block to three more terminals as well (tee):
+  the watchers' terminals with no holder and no client, what they cost the machine alone;
 - "attached": the program in a holder, one `bottle attach` (on a terminal it hands the
   terminal over: the holder reads the keys and writes the output itself);
 - "attached+3": the same with three `bottle attach --read-only` watchers besides (each keeps
@@ -14,13 +16,15 @@ Paths, all on outer ptys that the benchmark owns, as a user's terminals would ho
   connection, or a writer and three watchers), read as it reads the outer pty in copy mode:
   what the holder costs with no client process and no terminal after it. With watchers on
   terminals, every watcher's terminal is a copy of the stream that some process writes and
-  the benchmark reads: on a machine of few cores that work, not the holder, sets the pace.
+  another reads: on a machine of few cores that work, not the holder, sets the pace, which
+  "copy+3" measures (the references: ratios that are not targets).
 
 Throughput: the throughput benchmark's producer (random bytes in blocks, sha256 checked on the
-writer's terminal, CRC-32 and length on each watcher's), taking turns block by block with copy
-mode. Relay CPU per GiB is the holder's own CPU plus the writer's client's (what stands where
-the relay stood), each read while it sleeps; each watcher's client (the process that writes
-the session to that watcher's terminal) is given apart.
+writer's terminal, CRC-32 and length on each watcher's, read by a process of its own as a
+terminal is), taking turns block by block with copy mode. Relay CPU per GiB is the holder's
+own CPU plus the writer's client's (what stands where the relay stood), each read while it
+sleeps; each watcher's client (the process that writes the session to that watcher's
+terminal) is given apart.
 Echo: one-byte round trips to ``cat`` typed on the writer's terminal, in alternating blocks.
 Idle: wake-ups of a holder with no client, and of a holder and an attached client, while the
 program sleeps. Replay: output produced while nobody is attached, up to the holder's history,
@@ -40,14 +44,18 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import statistics
+import struct
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import tty
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
@@ -77,6 +85,17 @@ TARGETS = (
     ("throughput_mib_s", "holder+3", "min", 0.9),
     ("throughput_cpu_s_per_gib", "holder+3", "max", 1.2),
     ("echo_p50_us", "attached", "max", 1.2),
+)
+# Not targets, ratios to show where the time of a writer and three watchers goes: copy mode
+# feeding three more terminals (tee, no holder, no client) against copy mode alone, which is
+# what those terminals cost the machine by themselves; and the writer and three watchers
+# against that.
+REFERENCES = (
+    # (metric, path, compared with path)
+    ("throughput_mib_s", "copy+3", "copy"),
+    ("throughput_cpu_s_per_gib", "copy+3", "copy"),
+    ("throughput_mib_s", "attached+3", "copy+3"),
+    ("throughput_cpu_s_per_gib", "attached+3", "copy+3"),
 )
 # A client that keeps its terminal: frames over the socket (what `bottle attach` does when
 # its keys and output are not one terminal).
@@ -227,32 +246,84 @@ class _Counted:
         raise NotImplementedError
 
 
-class _Watcher(_Counted):
-    """A watcher's terminal (CRC-32)."""
+# A terminal's reader, in a process of its own as the terminal that shows a watcher's session
+# is (a thread of the benchmark would share its interpreter lock with the writer's reader). It
+# reads as the writer's reader does (64 KiB reads that wait in read()), keeps a CRC-32 and a
+# count, and reports both on a pipe at the end of every block and when the terminal closes.
+TERMINAL_READER = """
+import os, struct, sys, zlib
+fd, out, block = (int(a) for a in sys.argv[1:4])
+buf = bytearray(1 << 16)
+view = memoryview(buf)
+got = crc = 0
+mark = block
+while True:
+    try:
+        n = os.readv(fd, [buf])
+    except OSError:
+        n = 0
+    if n == 0:
+        os.write(out, struct.pack("=QIB", got, crc, 1))
+        break
+    crc = zlib.crc32(view[:n], crc)
+    got += n
+    while got >= mark:
+        os.write(out, struct.pack("=QIB", got, crc, 0))
+        mark += block
+"""
+_REPORT = struct.Struct("=QIB")  # bytes read, their CRC-32, whether the terminal has closed
 
-    what = "watcher"
 
-    def __init__(self, session: Session) -> None:
-        super().__init__(strong=False)
-        self.session = session
-        self._stop = False
+class _TerminalReader:
+    """A process that reads the terminal whose master is ``fd`` (see TERMINAL_READER):
+    `expect` more bytes, `wait` until they came."""
 
-    def _loop(self) -> None:
-        buf = bytearray(1 << 16)
-        view = memoryview(buf)
-        while not self._stop:
-            try:
-                n = self.session.read_some(buf, 3600)
-            except (BenchError, OSError) as exc:
-                if not self._stop:
-                    self._fail(str(exc))
-                return
-            if n == 0:
-                return
-            self._take(view[:n])
+    def __init__(self, fd: int, block: int, what: str) -> None:
+        self.what = what
+        self.got = self.crc = self.want = 0
+        self.closed = False
+        r, w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", TERMINAL_READER, str(fd), str(w), str(block)],
+                pass_fds=(fd, w), stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(w)
+        self.pipe = r
 
-    def stop(self) -> None:
-        self._stop = True
+    def expect(self, count: int) -> None:
+        self.want += count
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.got < self.want:
+            if self.closed:
+                raise BenchError(f"{self.what}: the terminal closed after {self.got} of "
+                                 f"{self.want} bytes")  # fmt: skip
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.pipe], [], [], left)[0]:
+                raise BenchError(f"{self.what}: {self.got} of {self.want} bytes after {timeout} s")
+            # Reports are written whole (far below PIPE_BUF) and read whole.
+            report = os.read(self.pipe, _REPORT.size)
+            if not report:
+                raise BenchError(f"{self.what}: the reader died (status {self.proc.wait()})")
+            self.got, self.crc, closed = _REPORT.unpack(report)
+            self.closed = bool(closed)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        os.close(self.pipe)
+
+
+def _check_terminals(name: str, readers: Sequence[_TerminalReader], crc: int, size: int) -> None:
+    for r in readers:
+        if r.crc != crc or r.got != size:
+            raise BenchError(f"{name}: {r.what}'s stream differs from the payload")
 
 
 class AttachedStream:
@@ -266,38 +337,37 @@ class AttachedStream:
         self.blocks = blocks
         self.holder = Holder(stream_child(payload, blocks), runtime)
         self.writer = Stream(self.holder.client(name, framed=framed), payload, blocks)
-        self.watchers: list[_Watcher] = []
+        self.watchers: list[Session] = []
+        self.readers: list[_TerminalReader] = []
         for i in range(watchers):
             relay = self.holder.client(f"{name}-watcher{i}", readonly=True)
-            self.watchers.append(_Watcher(Session(relay, [])))
+            self.watchers.append(Session(relay, []))
         self.cpu0 = (0, 0)
 
     def _cpu(self) -> tuple[int, int]:
         """(the holder's and the writer's CPU, the watchers' clients')."""
         relay = settled_cpu_ns(self.holder.pid) + self.writer.session.settled_cpu_ns()
-        return relay, sum(w.session.settled_cpu_ns() for w in self.watchers)
+        return relay, sum(w.settled_cpu_ns() for w in self.watchers)
 
     def ready(self) -> None:
-        for w in self.watchers:
-            if w.session.expect(b"R"):
+        block = self.payload.size // self.blocks
+        for i, w in enumerate(self.watchers):
+            if w.expect(b"R"):
                 raise BenchError(f"{self.name}: a watcher got more than the ready mark")
-            w.start()
+            self.readers.append(_TerminalReader(w.master, block, f"watcher {i}"))
         self.writer.ready()
         self.cpu0 = self._cpu()
 
     def transfer(self) -> None:
-        block = self.payload.size // self.blocks
-        for w in self.watchers:
-            w.expect(block)
+        for r in self.readers:
+            r.expect(self.payload.size // self.blocks)
         self.writer.transfer()
-        for w in self.watchers:
-            w.wait(60)
+        for r in self.readers:
+            r.wait(60)
 
     def finish(self, crc: int) -> dict[str, float]:
         relay, watching = (b - a for a, b in zip(self.cpu0, self._cpu(), strict=True))
-        for w in self.watchers:
-            if w.crc != crc or w.got != self.payload.size:
-                raise BenchError(f"{self.name}: a watcher's stream differs from the payload")
+        _check_terminals(self.name, self.readers, crc, self.payload.size)
         result = self.writer.finish()  # the program ends: every client with it
         size = self.payload.size
         out = {"throughput_mib_s": result.mib_s,
@@ -307,11 +377,80 @@ class AttachedStream:
         return out
 
     def close(self) -> None:
+        for r in self.readers:
+            r.close()
         for w in self.watchers:
-            w.stop()
-            _end_client(w.session)
+            _end_client(w)
         self.writer.abort()
         self.holder.close()
+
+
+def tee_child(payload: Payload, blocks: int, terminals: Sequence[str]) -> list[str]:
+    """`stream_child`'s producer, each block also copied to ``terminals`` (by tee)."""
+    script = (
+        'stty raw -echo && printf R && exec 3<"$0" && n=$1 && b=$2 && shift 2 && i=0 && '
+        'while [ "$i" -lt "$n" ]; do head -c1 >/dev/null && head -c "$b" <&3 | tee "$@"; '
+        "i=$((i + 1)); done; head -c1 >/dev/null"
+    )
+    size = str(payload.size // blocks)
+    return ["/bin/sh", "-c", script, payload.path, str(blocks), size, *terminals]
+
+
+class TeedStream:
+    """Copy mode whose program also copies every block to ``terminals`` more terminals (raw
+    outer ptys, each read by a process of its own, as the watchers' are): the watchers'
+    terminals with no holder and no client, what they cost the machine by themselves."""
+
+    def __init__(self, name: str, payload: Payload, blocks: int, terminals: int) -> None:
+        self.name = name
+        self.payload = payload
+        self.blocks = blocks
+        self.ptys: list[tuple[int, int]] = []
+        self.readers: list[_TerminalReader] = []
+        self.stream: Stream | None = None
+        try:
+            for _ in range(terminals):
+                master, slave = os.openpty()
+                self.ptys.append((master, slave))
+                tty.setraw(slave)
+            names = [os.ttyname(slave) for _, slave in self.ptys]
+            self.stream = Stream(RELAYS["native"], payload, blocks,
+                                 child=tee_child(payload, blocks, names))  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
+
+    def ready(self) -> None:
+        assert self.stream is not None
+        block = self.payload.size // self.blocks
+        for i, (master, _) in enumerate(self.ptys):
+            self.readers.append(_TerminalReader(master, block, f"terminal {i}"))
+        self.stream.ready()
+
+    def transfer(self) -> None:
+        assert self.stream is not None
+        for r in self.readers:
+            r.expect(self.payload.size // self.blocks)
+        self.stream.transfer()
+        for r in self.readers:
+            r.wait(60)
+
+    def finish(self, crc: int) -> dict[str, float]:
+        assert self.stream is not None
+        _check_terminals(self.name, self.readers, crc, self.payload.size)
+        r = self.stream.finish()
+        assert r.cpu_s_per_gib is not None  # a relay: its CPU was read
+        return {"throughput_mib_s": r.mib_s, "throughput_cpu_s_per_gib": r.cpu_s_per_gib}
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.abort()
+        for r in self.readers:
+            r.close()
+        for master, slave in self.ptys:
+            os.close(master)
+            os.close(slave)
+        self.ptys = []
 
 
 class _Reader(_Counted):
@@ -448,13 +587,14 @@ def _crc(path: str) -> int:
 
 
 def measure_throughput(settings: Settings, payloads: Payloads, runtime: str) -> dict[str, Any]:
-    """Copy mode; one attached client, a writer and three watchers, a framed client; the
-    holder alone with one connection and with four."""
+    """Copy mode, alone and feeding three more terminals (tee); one attached client, a writer
+    and three watchers, a framed client; the holder alone with one connection and with four."""
     payload = payloads.get(settings.stream_bytes)
     blocks = settings.stream_blocks
     copy = Stream(RELAYS["native"], payload, blocks)
-    paths: list[AttachedStream | SocketStream] = []
+    paths: list[AttachedStream | SocketStream | TeedStream] = []
     try:
+        paths.append(TeedStream("copy+3", payload, blocks, WATCHERS))
         paths.append(AttachedStream("attached", payload, blocks, 0, runtime))
         paths.append(AttachedStream("attached+3", payload, blocks, WATCHERS, runtime))
         paths.append(AttachedStream("framed", payload, blocks, 0, runtime, framed=True))
@@ -652,8 +792,13 @@ def run(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
         ("replay_beyond_rest_exact", "and the rest byte-exact"),
     ):  # fmt: skip
         verdicts.append({"target": label, "ratio": None, "per_run": [], "met": replay[key]})
+    references: list[dict[str, Any]] = []
+    for metric, path, base in REFERENCES:
+        ratios = [r[path][metric] / r[base][metric] for r in runs]
+        references.append({"reference": f"{path} {metric} / {base}",
+                           "ratio": statistics.median(ratios), "per_run": ratios})  # fmt: skip
     return {"settings": settings.__dict__, "runs": runs, "medians": medians,
-            "replay": replay, "targets": verdicts}  # fmt: skip
+            "replay": replay, "targets": verdicts, "references": references}  # fmt: skip
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -668,10 +813,11 @@ def format_report(report: dict[str, Any]) -> str:
         ("idle wake-ups/s (holder alone)", "idle_wakeups_s", "{:.1f}"),
         ("idle wake-ups/s (holder + client)", "idle_attached_wakeups_s", "{:.1f}"),
     ]
-    paths = ["copy", "attached", "attached+3", "framed", "holder", "holder+3"]
-    lines = ["| metric | copy mode | attached | attached, 1 writer + 3 watchers | framed "
-             "| holder alone | holder alone, 4 connections |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    paths = ["copy", "copy+3", "attached", "attached+3", "framed", "holder", "holder+3"]
+    lines = ["| metric | copy mode | copy mode, tee to 3 more terminals | attached "
+             "| attached, 1 writer + 3 watchers | framed | holder alone "
+             "| holder alone, 4 connections |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for label, key, fmt in rows:
         cells = [fmt.format(med[p][key]) if key in med.get(p, {}) else "\u2013" for p in paths]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -682,6 +828,11 @@ def format_report(report: dict[str, Any]) -> str:
         value = "" if t["ratio"] is None else f"{t['ratio']:.2f}"
         lines.append(f"| {t['target']} | {value} | {per} | "
                      f"{'met' if t['met'] else 'missed'} |")  # fmt: skip
+    lines += ["", "| reference (not a target) | ratio (median) | per run |",
+              "| --- | ---: | --- |"]  # fmt: skip
+    for ref in report["references"]:
+        per = ", ".join(f"{x:.2f}" for x in ref["per_run"])
+        lines.append(f"| {ref['reference']} | {ref['ratio']:.2f} | {per} |")
     return "\n".join(lines)
 
 

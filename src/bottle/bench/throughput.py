@@ -55,13 +55,16 @@ class Stream:
     """A payload streamed from a child through a relay: ready(), transfer(), finish().
 
     With ``blocks`` > 1 the payload comes in that many equal blocks, one per transfer().
+    ``child`` replaces `stream_child`'s producer with one that behaves alike.
     """
 
-    def __init__(self, relay: Relay, payload: Payload, blocks: int = 1) -> None:
+    def __init__(
+        self, relay: Relay, payload: Payload, blocks: int = 1, child: Sequence[str] | None = None
+    ) -> None:
         self.relay = relay
         self.payload = payload
         self.blocks = blocks
-        self.session = Session(relay, stream_child(payload, blocks))
+        self.session = Session(relay, child or stream_child(payload, blocks))
         self.cpu0 = 0
         self.seconds = 0.0
         self.got = 0
