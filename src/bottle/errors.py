@@ -39,6 +39,7 @@ __all__ = [
     "SessionNotFoundError",
     "SessionPathError",
     "SessionRunningError",
+    "SessionTeardownError",
     "SmolvmCommandError",
     "SmolvmError",
     "SmolvmNotExecutableError",
@@ -310,6 +311,16 @@ class SessionRunningError(SessionError):
 class SessionPathError(SessionError):
     """The session directory or socket is not safely this user's: a symlink, owned by
     another user, or open to others. Nothing was read from it or sent to it."""
+
+
+class SessionTeardownError(SessionError):
+    """Stopping and deleting the session's machine (``machine``) failed while the session was
+    being removed: the machine is left, and the session is kept, so that removing it again
+    tries again."""
+
+    def __init__(self, message: str, *, machine: str) -> None:
+        super().__init__(message)
+        self.machine = machine
 
 
 class SessionEndedError(SessionError):

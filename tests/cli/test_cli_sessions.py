@@ -17,6 +17,8 @@ from harness.backend import CLI_FAILURE, image_machine
 from harness.relay import MARK_VAR, marked_pids
 from harness.sessions import runtime_dir, wait_for
 
+from bottle import sessions
+
 BOTTLE = [sys.executable, "-m", "bottle"]
 
 pytestmark = pytest.mark.usefixtures("test_images")
@@ -89,8 +91,10 @@ def test_agent_detached_with_a_name(fake_smolvm: Any, env: dict[str, str]) -> No
     image_machine(fake_smolvm, "m")
     started = bottle(env, "-q", "agent", "-n", "m", "--session", "work", *AGENT)
     assert (started.returncode, started.stdout, started.stderr) == (0, "work\n", "")
-    running = bottle(env, "sessions", "rm", "work")
-    assert "session 'work' is still running" in one_error(running)
+    running = one_error(bottle(env, "sessions", "rm", "work"))
+    assert running.startswith("session 'work' is still running")
+    assert running.endswith("(end it first: quit its program in bottle attach work, or bottle "
+                            "sessions rm -f work)")  # fmt: skip
     bottle(env, "attach", "work", stdin="x\n")
     wait_for(lambda: json.loads(bottle(env, "sessions", "--json").stdout)[0]["state"] == "exited",
              "the session to end")  # fmt: skip
@@ -123,8 +127,6 @@ def test_a_lost_holder_is_torn_down_by_the_next_command(
 ) -> None:
     started = bottle(env, "launch", "-n", "m1", *AGENT)
     assert started.returncode == 0, started.stderr
-    from bottle import sessions
-
     session = sessions.find_session("m1")
     wait_for(lambda: session.pid is not None, "the holder's state")
     assert session.pid is not None
@@ -145,6 +147,40 @@ def test_a_lost_holder_is_torn_down_by_the_next_command(
     attached = bottle(env, "attach", "m1")
     assert attached.returncode == CLI_FAILURE
     assert attached.stderr == "bottle: error: session 'm1' was lost: its holder died\n"
+
+
+def test_rm_force_ends_running_sessions(fake_smolvm: Any, env: dict[str, str]) -> None:
+    # smolvm's client dies of the SIGTERM (it has no handler), its guest command with it; the
+    # holder tears the machine down, and the session is forgotten.
+    for name in ("m1", "m2"):
+        assert bottle(env, "launch", "-n", name, *AGENT).returncode == 0
+    assert len(marked_pids(env[MARK_VAR])) > 2  # the holders, smolvm's clients, the commands
+    removed = bottle(env, "sessions", "rm", "-f", "m1", "m2", "-q")  # options anywhere
+    assert (removed.returncode, removed.stdout, removed.stderr) == (0, "m1\nm2\n", "")
+    assert fake_smolvm.machine("m1") is None and fake_smolvm.machine("m2") is None
+    assert bottle(env, "sessions").stdout.splitlines()[1:] == []
+    assert marked_pids(env[MARK_VAR]) == []
+    assert "--force is for bottle sessions rm" in one_error(bottle(env, "sessions", "-f"))
+
+
+def test_a_failed_teardown_keeps_the_session(fake_smolvm: Any, env: dict[str, str]) -> None:
+    fault = "agent operation failed: delete machine: Device or resource busy (os error 16)"
+    fake_smolvm.set_fault(FAIL_DELETE=fault)
+    env = dict(os.environ)  # the fault, for the holder and for the commands
+    assert bottle(env, "launch", "-n", "m1", *AGENT).returncode == 0
+    assert bottle(env, "attach", "m1", stdin="x\n").returncode == 4
+    wait_for(lambda: not sessions.find_session("m1").running(), "the holder's teardown")
+    (info,) = json.loads(bottle(env, "sessions", "--json").stdout)
+    assert info["teardown"].startswith("failed: delete")
+    kept = one_error(bottle(env, "sessions", "rm", "m1"))
+    assert kept.startswith("session 'm1': tearing its machine 'm1' down failed: delete")
+    assert kept.endswith("(the session is kept: removing it again tries again)")
+    assert fake_smolvm.machine("m1")["state"] == "stopped"  # the stop went through
+    assert [s.name for s in sessions.list_sessions()] == ["m1"]
+    fake_smolvm.set_fault(FAIL_DELETE=None)
+    again = bottle(dict(os.environ), "sessions", "rm", "m1")
+    assert (again.returncode, again.stdout) == (0, "m1\n"), again.stderr
+    assert fake_smolvm.machine("m1") is None
 
 
 def test_sessions_without_any(env: dict[str, str]) -> None:

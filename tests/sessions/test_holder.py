@@ -29,7 +29,7 @@ from harness.sessions import (
 
 from bottle import _sessionwire as wire
 from bottle import sessions
-from bottle.errors import SessionEndedError, SessionExistsError
+from bottle.errors import InvalidInputError, SessionEndedError, SessionExistsError
 
 
 def started(client: Client) -> int:
@@ -223,6 +223,39 @@ def test_holder_passes_termination_signals_on(holders: Sessions) -> None:
     c.until(lambda g: g.exit_status is not None, "EXIT")
     assert c.got.exit_status == 128 + signal.SIGTERM
     assert s.wait(10) == 128 + signal.SIGTERM
+
+
+def test_end_a_program_that_takes_sigterm(holders: Sessions) -> None:
+    s = holders.start()
+    c = Client.attach(s)
+    started(c)
+    assert s.end() == 128 + signal.SIGTERM  # the holder is gone when it returns
+    assert not s.running()
+    c.until(lambda g: g.exit_status is not None, "EXIT")
+    assert s.end() == 128 + signal.SIGTERM  # an ended session is left as it is
+    assert holders.leftovers() == []
+    s.remove()
+
+
+def test_end_kills_the_holder_of_a_program_that_ignores_sigterm(holders: Sessions) -> None:
+    # Its program ignores SIGTERM: after the grace its holder is killed, and the pty's hang-up
+    # ends the program (and the child it waits for).
+    s = holders.start(["/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"])
+    c = Client.attach(s)
+    c.expect(b"ready")
+    with pytest.raises(InvalidInputError, match="grace must be a number of seconds, 0 or more"):
+        s.end(-1)
+    with pytest.raises(InvalidInputError, match="not '1'"):
+        s.end("1")  # type: ignore[arg-type]
+    assert s.running()  # bad input ended nothing
+    began = time.monotonic()
+    assert s.end(0.5) is None
+    assert time.monotonic() - began >= 0.5  # the grace was given
+    assert holders.leftovers() == []
+    info = s.info()
+    assert (info.state, info.exit_status) == ("lost", None)
+    c.wait_eof()
+    s.remove()
 
 
 def test_a_stuck_client_stops_holding_the_output_back(holders: Sessions, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from bottle.cli._command import Command, Parser
 from bottle.cli._errors import FAILURE, PROG, describe
 from bottle.cli._sessions import settle
 from bottle.cli._stderr import CONSOLE
-from bottle.errors import BottleError, InvalidInputError
+from bottle.errors import BottleError, InvalidInputError, SessionRunningError
 
 _COLUMNS = ("NAME", "MACHINE", "STARTED", "STATE", "CLIENTS", "STATUS")
 
@@ -23,9 +23,10 @@ class Sessions(Command):
         "List this user's detached sessions: name, machine, when started, state (running, "
         "exited, lost), attached clients (writers+watchers) and exit status once it ended. "
         "`rm NAME...` forgets ended sessions (a launched session's machine is torn down "
-        "first if that is still owed)."
+        "first if that is still owed); `rm -f` ends running ones first (their program gets "
+        "SIGTERM; its holder is killed if it still runs 10 s later)."
     )
-    usage = "%(prog)s [ls] [--json]\n       %(prog)s rm NAME [NAME...]"
+    usage = "%(prog)s [ls] [--json]\n       %(prog)s rm [-f] NAME [NAME...]"
 
     def configure(self, parser: Parser) -> None:
         parser.add_argument(
@@ -33,17 +34,30 @@ class Sessions(Command):
         )
         parser.add_argument("names", nargs="*", metavar="NAME", help=argparse.SUPPRESS)
         parser.add_argument("--json", action="store_true", help="print the list as JSON")
+        parser.add_argument(
+            "-f", "--force", action="store_true",
+            help="rm: end running sessions first (SIGTERM, then the holder killed after 10 s)",
+        )  # fmt: skip
+
+    def parse(self, parser: Parser, args: list[str]) -> tuple[argparse.Namespace, list[str]]:
+        # Options anywhere, names on both sides of them (`rm -f NAME`, `rm NAME -q`): argparse
+        # would take the names as given up (empty) at the first option after the action.
+        if "--" in args:
+            parser.error("sessions takes no arguments after '--'")
+        return parser.parse_intermixed_args(args), []
 
     def run(self, ns: argparse.Namespace, extra: list[str]) -> int:
         settle()
         if ns.action == "rm":
             if not ns.names:
                 raise InvalidInputError(f"{PROG} sessions rm needs a session's name")
-            return _remove(ns.names)
+            return _remove(ns.names, ns.force)
         if ns.names:
             raise InvalidInputError(
                 f"{PROG} sessions takes no names (to remove sessions: {PROG} sessions rm NAME)"
             )
+        if ns.force:
+            raise InvalidInputError(f"--force is for {PROG} sessions rm")
         found = sessions.list_sessions()
         if ns.json:
             json.dump([_as_json(info) for info in found], sys.stdout, indent=2)
@@ -82,17 +96,25 @@ def _as_json(info: sessions.SessionInfo) -> dict[str, object]:
     return out
 
 
-def _remove(names: list[str]) -> int:
-    """Forget each ended session (once its holder has finished tearing its machine down); a
-    running one (or any other failure) is one error line, and the others are removed all the
-    same."""
+def _remove(names: list[str], force: bool) -> int:
+    """Forget each ended session (once its holder has finished tearing its machine down), and
+    with ``force`` end each running one first; a running one without it (or any other
+    failure) is one error line, and the others are removed all the same."""
     failed = False
     for name in names:
         try:
             session = sessions.find_session(name)
+            running = force and session.running() and session.exit_status is None
+            if running and session.end() is None:
+                CONSOLE.print(f"{PROG}: session {name!r} still ran {sessions.END_GRACE:g} s "
+                              "after SIGTERM: its holder was killed")  # fmt: skip
             if session.exit_status is not None and session.running():
                 session.wait()  # its program ended: the holder is tearing its machine down
             session.remove()
+        except SessionRunningError as exc:
+            CONSOLE.print(f"{PROG}: error: {describe(exc)} (end it first: quit its program "
+                          f"in {PROG} attach {name}, or {PROG} sessions rm -f {name})")  # fmt: skip
+            failed = True
         except BottleError as exc:
             CONSOLE.print(f"{PROG}: error: {describe(exc)}")
             failed = True

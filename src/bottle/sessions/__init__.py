@@ -40,6 +40,7 @@ from bottle.errors import (
     SessionNotFoundError,
     SessionPathError,
     SessionRunningError,
+    SessionTeardownError,
 )
 from bottle.relay import Recording
 from bottle.relay._tty import DEFAULT_SIZE, window_size
@@ -65,6 +66,7 @@ from bottle.sessions._dirs import (
 __all__ = [
     "DEFAULT_DETACH_KEYS",
     "DEFAULT_HISTORY",
+    "END_GRACE",
     "AttachResult",
     "Session",
     "SessionInfo",
@@ -85,6 +87,9 @@ READY_TIMEOUT = 30.0
 # With hold_until_raw: keys are held while the program's pty is canonical, at most this long
 # (smolvm's client flushes its input when it goes raw; see bottle.relay.run).
 HOLD_MS = 30_000
+# `Session.end`: how long a program has to end after SIGTERM before its holder is killed
+# (docker stop's default).
+END_GRACE = 10.0
 # A holder whose connection closed as it died lets go of its lock within this (it is exiting).
 _LET_GO_S = 10.0
 
@@ -251,6 +256,36 @@ class Session:
             )
         os.kill(pid, sig)
 
+    def end(self, grace: float = END_GRACE) -> int | None:
+        """End the session if it still runs, and wait until its holder is gone.
+
+        The program gets SIGTERM (through the holder, as `signal` sends it). smolvm's client
+        has no handler for it, so an agent's session ends at once, and smolvm's agent kills
+        the guest command when its client goes. A program still running ``grace`` seconds
+        later loses its holder to SIGKILL: the pty's master closes, and the kernel hangs the
+        program up. The session is then lost, its teardown owed (`remove` does it). Returns
+        the program's exit status: None when the holder had to be killed or had died.
+
+        Raises:
+            InvalidInputError: ``grace`` is not a number of seconds, 0 or more.
+        """
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+            raise InvalidInputError(f"grace must be a number of seconds, 0 or more, not {grace!r}")
+        try:
+            self.signal(signal.SIGTERM)
+        except SessionEndedError:
+            return self.wait()  # over already (a holder still tearing down: that too)
+        deadline = time.monotonic() + grace
+        while self.exit_status is None and self.running():
+            if time.monotonic() >= deadline:
+                pid = self.pid
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        return self.wait()
+
     def teardown(self) -> str | None:
         """Run the teardown the holder did not (its holder died): stop and delete the
         session's machine. The outcome ("done", "failed: …"), None when there is none.
@@ -283,8 +318,16 @@ class Session:
 
         Raises:
             SessionRunningError: the holder is still up.
+            SessionTeardownError: the teardown failed (the session is kept).
         """
-        self.teardown()
+        outcome = self.teardown()
+        if outcome is not None and outcome != "done":
+            machine = str((self.teardown_plan or {}).get("machine"))
+            raise SessionTeardownError(
+                f"session {self.name!r}: tearing its machine {machine!r} down {outcome} (the "
+                "session is kept: removing it again tries again)",
+                machine=machine,
+            )
         lock = self._dir.take_lock()
         if lock is None:
             raise SessionRunningError(f"session {self.name!r} is still running")
@@ -308,7 +351,8 @@ def run_teardown(plan: Mapping[str, Any]) -> str:
         try:
             getattr(smolvm, step)(plan["machine"])
         except Exception as exc:
-            log.error("teardown: %s of machine %r failed: %s", step, plan["machine"], exc)
+            # The caller reports the outcome (the first failure): this is for the log.
+            log.info("teardown: %s of machine %r failed: %s", step, plan["machine"], exc)
             if outcome == "done":
                 outcome = f"failed: {step}: {exc}"
     return outcome
