@@ -271,10 +271,12 @@ class Session:
         """
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
             raise InvalidInputError(f"grace must be a number of seconds, 0 or more, not {grace!r}")
+        if self.exit_status is not None:
+            return self.wait()  # over: its holder may still be tearing its machine down
         try:
             self.signal(signal.SIGTERM)
         except SessionEndedError:
-            return self.wait()  # over already (a holder still tearing down: that too)
+            return self.wait()  # its holder has died
         deadline = time.monotonic() + grace
         while self.exit_status is None and self.running():
             if time.monotonic() >= deadline:
