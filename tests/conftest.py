@@ -40,6 +40,7 @@ pytest.register_assert_rewrite("harness")
 from harness.backend import add_test_images  # noqa: E402
 from harness.fakevm import FAKE_DIR, FakeSmolvm  # noqa: E402
 from harness.process_state import clean_process, private_cache  # noqa: E402, F401 (fixtures)
+from harness.relay import kill_quietly, pids_with_env  # noqa: E402
 
 GUEST_USER = "node"
 
@@ -102,10 +103,12 @@ def fake_smolvm(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
     python3_dir: Path,
-) -> FakeSmolvm:
+) -> Iterator[FakeSmolvm]:
     """A fresh fake smolvm first on PATH (with python3_dir after it);
     BOTTLE_SMOLVM and inherited FAKE_SMOLVM_* cleared; the release given by
-    --fake-smolvm-version, if any."""
+    --fake-smolvm-version, if any. A call of it still running after the test (one that a
+    test killed bottle in, held by a FAKE_SMOLVM_DELAY_*) is killed: it would run on into
+    later tests."""
     state = tmp_path / "smolvm-state"
     state.mkdir()
     for var in list(os.environ):
@@ -118,7 +121,9 @@ def fake_smolvm(
     version = request.config.getoption("--fake-smolvm-version")
     if version:
         monkeypatch.setenv("FAKE_SMOLVM_VERSION", version)
-    return FakeSmolvm(state, monkeypatch)
+    yield FakeSmolvm(state, monkeypatch)
+    for pid in pids_with_env("FAKE_SMOLVM_STATE", str(state)):
+        kill_quietly(pid)
 
 
 @pytest.fixture

@@ -195,7 +195,12 @@ def context_switches(pid: int) -> int:
 
 def marked_pids(mark: str) -> list[int]:
     """Live processes whose environment carries ``mark`` (everything a session started)."""
-    needle = f"{MARK_VAR}={mark}".encode()
+    return pids_with_env(MARK_VAR, mark)
+
+
+def pids_with_env(var: str, value: str) -> list[int]:
+    """Live processes whose environment has ``var`` set to ``value``."""
+    needle = f"{var}={value}".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
