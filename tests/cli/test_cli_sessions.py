@@ -183,6 +183,21 @@ def test_a_failed_teardown_keeps_the_session(fake_smolvm: Any, env: dict[str, st
     assert fake_smolvm.machine("m1") is None
 
 
+def test_a_session_whose_machine_is_removed_ends(fake_smolvm: Any, env: dict[str, str]) -> None:
+    # `bottle rm -f` of the machine under a detached session: smolvm's client loses its VM,
+    # the session ends with its status, and the teardown has nothing left to do.
+    assert bottle(env, "launch", "-n", "m1", *AGENT).returncode == 0
+    assert bottle(env, "-q", "rm", "-f", "m1").returncode == 0
+    session = sessions.find_session("m1")
+    assert session.wait(30) == 1
+    info = session.info()
+    assert (info.state, info.teardown) == ("exited", "done")
+    assert b"connection to VM lost" in session.screen()
+    removed = bottle(env, "sessions", "rm", "m1")
+    assert (removed.returncode, removed.stdout, removed.stderr) == (0, "m1\n", "")
+    assert marked_pids(env[MARK_VAR]) == []
+
+
 def test_sessions_without_any(env: dict[str, str]) -> None:
     listing = bottle(env, "sessions")
     assert listing.returncode == 0

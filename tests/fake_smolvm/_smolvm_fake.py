@@ -1648,6 +1648,10 @@ class Session:
         self.mode, self.image, self.timeout, self.die_after = mode, image, timeout, die_after
         self.identity, self.accounts = identity, accounts
         self.child: subprocess.Popen[bytes] | None = None
+        # The VM this session runs in: the boot that `start` recorded (its pid).
+        rec = store.load(machine)
+        self.boot = rec.get("pid") if rec else None
+        self.checked = time.monotonic()
 
     def op(self) -> str:
         # src/agent/client.rs: the operation names its errors carry.
@@ -1704,14 +1708,27 @@ class Session:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
-    def lose_vm(self) -> NoReturn:
-        """FAKE_SMOLVM_DIE_AFTER: the VM dies under the session."""
+    def lose_vm(self, record: bool = True) -> NoReturn:
+        """The VM dies under the session (`record`: by itself, FAKE_SMOLVM_DIE_AFTER, so the
+        machine is marked stopped here; else a `stop` or `delete` killed it and said so)."""
         assert self.child is not None
         with contextlib.suppress(OSError):
             os.killpg(self.child.pid, signal.SIGKILL)
         self.child.wait()
-        self.store.update(self.machine, state="stopped", pid=None)
+        if record:
+            self.store.update(self.machine, state="stopped", pid=None)
         raise VmLost()
+
+    def vm_stopped(self, now: float) -> bool:
+        """Whether the VM this session started in was stopped meanwhile (`stop`, `delete`, or
+        a stop and a new `start`): AgentManager::stop kills the VM process (src/agent/
+        manager.rs stop_vm_process), and every exec's connection to it drops. Looked at once
+        per POLL_TIMEOUT_MS at most, as often as smolvm's client wakes when idle."""
+        if now < self.checked + POLL_TIMEOUT_MS / 1000:
+            return False
+        self.checked = now
+        rec = self.store.load(self.machine)
+        return rec is None or rec.get("state") != "running" or rec.get("pid") != self.boot
 
     def finish(self, done_fd: int) -> None:
         """End the session: a guest still running here (an error path) is killed like smolvm's
@@ -1822,6 +1839,8 @@ def run_loop(
             continue
         if s.die_after is not None and now >= start + s.die_after:
             s.lose_vm()
+        if s.vm_stopped(now):
+            s.lose_vm(record=False)
         if s.timeout is not None and now >= start + s.timeout:
             with contextlib.suppress(OSError):
                 os.killpg(s.child.pid, signal.SIGKILL)

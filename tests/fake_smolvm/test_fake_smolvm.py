@@ -528,6 +528,37 @@ def test_exec_dies_mid_session_non_tty(fake_smolvm: FakeSmolvm, tmp_path: Path) 
     assert (r.returncode, r.stderr) == (1, NOT_RUNNING)
 
 
+@pytest.mark.parametrize("how", ["stop", "delete", "restart"])
+def test_stopping_a_machine_ends_the_execs_in_it(
+    fake_smolvm: FakeSmolvm, tmp_path: Path, how: str
+) -> None:
+    # `stop` (and `delete`, which stops first) kills the VM process (src/agent/manager.rs
+    # AgentManager::stop, stop_vm_process): its guests die, and each exec client loses its
+    # connection, as when the VM dies by itself.
+    running(fake_smolvm)
+    pidfile = tmp_path / "guest.pid"
+    proc = subprocess.Popen(
+        [str(FAKE_SMOLVM), "machine", "exec", "--name", "m", "-i", "--", "sh", "-c",
+         f"echo $$ > {pidfile}; echo started; exec sleep 60"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    if how == "delete":
+        assert fake_smolvm.run("machine", "delete", "--name", "m", "-f").returncode == 0
+    else:
+        assert fake_smolvm.run("machine", "stop", "--name", "m").returncode == 0
+    if how == "restart":
+        assert fake_smolvm.run("machine", "start", "--name", "m").returncode == 0
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (1, b"")
+    assert err == b"Error: agent operation failed: vm exec interactive: connection to VM lost\n"
+    wait_for(lambda: gone(int(pidfile.read_text())), "the guest to be killed")
+    rec = fake_smolvm.machine("m")
+    state = {"stop": "stopped", "delete": None, "restart": "running"}[how]
+    assert (rec and rec["state"]) == state
+
+
 def test_concurrent_creates_one_winner(fake_smolvm: FakeSmolvm) -> None:
     def create(name: str) -> int:
         return fake_smolvm.run("machine", "create", "--name", name).returncode

@@ -34,6 +34,7 @@ from typing import Any
 from bottle import _sessionwire as wire
 from bottle.errors import (
     InvalidInputError,
+    MachineNotFoundError,
     SessionEndedError,
     SessionError,
     SessionExistsError,
@@ -352,6 +353,10 @@ def run_teardown(plan: Mapping[str, Any]) -> str:
     for step in plan["steps"]:
         try:
             getattr(smolvm, step)(plan["machine"])
+        except MachineNotFoundError:
+            # Gone already (`bottle rm -f` while the session ran): what the teardown is for.
+            log.info("teardown: machine %r is gone already", plan["machine"])
+            break
         except Exception as exc:
             # The caller reports the outcome (the first failure): this is for the log.
             log.info("teardown: %s of machine %r failed: %s", step, plan["machine"], exc)
