@@ -111,6 +111,30 @@ def test_stop_and_rm_as_docker_does(fake_smolvm: Any) -> None:
     assert bottle("rm").returncode == CLI_FAILURE  # a name is needed
 
 
+@pytest.mark.parametrize("how", ["stop", "rm"])
+def test_a_session_whose_machine_goes_from_under_it(fake_smolvm: Any, how: str) -> None:
+    # `bottle stop` or `bottle rm -f` from another terminal while an agent runs: smolvm's client
+    # loses its VM, bottle says so, and the teardown does what is left (a stopped machine is
+    # deleted; a removed one leaves nothing to do, and no failure to report).
+    fake_smolvm.set_fault(VERSION="1.9.3")  # exact stderr: no paste warning
+    proc = subprocess.Popen(
+        [*BOTTLE, "-q", *LAUNCH, "--no-tty", "--agent-command", "/bin/sh", "--", "-c",
+         "echo started; exec sleep 60"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "started\n"
+    gone = bottle("-q", *(["stop", "m1"] if how == "stop" else ["rm", "-f", "m1"]))
+    assert gone.returncode == 0, gone.stderr
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == CLI_FAILURE, err
+    lines = err.splitlines()
+    assert lines[0] == "Error: agent operation failed: run interactive: connection to VM lost"
+    assert len(lines) == 2 and lines[1].startswith("bottle: error: "), err  # no teardown failure
+    assert fake_smolvm.machine("m1") is None
+    assert fake_smolvm.subcommands().count("delete") == 1  # the teardown's, or rm's alone
+
+
 # --- progress on a terminal, and off one -------------------------------------------------------
 
 

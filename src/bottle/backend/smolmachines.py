@@ -2040,7 +2040,9 @@ class _Handover:
     session's holder then does it when the agent exits, and the launch's own exit leaves the
     machine running.
 
-    A step that fails is logged, and the next one still runs. An interrupt (Ctrl-C) during a
+    A step that fails is logged, and the next one still runs. A machine found gone (removed
+    meanwhile, say by `bottle rm -f` from another terminal) ends the teardown: nothing is left
+    to undo, and nothing failed. An interrupt (Ctrl-C) during a
     step gives up the teardown: smolvm's call is cut short (`run_captured` kills it), the
     steps not yet run are skipped, and `TeardownInterrupted` says what is left behind. Any
     other interrupt (the CLI's SystemExit on SIGTERM or SIGHUP) cuts the step short and the
@@ -2058,6 +2060,7 @@ class _Handover:
         self.progress = progress
         self.taken: str | None = None
         self.given_up = False
+        self.gone = False
 
     def undo(self, step: str, action: Callable[[str], None], what: str) -> None:
         if self.taken is not None:
@@ -2065,7 +2068,7 @@ class _Handover:
                 "machine %r: %s left to detached session %r", self.machine, what, self.taken
             )
             return
-        if self.given_up:
+        if self.given_up or self.gone:
             return
         try:
             with _step(step, self.machine, self.progress):
@@ -2085,6 +2088,9 @@ class _Handover:
                 machine=self.machine,
                 step=step,
             ) from exc
+        except MachineNotFoundError:
+            self.gone = True
+            log.info("teardown: machine %r is gone already", self.machine)
         except Exception as exc:
             log.error("teardown: %s of machine %r failed: %s", what, self.machine, exc)
 
