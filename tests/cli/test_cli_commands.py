@@ -309,6 +309,22 @@ def test_agent_in_an_existing_machine(fake_smolvm: Any, shared_dir: Path) -> Non
     assert fake_smolvm.machine("m") == before  # left running, untouched
 
 
+def test_agent_takes_the_machine_as_exec_does(fake_smolvm: Any, shared_dir: Path) -> None:
+    # NAME, as `bottle exec NAME` and docker exec take it; -n NAME, the older form, too.
+    fake_smolvm.create("m", image=ROOT_IMAGE)
+    out = shared_dir / "args"
+    for where in (["m"], ["-n", "m"]):
+        proc = bottle("agent", "--no-tty", *where, "--agent-command", "/bin/sh", "--",
+                      "-c", f'echo "$1" > {out}', "zero", "one")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_text() == "one\n"
+        out.unlink()
+    assert_one_line_error(bottle("agent", "m", "-n", "m2"),
+                          "the machine is given twice ('m' and -n 'm2'): give NAME once")
+    assert_one_line_error(bottle("agent", "--no-tty"), "bottle agent needs the machine's NAME")
+    assert_one_line_error(bottle("agent", "ghost", "--no-tty"), "machine 'ghost' does not exist")
+
+
 def test_agent_on_a_stopped_machine(fake_smolvm: Any) -> None:
     # Exact output: a smolvm older than 1.8.1 puts its paste warning first (pytest
     # --fake-smolvm-version; test_bottle_launch_shows_no_progress_when_stderr_is_not_a_terminal).
