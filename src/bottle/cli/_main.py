@@ -36,7 +36,9 @@ COMMANDS: dict[str, Entry] = {
         "bottle.cli.attach", "Attach", "connect this terminal to a detached agent session"
     ),
     "sessions": Entry(
-        "bottle.cli.sessions", "Sessions", "list detached agent sessions (rm: forget ended ones)"
+        "bottle.cli.sessions",
+        "Sessions",
+        "list detached agent sessions (rm: forget them; -f: running ones too)",
     ),
     "relay": Entry(
         "bottle.relay.__main__", None, "run an interactive command through the PTY relay"
