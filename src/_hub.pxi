@@ -628,13 +628,16 @@ cdef class Hub:
         cdef pollfd fds[2 + 2 * H_MAX_CLIENTS]
         cdef int cidx[2 + 2 * H_MAX_CLIENTS]
         cdef bint isterm[2 + 2 * H_MAX_CLIENTS]
-        cdef int n, r, i, timeout, im, ir, rechecks = 0
+        cdef int n, r, i, timeout, im, ir
         cdef short rev
         cdef bint reading, master_polled, recheck
         cdef long long room
-        cdef long long budget = <long long>cap_ms * 1000, deadline = 0, started, recheck_at = 0
+        cdef long long budget = <long long>cap_ms * 1000, deadline = 0, started
         cdef unsigned long long got
         cdef hclient *c
+        cdef eofcheck eio
+        eio.done = 0
+        eio.at = 0
         for i in range(self.ncl):
             if not self.cl[i].attached:
                 self.cl[i].dead = True
@@ -645,7 +648,7 @@ cdef class Hub:
         self._publish()
         self._sweep()
         while True:
-            if reading and (budget <= 0 or (self.master_eof and rechecks >= C_EOF_RECHECKS)):
+            if reading and (budget <= 0 or (self.master_eof and _recheck_over(&eio))):
                 reading = False
             if flush_ms < 0 and not reading:
                 return 0
@@ -671,10 +674,7 @@ cdef class Hub:
                             <int>((budget + 999) // 1000)
                     else:  # EIO: read again when the next re-read is due (see EOF_RECHECKS)
                         recheck = True
-                        if not recheck_at:
-                            recheck_at = _now_us() + _recheck_delay_us(rechecks)
-                        started = (recheck_at - _now_us() + 999) // 1000
-                        timeout = _min_timeout(timeout, <int>started if started > 0 else 0)
+                        timeout = _min_timeout(timeout, _recheck_wait_ms(&eio))
             if deadline:
                 started = (deadline - _now_us() + 999) // 1000
                 timeout = _min_timeout(timeout, <int>started if started > 0 else 0)
@@ -709,14 +709,13 @@ cdef class Hub:
                     continue
                 self.err = errno
                 return -1
-            if recheck and _now_us() >= recheck_at:
+            if recheck and _recheck_due(&eio):
                 got = self.written
                 self.master_eof = False
-                recheck_at = 0
                 if self._read_master() < 0:
                     return -1
                 self._publish()
-                rechecks = 0 if self.written != got else rechecks + 1
+                _recheck_read(&eio, self.written != got)
             if ir >= 0 and fds[ir].revents:
                 _rec_flush(&self.rec)
             if im >= 0 and fds[im].revents:

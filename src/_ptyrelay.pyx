@@ -177,6 +177,35 @@ cdef long long _now_ms() noexcept nogil:
     return _now_us() // 1000
 
 
+# A drain's re-reads after Linux's EIO (see EOF_RECHECKS), for the relay's and the holder's.
+cdef struct eofcheck:
+    int done  # re-reads in a row that found nothing
+    long long at  # when the next one is due (microseconds; 0: not scheduled yet)
+
+
+cdef inline bint _recheck_over(eofcheck *e) noexcept nogil:
+    return e.done >= C_EOF_RECHECKS
+
+
+cdef inline int _recheck_wait_ms(eofcheck *e) noexcept nogil:
+    # Milliseconds until the next re-read, scheduling it if it is not yet.
+    cdef long long left
+    if not e.at:
+        e.at = _now_us() + _recheck_delay_us(e.done)
+    left = e.at - _now_us()
+    return <int>((left + 999) // 1000) if left > 0 else 0
+
+
+cdef inline bint _recheck_due(eofcheck *e) noexcept nogil:
+    return _now_us() >= e.at
+
+
+cdef inline void _recheck_read(eofcheck *e, bint found) noexcept nogil:
+    # The re-read has been made: data found starts the schedule over.
+    e.at = 0
+    e.done = 0 if found else e.done + 1
+
+
 cdef void _child(const char *path, char **argv, char **envp, char **sh_argv, int slave,
                  int out, int errfd, int maxfd) noexcept nogil:
     # Between fork and exec: async-signal-safe calls only (the parent may have threads).
@@ -874,16 +903,19 @@ cdef class Pump:
 
     cdef int _drain(self, int idle_ms, int cap_ms) noexcept nogil:
         cdef pollfd fds[4]
-        cdef int n, r, w, timeout, iw, im, io, ir, rec_wait, rechecks = 0
-        cdef long long started, recheck_at = 0
+        cdef int n, r, w, timeout, iw, im, io, ir, rec_wait
+        cdef long long started
         cdef unsigned long long got
         cdef bint recheck
+        cdef eofcheck eio
+        eio.done = 0
+        eio.at = 0
         # Only time spent waiting for the pty counts against the cap: while a stalled
         # terminal blocks the output, what is already in the pty must not be dropped.
         cdef long long budget = <long long>cap_ms * 1000  # microseconds
         cdef bint reading = not self.master_eof or self.master_eio
         while True:
-            if reading and (budget <= 0 or (self.master_eof and rechecks >= C_EOF_RECHECKS)):
+            if reading and (budget <= 0 or (self.master_eof and _recheck_over(&eio))):
                 reading = False
             n = 0
             iw = im = io = ir = -1
@@ -900,10 +932,7 @@ cdef class Pump:
                                if budget < <long long>idle_ms * 1000 else idle_ms)
                 else:  # EIO: read again when the next re-read is due
                     recheck = True
-                    if not recheck_at:
-                        recheck_at = _now_us() + _recheck_delay_us(rechecks)
-                    started = recheck_at - _now_us()
-                    timeout = <int>((started + 999) // 1000) if started > 0 else 0
+                    timeout = _recheck_wait_ms(&eio)
             if self.olen > 0:
                 if _rec_blocked(&self.rec):
                     fds[n].fd = self.rec.fd
@@ -932,14 +961,13 @@ cdef class Pump:
                     continue
                 self.err = errno
                 return -1
-            if recheck and _now_us() >= recheck_at:
+            if recheck and _recheck_due(&eio):
                 got = self.master_got
                 self.master_eof = False
-                recheck_at = 0
                 w = self._read_master()
                 if w != 0:
                     return w
-                rechecks = 0 if self.master_got != got else rechecks + 1
+                _recheck_read(&eio, self.master_got != got)
             if r == 0:
                 if im >= 0:
                     reading = False

@@ -40,13 +40,12 @@ import time
 
 from bottle import _sessionwire as wire
 from bottle._ptyrelay_py import (
-    EOF_RECHECKS,
     EV_CHILD,
     EV_DONE,
     EV_SIGNAL,
+    EofRecheck,
     Poller,
     _now_us,
-    recheck_delay_us,
 )
 from bottle._recorder_py import REC_STALL_MS, Recorder
 
@@ -529,10 +528,10 @@ class Hub:
         reading = flush_ms < 0 and (not self._master_eof or self._master_eio)
         budget = cap_ms * 1000
         deadline = _now_us() + flush_ms * 1000 if flush_ms >= 0 else 0
-        rechecks = recheck_at = 0
+        eio = EofRecheck()
         self._publish()
         while True:
-            if reading and (budget <= 0 or (self._master_eof and rechecks >= EOF_RECHECKS)):
+            if reading and (budget <= 0 or (self._master_eof and eio.over())):
                 reading = False
             if flush_ms < 0 and not reading:
                 return
@@ -553,11 +552,7 @@ class Hub:
                         timeout = min(idle_ms, (budget + 999) // 1000)
                     else:  # EIO: read again when the next re-read is due (see EOF_RECHECKS)
                         recheck = True
-                        if not recheck_at:
-                            recheck_at = _now_us() + recheck_delay_us(rechecks)
-                        timeout = self._min_timeout(
-                            timeout, max(0, (recheck_at - _now_us() + 999) // 1000)
-                        )
+                        timeout = self._min_timeout(timeout, eio.wait_ms())
             if deadline:
                 timeout = self._min_timeout(timeout, max(0, (deadline - _now_us() + 999) // 1000))
             if rec is not None:
@@ -574,13 +569,12 @@ class Hub:
                 budget -= _now_us() - started
                 if not ready and master_polled:
                     reading = False
-            if recheck and _now_us() >= recheck_at:
+            if recheck and eio.due():
                 got = self._total
                 self._master_eof = False
-                recheck_at = 0
                 self._read_master()
                 self._publish()
-                rechecks = 0 if self._total != got else rechecks + 1
+                eio.read(self._total != got)
             if rec is not None and rec.fd in want and rec.fd in ready:
                 rec.flush()
             if master_polled and ready.get(self._master_fd, 0):

@@ -53,6 +53,33 @@ def recheck_delay_us(done: int) -> int:
     return 0 if done == 0 else 1000 << (done - 1)
 
 
+class EofRecheck:
+    """A drain's re-reads after Linux's EIO (EOF_RECHECKS), for the relay's and the holder's."""
+
+    __slots__ = ("at", "done")
+
+    def __init__(self) -> None:
+        self.done = 0  # re-reads in a row that found nothing
+        self.at = 0  # when the next one is due (microseconds; 0: not scheduled yet)
+
+    def over(self) -> bool:
+        return self.done >= EOF_RECHECKS
+
+    def wait_ms(self) -> int:
+        """Milliseconds until the next re-read, scheduling it if it is not yet."""
+        if not self.at:
+            self.at = _now_us() + recheck_delay_us(self.done)
+        return max(0, (self.at - _now_us() + 999) // 1000)
+
+    def due(self) -> bool:
+        return _now_us() >= self.at
+
+    def read(self, found: bool) -> None:
+        """The re-read has been made: data ``found`` starts the schedule over."""
+        self.at = 0
+        self.done = 0 if found else self.done + 1
+
+
 # While input (or its end) is held, the child's termios is re-checked at this interval; with
 # nothing held the loop sets no timer at all.
 _HOLD_POLL_MS = 10
@@ -412,9 +439,9 @@ class Pump:
         # terminal blocks the output, what is already in the pty must not be dropped.
         budget = cap_ms * 1000  # microseconds
         reading = not self._master_eof or self._master_eio
-        rechecks = recheck_at = 0
+        eio = EofRecheck()
         while True:
-            if reading and (budget <= 0 or (self._master_eof and rechecks >= EOF_RECHECKS)):
+            if reading and (budget <= 0 or (self._master_eof and eio.over())):
                 reading = False
             want: dict[int, int] = {}
             timeout = -1
@@ -428,9 +455,7 @@ class Pump:
                     timeout = min(idle_ms, (budget + 999) // 1000)
                 else:  # EIO: read again when the next re-read is due
                     recheck = True
-                    if not recheck_at:
-                        recheck_at = _now_us() + recheck_delay_us(rechecks)
-                    timeout = max(0, (recheck_at - _now_us() + 999) // 1000)
+                    timeout = eio.wait_ms()
             if self._obuf:
                 if rec is not None and rec.blocked():
                     want[rec.fd] = _POLLOUT
@@ -446,13 +471,12 @@ class Pump:
             ready = self._poller.wait(want, timeout)
             if master_polled or recheck:
                 budget -= (time.monotonic_ns() - started) // 1000
-            if recheck and _now_us() >= recheck_at:
+            if recheck and eio.due():
                 got = self._master_got
                 self._master_eof = False
-                recheck_at = 0
                 if self._read_master():
                     return EV_HUP
-                rechecks = 0 if self._master_got != got else rechecks + 1
+                eio.read(self._master_got != got)
             if not ready:
                 if master_polled:
                     reading = False
