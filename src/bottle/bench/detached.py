@@ -320,10 +320,33 @@ class _TerminalReader:
         os.close(self.pipe)
 
 
-def _check_terminals(name: str, readers: Sequence[_TerminalReader], crc: int, size: int) -> None:
-    for r in readers:
-        if r.crc != crc or r.got != size:
-            raise BenchError(f"{name}: {r.what}'s stream differs from the payload")
+class _Terminals:
+    """The terminals beside the writer's (watchers', or tee's), each with its reader: a
+    transfer waits until every one has had the block too."""
+
+    def __init__(self, block: int) -> None:
+        self.block = block
+        self.readers: list[_TerminalReader] = []
+
+    def add(self, fd: int, what: str) -> None:
+        self.readers.append(_TerminalReader(fd, self.block, what))
+
+    def transfer(self, step: Callable[[], None]) -> None:
+        """Run ``step`` (the writer's transfer of one block), then wait for the others."""
+        for r in self.readers:
+            r.expect(self.block)
+        step()
+        for r in self.readers:
+            r.wait(60)
+
+    def check(self, name: str, crc: int, size: int) -> None:
+        for r in self.readers:
+            if r.crc != crc or r.got != size:
+                raise BenchError(f"{name}: {r.what}'s stream differs from the payload")
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.close()
 
 
 class AttachedStream:
@@ -338,7 +361,7 @@ class AttachedStream:
         self.holder = Holder(stream_child(payload, blocks), runtime)
         self.writer = Stream(self.holder.client(name, framed=framed), payload, blocks)
         self.watchers: list[Session] = []
-        self.readers: list[_TerminalReader] = []
+        self.terminals = _Terminals(payload.size // blocks)
         for i in range(watchers):
             relay = self.holder.client(f"{name}-watcher{i}", readonly=True)
             self.watchers.append(Session(relay, []))
@@ -350,24 +373,19 @@ class AttachedStream:
         return relay, sum(w.settled_cpu_ns() for w in self.watchers)
 
     def ready(self) -> None:
-        block = self.payload.size // self.blocks
         for i, w in enumerate(self.watchers):
             if w.expect(b"R"):
                 raise BenchError(f"{self.name}: a watcher got more than the ready mark")
-            self.readers.append(_TerminalReader(w.master, block, f"watcher {i}"))
+            self.terminals.add(w.master, f"watcher {i}")
         self.writer.ready()
         self.cpu0 = self._cpu()
 
     def transfer(self) -> None:
-        for r in self.readers:
-            r.expect(self.payload.size // self.blocks)
-        self.writer.transfer()
-        for r in self.readers:
-            r.wait(60)
+        self.terminals.transfer(self.writer.transfer)
 
     def finish(self, crc: int) -> dict[str, float]:
         relay, watching = (b - a for a, b in zip(self.cpu0, self._cpu(), strict=True))
-        _check_terminals(self.name, self.readers, crc, self.payload.size)
+        self.terminals.check(self.name, crc, self.payload.size)
         result = self.writer.finish()  # the program ends: every client with it
         size = self.payload.size
         out = {"throughput_mib_s": result.mib_s,
@@ -377,23 +395,11 @@ class AttachedStream:
         return out
 
     def close(self) -> None:
-        for r in self.readers:
-            r.close()
+        self.terminals.close()
         for w in self.watchers:
             _end_client(w)
         self.writer.abort()
         self.holder.close()
-
-
-def tee_child(payload: Payload, blocks: int, terminals: Sequence[str]) -> list[str]:
-    """`stream_child`'s producer, each block also copied to ``terminals`` (by tee)."""
-    script = (
-        'stty raw -echo && printf R && exec 3<"$0" && n=$1 && b=$2 && shift 2 && i=0 && '
-        'while [ "$i" -lt "$n" ]; do head -c1 >/dev/null && head -c "$b" <&3 | tee "$@"; '
-        "i=$((i + 1)); done; head -c1 >/dev/null"
-    )
-    size = str(payload.size // blocks)
-    return ["/bin/sh", "-c", script, payload.path, str(blocks), size, *terminals]
 
 
 class TeedStream:
@@ -404,9 +410,8 @@ class TeedStream:
     def __init__(self, name: str, payload: Payload, blocks: int, terminals: int) -> None:
         self.name = name
         self.payload = payload
-        self.blocks = blocks
         self.ptys: list[tuple[int, int]] = []
-        self.readers: list[_TerminalReader] = []
+        self.terminals = _Terminals(payload.size // blocks)
         self.stream: Stream | None = None
         try:
             for _ in range(terminals):
@@ -414,30 +419,24 @@ class TeedStream:
                 self.ptys.append((master, slave))
                 tty.setraw(slave)
             names = [os.ttyname(slave) for _, slave in self.ptys]
-            self.stream = Stream(RELAYS["native"], payload, blocks,
-                                 child=tee_child(payload, blocks, names))  # fmt: skip
+            self.stream = Stream(RELAYS["native"], payload, blocks, copies=names)
         except BaseException:
             self.close()
             raise
 
     def ready(self) -> None:
         assert self.stream is not None
-        block = self.payload.size // self.blocks
         for i, (master, _) in enumerate(self.ptys):
-            self.readers.append(_TerminalReader(master, block, f"terminal {i}"))
+            self.terminals.add(master, f"terminal {i}")
         self.stream.ready()
 
     def transfer(self) -> None:
         assert self.stream is not None
-        for r in self.readers:
-            r.expect(self.payload.size // self.blocks)
-        self.stream.transfer()
-        for r in self.readers:
-            r.wait(60)
+        self.terminals.transfer(self.stream.transfer)
 
     def finish(self, crc: int) -> dict[str, float]:
         assert self.stream is not None
-        _check_terminals(self.name, self.readers, crc, self.payload.size)
+        self.terminals.check(self.name, crc, self.payload.size)
         r = self.stream.finish()
         assert r.cpu_s_per_gib is not None  # a relay: its CPU was read
         return {"throughput_mib_s": r.mib_s, "throughput_cpu_s_per_gib": r.cpu_s_per_gib}
@@ -445,8 +444,7 @@ class TeedStream:
     def close(self) -> None:
         if self.stream is not None:
             self.stream.abort()
-        for r in self.readers:
-            r.close()
+        self.terminals.close()
         for master, slave in self.ptys:
             os.close(master)
             os.close(slave)

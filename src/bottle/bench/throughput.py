@@ -18,10 +18,11 @@ READ_SIZE = 64 * 1024  # what the reader asks for at a time (a pty master hands 
 STALL_SECONDS = 30.0  # a stream with no byte for this long has hung
 
 
-def stream_child(payload: Payload, blocks: int = 1) -> list[str]:
+def stream_child(payload: Payload, blocks: int = 1, copies: Sequence[str] = ()) -> list[str]:
     """Return the producer: raw mode, "R"; per block, wait for a byte and send the block; then
-    wait for a byte. One block is the whole payload, by ``cat``."""
-    if blocks == 1:
+    wait for a byte. One block is the whole payload, by ``cat``. Each block is also copied to
+    the files ``copies`` (by tee), if any."""
+    if blocks == 1 and not copies:
         script = (
             'stty raw -echo && printf R && head -c1 >/dev/null && cat "$0" && head -c1 >/dev/null'
         )
@@ -29,11 +30,14 @@ def stream_child(payload: Payload, blocks: int = 1) -> list[str]:
     if payload.size % blocks:
         raise ValueError(f"{payload.size} bytes do not split into {blocks} blocks")
     # head -c reads a regular file exactly as far as it copies: fd 3 moves on block by block.
+    tee = ' | tee "$@"' if copies else ""
     script = (
-        'stty raw -echo && printf R && exec 3<"$0" && i=0 && while [ "$i" -lt "$1" ]; do '
-        'head -c1 >/dev/null && head -c "$2" <&3; i=$((i + 1)); done; head -c1 >/dev/null'
+        'stty raw -echo && printf R && exec 3<"$0" && n=$1 && b=$2 && shift 2 && i=0 && '
+        f'while [ "$i" -lt "$n" ]; do head -c1 >/dev/null && head -c "$b" <&3{tee}; '
+        "i=$((i + 1)); done; head -c1 >/dev/null"
     )
-    return ["/bin/sh", "-c", script, payload.path, str(blocks), str(payload.size // blocks)]
+    size = str(payload.size // blocks)
+    return ["/bin/sh", "-c", script, payload.path, str(blocks), size, *copies]
 
 
 @dataclass
@@ -54,17 +58,17 @@ class ThroughputResult:
 class Stream:
     """A payload streamed from a child through a relay: ready(), transfer(), finish().
 
-    With ``blocks`` > 1 the payload comes in that many equal blocks, one per transfer().
-    ``child`` replaces `stream_child`'s producer with one that behaves alike.
+    With ``blocks`` > 1 the payload comes in that many equal blocks, one per transfer(); the
+    producer copies each to ``copies`` too (see `stream_child`).
     """
 
     def __init__(
-        self, relay: Relay, payload: Payload, blocks: int = 1, child: Sequence[str] | None = None
+        self, relay: Relay, payload: Payload, blocks: int = 1, copies: Sequence[str] = ()
     ) -> None:
         self.relay = relay
         self.payload = payload
         self.blocks = blocks
-        self.session = Session(relay, child or stream_child(payload, blocks))
+        self.session = Session(relay, stream_child(payload, blocks, copies))
         self.cpu0 = 0
         self.seconds = 0.0
         self.got = 0
