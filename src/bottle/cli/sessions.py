@@ -24,7 +24,7 @@ class Sessions(Command):
         "exited, lost), attached clients (writers+watchers) and exit status once it ended. "
         "`rm NAME...` forgets ended sessions (a launched session's machine is torn down "
         "first if that is still owed); `rm -f` ends running ones first (their program gets "
-        "SIGTERM; its holder is killed if it still runs 10 s later)."
+        f"SIGTERM; its holder is killed if it still runs {sessions.END_GRACE:g} s later)."
     )
     usage = "%(prog)s [ls] [--json]\n       %(prog)s rm [-f] NAME [NAME...]"
 
@@ -36,7 +36,8 @@ class Sessions(Command):
         parser.add_argument("--json", action="store_true", help="print the list as JSON")
         parser.add_argument(
             "-f", "--force", action="store_true",
-            help="rm: end running sessions first (SIGTERM, then the holder killed after 10 s)",
+            help="rm: end running sessions first (SIGTERM, then the holder killed after "
+            f"{sessions.END_GRACE:g} s)",
         )  # fmt: skip
 
     def parse(self, parser: Parser, args: list[str]) -> tuple[argparse.Namespace, list[str]]:
